@@ -16,8 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.data.hapt_pickle import DATASET_PACKAGE, dataset_pickle_path, file_sha256
-from shared.data.hapt_pickle import read_hapt_pickle
+from shared.data.hapt_pickle import (
+    DATASET_PACKAGE,
+    dataset_pickle_path,
+    file_sha256,
+    read_hapt_pickle,
+)
 from shared.data.recording import Recording
 from shared.errors import CorruptCacheError
 
@@ -73,8 +77,14 @@ class HaptCache:
             "source_package": DATASET_PACKAGE,
             "source_sha256": file_sha256(source),
             "sample_rate_hz": 50.0,
-            "columns": ["acc_x_g", "acc_y_g", "acc_z_g", "gyro_x_rad_s", "gyro_y_rad_s",
-                        "gyro_z_rad_s"],
+            "columns": [
+                "acc_x_g",
+                "acc_y_g",
+                "acc_z_g",
+                "gyro_x_rad_s",
+                "gyro_y_rad_s",
+                "gyro_z_rad_s",
+            ],
             "recordings": entries,
         }
         _atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1))
@@ -136,9 +146,7 @@ class HaptCache:
         return recordings
 
 
-def load_recordings(
-    cache_dir: Path, subjects: Iterable[int] | None = None
-) -> list[Recording]:
+def load_recordings(cache_dir: Path, subjects: Iterable[int] | None = None) -> list[Recording]:
     """The recordings of ``subjects`` (default: all 30), from the cache, built on first need."""
     return HaptCache(cache_dir).load(subjects)
 

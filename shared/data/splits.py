@@ -11,9 +11,7 @@ TEST_SUBJECTS: frozenset[int] = frozenset({2, 4, 9, 10, 12, 13, 18, 20, 24})
 #: Four of UCI HAR's 21 training subjects, held out to select checkpoints and stop training.
 #: Chosen once, spread over the id range; never changed, so figures stay comparable.
 VALIDATION_SUBJECTS: frozenset[int] = frozenset({5, 14, 22, 28})
-TRAIN_SUBJECTS: frozenset[int] = frozenset(
-    set(range(1, 31)) - TEST_SUBJECTS - VALIDATION_SUBJECTS
-)
+TRAIN_SUBJECTS: frozenset[int] = frozenset(set(range(1, 31)) - TEST_SUBJECTS - VALIDATION_SUBJECTS)
 
 
 def split_of(subject: int) -> Split:

@@ -77,9 +77,7 @@ class StreamingPreprocessor:
     def new_state(self) -> DeviceState:
         return DeviceState.fresh(self.config)
 
-    def process(
-        self, state: DeviceState, samples: npt.ArrayLike
-    ) -> tuple[DeviceState, Windows]:
+    def process(self, state: DeviceState, samples: npt.ArrayLike) -> tuple[DeviceState, Windows]:
         """Advance one device by ``samples`` ((n, 6): acc xyz in g, gyro xyz in rad/s)."""
         return self.process_many([state], [samples])[0]
 
@@ -109,7 +107,9 @@ class StreamingPreprocessor:
                 for i in members:
                     results[i] = (started[i], Windows.empty(self.config.window_size))
                 continue
-            filtered = self._filter_group([started[i] for i in members], [arrays[i] for i in members])
+            filtered = self._filter_group(
+                [started[i] for i in members], [arrays[i] for i in members]
+            )
             for i, (median_history, noise_zi, gravity_zi, processed) in zip(
                 members, filtered, strict=True
             ):

@@ -110,8 +110,9 @@ class DeviceState:
             size = count * np.dtype(dtype).itemsize
             if offset + size > len(data):
                 raise StateDecodeError("device state truncated")
-            arrays.append(np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-                          .reshape(shape).copy())
+            arrays.append(
+                np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape).copy()
+            )
             offset += size
         if offset != len(data):
             raise StateDecodeError(f"device state has {len(data) - offset} trailing bytes")

