@@ -30,7 +30,7 @@ def test_agrees_with_scikit_learn(pairs: list[tuple[int, int]]) -> None:
     report = classification_report(y_true, y_pred, LABELS)
     assert report.accuracy == pytest.approx(accuracy_score(y_true, y_pred))
     for average, ours in (("macro", report.macro), ("weighted", report.weighted)):
-        p, r, f, _ = precision_recall_fscore_support(
+        p, r, _, _ = precision_recall_fscore_support(
             y_true, y_pred, labels=[0, 1, 2], average=average, zero_division=0
         )
         assert (ours.precision, ours.recall) == pytest.approx((p, r))

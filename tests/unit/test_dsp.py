@@ -152,9 +152,9 @@ def test_any_packet_sizes_give_exactly_the_windows_of_one_call(sizes: list[int])
     for size in sizes:
         if total >= len(RECORDING):
             break
-        size = min(size, len(RECORDING) - total)
-        cuts.append(size)
-        total += size
+        cut = min(size, len(RECORDING) - total)
+        cuts.append(cut)
+        total += cut
     if total < len(RECORDING):
         cuts.append(len(RECORDING) - total)
     _, chunked = run_chunked(RECORDING, cuts)
@@ -264,8 +264,8 @@ def test_fingerprint_changes_with_any_parameter() -> None:
 
 
 def test_filter_design_is_butterworth_of_the_stated_order() -> None:
-    b, a = signal.butter(3, 0.3, fs=50.0)
-    w, h = signal.sosfreqz(CONFIG.gravity_sos, worN=[0.3, 3.0], fs=50.0)
+    _, a = signal.butter(3, 0.3, fs=50.0)
+    _, h = signal.sosfreqz(CONFIG.gravity_sos, worN=[0.3, 3.0], fs=50.0)
     assert abs(h[0]) == pytest.approx(1 / np.sqrt(2), rel=1e-6)  # -3 dB at the corner
     assert abs(h[1]) < 1e-2  # a 3 Hz step rhythm is gone from gravity
     assert CONFIG.noise_sos.shape == (2, 6)  # 3rd order = 2 second-order sections

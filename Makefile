@@ -1,0 +1,65 @@
+# harstream developer commands. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo data train evaluate compare format lint typecheck test test-unit test-integration bench clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[ml,stream,dev]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv and install harstream with all extras
+
+demo: $(STAMP) ## The main job: cache the data, evaluate the committed model on the test subjects
+	$(BIN)/harstream data
+	$(BIN)/harstream evaluate --model models/har --split test
+
+data: $(STAMP) ## Cache the HAPT recordings and print window counts per split
+	$(BIN)/harstream data
+
+train: $(STAMP) ## Train harstream's model (seed 0) and export it as the next version in models/har
+	$(BIN)/harstream train --model harstream --seed 0 --export models/har
+
+evaluate: $(STAMP) ## Evaluate the newest model in models/har on the test subjects (JSON)
+	$(BIN)/harstream evaluate --model models/har --split test --json
+
+compare: $(STAMP) ## Re-run the paper's comparison table into reports/comparison.md (~30 min)
+	$(BIN)/harstream compare --seeds 0,1,2
+
+format: $(STAMP) ## Format and auto-fix
+	$(BIN)/ruff format shared services tests benchmarks
+	$(BIN)/ruff check --fix shared services tests benchmarks
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check shared services tests benchmarks
+	$(BIN)/ruff format --check shared services tests benchmarks
+
+typecheck: $(STAMP) ## mypy (strict) on shared/
+	$(BIN)/mypy
+
+test: $(STAMP) ## Lint, typecheck, unit and integration tests
+	$(MAKE) --no-print-directory lint typecheck
+	$(BIN)/pytest tests
+
+test-unit: $(STAMP) ## Unit tests only (no I/O)
+	$(BIN)/pytest tests/unit
+
+test-integration: $(STAMP) ## Integration tests only
+	$(BIN)/pytest tests/integration
+
+bench: $(STAMP) ## Print throughput figures (preprocessing, model)
+	$(BIN)/python -m benchmarks
+
+clean: ## Remove caches and build artefacts (keeps .venv and models/)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

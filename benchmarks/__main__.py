@@ -1,0 +1,7 @@
+"""``python -m benchmarks``: every benchmark, figures printed."""
+
+from benchmarks import bench_model, bench_preprocess
+
+if __name__ == "__main__":
+    bench_preprocess.main()
+    bench_model.main()
