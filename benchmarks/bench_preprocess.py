@@ -20,7 +20,8 @@ def _best_of(fn, repeats: int = 3) -> float:  # type: ignore[no-untyped-def]
 
 def main(devices: int = 500, packets: int = 40, packet_size: int = 50) -> None:
     rng = np.random.default_rng(0)
-    data = rng.normal(0, 0.3, (devices, packets * packet_size, 6)) + [0, -1, 0, 0, 0, 0]
+    gravity_on_y = np.array([0, -1, 0, 0, 0, 0], dtype=np.float64)
+    data = rng.normal(0, 0.3, (devices, packets * packet_size, 6)) + gravity_on_y
     pre = StreamingPreprocessor()
     samples = devices * packets * packet_size
 

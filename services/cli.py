@@ -114,6 +114,34 @@ def train(
 
 @cli.command()
 @click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="A training run directory, e.g. runs/harstream-seed0.",
+)
+@click.option(
+    "--to",
+    "export_base",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_MODEL_BASE,
+    show_default=True,
+)
+@click.pass_obj
+def export(obj: dict[str, HaptCache], run_dir: Path, export_base: Path) -> None:
+    """Export a saved training run as the next version of a TF Serving model base path."""
+    _quiet_tensorflow()
+    from services.training.pipeline import export_run
+
+    summary = json.loads((run_dir / "run.json").read_text())
+    config = summary["config"]
+    command = f"harstream train --model {config['kind']} --seed {config['seed']}"
+    target = export_run(obj["cache"], run_dir, export_base, command)
+    click.echo(f"exported {run_dir} as {target}")
+
+
+@cli.command()
+@click.option(
     "--model",
     "model_path",
     type=click.Path(path_type=Path),
