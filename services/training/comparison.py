@@ -107,9 +107,9 @@ def _baseline_row(result: object) -> Row:
     return {
         "seed": r["seed"],
         "accuracy": r["accuracy"],
-        "precision": r["macro_precision"],
-        "recall": r["macro_recall"],
-        "f1": r["macro_f1"],
+        "precision": r["precision"],
+        "recall": r["recall"],
+        "f1": r["f1"],
         "seconds": round(r["fit_seconds"], 1),
     }
 
