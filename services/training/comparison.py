@@ -20,7 +20,7 @@ from pathlib import Path
 from services.training.pipeline import scores, test_row, train_run
 from services.training.train import TrainConfig
 from shared.data.cache import HaptCache
-from shared.dataset import build_window_sets
+from shared.dataset import WindowSet, build_window_sets
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ PAPER_FIGURES: dict[str, tuple[float, float | None, float | None, float | None]]
 Row = dict[str, float | int | str]
 
 
-def _deep_row(cache: HaptCache, kind: str, seed: int, runs_dir: Path) -> Row:
+def _deep_row(cache: HaptCache, kind: str, seed: int, runs_dir: Path, test: WindowSet) -> Row:
     run_file = runs_dir / f"{kind}-seed{seed}" / "run.json"
     wanted = asdict(TrainConfig.default_for(kind, seed))  # type: ignore[arg-type]
     if run_file.is_file():
@@ -47,34 +47,26 @@ def _deep_row(cache: HaptCache, kind: str, seed: int, runs_dir: Path) -> Row:
         if saved.get("config") == wanted:
             logger.info("reusing %s", run_file)
             if "test_report" not in saved:
-                saved["test_report"] = _score_saved_run(cache, run_file.parent, saved)
+                saved["test_report"] = _score_saved_run(run_file.parent, saved, test)
                 run_file.write_text(json.dumps(saved, indent=1))
             return dict(saved["test_report"])
     result, sets = train_run(cache, kind, seed, verbose=2)
-    row: Row = test_row(result, scores(result, sets)["test"])
+    row: Row = test_row(seed, result.seconds, result.best_epoch, scores(result, sets)["test"])
     result.extra["test_report"] = row
     result.save(run_file.parent)
     return row
 
 
-def _score_saved_run(cache: HaptCache, run_dir: Path, saved: dict) -> Row:
+def _score_saved_run(run_dir: Path, saved: dict, test: WindowSet) -> Row:
     import keras
 
     import services.training.models  # noqa: F401  (registers the custom layers)
     from services.training.evaluate import evaluate_windows
 
     model = keras.saving.load_model(run_dir / "model.keras")
-    test = build_window_sets(cache.load())["test"]
     report = evaluate_windows(model.predict(test.x, batch_size=256, verbose=0), test.y)
-    return {
-        "seed": saved["config"]["seed"],
-        "accuracy": report.accuracy,
-        "precision": report.macro.precision,
-        "recall": report.macro.recall,
-        "f1": report.macro.f1,
-        "seconds": saved["train_seconds"],
-        "best_epoch": saved["best_epoch"],
-    }
+    config = saved["config"]
+    return test_row(config["seed"], saved["train_seconds"], saved["best_epoch"], report.to_dict())
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -98,7 +90,7 @@ def run_comparison(cache: HaptCache, seeds: Sequence[int], runs_dir: Path) -> st
         rows.setdefault(result.name, []).append(_baseline_row(result))
     rows["LSTM"] = [_baseline_row(run_lstm_baseline(sets, seed=seeds[0]))]
     for kind, name in (("paper", "CNN-LSTM-GRU (paper)"), ("harstream", "harstream CNN (ours)")):
-        rows[name] = [_deep_row(cache, kind, seed, runs_dir) for seed in seeds]
+        rows[name] = [_deep_row(cache, kind, seed, runs_dir, sets["test"]) for seed in seeds]
     return render_table(rows, sets, seeds, time.perf_counter() - started)
 
 

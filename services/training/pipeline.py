@@ -54,16 +54,16 @@ def scores(result: TrainResult, sets: dict[str, WindowSet]) -> dict[str, Any]:
     return out
 
 
-def test_row(result: TrainResult, test: dict[str, Any]) -> dict[str, Any]:
-    """The figures the comparison table needs from one run."""
+def test_row(seed: int, seconds: float, best_epoch: int, test: dict[str, Any]) -> dict[str, Any]:
+    """The figures the comparison table needs from one run (``test``: a report's to_dict())."""
     return {
-        "seed": result.config.seed,
+        "seed": seed,
         "accuracy": test["accuracy"],
         "precision": test["macro_avg"]["precision"],
         "recall": test["macro_avg"]["recall"],
         "f1": test["macro_avg"]["f1"],
-        "seconds": round(result.seconds, 1),
-        "best_epoch": result.best_epoch,
+        "seconds": round(seconds, 1),
+        "best_epoch": best_epoch,
     }
 
 
@@ -82,7 +82,7 @@ def train_and_save(
         s: {"accuracy": m["accuracy"], "macro_f1": m["macro_avg"]["f1"]}  # type: ignore[index]
         for s, m in metrics.items()
     }
-    result.extra["test_report"] = test_row(result, metrics["test"])
+    result.extra["test_report"] = test_row(seed, result.seconds, result.best_epoch, metrics["test"])
     run_dir = runs_dir / f"{kind}-seed{seed}"
     result.save(run_dir)
     summary: dict[str, Any] = {"run_dir": str(run_dir), **result.summary()}
