@@ -27,7 +27,35 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Service commands live beside their services and are imported only when invoked, so
+# `harstream devices list` does not pay for TensorFlow or faust imports.
+_SERVICE_COMMANDS = {
+    "demo": "services.demo.cli:demo",
+    "simulate": "services.demo.cli:simulate",
+    "ingest": "services.ingest.cli:ingest",
+    "devices": "services.ingest.cli:devices",
+    "preprocess": "services.preprocess.cli:preprocess",
+    "inference": "services.inference.cli:inference",
+    "modelserver": "services.modelserver.cli:modelserver",
+    "alerting": "services.alerting.cli:alerting",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *_SERVICE_COMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _SERVICE_COMMANDS:
+            import importlib
+
+            module_name, attr = _SERVICE_COMMANDS[cmd_name].split(":")
+            command: click.Command = getattr(importlib.import_module(module_name), attr)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option(
     "--data-dir",

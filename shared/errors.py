@@ -27,3 +27,11 @@ class PreprocessingError(HarstreamError):
 
 class StateDecodeError(PreprocessingError):
     """Serialised device state is truncated, of another version, or of another configuration."""
+
+
+class SchemaError(HarstreamError):
+    """A message cannot be decoded: wrong magic, unknown version, bad header or payload size.
+
+    Never retriable: the same bytes fail the same way, so the message goes to the
+    dead-letter topic.
+    """

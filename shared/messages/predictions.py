@@ -1,0 +1,100 @@
+"""Activity predictions as the inference worker writes them to the predictions topic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shared.activities import ACTIVITIES
+from shared.errors import SchemaError
+from shared.features import MotionFeatures
+from shared.messages.codec import decode_json, encode_json, field
+
+SCHEMA = "harstream.prediction"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer for one window, with what alerting and dashboards need beside it."""
+
+    window_id: str
+    device_id: str
+    start_index: int
+    start_time: float
+    end_time: float
+    #: One of :data:`shared.activities.ACTIVITIES`.
+    label: str
+    #: Class probabilities in :data:`shared.activities.ACTIVITIES` order.
+    probabilities: tuple[float, ...]
+    model_name: str
+    model_version: int
+    features: MotionFeatures
+    #: Wall-clock times (Unix seconds): packet accepted by ingest, window emitted by
+    #: preprocess, prediction produced by inference.
+    ingested_at: float
+    window_emitted_at: float
+    produced_at: float
+    #: Seconds the window waited in the inference worker's batch, and the Predict call took.
+    queue_wait_s: float
+    inference_s: float
+
+    @property
+    def confidence(self) -> float:
+        return max(self.probabilities)
+
+    @property
+    def end_to_end_s(self) -> float:
+        """Ingest acceptance of the window's last packet → prediction produced (seconds)."""
+        return self.produced_at - self.ingested_at
+
+    def to_bytes(self) -> bytes:
+        body: dict[str, Any] = {
+            "window_id": self.window_id,
+            "device_id": self.device_id,
+            "start_index": self.start_index,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "label": self.label,
+            "probabilities": [round(p, 6) for p in self.probabilities],
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "features": self.features.to_dict(),
+            "ingested_at": self.ingested_at,
+            "window_emitted_at": self.window_emitted_at,
+            "produced_at": self.produced_at,
+            "queue_wait_s": self.queue_wait_s,
+            "inference_s": self.inference_s,
+        }
+        return encode_json(SCHEMA, VERSION, body)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Prediction:
+        body = decode_json(data, SCHEMA, (VERSION,))
+        probabilities = field(body, "probabilities", list)
+        if len(probabilities) != len(ACTIVITIES):
+            raise SchemaError(f"{len(probabilities)} probabilities for {len(ACTIVITIES)} classes")
+        label = field(body, "label", str)
+        if label not in ACTIVITIES:
+            raise SchemaError(f"unknown activity {label!r}")
+
+        def number(name: str) -> float:
+            return float(field(body, name, (int, float)))
+
+        return cls(
+            window_id=field(body, "window_id", str),
+            device_id=field(body, "device_id", str),
+            start_index=field(body, "start_index", int),
+            start_time=number("start_time"),
+            end_time=number("end_time"),
+            label=label,
+            probabilities=tuple(float(p) for p in probabilities),
+            model_name=field(body, "model_name", str),
+            model_version=field(body, "model_version", int),
+            features=MotionFeatures.from_dict(body.get("features")),
+            ingested_at=number("ingested_at"),
+            window_emitted_at=number("window_emitted_at"),
+            produced_at=number("produced_at"),
+            queue_wait_s=number("queue_wait_s"),
+            inference_s=number("inference_s"),
+        )
