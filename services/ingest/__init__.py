@@ -1,0 +1,1 @@
+"""harstream ingest service."""
