@@ -72,6 +72,7 @@ async def run_replay(
     packet_size: int,
     console: Console | None,
     drain_timeout_s: float = 60.0,
+    interrupted: asyncio.Event | None = None,
 ) -> DemoResult:
     """Replay ``devices`` through the running pipeline and wait until every window is predicted
     (or ``drain_timeout_s`` passes without progress)."""
@@ -99,6 +100,8 @@ async def run_replay(
             await asyncio.sleep(0.25)
             if live:
                 live.update(live_view(tally, load))
+            if interrupted is not None and interrupted.is_set():
+                break
             if watcher.done():
                 watcher.result()  # surfaces the watcher's exception
             if tally.predictions != last_count:
