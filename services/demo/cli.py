@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 # Demo-only alert thresholds: at 10x speed a 30 s fall confirmation takes 3 s of wall time,
 # but DEVICE_OFFLINE counts wall-clock time, so it is shortened to be seen within the demo.
-DEMO_ALERTING_ENV = {"HARSTREAM_ALERTING_OFFLINE_AFTER_S": "20"}
+DEMO_ALERTING_ENV = {"HARSTREAM_ALERTING_RULES__OFFLINE_AFTER_S": "20"}
 
 
 def _cache(ctx: click.Context) -> HaptCache:

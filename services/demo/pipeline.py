@@ -127,6 +127,8 @@ class Pipeline:
                 "HARSTREAM_ALERTING_HOST": "127.0.0.1",
                 "HARSTREAM_ALERTING_PORT": str(self.ports["alerting"]),
                 "HARSTREAM_ALERTING_STORE_URL": self.alert_store_url,
+            # Devices may start sending before alerting has joined its group.
+            "HARSTREAM_ALERTING_AUTO_OFFSET_RESET": "earliest",
             },
         )
         self.services["modelserver"].wait_http(

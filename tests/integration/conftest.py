@@ -3,14 +3,19 @@ once per session on a free port; each test gets its own topic prefix and group i
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from services.common.broker import EmbeddedBroker
 from services.common.kafka import create_topics
+from services.modelserver.process import ModelServerProcess
 from shared.settings import StreamSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -47,3 +52,19 @@ def stream_settings(broker: EmbeddedBroker, unique_id: str) -> Callable[..., Str
         return settings
 
     return make
+
+
+@pytest.fixture(scope="session")
+def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServerProcess]:
+    """``harstream modelserver`` (TF Serving's gRPC/REST API) on free ports for the session.
+
+    Serves model ``har`` from a temp copy of ``models/har/1`` (``.base_path``; polled every
+    0.5 s, so versions added there are picked up). Attributes: ``.grpc_target``
+    ("127.0.0.1:PORT"), ``.rest_url``, ``.model_name``, ``.base_path``, ``.pid``, ``.log_path``.
+    Stopped with SIGTERM at the end of the session.
+    """
+    root = tmp_path_factory.mktemp("modelserver")
+    base_path = root / "har"
+    shutil.copytree(REPO_ROOT / "models" / "har" / "1", base_path / "1")
+    with ModelServerProcess(base_path, "har", log_path=root / "modelserver.log") as running:
+        yield running

@@ -34,7 +34,7 @@ SPEED = 50.0
 # Short wall-clock offline threshold so a silent device is seen within the test; the fall
 # confirmation keeps its product default (30 s of device time = 0.6 s at 50x).
 ALERTING_ENV = {
-    "HARSTREAM_ALERTING_OFFLINE_AFTER_S": "8",
+    "HARSTREAM_ALERTING_RULES__OFFLINE_AFTER_S": "8",
     "HARSTREAM_ALERTING_TICK_INTERVAL_S": "0.5",
 }
 

@@ -1,0 +1,60 @@
+"""``harstream alerting``: run the alerting worker and its HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import click
+
+from services.alerting.settings import AlertingSettings
+
+logger = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option("--port", type=int, default=None, help="HTTP port [env HARSTREAM_ALERTING_PORT].")
+@click.option(
+    "--store-url", default=None, help="Alert store URL [env HARSTREAM_ALERTING_STORE_URL]."
+)
+@click.option(
+    "--create-topics/--no-create-topics",
+    default=True,
+    show_default=True,
+    help="Create missing harstream topics before starting.",
+)
+def alerting(port: int | None, store_url: str | None, create_topics: bool) -> None:
+    """Turn predictions into alerts: falls, prolonged lying, inactivity, offline devices and
+    sensor faults; store them, publish them on the alerts topic, POST them to webhooks and
+    serve the alert API (GET /v1/alerts, POST /v1/alerts/{id}/ack|resolve, /healthz, /readyz,
+    /metrics).
+
+    Configured by HARSTREAM_ALERTING_* environment variables (Kafka: ..._KAFKA_BOOTSTRAP_SERVERS,
+    ..._KAFKA_PROFILE, ..._TOPIC_PREFIX; webhooks: ..._WEBHOOK_URLS; thresholds:
+    ..._RULES__FALL_CONFIRM_S and the other AlertRules fields). Stops cleanly on SIGTERM/SIGINT.
+    """
+    overrides: dict[str, object] = {}
+    if port is not None:
+        overrides["port"] = port
+    if store_url is not None:
+        overrides["store_url"] = store_url
+    settings = AlertingSettings(**overrides)  # type: ignore[arg-type]
+    if create_topics:
+        from services.common.kafka import create_topics as create  # noqa: PLC0415
+
+        create(settings)
+    if not asyncio.run(_serve(settings)):
+        raise SystemExit(1)
+
+
+async def _serve(settings: AlertingSettings) -> bool:
+    """Run until SIGTERM/SIGINT; False if the worker stopped because it failed."""
+    from services.alerting.app import AlertingService  # noqa: PLC0415 - keeps --help fast
+
+    service = AlertingService(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.request_stop)
+    await service.run()
+    return service.failure is None

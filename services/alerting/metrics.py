@@ -1,0 +1,92 @@
+"""Prometheus metrics of the alerting service (no per-device labels: fleets are large)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class AlertingMetrics(NamedTuple):
+    #: Alert lifecycle transitions by type and new state (open/acknowledged/resolved).
+    alerts: Counter
+    #: Open + acknowledged alerts by type (from the store, so all devices count).
+    alerts_open: Gauge
+    #: Suspected falls cancelled because the person got up before confirmation.
+    falls_cancelled: Counter
+    #: Webhook attempts by outcome: delivered, retried, failed.
+    webhook_deliveries: Counter
+    #: Duration of one webhook POST attempt.
+    webhook_delivery_seconds: Histogram
+    #: Devices that sent predictions to this worker since it started.
+    devices_tracked: Gauge
+    #: Predictions decoded, duplicates included.
+    predictions: Counter
+    #: Predictions ignored as duplicates or older than the newest of their device.
+    duplicates: Counter
+    #: Messages sent to the dead-letter topic, by exception class.
+    dead_letters: Counter
+    #: Alert events published to the alerts topic.
+    events_published: Counter
+
+
+def create(registry: CollectorRegistry) -> AlertingMetrics:
+    return AlertingMetrics(
+        alerts=Counter(
+            "harstream_alerts_total",
+            "Alert lifecycle transitions.",
+            ["type", "state"],
+            registry=registry,
+        ),
+        alerts_open=Gauge(
+            "harstream_alerts_open",
+            "Open or acknowledged alerts.",
+            ["type"],
+            registry=registry,
+        ),
+        falls_cancelled=Counter(
+            "harstream_alert_falls_cancelled_total",
+            "Suspected falls cancelled because the person got up before confirmation.",
+            registry=registry,
+        ),
+        webhook_deliveries=Counter(
+            "harstream_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome (delivered, retried, failed).",
+            ["outcome"],
+            registry=registry,
+        ),
+        webhook_delivery_seconds=Histogram(
+            "harstream_webhook_delivery_seconds",
+            "Duration of one webhook POST attempt.",
+            # Pager/chat webhooks answer in 50-500 ms; the top buckets show receivers nearing
+            # the default 5 s timeout.
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=registry,
+        ),
+        devices_tracked=Gauge(
+            "harstream_alerting_devices_tracked",
+            "Devices with predictions seen by this worker.",
+            registry=registry,
+        ),
+        predictions=Counter(
+            "harstream_alerting_predictions_total",
+            "Predictions decoded (duplicates included; see the duplicate counter).",
+            registry=registry,
+        ),
+        duplicates=Counter(
+            "harstream_alerting_duplicate_predictions_total",
+            "Predictions ignored: redelivered or older than the newest window of their device.",
+            registry=registry,
+        ),
+        dead_letters=Counter(
+            "harstream_dead_letters_total",
+            "Messages sent to the dead-letter topic.",
+            ["error_type"],
+            registry=registry,
+        ),
+        events_published=Counter(
+            "harstream_alert_events_published_total",
+            "Alert events written to the alerts topic.",
+            registry=registry,
+        ),
+    )

@@ -1,0 +1,504 @@
+"""Per-device alert state machines (pure: no I/O, clocks passed in).
+
+Two clocks:
+
+* event time: the device-clock ``end_time`` of predictions. Falls, prolonged lying,
+  inactivity and sensor faults are judged on it, so a replay at 10× speed behaves like the
+  real day and a consumer lagging behind does not stretch or shrink a fall's 30 s.
+* wall time (``now_wall``, Unix seconds): DEVICE_OFFLINE (no data for N seconds) fires from
+  :meth:`DeviceMonitor.tick` when nothing arrives, and every alert's ``opened_at`` /
+  ``updated_at`` is the wall time at which harstream decided (what the care team sees).
+
+Choices worth knowing:
+
+* FALL_SUSPECTED never auto-resolves: someone fell hard enough to lie still for 30 s, so a
+  human checks and resolves it even if the person got up afterwards. Acknowledging keeps it
+  open (acknowledged) until resolved.
+* PROLONGED_LYING, INACTIVITY, SENSOR_FAULT and DEVICE_OFFLINE resolve themselves when the
+  condition clears (lying ended, movement, healthy windows, data again), acknowledged or not.
+  A PROLONGED_LYING alert opened in day hours stays open into the night until lying ends.
+* At most one open-or-acknowledged alert per (device, type); after one resolves, the same
+  type waits ``cooldown_s`` (event time for event rules, wall time for offline) before it
+  may open again.
+* Windows of a flat-lined sensor carry no information about the person: they feed the
+  sensor-fault rule only, never stillness, lying or falls.
+* Duplicates (same window again, at-least-once upstream) and windows older than the newest
+  seen are ignored (counted in ``duplicates_ignored``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from services.alerting.lifecycle import (
+    EVENT_TIME_TYPES,
+    AlertEvent,
+    AlertTransition,
+    acknowledge,
+    new_alert_id,
+    open_alert,
+    resolve,
+)
+from services.alerting.rules import (
+    LAYING,
+    UPRIGHT_ACTIVITIES,
+    AlertRules,
+    check_prediction,
+    smoothed_activity,
+)
+from shared.messages import Alert, AlertState, AlertType, Prediction
+
+_NEVER = float("-inf")
+
+
+@dataclass
+class _FallCandidate:
+    """An impact waiting for lying/stillness, then for the confirmation time."""
+
+    impact_g: float
+    #: end_time of the impact window: windows starting before it still contain the impact.
+    impact_window_end: float
+    #: Event time by which lying/stillness must (re)start, while ``lying_since`` is None.
+    deadline: float
+    lying_since: float | None = None
+    #: Probabilities of the windows after the impact: the pre-fall walking must not count
+    #: as "got up again".
+    after: deque[tuple[float, ...]] = field(default_factory=deque)
+
+
+class DeviceMonitor:
+    """All rules for one device. ``observe`` per prediction, ``tick`` periodically."""
+
+    def __init__(
+        self,
+        device_id: str,
+        rules: AlertRules,
+        id_factory: Callable[[], str] = new_alert_id,
+    ) -> None:
+        self.device_id = device_id
+        self.rules = rules
+        self._id_factory = id_factory
+        self._probabilities: deque[tuple[float, ...]] = deque(maxlen=rules.smoothing_windows)
+        self._energies: deque[float] = deque(maxlen=rules.smoothing_windows)
+        #: Newest device-clock window end seen, and the wall time it arrived.
+        self.last_end_time: float | None = None
+        self.last_seen_wall: float | None = None
+        #: Open or acknowledged alerts by type.
+        self.active: dict[AlertType, Alert] = {}
+        self._resolved_event: dict[AlertType, float] = {}
+        self._resolved_wall: dict[AlertType, float] = {}
+        self._fall: _FallCandidate | None = None
+        self._laying_since: float | None = None
+        self._still_since: float | None = None
+        self._fault_run = 0
+        self._healthy_run = 0
+        self._fault_kinds: set[str] = set()
+        self.falls_cancelled = 0
+        self.duplicates_ignored = 0
+        self.smoothed: str | None = None
+
+    # -- entry points -------------------------------------------------------------------
+
+    def observe(self, prediction: Prediction, now_wall: float) -> list[AlertTransition]:
+        """Judge one prediction; returns the alerts it opened or resolved.
+
+        Raises :class:`~services.alerting.rules.PredictionRejectedError` for non-finite numbers.
+        """
+        check_prediction(prediction)
+        t = prediction.end_time
+        if self.last_end_time is not None and t <= self.last_end_time:
+            self.duplicates_ignored += 1
+            return []
+        self.last_end_time = t
+        self.last_seen_wall = now_wall
+        out: list[AlertTransition] = []
+        self._back_online(prediction, now_wall, out)
+        faults = self.rules.sensor_faults(prediction)
+        self._sensor_fault(prediction, faults, now_wall, out)
+        if "flatline" in faults:
+            return out  # a stuck sensor says nothing about the person
+        self._probabilities.append(prediction.probabilities)
+        self._energies.append(prediction.features.movement_energy)
+        self.smoothed = smoothed_activity(list(self._probabilities))
+        self._fall_rule(prediction, now_wall, out)
+        self._lying_rule(prediction, now_wall, out)
+        self._inactivity_rule(prediction, now_wall, out)
+        return out
+
+    def tick(self, now_wall: float) -> list[AlertTransition]:
+        """Wall-clock rules (DEVICE_OFFLINE), run even when no message arrives."""
+        if self.last_seen_wall is None:
+            return []
+        silent_s = now_wall - self.last_seen_wall
+        if silent_s < self.rules.offline_after_s:
+            return []
+        opened = self._open(
+            AlertType.DEVICE_OFFLINE,
+            f"no data for {silent_s:.0f} s",
+            now_wall,
+            None,
+            {"last_seen_at": self.last_seen_wall, "last_end_time": self.last_end_time},
+        )
+        return [opened] if opened else []
+
+    def plan_acknowledge(self, alert: Alert, by: str, now_wall: float) -> AlertTransition | None:
+        """The acknowledge step of ``alert`` (None if already acknowledged), not applied yet:
+        the service stores it first, then calls :meth:`apply`."""
+        current = self.active.get(alert.type)
+        if current is not None and current.alert_id == alert.alert_id:
+            alert = current
+        return acknowledge(alert, by, now_wall)
+
+    def plan_resolve(
+        self, alert: Alert, by: str, now_wall: float, resolution: str
+    ) -> AlertTransition:
+        current = self.active.get(alert.type)
+        if current is not None and current.alert_id == alert.alert_id:
+            alert = current
+        return resolve(alert, by, now_wall, resolution)
+
+    def apply(self, step: AlertTransition) -> None:
+        """Adopt a step planned with :meth:`plan_acknowledge` / :meth:`plan_resolve`."""
+        alert = step.alert
+        current = self.active.get(alert.type)
+        if current is None or current.alert_id != alert.alert_id:
+            return
+        if step.event is AlertEvent.RESOLVED:
+            del self.active[alert.type]
+            self._resolved_event[alert.type] = (
+                self.last_end_time if self.last_end_time is not None else _NEVER
+            )
+            self._resolved_wall[alert.type] = alert.updated_at
+        else:
+            self.active[alert.type] = alert
+
+    def acknowledge(self, alert: Alert, by: str, now_wall: float) -> AlertTransition | None:
+        step = self.plan_acknowledge(alert, by, now_wall)
+        if step is not None:
+            self.apply(step)
+        return step
+
+    def resolve(self, alert: Alert, by: str, now_wall: float, resolution: str) -> AlertTransition:
+        step = self.plan_resolve(alert, by, now_wall, resolution)
+        self.apply(step)
+        return step
+
+    def load(self, alert: Alert) -> None:
+        """Adopt a stored open/acknowledged alert (after a restart or a rebalance)."""
+        if alert.state is not AlertState.RESOLVED and alert.type not in self.active:
+            self.active[alert.type] = alert
+
+    # -- rules --------------------------------------------------------------------------
+
+    def _back_online(self, p: Prediction, now_wall: float, out: list[AlertTransition]) -> None:
+        offline = self.active.get(AlertType.DEVICE_OFFLINE)
+        if offline is not None:
+            silent_s = now_wall - float(offline.details.get("last_seen_at", offline.opened_at))
+            out.append(
+                self._resolve(
+                    AlertType.DEVICE_OFFLINE,
+                    "auto",
+                    now_wall,
+                    p.end_time,
+                    f"data again after {silent_s:.0f} s",
+                )
+            )
+
+    def _sensor_fault(
+        self, p: Prediction, faults: list[str], now_wall: float, out: list[AlertTransition]
+    ) -> None:
+        rules = self.rules
+        if faults:
+            self._fault_run += 1
+            self._healthy_run = 0
+            self._fault_kinds.update(faults)
+            if self._fault_run >= rules.fault_windows:
+                f = p.features
+                kinds = sorted(self._fault_kinds)
+                opened = self._open(
+                    AlertType.SENSOR_FAULT,
+                    f"sensor fault ({', '.join(kinds)}) for {self._fault_run} windows",
+                    now_wall,
+                    p.end_time,
+                    {
+                        "faults": kinds,
+                        "windows": self._fault_run,
+                        "acc_std_g": f.acc_std_g,
+                        "max_abs_acc_g": f.max_abs_acc_g,
+                        "max_abs_gyro": f.max_abs_gyro,
+                        "min_acc_g": f.min_acc_g,
+                        "peak_acc_g": f.peak_acc_g,
+                    },
+                )
+                if opened:
+                    out.append(opened)
+            return
+        self._healthy_run += 1
+        self._fault_run = 0
+        if self._healthy_run >= rules.fault_clear_windows:
+            self._fault_kinds.clear()
+            if AlertType.SENSOR_FAULT in self.active:
+                out.append(
+                    self._resolve(
+                        AlertType.SENSOR_FAULT,
+                        "auto",
+                        now_wall,
+                        p.end_time,
+                        f"{self._healthy_run} healthy windows",
+                    )
+                )
+
+    def _fall_rule(self, p: Prediction, now_wall: float, out: list[AlertTransition]) -> None:
+        rules = self.rules
+        f = p.features
+        t = p.end_time
+        impact = f.peak_acc_g >= rules.fall_impact_g
+        fall = self._fall
+        if fall is not None and p.start_time < fall.impact_window_end:
+            # Still overlaps the impact window: its energy and label are the impact's.
+            fall.impact_g = max(fall.impact_g, f.peak_acc_g)
+            return
+        if impact:
+            # A (new) impact starts the wait for lying; a second one restarts it.
+            self._fall = _FallCandidate(
+                impact_g=f.peak_acc_g if fall is None else max(fall.impact_g, f.peak_acc_g),
+                impact_window_end=t,
+                deadline=t + rules.fall_followup_s,
+                after=deque(maxlen=rules.smoothing_windows),
+            )
+            return
+        if fall is None:
+            return
+        fall.after.append(p.probabilities)
+        after_activity = smoothed_activity(list(fall.after))
+        up = f.movement_energy > rules.getup_energy_g2 or (
+            len(fall.after) == rules.smoothing_windows and after_activity in UPRIGHT_ACTIVITIES
+        )
+        lying_or_still = after_activity == LAYING or rules.is_still(f.movement_energy)
+        if up:
+            if fall.lying_since is not None:
+                self.falls_cancelled += 1  # was lying after an impact, then got up
+            self._fall = None
+            return
+        if lying_or_still:
+            if fall.lying_since is None:
+                fall.lying_since = p.start_time
+            lying_s = t - fall.lying_since
+            if lying_s >= rules.fall_confirm_s:
+                self._fall = None
+                opened = self._open(
+                    AlertType.FALL_SUSPECTED,
+                    f"impact {fall.impact_g:.1f} g, then lying/still {lying_s:.0f} s",
+                    now_wall,
+                    t,
+                    {
+                        "impact_g": round(fall.impact_g, 3),
+                        "impact_time": fall.impact_window_end,
+                        "lying_s": round(lying_s, 2),
+                        "activity": after_activity,
+                        "movement_energy_g2": f.movement_energy,
+                    },
+                )
+                if opened:
+                    out.append(opened)
+            return
+        # Neither lying/still nor up (e.g. sitting and shifting): the confirmation wait needs
+        # *continued* lying, so it restarts, and lying must resume within the follow-up time.
+        if fall.lying_since is not None:
+            fall.lying_since = None
+            fall.deadline = t + rules.fall_followup_s
+        elif t > fall.deadline:
+            self._fall = None  # an impact without lying afterwards: a stomp, a jump, stairs
+
+    def _lying_rule(self, p: Prediction, now_wall: float, out: list[AlertTransition]) -> None:
+        t = p.end_time
+        if self.smoothed != LAYING:
+            self._laying_since = None
+            if AlertType.PROLONGED_LYING in self.active:
+                out.append(
+                    self._resolve(
+                        AlertType.PROLONGED_LYING, "auto", now_wall, t, f"now {self.smoothed}"
+                    )
+                )
+            return
+        if self._laying_since is None:
+            self._laying_since = p.start_time
+        lying_s = t - self._laying_since
+        if lying_s >= self.rules.lying_max_s and self.rules.in_day_hours(t):
+            opened = self._open(
+                AlertType.PROLONGED_LYING,
+                f"lying for {_duration(lying_s)} during day hours",
+                now_wall,
+                t,
+                {"lying_s": round(lying_s, 2), "lying_since": self._laying_since},
+            )
+            if opened:
+                out.append(opened)
+
+    def _inactivity_rule(self, p: Prediction, now_wall: float, out: list[AlertTransition]) -> None:
+        t = p.end_time
+        # Median of the smoothing window: one twitch neither breaks nor makes stillness.
+        energy = statistics.median(self._energies)
+        if not self.rules.is_still(energy):
+            self._still_since = None
+            if AlertType.INACTIVITY in self.active:
+                out.append(
+                    self._resolve(
+                        AlertType.INACTIVITY,
+                        "auto",
+                        now_wall,
+                        t,
+                        f"moving again ({energy:.4f} g²)",
+                    )
+                )
+            return
+        if self._still_since is None:
+            self._still_since = p.start_time
+        still_s = t - self._still_since
+        if still_s >= self.rules.inactivity_s:
+            opened = self._open(
+                AlertType.INACTIVITY,
+                f"no movement for {_duration(still_s)}",
+                now_wall,
+                t,
+                {
+                    "still_s": round(still_s, 2),
+                    "still_since": self._still_since,
+                    "movement_energy_g2": energy,
+                },
+            )
+            if opened:
+                out.append(opened)
+
+    # -- lifecycle helpers --------------------------------------------------------------
+
+    def _open(
+        self,
+        kind: AlertType,
+        reason: str,
+        now_wall: float,
+        event_time: float | None,
+        details: dict[str, object],
+    ) -> AlertTransition | None:
+        """Open ``kind`` unless one is active or it resolved less than cooldown_s ago."""
+        if kind in self.active:
+            return None
+        if kind in EVENT_TIME_TYPES:
+            since = (event_time or 0.0) - self._resolved_event.get(kind, _NEVER)
+        else:
+            since = now_wall - self._resolved_wall.get(kind, _NEVER)
+        if since < self.rules.cooldown_s:
+            return None
+        step = open_alert(
+            self.device_id,
+            kind,
+            reason,
+            now_wall,
+            {**details, "event_time": event_time},
+            self._id_factory,
+        )
+        self.active[kind] = step.alert
+        return step
+
+    def _resolve(
+        self,
+        kind: AlertType,
+        by: str,
+        now_wall: float,
+        event_time: float | None,
+        resolution: str,
+    ) -> AlertTransition:
+        alert = self.active.pop(kind)
+        self._resolved_event[kind] = event_time if event_time is not None else _NEVER
+        self._resolved_wall[kind] = now_wall
+        return resolve(alert, by, now_wall, resolution)
+
+
+class FleetMonitor:
+    """The :class:`DeviceMonitor` of every device this worker sees."""
+
+    def __init__(self, rules: AlertRules, id_factory: Callable[[], str] = new_alert_id) -> None:
+        self.rules = rules
+        self._id_factory = id_factory
+        self.devices: dict[str, DeviceMonitor] = {}
+        self._cancelled_reported = 0
+        self._forgotten_cancelled = 0
+
+    def monitor(self, device_id: str) -> DeviceMonitor:
+        found = self.devices.get(device_id)
+        if found is None:
+            found = self.devices[device_id] = DeviceMonitor(device_id, self.rules, self._id_factory)
+        return found
+
+    def observe(self, prediction: Prediction, now_wall: float) -> list[AlertTransition]:
+        return self.monitor(prediction.device_id).observe(prediction, now_wall)
+
+    def tick(self, now_wall: float) -> list[AlertTransition]:
+        out: list[AlertTransition] = []
+        for device in self.devices.values():
+            out.extend(device.tick(now_wall))
+        return out
+
+    def plan_acknowledge(self, alert: Alert, by: str, now_wall: float) -> AlertTransition | None:
+        """The acknowledge step of a stored alert (None if it already was), not applied.
+        Raises :class:`~services.alerting.lifecycle.InvalidTransitionError` if resolved."""
+        device = self.devices.get(alert.device_id)
+        if device is None:
+            return acknowledge(alert, by, now_wall)
+        return device.plan_acknowledge(alert, by, now_wall)
+
+    def plan_resolve(self, alert: Alert, by: str, now_wall: float) -> AlertTransition:
+        """The manual resolve step of a stored alert, not applied. Raises
+        :class:`~services.alerting.lifecycle.InvalidTransitionError` if already resolved."""
+        device = self.devices.get(alert.device_id)
+        if device is None:
+            return resolve(alert, by, now_wall, f"resolved by {by}")
+        return device.plan_resolve(alert, by, now_wall, f"resolved by {by}")
+
+    def apply(self, step: AlertTransition) -> None:
+        device = self.devices.get(step.alert.device_id)
+        if device is not None:
+            device.apply(step)
+
+    def load(self, alerts: Iterable[Alert]) -> int:
+        """Adopt stored open/acknowledged alerts of devices not tracked yet; returns how many."""
+        adopted = 0
+        stored = list(alerts)
+        fresh = {a.device_id for a in stored} - set(self.devices)
+        for alert in stored:
+            if alert.device_id in fresh:
+                self.monitor(alert.device_id).load(alert)
+                adopted += 1
+        return adopted
+
+    def forget(self, device_ids: Iterable[str]) -> None:
+        """Drop devices another worker now owns (partitions revoked); their alerts stay stored."""
+        for device_id in device_ids:
+            gone = self.devices.pop(device_id, None)
+            if gone is not None:
+                self._forgotten_cancelled += gone.falls_cancelled
+
+    def take_falls_cancelled(self) -> int:
+        """Falls cancelled (person got up) since the last call, for a counter metric."""
+        total = self._forgotten_cancelled + sum(d.falls_cancelled for d in self.devices.values())
+        new, self._cancelled_reported = total - self._cancelled_reported, total
+        return new
+
+    @property
+    def devices_tracked(self) -> int:
+        """Devices that sent data to this worker (not those only known from stored alerts)."""
+        return sum(1 for d in self.devices.values() if d.last_seen_wall is not None)
+
+    def active_alerts(self) -> list[Alert]:
+        return [a for d in self.devices.values() for a in d.active.values()]
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"

@@ -1,0 +1,92 @@
+"""Configuration of the alerting service (env prefix ``HARSTREAM_ALERTING_``).
+
+Rule thresholds are the nested :class:`~services.alerting.rules.AlertRules`, set with a double
+underscore: ``HARSTREAM_ALERTING_RULES__FALL_CONFIRM_S=45``, or as one JSON object in
+``HARSTREAM_ALERTING_RULES``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.alerting.rules import AlertRules
+from shared.settings import StreamSettings
+
+
+def default_store_url() -> str:
+    """``sqlite:///$XDG_DATA_HOME/harstream/alerts.db`` (``~/.local/share/...``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{Path(base) / 'harstream' / 'alerts.db'}"
+
+
+class AlertingSettings(StreamSettings):
+    """Kafka, HTTP, store, webhook and rule settings of ``harstream alerting``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HARSTREAM_ALERTING_",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="ignore",
+    )
+
+    group_id: str = Field(
+        "harstream-alerting", description="Kafka consumer group of the alerting workers."
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "latest",
+        description=(
+            "Where a new consumer group starts: 'latest' so a first deployment does not raise "
+            "alerts for days-old predictions; 'earliest' in tests and replays."
+        ),
+    )
+    max_batch_records: int = Field(
+        500, ge=1, description="Most predictions handled (and committed) per batch."
+    )
+    host: str = Field("0.0.0.0", description="HTTP API bind address.")
+    port: int = Field(8083, ge=0, le=65535, description="HTTP API port (0: any free port).")
+    store_url: str = Field(
+        default_factory=default_store_url,
+        description=(
+            "Alert store: 'sqlite:///path/alerts.db' (default under the XDG data dir) or "
+            "'postgresql://user@host:5432/db'."
+        ),
+    )
+    store_schema: str = Field(
+        "harstream_alerting",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL schema of the alert tables (created if missing).",
+    )
+    webhook_urls: str = Field(
+        "",
+        description="Comma-separated URLs that receive every alert event as a JSON POST.",
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook POST (s).")
+    webhook_max_attempts: int = Field(
+        8, ge=1, description="Attempts per webhook delivery before it is marked failed."
+    )
+    webhook_backoff_base_s: float = Field(
+        1.0, gt=0, description="First retry delay (s); doubles per attempt, with full jitter."
+    )
+    webhook_backoff_max_s: float = Field(
+        300.0, gt=0, description="Longest retry delay (s), also caps a server's Retry-After."
+    )
+    webhook_concurrency: int = Field(8, ge=1, description="Webhook POSTs in flight at once.")
+    webhook_poll_interval_s: float = Field(
+        1.0, gt=0, description="How often the outbox is checked for due retries (s)."
+    )
+    tick_interval_s: float = Field(
+        1.0, gt=0, description="Period of the wall-clock rule check (device offline), s."
+    )
+    rules: AlertRules = Field(
+        default_factory=AlertRules,
+        description="Alert thresholds (HARSTREAM_ALERTING_RULES__<FIELD>=...).",
+    )
+
+    @property
+    def webhook_url_list(self) -> list[str]:
+        return [u.strip() for u in self.webhook_urls.split(",") if u.strip()]

@@ -1,0 +1,478 @@
+"""Alert store: current alerts, their event history, and the webhook outbox.
+
+One :class:`AlertStore` protocol, two implementations: SQLite (a single worker, the default)
+and PostgreSQL (several workers, or when the care platform reads the tables). Every alert
+transition is written in ONE transaction with its history row and its webhook outbox rows,
+so a crash never leaves an alert without its notifications (at least once: deliveries and
+unpublished Kafka events are picked up again after a restart).
+
+Calls are blocking and serialised by a lock; the service runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+from services.alerting.lifecycle import AlertTransition
+from shared.errors import HarstreamError
+from shared.messages import Alert, AlertState, AlertType, Severity
+
+T = TypeVar("T")
+
+
+class StoreError(HarstreamError):
+    """The alert store cannot be read or written (connection lost, disk full...)."""
+
+    retriable = True
+
+
+class Delivery(NamedTuple):
+    """One webhook POST to make (or retry)."""
+
+    id: int
+    url: str
+    #: ``<alert_id>:<event>``: the Idempotency-Key header, the same on every attempt.
+    idempotency_key: str
+    #: The JSON body, exactly as first built.
+    body: str
+    #: Attempts made so far.
+    attempts: int
+
+
+class AlertStore(Protocol):
+    def record(self, transitions: Sequence[AlertTransition], webhook_urls: Sequence[str]) -> None:
+        """Store alerts' new state, their history and their webhook deliveries atomically."""
+
+    def get(self, alert_id: str) -> Alert | None: ...
+
+    def list_alerts(
+        self,
+        state: AlertState | None = None,
+        kind: AlertType | None = None,
+        device_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Alert]:
+        """Newest first."""
+
+    def active(self) -> list[Alert]:
+        """Open and acknowledged alerts."""
+
+    def count_active(self) -> dict[AlertType, int]: ...
+
+    def unpublished(self, limit: int = 500) -> list[tuple[int, Alert]]:
+        """History rows not yet confirmed on the alerts topic, oldest first."""
+
+    def mark_published(self, event_ids: Sequence[int]) -> None: ...
+
+    def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
+        """Pending deliveries due at ``now``; hidden from other claims for ``lease_s``."""
+
+    def delivery_retry(
+        self, delivery_id: int, attempts: int, next_at: float, error: str
+    ) -> None: ...
+
+    def delivery_done(self, delivery_id: int, attempts: int, status: str, error: str) -> None:
+        """Final state: ``delivered`` or ``failed``."""
+
+    def deliveries(self, alert_id: str | None = None) -> list[dict[str, Any]]:
+        """Outbox rows (for inspection and tests)."""
+
+    def ping(self) -> None:
+        """Raise :class:`StoreError` if the store cannot answer."""
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    opened_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    acknowledged_by TEXT,
+    details TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_device_type ON alerts (device_id, type, state);
+CREATE INDEX IF NOT EXISTS alerts_state_opened ON alerts (state, opened_at);
+CREATE TABLE IF NOT EXISTS alert_events (
+    id {serial},
+    alert_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    alert TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS alert_events_alert ON alert_events (alert_id);
+CREATE INDEX IF NOT EXISTS alert_events_unpublished ON alert_events (published, id);
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id {serial},
+    alert_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE PRECISION NOT NULL,
+    last_error TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    UNIQUE (url, idempotency_key)
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (status, next_attempt_at);
+"""
+
+_ALERT_COLUMNS = (
+    "alert_id, device_id, type, state, severity, reason, opened_at, updated_at, "
+    "acknowledged_by, details"
+)
+
+
+def webhook_body(transition: AlertTransition) -> str:
+    """``{"event": "opened|acknowledged|resolved", "alert": {...}}``."""
+    return json.dumps(
+        {"event": transition.event.value, "alert": transition.alert.to_dict()},
+        separators=(",", ":"),
+    )
+
+
+def _alert_from_row(row: Sequence[Any]) -> Alert:
+    return Alert(
+        alert_id=row[0],
+        device_id=row[1],
+        type=AlertType(row[2]),
+        state=AlertState(row[3]),
+        severity=Severity(row[4]),
+        reason=row[5],
+        opened_at=float(row[6]),
+        updated_at=float(row[7]),
+        acknowledged_by=row[8],
+        details=json.loads(row[9]),
+    )
+
+
+class _SqlStore:
+    """The SQL both databases share; subclasses supply connections and placeholders."""
+
+    _placeholder = "?"
+    _claim_sql: str
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def _transaction(self) -> AbstractContextManager[Any]:
+        """A cursor inside one transaction; errors become :class:`StoreError`."""
+        raise NotImplementedError
+
+    def _q(self, sql: str) -> str:
+        return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
+
+    def _run(self, work: Callable[[Any], T]) -> T:
+        with self._lock, self._transaction() as cursor:
+            return work(cursor)
+
+    # AlertStore
+    def record(self, transitions: Sequence[AlertTransition], webhook_urls: Sequence[str]) -> None:
+        if not transitions:
+            return
+        q = self._q
+
+        def work(cur: Any) -> None:
+            for step in transitions:
+                a = step.alert
+                cur.execute(
+                    q(
+                        f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                        "ON CONFLICT (alert_id) DO UPDATE SET state = excluded.state, "
+                        "reason = excluded.reason, updated_at = excluded.updated_at, "
+                        "acknowledged_by = excluded.acknowledged_by, details = excluded.details"
+                    ),
+                    (
+                        a.alert_id,
+                        a.device_id,
+                        a.type.value,
+                        a.state.value,
+                        a.severity.value,
+                        a.reason,
+                        a.opened_at,
+                        a.updated_at,
+                        a.acknowledged_by,
+                        json.dumps(a.details),
+                    ),
+                )
+                cur.execute(
+                    q("INSERT INTO alert_events (alert_id, event, at, alert) VALUES (?,?,?,?)"),
+                    (a.alert_id, step.event.value, a.updated_at, json.dumps(a.to_dict())),
+                )
+                body = webhook_body(step)
+                for url in webhook_urls:
+                    cur.execute(
+                        q(
+                            "INSERT INTO webhook_outbox (alert_id, url, idempotency_key, body, "
+                            "status, attempts, next_attempt_at, created_at, updated_at) "
+                            "VALUES (?,?,?,?,'pending',0,?,?,?) "
+                            "ON CONFLICT (url, idempotency_key) DO NOTHING"
+                        ),
+                        (
+                            a.alert_id,
+                            url,
+                            step.idempotency_key,
+                            body,
+                            a.updated_at,
+                            a.updated_at,
+                            a.updated_at,
+                        ),
+                    )
+
+        self._run(work)
+
+    def get(self, alert_id: str) -> Alert | None:
+        def work(cur: Any) -> Alert | None:
+            cur.execute(
+                self._q(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE alert_id = ?"), (alert_id,)
+            )
+            row = cur.fetchone()
+            return None if row is None else _alert_from_row(row)
+
+        return self._run(work)
+
+    def list_alerts(
+        self,
+        state: AlertState | None = None,
+        kind: AlertType | None = None,
+        device_id: str | None = None,
+        limit: int = 100,
+    ) -> list[Alert]:
+        where, args = [], []
+        for column, value in (("state", state), ("type", kind), ("device_id", device_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(str(value))
+        sql = f"SELECT {_ALERT_COLUMNS} FROM alerts"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY opened_at DESC, alert_id LIMIT ?"
+
+        def work(cur: Any) -> list[Alert]:
+            cur.execute(self._q(sql), (*args, limit))
+            return [_alert_from_row(r) for r in cur.fetchall()]
+
+        return self._run(work)
+
+    def active(self) -> list[Alert]:
+        def work(cur: Any) -> list[Alert]:
+            cur.execute(
+                self._q(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE state <> ? ORDER BY opened_at"),
+                (AlertState.RESOLVED.value,),
+            )
+            return [_alert_from_row(r) for r in cur.fetchall()]
+
+        return self._run(work)
+
+    def count_active(self) -> dict[AlertType, int]:
+        def work(cur: Any) -> dict[AlertType, int]:
+            cur.execute(
+                self._q("SELECT type, COUNT(*) FROM alerts WHERE state <> ? GROUP BY type"),
+                (AlertState.RESOLVED.value,),
+            )
+            found = {AlertType(t): int(n) for t, n in cur.fetchall()}
+            return {kind: found.get(kind, 0) for kind in AlertType}
+
+        return self._run(work)
+
+    def unpublished(self, limit: int = 500) -> list[tuple[int, Alert]]:
+        def work(cur: Any) -> list[tuple[int, Alert]]:
+            cur.execute(
+                self._q(
+                    "SELECT id, alert FROM alert_events WHERE published = 0 ORDER BY id LIMIT ?"
+                ),
+                (limit,),
+            )
+            return [(int(i), Alert.from_dict(json.loads(body))) for i, body in cur.fetchall()]
+
+        return self._run(work)
+
+    def mark_published(self, event_ids: Sequence[int]) -> None:
+        if not event_ids:
+            return
+
+        def work(cur: Any) -> None:
+            marks = ",".join("?" * len(event_ids))
+            cur.execute(
+                self._q(f"UPDATE alert_events SET published = 1 WHERE id IN ({marks})"),
+                tuple(event_ids),
+            )
+
+        self._run(work)
+
+    def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
+        def work(cur: Any) -> list[Delivery]:
+            cur.execute(self._q(self._claim_sql), (now + lease_s, now, limit))
+            rows = [Delivery(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in cur.fetchall()]
+            return sorted(rows, key=lambda d: d.id)
+
+        return self._run(work)
+
+    def delivery_retry(self, delivery_id: int, attempts: int, next_at: float, error: str) -> None:
+        def work(cur: Any) -> None:
+            cur.execute(
+                self._q(
+                    "UPDATE webhook_outbox SET attempts = ?, next_attempt_at = ?, last_error = ?, "
+                    "updated_at = ? WHERE id = ?"
+                ),
+                (attempts, next_at, error[:500], next_at, delivery_id),
+            )
+
+        self._run(work)
+
+    def delivery_done(self, delivery_id: int, attempts: int, status: str, error: str) -> None:
+        def work(cur: Any) -> None:
+            cur.execute(
+                self._q(
+                    "UPDATE webhook_outbox SET attempts = ?, status = ?, last_error = ? "
+                    "WHERE id = ?"
+                ),
+                (attempts, status, error[:500] or None, delivery_id),
+            )
+
+        self._run(work)
+
+    def deliveries(self, alert_id: str | None = None) -> list[dict[str, Any]]:
+        columns = ("id", "alert_id", "url", "idempotency_key", "status", "attempts", "last_error")
+        sql = f"SELECT {', '.join(columns)} FROM webhook_outbox"
+        args: tuple[Any, ...] = ()
+        if alert_id is not None:
+            sql += " WHERE alert_id = ?"
+            args = (alert_id,)
+
+        def work(cur: Any) -> list[dict[str, Any]]:
+            cur.execute(self._q(sql + " ORDER BY id"), args)
+            return [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
+
+        return self._run(work)
+
+    def ping(self) -> None:
+        def work(cur: Any) -> None:
+            cur.execute("SELECT 1")
+            cur.fetchone()
+
+        self._run(work)
+
+
+class SqliteAlertStore(_SqlStore):
+    """A SQLite file (``:memory:`` works too). WAL mode so API reads do not wait for writes."""
+
+    _claim_sql = (
+        "UPDATE webhook_outbox SET next_attempt_at = ? WHERE id IN (SELECT id FROM "
+        "webhook_outbox WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?) "
+        "RETURNING id, url, idempotency_key, body, attempts"
+    )
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(str(path), check_same_thread=False, timeout=10.0)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(_SCHEMA.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite alert store {path}: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        try:
+            with self._conn:  # commits, or rolls back on an exception
+                cursor = self._conn.cursor()
+                try:
+                    yield cursor
+                finally:
+                    cursor.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite alert store: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class PostgresAlertStore(_SqlStore):
+    """PostgreSQL via psycopg 3, tables in ``schema``; reconnects after a lost connection."""
+
+    _placeholder = "%s"
+    _claim_sql = (
+        "UPDATE webhook_outbox SET next_attempt_at = ? WHERE id IN (SELECT id FROM "
+        "webhook_outbox WHERE status = 'pending' AND next_attempt_at <= ? "
+        "ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED) "
+        "RETURNING id, url, idempotency_key, body, attempts"
+    )
+
+    def __init__(self, url: str, schema: str = "harstream_alerting") -> None:
+        super().__init__()
+        if not schema.replace("_", "").isalnum():
+            raise StoreError(f"bad schema name {schema!r}")
+        self._url = url
+        self.schema = schema
+        self._conn: Any = None
+        with self._lock:
+            self._connect()
+
+    def _connect(self) -> Any:
+        import psycopg  # noqa: PLC0415 - only PostgreSQL deployments need it
+
+        try:
+            conn = psycopg.connect(self._url, connect_timeout=10)
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                cur.execute(f'SET search_path TO "{self.schema}"')
+                cur.execute(_SCHEMA.format(serial="BIGSERIAL PRIMARY KEY"))
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot open PostgreSQL alert store: {exc}") from exc
+        self._conn = conn
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        import psycopg  # noqa: PLC0415
+
+        conn = self._conn
+        try:
+            if conn is None or conn.closed or conn.broken:
+                conn = self._connect()
+            with conn.transaction(), conn.cursor() as cursor:
+                yield cursor
+        except psycopg.Error as exc:
+            if conn is not None and (conn.closed or conn.broken):
+                self._conn = None
+            raise StoreError(f"PostgreSQL alert store: {exc}") from exc
+
+    def drop(self) -> None:
+        """Drop the schema and everything in it (tests)."""
+        with self._lock, self._transaction() as cur:
+            cur.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def open_store(url: str, schema: str = "harstream_alerting") -> AlertStore:
+    """``sqlite:///relative.db``, ``sqlite:////absolute/alerts.db``, ``sqlite:///:memory:``, or
+    ``postgresql://user@host:port/db``."""
+    if url.startswith("sqlite:///"):
+        return SqliteAlertStore(url.removeprefix("sqlite:///"))
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresAlertStore(url, schema)
+    raise StoreError(f"unsupported store URL {url!r}: use sqlite:///... or postgresql://...")

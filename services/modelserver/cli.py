@@ -1,0 +1,99 @@
+"""``harstream modelserver``: the development stand-in for TF Serving."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+logger = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option(
+    "--model-name",
+    default=None,
+    help="Model name [env HARSTREAM_MODELSERVER_MODEL_NAME, default har].",
+)
+@click.option(
+    "--model-base-path",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help=(
+        "Base path of numbered versions "
+        "[env HARSTREAM_MODELSERVER_MODEL_BASE_PATH, default models/har]."
+    ),
+)
+@click.option(
+    "--host", default=None, help="Bind address [env HARSTREAM_MODELSERVER_HOST, default 0.0.0.0]."
+)
+@click.option(
+    "--grpc-port",
+    "--port",
+    type=int,
+    default=None,
+    help="gRPC port [env HARSTREAM_MODELSERVER_GRPC_PORT, default 8500].",
+)
+@click.option(
+    "--rest-port",
+    "--rest-api-port",
+    type=int,
+    default=None,
+    help="REST/metrics port [env HARSTREAM_MODELSERVER_REST_PORT, default 8501].",
+)
+@click.option(
+    "--poll-interval",
+    "poll_interval_s",
+    type=float,
+    default=None,
+    help="Seconds between base-path scans [env HARSTREAM_MODELSERVER_POLL_INTERVAL_S, default 2].",
+)
+@click.option(
+    "--version-labels",
+    default=None,
+    help="e.g. 'stable=1,canary=2' [env HARSTREAM_MODELSERVER_VERSION_LABELS].",
+)
+@click.option(
+    "--grpc-workers",
+    type=int,
+    default=None,
+    help="gRPC handler threads [env HARSTREAM_MODELSERVER_GRPC_WORKERS, default 4].",
+)
+def modelserver(**options: Any) -> None:
+    """Serve a SavedModel base path over TF Serving's gRPC and REST APIs.
+
+    Options override HARSTREAM_MODELSERVER_* environment variables. New version directories
+    (renamed into place) are picked up without restart; SIGTERM/SIGINT stop gracefully.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from services.modelserver.settings import ModelServerSettings  # noqa: PLC0415
+
+    overrides = {key: value for key, value in options.items() if value is not None}
+    try:
+        settings = ModelServerSettings(**overrides)
+    except ValidationError as exc:
+        raise click.UsageError(str(exc)) from exc
+    # imported only now: TensorFlow takes seconds to import
+    from services.modelserver.server import ModelServer  # noqa: PLC0415
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = ModelServer(settings).start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.stop()

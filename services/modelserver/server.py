@@ -1,0 +1,328 @@
+"""The gRPC shell: TF Serving's PredictionService and ModelService over a :class:`ModelManager`.
+
+:class:`ServingCore` holds the request handling shared by gRPC and REST (protos in, protos
+out, :class:`ServingError` for refusals); the servicers only translate errors to gRPC status.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent import futures
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from prometheus_client import CollectorRegistry
+from tensorflow.core.protobuf import error_codes_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    status_pb2,
+)
+
+from services.modelserver import metrics as metrics_module
+from services.modelserver.errors import Code, InvalidArgumentError, ServingError
+from services.modelserver.manager import ModelManager
+from services.modelserver.servable import Servable
+from services.modelserver.settings import ModelServerSettings
+from services.modelserver.tensors import to_ndarrays, to_tensor_proto
+from services.modelserver.validation import resolve_signature
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+def load_servable(version: int, path: Any) -> Servable:
+    servable = Servable(version, path)
+    servable.warm_up()
+    return servable
+
+
+def spec_version(spec: model_pb2.ModelSpec) -> tuple[int | None, str | None]:
+    """(version, label) a ModelSpec asks for; both None means the newest."""
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return int(spec.version.value), None
+    if choice == "version_label":
+        return None, spec.version_label or None
+    return None, None
+
+
+class ServingCore:
+    """Request handling shared by the gRPC servicers and the REST handler."""
+
+    def __init__(
+        self,
+        manager: ModelManager[Servable],
+        metrics: metrics_module.ModelServerMetrics,
+    ) -> None:
+        self.manager = manager
+        self.metrics = metrics
+
+    @contextmanager
+    def observe(self, method: str) -> Iterator[None]:
+        """Count and time one call; the code label is the TF Serving status code name."""
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            yield
+        except ServingError as exc:
+            code = exc.code.value
+            raise
+        except Exception:
+            code = Code.INTERNAL.value
+            raise
+        finally:
+            self.metrics.requests.labels(method, code).inc()
+            self.metrics.request_seconds.labels(method).observe(time.perf_counter() - started)
+
+    def predict_arrays(
+        self,
+        model_name: str,
+        version: int | None,
+        label: str | None,
+        signature_name: str,
+        inputs: Mapping[str, np.ndarray],
+        output_filter: Sequence[str] = (),
+    ) -> tuple[Servable, str, dict[str, np.ndarray]]:
+        """(servable used, resolved signature name, outputs)."""
+        servable = self.manager.get(model_name, version, label)
+        signature = resolve_signature(servable.signatures, signature_name)
+        batch = next((a.shape[0] for a in inputs.values() if a.ndim), 1)
+        try:
+            outputs = servable.predict(signature.name, inputs, output_filter)
+        except tf.errors.InvalidArgumentError as exc:
+            raise InvalidArgumentError(exc.message) from exc
+        except tf.errors.OpError as exc:
+            raise ServingError(exc.message, Code.INTERNAL) from exc
+        self.metrics.batch_size.observe(batch)
+        return servable, signature.name, outputs
+
+    def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        version, label = spec_version(request.model_spec)
+        inputs = to_ndarrays(request.inputs)
+        servable, signature_name, outputs = self.predict_arrays(
+            request.model_spec.name,
+            version,
+            label,
+            request.model_spec.signature_name,
+            inputs,
+            list(request.output_filter),
+        )
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = signature_name
+        for name, array in outputs.items():
+            response.outputs[name].CopyFrom(to_tensor_proto(array))
+        return response
+
+    def metadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        fields = list(request.metadata_field)
+        if not fields:
+            raise InvalidArgumentError(
+                "GetModelMetadataRequest must specify at least one metadata_field"
+            )
+        for field in fields:
+            if field != SIGNATURE_DEF_FIELD:
+                raise InvalidArgumentError(f"Metadata field {field} is not supported")
+        version, label = spec_version(request.model_spec)
+        servable = self.manager.get(request.model_spec.name, version, label)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = servable.version
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(servable.signature_defs)
+        return response
+
+    def status(
+        self, request: get_model_status_pb2.GetModelStatusRequest
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        version, label = spec_version(request.model_spec)
+        if label is not None:
+            version = self.manager.get(request.model_spec.name, None, label).version
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for entry in self.manager.statuses(request.model_spec.name, version):
+            response.model_version_status.append(
+                get_model_status_pb2.ModelVersionStatus(
+                    version=entry.version,
+                    state=int(entry.state),
+                    status=status_pb2.StatusProto(
+                        error_code=error_codes_pb2.Code.Value(entry.error_code),
+                        error_message=entry.error_message,
+                    ),
+                )
+            )
+        return response
+
+    def update_version_gauge(self, serving: Mapping[int, Servable]) -> None:
+        gauge, name = self.metrics.model_version, self.manager.model_name
+        gauge.clear()
+        if serving:
+            gauge.labels(name, "latest").set(max(serving))
+        for label, version in self.manager.labels.items():
+            if version in serving:
+                gauge.labels(name, label).set(version)
+
+
+def _abort(context: grpc.ServicerContext, exc: ServingError) -> NoReturn:
+    context.abort(grpc.StatusCode[exc.code.value], exc.message)
+    raise AssertionError("context.abort returned")  # abort always raises
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, core: ServingCore) -> None:
+        self._core = core
+
+    def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        try:
+            with self._core.observe("Predict"):
+                return self._core.predict(request)
+        except ServingError as exc:
+            _abort(context, exc)
+
+    def GetModelMetadata(
+        self,
+        request: get_model_metadata_pb2.GetModelMetadataRequest,
+        context: grpc.ServicerContext,
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        try:
+            with self._core.observe("GetModelMetadata"):
+                return self._core.metadata(request)
+        except ServingError as exc:
+            _abort(context, exc)
+
+    def _unimplemented(self, method: str, context: grpc.ServicerContext) -> NoReturn:
+        with self._core.observe(method):
+            pass
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not supported by harstream")
+        raise AssertionError("context.abort returned")
+
+    def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._unimplemented("Classify", context)
+
+    def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._unimplemented("Regress", context)
+
+    def MultiInference(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._unimplemented("MultiInference", context)
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, core: ServingCore) -> None:
+        self._core = core
+
+    def GetModelStatus(
+        self,
+        request: get_model_status_pb2.GetModelStatusRequest,
+        context: grpc.ServicerContext,
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        try:
+            with self._core.observe("GetModelStatus"):
+                return self._core.status(request)
+        except ServingError as exc:
+            _abort(context, exc)
+
+    def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "model config reload is not supported: versions are picked up from the base path",
+        )
+
+
+class ModelServer:
+    """The whole server: version poller, gRPC server and REST/metrics server.
+
+    Ports given as 0 are chosen by the kernel; :attr:`grpc_port`/:attr:`rest_port` hold
+    the bound ones after :meth:`start`.
+    """
+
+    def __init__(
+        self, settings: ModelServerSettings, registry: CollectorRegistry | None = None
+    ) -> None:
+        from services.modelserver.rest import RestServer  # noqa: PLC0415 - avoid a cycle
+
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.manager: ModelManager[Servable] = ModelManager(
+            settings.model_name,
+            settings.model_base_path,
+            self._load,
+            labels=settings.labels,
+            on_change=self._on_change,
+        )
+        self.core = ServingCore(self.manager, metrics_module.create(self.registry))
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        megabytes = settings.max_message_mb * 1024 * 1024
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=settings.grpc_workers, thread_name_prefix="modelserver-grpc"
+            ),
+            options=[
+                ("grpc.max_receive_message_length", megabytes),
+                ("grpc.max_send_message_length", megabytes),
+            ],
+        )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.core), self._grpc
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelServicer(self.core), self._grpc
+        )
+        self.grpc_port = self._grpc.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        self._rest = RestServer(self.core, self.registry, settings.host, settings.rest_port)
+        self.rest_port = self._rest.port
+
+    def _load(self, version: int, path: Any) -> Servable:
+        try:
+            servable = load_servable(version, path)
+        except Exception:
+            self.core.metrics.version_loads.labels("failed").inc()
+            raise
+        self.core.metrics.version_loads.labels("ok").inc()
+        return servable
+
+    def _on_change(self, serving: Mapping[int, Servable]) -> None:
+        self.core.update_version_gauge(serving)
+
+    def start(self) -> ModelServer:
+        self._grpc.start()
+        self._rest.start()
+        self._poller = self.manager.start(self._stop, self.settings.poll_interval_s)
+        logger.info(
+            "model server: model %r from %s, gRPC on %s:%d, REST and metrics on %s:%d, "
+            "polling every %.1f s, labels %s",
+            self.settings.model_name,
+            self.settings.model_base_path,
+            self.settings.host,
+            self.grpc_port,
+            self.settings.host,
+            self.rest_port,
+            self.settings.poll_interval_s,
+            self.settings.labels or "none",
+        )
+        return self
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop taking requests, let in-flight ones finish (up to ``grace_s``), stop polling."""
+        self._stop.set()
+        done = self._grpc.stop(grace_s)
+        self._rest.stop()
+        done.wait(grace_s)
+        if self._poller is not None:
+            self._poller.join(timeout=grace_s)
+        logger.info("model server stopped")

@@ -1,0 +1,67 @@
+"""Settings of the development model server (env prefix ``HARSTREAM_MODELSERVER_``).
+
+It talks to no Kafka, so it derives from ``BaseSettings`` rather than ``StreamSettings``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.modelserver.versions import parse_version_labels
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL_BASE_PATH = REPO_ROOT / "models" / "har"
+
+
+class ModelServerSettings(BaseSettings):
+    """What to serve and where; mirrors TF Serving's ``--model_name``/``--model_base_path``,
+    ``--port``, ``--rest_api_port`` and ``--file_system_poll_wait_seconds``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HARSTREAM_MODELSERVER_", frozen=True, extra="ignore"
+    )
+
+    model_name: str = Field("har", min_length=1, description="Name clients put in model_spec.")
+    model_base_path: Path = Field(
+        DEFAULT_MODEL_BASE_PATH,
+        description="Directory holding numbered SavedModel versions (<base>/<version>/).",
+    )
+    host: str = Field("0.0.0.0", description="Address the gRPC and REST servers bind to.")
+    grpc_port: int = Field(8500, ge=0, le=65535, description="gRPC port (TF Serving: --port).")
+    rest_port: int = Field(
+        8501, ge=0, le=65535, description="REST and metrics port (TF Serving: --rest_api_port)."
+    )
+    poll_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description=(
+            "Seconds between scans of the base path for new or removed versions "
+            "(TF Serving: --file_system_poll_wait_seconds)."
+        ),
+    )
+    version_labels: str = Field(
+        "",
+        description=(
+            "Optional labels, e.g. 'stable=1,canary=2': labelled versions are served besides "
+            "the newest one and can be requested by model_spec.version_label."
+        ),
+    )
+    grpc_workers: int = Field(
+        4, ge=1, le=64, description="Threads handling gRPC requests concurrently."
+    )
+    max_message_mb: int = Field(
+        64, ge=4, description="Largest gRPC request/response accepted, in MiB."
+    )
+
+    @field_validator("version_labels")
+    @classmethod
+    def _labels_parse(cls, value: str) -> str:
+        parse_version_labels(value)  # raises ValueError, reported by pydantic
+        return value
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return parse_version_labels(self.version_labels)
