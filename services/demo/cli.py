@@ -18,7 +18,13 @@ from rich.console import Console
 from services.demo.loadgen import DeviceCredentials, LoadStats, replay_devices
 from services.demo.pipeline import DEFAULT_MODEL_BASE, Pipeline, PipelineConfig
 from services.demo.replay import SimulatedDevice
-from services.demo.run import demo_devices, run_replay, subjects_from, summary_table
+from services.demo.run import (
+    demo_devices,
+    replay_start_time,
+    run_replay,
+    subjects_from,
+    summary_table,
+)
 from shared.data.cache import HaptCache, default_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -208,7 +214,9 @@ def simulate(
     if missing:
         raise click.UsageError(f"no token for {len(missing)} devices, e.g. {missing[0]}")
     creds = [DeviceCredentials(d, tokens[d.device_id]) for d in devices]
-    stats = asyncio.run(replay_devices(url, creds, speed, packet_size))
+    stats = asyncio.run(
+        replay_devices(url, creds, speed, packet_size, start_time=replay_start_time(devices))
+    )
     _print_load(stats, as_json)
 
 

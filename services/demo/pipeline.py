@@ -107,6 +107,10 @@ class Pipeline:
                 "HARSTREAM_INGEST_HOST": "127.0.0.1",
                 "HARSTREAM_INGEST_PORT": str(self.ports["ingest"]),
                 "HARSTREAM_INGEST_REGISTRY_URL": self.registry_url,
+                # Replayed devices send up to ~50x faster than real time; the production
+                # per-device limit (800 samples/s) would throttle them.
+                "HARSTREAM_INGEST_RATE_LIMIT_SAMPLES_PER_S": "100000",
+                "HARSTREAM_INGEST_RATE_LIMIT_BURST_SAMPLES": "200000",
             },
         )
         self._spawn(
@@ -127,8 +131,8 @@ class Pipeline:
                 "HARSTREAM_ALERTING_HOST": "127.0.0.1",
                 "HARSTREAM_ALERTING_PORT": str(self.ports["alerting"]),
                 "HARSTREAM_ALERTING_STORE_URL": self.alert_store_url,
-            # Devices may start sending before alerting has joined its group.
-            "HARSTREAM_ALERTING_AUTO_OFFSET_RESET": "earliest",
+                # Devices may start sending before alerting has joined its group.
+                "HARSTREAM_ALERTING_AUTO_OFFSET_RESET": "earliest",
             },
         )
         self.services["modelserver"].wait_http(

@@ -56,6 +56,12 @@ def demo_devices(
     return devices
 
 
+def replay_start_time(devices: list[SimulatedDevice]) -> float:
+    """Device-clock start of a replay: far enough in the past that a device replayed faster
+    than real time never stamps samples in the future (ingest refuses those)."""
+    return time.time() - max((d.duration_s for d in devices), default=0.0) - 1.0
+
+
 @dataclass
 class DemoResult:
     tally: DemoTally
@@ -89,7 +95,14 @@ async def run_replay(
     creds = [DeviceCredentials(d, tokens[d.device_id]) for d in devices]
     t0 = time.time()
     replay = asyncio.create_task(
-        replay_devices(pipeline.ingest_url, creds, speed, packet_size, stats=load)
+        replay_devices(
+            pipeline.ingest_url,
+            creds,
+            speed,
+            packet_size,
+            start_time=replay_start_time(devices),
+            stats=load,
+        )
     )
     live = Live(live_view(tally, load), console=console, refresh_per_second=4) if console else None
     try:

@@ -1,0 +1,505 @@
+"""The ingest HTTP service (aiohttp): authenticate, validate, rate-limit, produce, answer.
+
+``POST /v1/packets`` answers 202 only after Kafka acknowledged the record; every refusal is
+an ``application/problem+json`` document naming the reason and the offending fields. The
+checks run cheapest first, so unauthenticated or oversized requests are refused before
+their body is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from typing import Any, TypeVar
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from services.common.kafka import BrokerUnavailableError
+from services.ingest import metrics as ingest_metrics
+from services.ingest.cache import TtlCache
+from services.ingest.errors import RegistryUnavailableError
+from services.ingest.producer import KafkaPacketSink, PacketSink
+from services.ingest.progress import DeviceProgress
+from services.ingest.ratelimit import RateLimiter
+from services.ingest.registry import DeviceRecord, DeviceRegistry, open_registry, redact_url
+from services.ingest.schemas import PROBLEM_TYPE_PREFIX, docs_html, openapi_document
+from services.ingest.settings import IngestSettings
+from services.ingest.tokens import bearer_token, hash_token
+from services.ingest.validation import FieldError, Invalid, Reason, validate_packet
+from shared.messages.raw import RawPacket
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Devices count as active this long after their last accepted packet (seconds).
+ACTIVE_WINDOW_S = 60.0
+#: Least time between two "Kafka unavailable" warnings (seconds).
+BROKER_WARNING_INTERVAL_S = 10.0
+
+_TITLES = {
+    400: "Malformed request",
+    401: "Unauthenticated",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    422: "Invalid packet",
+    429: "Rate limit exceeded",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+
+
+class Rejection(Exception):
+    """Answer the current request with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        reason: Reason,
+        detail: str,
+        errors: tuple[FieldError, ...] = (),
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.errors = errors
+        self.headers = headers or {}
+
+
+def problem_response(
+    status: int,
+    reason: str,
+    detail: str,
+    errors: tuple[FieldError, ...] = (),
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = {
+        "type": PROBLEM_TYPE_PREFIX + reason,
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "reason": reason,
+        "errors": [{"field": e.field, "message": e.message, "reason": e.reason} for e in errors],
+    }
+    return web.json_response(
+        body, status=status, content_type="application/problem+json", headers=headers
+    )
+
+
+def _version() -> str:
+    try:
+        return metadata.version("harstream")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+class IngestService:
+    """The request handlers and the state they share."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        registry: DeviceRegistry,
+        sink: PacketSink,
+        metrics_registry: CollectorRegistry,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.sink = sink
+        self.metrics_registry = metrics_registry
+        self._clock = clock
+        self._monotonic = monotonic
+        self.progress = DeviceProgress()
+        self.metrics = ingest_metrics.create(
+            metrics_registry, lambda: self.progress.active(self._monotonic(), ACTIVE_WINDOW_S)
+        )
+        self.limiter = RateLimiter(
+            settings.rate_limit_samples_per_s, settings.rate_limit_burst_samples, monotonic
+        )
+        # Token hash → record (None: unknown token, cached too so a token-guessing client
+        # cannot make every request hit the store).
+        self._tokens: TtlCache[str, DeviceRecord | None] = TtlCache(
+            settings.token_cache_ttl_s, settings.token_cache_size, monotonic
+        )
+        self._broker_warned_at = -math.inf
+        self._broker_failures = 0
+        self._registry_pool = ThreadPoolExecutor(2, thread_name_prefix="ingest-registry")
+        self.openapi = openapi_document(settings.limits, settings.max_body_bytes, _version())
+        self.docs = docs_html(self.openapi)
+
+    # -- registry ----------------------------------------------------------------------------
+
+    async def _registry_call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._registry_pool, fn, *args),
+                self.settings.registry_timeout_s,
+            )
+        except TimeoutError as exc:
+            raise RegistryUnavailableError(
+                f"registry did not answer within {self.settings.registry_timeout_s:g} s"
+            ) from exc
+
+    async def _device_for_token(self, token: str) -> DeviceRecord | None:
+        key = hash_token(token)
+        hit, record = self._tokens.get(key)
+        if not hit:
+            record = await self._registry_call(self.registry.find_by_token, token)
+            self._tokens.put(key, record)
+        return record
+
+    # -- POST /v1/packets ---------------------------------------------------------------------
+
+    async def post_packet(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        outcome = "rejected"
+        try:
+            response = await self._accept(request)
+            outcome = "accepted"
+        except Rejection as rejection:
+            self.metrics.rejections.labels(reason=rejection.reason.value).inc()
+            response = problem_response(
+                rejection.status,
+                rejection.reason.value,
+                rejection.detail,
+                rejection.errors,
+                rejection.headers,
+            )
+        except RegistryUnavailableError as exc:
+            logger.warning("device registry unavailable: %s", exc)
+            self.metrics.rejections.labels(reason=Reason.REGISTRY_UNAVAILABLE.value).inc()
+            response = problem_response(
+                503,
+                Reason.REGISTRY_UNAVAILABLE.value,
+                "the device registry is unavailable; retry later",
+                headers={"Retry-After": str(self.settings.broker_retry_after_s)},
+            )
+        except Exception:
+            logger.exception("unexpected error while handling a packet")
+            self.metrics.rejections.labels(reason=Reason.INTERNAL.value).inc()
+            response = problem_response(500, Reason.INTERNAL.value, "internal error; retry later")
+        self.metrics.request_seconds.labels(outcome=outcome).observe(time.perf_counter() - started)
+        return response
+
+    async def _accept(self, request: web.Request) -> web.Response:
+        settings = self.settings
+        content_type = request.content_type
+        if content_type != "application/json" and not (
+            content_type.startswith("application/") and content_type.endswith("+json")
+        ):
+            raise Rejection(
+                415,
+                Reason.UNSUPPORTED_MEDIA_TYPE,
+                f"Content-Type must be application/json, got {content_type!r}",
+                headers={"Accept-Post": "application/json"},
+            )
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip"):
+            raise Rejection(
+                415,
+                Reason.UNSUPPORTED_MEDIA_TYPE,
+                f"Content-Encoding {encoding!r} is not supported (identity or gzip)",
+                headers={"Accept-Encoding": "gzip"},
+            )
+        length = request.content_length
+        if length is not None and length > settings.max_body_bytes:
+            raise self._too_large(f"Content-Length {length}")
+
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is None:
+            raise Rejection(
+                401,
+                Reason.UNAUTHENTICATED,
+                "missing 'Authorization: Bearer <device token>' header",
+                headers={"WWW-Authenticate": 'Bearer realm="harstream"'},
+            )
+        device = await self._device_for_token(token)
+        if device is None:
+            raise Rejection(
+                401,
+                Reason.UNAUTHENTICATED,
+                "unknown device token",
+                headers={"WWW-Authenticate": 'Bearer realm="harstream", error="invalid_token"'},
+            )
+        if device.revoked:
+            raise Rejection(403, Reason.FORBIDDEN, f"device {device.device_id!r} is revoked")
+
+        raw = await self._read_body(request)
+        if encoding == "gzip":
+            raw = self._gunzip(raw)
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise Rejection(
+                400, Reason.MALFORMED, f"body is not valid JSON: {str(exc)[:200]}"
+            ) from None
+        claimed = body.get("device_id") if isinstance(body, dict) else None
+        if isinstance(claimed, str) and claimed != device.device_id:
+            await self._reject_other_device(claimed)
+
+        result = validate_packet(
+            body, settings.limits, self._clock(), self.progress.last(device.device_id)
+        )
+        if isinstance(result, Invalid):
+            raise Rejection(result.status, result.reason, result.detail, result.errors)
+
+        n = result.num_samples
+        decision = self.limiter.acquire(device.device_id, n)
+        if not decision.allowed:
+            retry_after = (
+                "3600"
+                if math.isinf(decision.retry_after_s)
+                else str(max(1, math.ceil(decision.retry_after_s)))
+            )
+            raise Rejection(
+                429,
+                Reason.RATE_LIMITED,
+                f"device {device.device_id!r} exceeded {settings.rate_limit_samples_per_s:g} "
+                f"samples/s (burst {settings.rate_limit_burst_samples}); retry in "
+                f"{retry_after} s",
+                headers={"Retry-After": retry_after},
+            )
+
+        packet = RawPacket(
+            device_id=result.device_id,
+            seq=result.seq,
+            first_sample_time=result.first_sample_time,
+            sample_rate_hz=result.sample_rate_hz,
+            samples=result.samples,
+            received_at=self._clock(),
+        )
+        try:
+            ack_s = await self.sink.send(result.device_id.encode(), packet.to_bytes())
+        except BrokerUnavailableError as exc:
+            self.limiter.refund(device.device_id, n)
+            self._warn_broker(exc)
+            raise Rejection(
+                503,
+                Reason.BROKER_UNAVAILABLE,
+                "Kafka did not acknowledge the packet; retry later (resending the same seq is "
+                "safe: duplicates are dropped downstream)",
+                headers={"Retry-After": str(settings.broker_retry_after_s)},
+            ) from None
+        self.metrics.kafka_ack_seconds.observe(ack_s)
+        self.metrics.packets.inc()
+        self.metrics.samples.inc(n)
+        self.progress.accepted(
+            result.device_id, result.seq, result.first_sample_time, self._monotonic()
+        )
+        return web.json_response(
+            {"device_id": result.device_id, "seq": result.seq, "samples": n}, status=202
+        )
+
+    def _warn_broker(self, exc: BaseException) -> None:
+        # One line per interval, not one per refused request, while Kafka is down.
+        self._broker_failures += 1
+        now = self._monotonic()
+        if now - self._broker_warned_at >= BROKER_WARNING_INTERVAL_S:
+            logger.warning(
+                "answering 503: %s (%d packets refused since the last warning)",
+                exc,
+                self._broker_failures,
+            )
+            self._broker_warned_at = now
+            self._broker_failures = 0
+
+    def _too_large(self, what: str) -> Rejection:
+        return Rejection(
+            413,
+            Reason.TOO_LARGE,
+            f"{what} exceeds the limit of {self.settings.max_body_bytes} bytes",
+            headers={"Connection": "close"},
+        )
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:  # chunked uploads have no Content-Length: stop reading here
+                    raise self._too_large("body")
+                chunks.append(chunk)
+        except RequestPayloadError as exc:  # e.g. broken chunked encoding
+            raise Rejection(400, Reason.MALFORMED, f"unreadable body: {exc}") from None
+        return b"".join(chunks)
+
+    def _gunzip(self, data: bytes) -> bytes:
+        limit = self.settings.max_body_bytes
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip container
+        try:
+            out = inflater.decompress(data, limit + 1)
+        except zlib.error as exc:
+            raise Rejection(400, Reason.MALFORMED, f"body is not valid gzip: {exc}") from None
+        if len(out) > limit or inflater.unconsumed_tail:  # never inflate a zip bomb fully
+            raise self._too_large("decompressed body")
+        if not inflater.eof:
+            raise Rejection(400, Reason.MALFORMED, "gzip body is truncated")
+        return out
+
+    async def _reject_other_device(self, claimed: str) -> None:
+        other = await self._registry_call(self.registry.get, claimed)
+        if other is None:
+            raise Rejection(401, Reason.UNAUTHENTICATED, f"unknown device {claimed[:64]!r}")
+        raise Rejection(403, Reason.FORBIDDEN, f"the token does not belong to device {claimed!r}")
+
+    # -- operational endpoints ----------------------------------------------------------------
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        broker_problem, registry_problem = await asyncio.gather(
+            self.sink.check(), self._registry_problem()
+        )
+        ready = broker_problem is None and registry_problem is None
+        return web.json_response(
+            {
+                "ready": ready,
+                "broker": broker_problem or "ok",
+                "registry": registry_problem or "ok",
+            },
+            status=200 if ready else 503,
+        )
+
+    async def _registry_problem(self) -> str | None:
+        try:
+            await self._registry_call(self.registry.ping)
+        except RegistryUnavailableError as exc:
+            return str(exc)
+        return None
+
+    async def metrics_endpoint(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.metrics_registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
+
+    async def openapi_endpoint(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.openapi)
+
+    async def docs_endpoint(self, _request: web.Request) -> web.Response:
+        return web.Response(text=self.docs, content_type="text/html")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def on_startup(self, _app: web.Application) -> None:
+        await self.sink.start()
+
+    async def on_cleanup(self, _app: web.Application) -> None:
+        await self.sink.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._registry_pool, self.registry.close)
+        self._registry_pool.shutdown(wait=False)
+
+
+SERVICE_KEY = web.AppKey("ingest", IngestService)
+
+#: Runner options the app needs: it inflates gzip bodies itself, under the size limit and
+#: with problem+json answers (aiohttp's own decoding refuses unknown encodings in plain text).
+SERVER_OPTIONS: dict[str, Any] = {"auto_decompress": False}
+
+
+@web.middleware
+async def problem_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Answer routing errors and unexpected exceptions with problem documents, never with
+    a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return problem_response(exc.status, "http_error", exc.reason, headers=headers)
+    except Exception:
+        logger.exception("unexpected error on %s %s", request.method, request.path)
+        return problem_response(500, Reason.INTERNAL.value, "internal error; retry later")
+
+
+def create_app(
+    settings: IngestSettings,
+    registry: DeviceRegistry | None = None,
+    sink: PacketSink | None = None,
+    metrics_registry: CollectorRegistry | None = None,
+) -> web.Application:
+    """The aiohttp application; the producer starts with the app and is flushed at cleanup.
+
+    Serve it with :data:`SERVER_OPTIONS` (``web.run_app(app, **SERVER_OPTIONS)``,
+    ``await TestServer(app).start_server(**SERVER_OPTIONS)``).
+    """
+    service = IngestService(
+        settings,
+        registry or open_registry(settings.registry_url, settings.registry_table),
+        sink or KafkaPacketSink(settings),
+        metrics_registry or CollectorRegistry(),
+    )
+    # client_max_size only guards request.read(); the handler streams with its own limit.
+    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    app[SERVICE_KEY] = service
+    app.router.add_post("/v1/packets", service.post_packet)
+    app.router.add_get("/healthz", service.healthz)
+    app.router.add_get("/readyz", service.readyz)
+    app.router.add_get("/metrics", service.metrics_endpoint)
+    app.router.add_get("/openapi.json", service.openapi_endpoint)
+    app.router.add_get("/docs", service.docs_endpoint)
+    app.on_startup.append(service.on_startup)
+    app.on_cleanup.append(service.on_cleanup)
+    return app
+
+
+def run(settings: IngestSettings) -> None:
+    """Serve until SIGTERM/SIGINT: then stop accepting connections, let in-flight requests
+    finish (up to shutdown_timeout_s) and flush the producer."""
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # kafka-python logs every reconnect attempt at ERROR; the sink reports the broker's
+        # state itself (and /readyz shows it), so keep its chatter for --verbose.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    app = create_app(settings)
+
+    async def announce(_app: web.Application) -> None:
+        logger.info(
+            "ingest listening on http://%s:%d (POST /v1/packets → topic %s; Kafka %s, "
+            "profile %s; registry %s)",
+            settings.host,
+            settings.port,
+            settings.topics.raw,
+            settings.kafka_bootstrap_servers,
+            settings.kafka_profile,
+            redact_url(settings.registry_url),
+        )
+
+    async def farewell(_app: web.Application) -> None:
+        logger.info("ingest stopping: flushing the producer")
+
+    app.on_startup.append(announce)
+    app.on_shutdown.append(farewell)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.shutdown_timeout_s,
+        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
+        print=None,
+        handle_signals=True,
+        **SERVER_OPTIONS,
+    )

@@ -1,0 +1,128 @@
+"""``harstream ingest`` (the HTTP service) and ``harstream devices`` (the device registry)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+
+import click
+
+from services.ingest.errors import RegistryError
+from services.ingest.registry import DeviceRecord, DeviceRegistry, open_registry
+from services.ingest.settings import IngestSettings
+
+
+@click.command()
+@click.option("--host", default=None, help="Bind address [env HARSTREAM_INGEST_HOST, 0.0.0.0].")
+@click.option("--port", type=int, default=None, help="HTTP port [env HARSTREAM_INGEST_PORT, 8080].")
+def ingest(host: str | None, port: int | None) -> None:
+    """Run the HTTP ingest service: POST /v1/packets → Kafka raw topic.
+
+    Configured by HARSTREAM_INGEST_* environment variables, e.g.
+    HARSTREAM_INGEST_KAFKA_BOOTSTRAP_SERVERS, HARSTREAM_INGEST_KAFKA_PROFILE,
+    HARSTREAM_INGEST_TOPIC_PREFIX, HARSTREAM_INGEST_REGISTRY_URL. Also serves /healthz,
+    /readyz, /metrics, /openapi.json and /docs. SIGTERM or SIGINT stops accepting
+    connections, finishes in-flight requests and flushes the producer. Revoked devices are
+    refused within token_cache_ttl_s (default 5 s).
+    """
+    from services.ingest.app import run  # noqa: PLC0415 - aiohttp/kafka only when serving
+
+    settings = IngestSettings()
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    run(settings)
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def _open(ctx: click.Context) -> DeviceRegistry:
+    registry: DeviceRegistry = ctx.obj["registry"]
+    return registry
+
+
+@click.group()
+@click.option(
+    "--registry",
+    "registry_url",
+    default=None,
+    metavar="URL",
+    help=(
+        "Registry: sqlite:////ABS/PATH.db or postgresql://USER@HOST/DB [env "
+        "HARSTREAM_INGEST_REGISTRY_URL, default sqlite:///$XDG_DATA_HOME/harstream/devices.db]."
+    ),
+)
+@click.pass_context
+def devices(ctx: click.Context, registry_url: str | None) -> None:
+    """Register, list and revoke devices (tokens are shown once, stored only as hashes)."""
+    settings = IngestSettings()
+    try:
+        registry = open_registry(registry_url or settings.registry_url, settings.registry_table)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    ctx.obj = {"registry": registry}
+    ctx.call_on_close(registry.close)
+
+
+@devices.command("add")
+@click.argument("device_id")
+@click.option("--label", default="", help="Free text, e.g. the wearer's room or the model.")
+@click.option(
+    "--token",
+    default=None,
+    help="Use this token (≥ 32 characters) instead of a generated one, for scripted setups.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print {device_id, token, ...} as JSON.")
+@click.pass_context
+def add(ctx: click.Context, device_id: str, label: str, token: str | None, as_json: bool) -> None:
+    """Register DEVICE_ID and print its token (the only time it is shown)."""
+    try:
+        record, token = _open(ctx).add(device_id, label, token)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({**record.public(), "token": token}))
+        return
+    click.echo(f"device {record.device_id} registered")
+    click.echo(f"token: {token}")
+    if sys.stdout.isatty():
+        click.echo("Store the token now: it is not shown again (only its hash is kept).", err=True)
+
+
+def _row(record: DeviceRecord) -> str:
+    state = f"revoked {_when(record.revoked_at)}" if record.revoked else "active"
+    return f"{record.device_id:<24} {state:<34} {_when(record.created_at):<26} {record.label}"
+
+
+@devices.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@click.pass_context
+def list_devices(ctx: click.Context, as_json: bool) -> None:
+    """List registered devices (never their tokens)."""
+    try:
+        records = _open(ctx).list()
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps([r.public() for r in records]))
+        return
+    click.echo(f"{'DEVICE':<24} {'STATE':<34} {'CREATED (UTC)':<26} LABEL")
+    for record in records:
+        click.echo(_row(record))
+
+
+@devices.command("revoke")
+@click.argument("device_id")
+@click.pass_context
+def revoke(ctx: click.Context, device_id: str) -> None:
+    """Revoke DEVICE_ID: the service refuses it (403) within token_cache_ttl_s."""
+    try:
+        record = _open(ctx).revoke(device_id)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"device {record.device_id} revoked at {_when(record.revoked_at)}")

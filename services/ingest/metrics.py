@@ -1,0 +1,72 @@
+"""Prometheus metrics of the ingest service (registry injected; no per-device labels)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.ingest.validation import Reason
+
+# HTTP request latency: a healthy request is a few ms (parse + validate + Kafka ack on a
+# local broker), the produce timeout caps it at 5 s by default; buckets span 1 ms .. 10 s.
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Kafka acknowledgement (acks=all): sub-ms on a local broker, tens of ms across racks,
+# seconds when the cluster struggles; the same span resolves all three.
+ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class IngestMetrics(NamedTuple):
+    packets: Counter
+    samples: Counter
+    rejections: Counter
+    request_seconds: Histogram
+    kafka_ack_seconds: Histogram
+    devices_active: Gauge
+
+
+def create(registry: CollectorRegistry, active_devices: Callable[[], float]) -> IngestMetrics:
+    """The ingest metrics in ``registry``; ``active_devices`` is called at each scrape."""
+    metrics = IngestMetrics(
+        packets=Counter(
+            "harstream_ingest_packets_total",
+            "Packets accepted (acknowledged by Kafka).",
+            registry=registry,
+        ),
+        samples=Counter(
+            "harstream_ingest_samples_total",
+            "IMU samples in accepted packets.",
+            registry=registry,
+        ),
+        rejections=Counter(
+            "harstream_ingest_rejections_total",
+            "Requests to POST /v1/packets answered with an error, by reason.",
+            ["reason"],
+            registry=registry,
+        ),
+        request_seconds=Histogram(
+            "harstream_ingest_request_seconds",
+            "Time to answer POST /v1/packets, by outcome (accepted, rejected).",
+            ["outcome"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        ),
+        kafka_ack_seconds=Histogram(
+            "harstream_ingest_kafka_ack_seconds",
+            "Time from handing a record to the producer to Kafka's acknowledgement.",
+            buckets=ACK_BUCKETS,
+            registry=registry,
+        ),
+        devices_active=Gauge(
+            "harstream_ingest_devices_active",
+            "Devices with an accepted packet in the last 60 s.",
+            registry=registry,
+        ),
+    )
+    metrics.devices_active.set_function(active_devices)
+    for reason in Reason:  # every series exists from the start, so rate() sees the first one
+        metrics.rejections.labels(reason=reason.value)
+    for outcome in ("accepted", "rejected"):
+        metrics.request_seconds.labels(outcome=outcome)
+    return metrics

@@ -1,0 +1,368 @@
+"""The device registry: which devices may post, with which token.
+
+One interface (:class:`DeviceRegistry`) and two stores: SQLite (embedded default, stdlib,
+WAL so the CLI and the running service can use the same file at once) and PostgreSQL
+(psycopg 3). Both create their table on first use and keep only SHA-256 hashes of tokens
+(see :mod:`services.ingest.tokens`). The calls are blocking: the service runs them in a
+thread executor and caches the answers for ``token_cache_ttl_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
+
+from services.ingest.errors import (
+    DeviceExistsError,
+    InvalidDeviceError,
+    RegistryConfigError,
+    RegistryUnavailableError,
+    UnknownDeviceError,
+)
+from services.ingest.tokens import check_token_format, generate_token, hash_token, verify_token
+from services.ingest.validation import DEVICE_ID_RE
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    device_id: str
+    #: SHA-256 hex of the device's token.
+    token_hash: str
+    label: str
+    #: Unix seconds.
+    created_at: float
+    #: Unix seconds, or None while the device may post.
+    revoked_at: float | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def public(self) -> dict[str, Any]:
+        """The record without its token hash (for listings)."""
+        data = asdict(self)
+        del data["token_hash"]
+        return data
+
+
+class DeviceRegistry(Protocol):
+    """Blocking registry operations (thread-safe)."""
+
+    def add(
+        self, device_id: str, label: str = "", token: str | None = None
+    ) -> tuple[DeviceRecord, str]:
+        """Register a device; returns its record and its token (generated unless given).
+        :class:`DeviceExistsError` if the id (or the given token) is already registered."""
+        ...
+
+    def get(self, device_id: str) -> DeviceRecord | None: ...
+
+    def find_by_token(self, token: str) -> DeviceRecord | None:
+        """The device this token belongs to (revoked or not), or None."""
+        ...
+
+    def list(self) -> list[DeviceRecord]: ...
+
+    def revoke(self, device_id: str) -> DeviceRecord:
+        """Mark a device revoked (idempotent); :class:`UnknownDeviceError` if absent."""
+        ...
+
+    def ping(self) -> None:
+        """Raise :class:`RegistryUnavailableError` unless the store answers."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _check_new_device(device_id: str, token: str | None) -> str:
+    if not DEVICE_ID_RE.fullmatch(device_id):
+        raise InvalidDeviceError(
+            f"device id {device_id!r} must be 1–64 characters of [A-Za-z0-9._:-]"
+        )
+    if token is None:
+        return generate_token()
+    problem = check_token_format(token)
+    if problem:
+        raise InvalidDeviceError(problem)
+    return token
+
+
+def _matching(record: DeviceRecord | None, token: str) -> DeviceRecord | None:
+    # The lookup is by hash equality in the store; re-check in constant time so the
+    # answer never depends on a store's collation or comparison quirks.
+    if record is not None and verify_token(token, record.token_hash):
+        return record
+    return None
+
+
+_COLUMNS = "device_id, token_hash, label, created_at, revoked_at"
+
+
+def _record(row: Any) -> DeviceRecord:
+    device_id, token_hash, label, created_at, revoked_at = row
+    return DeviceRecord(
+        device_id=device_id,
+        token_hash=token_hash,
+        label=label,
+        created_at=float(created_at),
+        revoked_at=None if revoked_at is None else float(revoked_at),
+    )
+
+
+class SqliteRegistry:
+    """Registry in one SQLite file (WAL journal).
+
+    A connection per call: sqlite3 connections are bound to their thread, calls come from
+    executor threads, and the service caches lookups, so calls are rare.
+    """
+
+    def __init__(self, path: Path | str, busy_timeout_s: float = 5.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout_s = busy_timeout_s
+        self._schema_ready = False
+        self._lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            if not self._schema_ready:
+                with self._lock:
+                    if not self._schema_ready:
+                        self._create_schema()
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+        except (sqlite3.Error, OSError) as exc:
+            raise RegistryUnavailableError(f"device registry {self.path}: {exc}") from exc
+        return conn
+
+    def _create_schema(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+        try:
+            # WAL: readers (the service) never block the writer (the CLI) and vice versa.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS devices ("
+                " device_id TEXT PRIMARY KEY,"
+                " token_hash TEXT NOT NULL UNIQUE,"
+                " label TEXT NOT NULL DEFAULT '',"
+                " created_at REAL NOT NULL,"
+                " revoked_at REAL)"
+            )
+        finally:
+            conn.close()
+        self._schema_ready = True
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        conn = self._connect()
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise RegistryUnavailableError(f"device registry {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+
+    def add(
+        self, device_id: str, label: str = "", token: str | None = None
+    ) -> tuple[DeviceRecord, str]:
+        token = _check_new_device(device_id, token)
+        record = DeviceRecord(device_id, hash_token(token), label, time.time(), None)
+        conn = self._connect()
+        try:
+            conn.execute(
+                f"INSERT INTO devices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                (device_id, record.token_hash, label, record.created_at, None),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise _exists_error(device_id, str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise RegistryUnavailableError(f"device registry {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+        return record, token
+
+    def get(self, device_id: str) -> DeviceRecord | None:
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM devices WHERE device_id = ?",
+            (device_id,),
+        )
+        return _record(rows[0]) if rows else None
+
+    def find_by_token(self, token: str) -> DeviceRecord | None:
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM devices WHERE token_hash = ?",
+            (hash_token(token),),
+        )
+        return _matching(_record(rows[0]) if rows else None, token)
+
+    def list(self) -> list[DeviceRecord]:
+        rows = self._query(f"SELECT {_COLUMNS} FROM devices ORDER BY device_id")
+        return [_record(r) for r in rows]
+
+    def revoke(self, device_id: str) -> DeviceRecord:
+        self._query(
+            "UPDATE devices SET revoked_at = ? WHERE device_id = ? AND revoked_at IS NULL",
+            (time.time(), device_id),
+        )
+        record = self.get(device_id)
+        if record is None:
+            raise UnknownDeviceError(f"no device {device_id!r} in the registry")
+        return record
+
+    def ping(self) -> None:
+        self._query("SELECT 1 FROM devices LIMIT 1")
+
+    def close(self) -> None:
+        pass
+
+
+def _exists_error(device_id: str, message: str) -> DeviceExistsError:
+    if "token_hash" in message:
+        return DeviceExistsError("that token is already registered for another device")
+    return DeviceExistsError(f"device {device_id!r} is already registered")
+
+
+class PostgresRegistry:
+    """Registry in a PostgreSQL table (psycopg 3): one autocommit connection behind a lock,
+    reopened after a failure."""
+
+    def __init__(
+        self, url: str, table: str = "harstream_devices", connect_timeout_s: float = 5.0
+    ) -> None:
+        import psycopg  # noqa: PLC0415 - only the PostgreSQL store needs it
+        from psycopg import sql  # noqa: PLC0415
+
+        self._psycopg = psycopg
+        self.url = url
+        self.table = table
+        self._connect_timeout_s = connect_timeout_s
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        name = sql.Identifier(table)
+        columns = sql.SQL(_COLUMNS)
+        self._sql = {
+            "schema": sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                " device_id TEXT PRIMARY KEY,"
+                " token_hash TEXT NOT NULL UNIQUE,"
+                " label TEXT NOT NULL DEFAULT '',"
+                " created_at DOUBLE PRECISION NOT NULL,"
+                " revoked_at DOUBLE PRECISION)"
+            ).format(name),
+            "insert": sql.SQL("INSERT INTO {} ({}) VALUES (%s, %s, %s, %s, %s)").format(
+                name, columns
+            ),
+            "get": sql.SQL("SELECT {} FROM {} WHERE device_id = %s").format(columns, name),
+            "by_token": sql.SQL("SELECT {} FROM {} WHERE token_hash = %s").format(columns, name),
+            "list": sql.SQL("SELECT {} FROM {} ORDER BY device_id").format(columns, name),
+            "revoke": sql.SQL(
+                "UPDATE {} SET revoked_at = %s WHERE device_id = %s AND revoked_at IS NULL"
+            ).format(name),
+            "ping": sql.SQL("SELECT 1 FROM {} LIMIT 1").format(name),
+        }
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            conn = self._psycopg.connect(
+                self.url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout_s))
+            )
+            conn.execute(self._sql["schema"])
+            self._conn = conn
+        return self._conn
+
+    def _run(self, name: str, params: tuple[Any, ...] = (), fetch: bool = True) -> list[Any]:
+        with self._lock:
+            try:
+                cursor = self._connection().execute(self._sql[name], params)
+                return cursor.fetchall() if fetch else []
+            except self._psycopg.errors.UniqueViolation:
+                raise
+            except self._psycopg.Error as exc:
+                if self._conn is not None and self._conn.broken:
+                    self._conn = None
+                raise RegistryUnavailableError(f"device registry (PostgreSQL): {exc}") from exc
+
+    def add(
+        self, device_id: str, label: str = "", token: str | None = None
+    ) -> tuple[DeviceRecord, str]:
+        token = _check_new_device(device_id, token)
+        record = DeviceRecord(device_id, hash_token(token), label, time.time(), None)
+        try:
+            self._run(
+                "insert",
+                (device_id, record.token_hash, label, record.created_at, None),
+                fetch=False,
+            )
+        except self._psycopg.errors.UniqueViolation as exc:
+            raise _exists_error(device_id, str(exc)) from exc
+        return record, token
+
+    def get(self, device_id: str) -> DeviceRecord | None:
+        rows = self._run("get", (device_id,))
+        return _record(rows[0]) if rows else None
+
+    def find_by_token(self, token: str) -> DeviceRecord | None:
+        rows = self._run("by_token", (hash_token(token),))
+        return _matching(_record(rows[0]) if rows else None, token)
+
+    def list(self) -> list[DeviceRecord]:
+        return [_record(r) for r in self._run("list")]
+
+    def revoke(self, device_id: str) -> DeviceRecord:
+        self._run("revoke", (time.time(), device_id), fetch=False)
+        record = self.get(device_id)
+        if record is None:
+            raise UnknownDeviceError(f"no device {device_id!r} in the registry")
+        return record
+
+    def ping(self) -> None:
+        self._run("ping")
+
+    def drop(self) -> None:
+        """Drop the table (tests)."""
+        from psycopg import sql  # noqa: PLC0415
+
+        with self._lock:
+            self._connection().execute(
+                sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(self.table))
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def open_registry(url: str, table: str = "harstream_devices") -> DeviceRegistry:
+    """A registry for ``sqlite:////ABSOLUTE/PATH`` (``sqlite:///RELATIVE/PATH``) or
+    ``postgresql://...`` (``table`` applies to PostgreSQL only)."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "sqlite":
+        # As in SQLAlchemy: sqlite:////abs/path.db is absolute, sqlite:///rel/path.db relative.
+        path = unquote(url[len("sqlite:///") :]) if url.lower().startswith("sqlite:///") else ""
+        if not path or ":memory:" in path:
+            raise RegistryConfigError(
+                f"registry URL {url!r}: give a file path, e.g. sqlite:////var/lib/harstream/d.db"
+            )
+        return SqliteRegistry(path)
+    if scheme in ("postgresql", "postgres"):
+        return PostgresRegistry(url, table=table)
+    raise RegistryConfigError(
+        f"registry URL {url!r}: expected sqlite:///PATH or postgresql://USER@HOST/DB"
+    )
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()

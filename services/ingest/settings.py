@@ -1,0 +1,143 @@
+"""Configuration of the ingest service (env prefix ``HARSTREAM_INGEST_``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.ingest.validation import PacketLimits
+from shared.settings import StreamSettings
+
+
+def default_registry_url() -> str:
+    """``sqlite:///`` + ``$XDG_DATA_HOME/harstream/devices.db`` (``~/.local/share/...``)."""
+    # The XDG base-directory lookup is the one environment read outside pydantic-settings:
+    # it only decides a default and pydantic-settings has no way to express it.
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"sqlite:///{Path(base) / 'harstream' / 'devices.db'}"
+
+
+class IngestSettings(StreamSettings):
+    """HTTP ingest: authenticated device packets → validation → Kafka raw topic."""
+
+    model_config = SettingsConfigDict(env_prefix="HARSTREAM_INGEST_", frozen=True, extra="ignore")
+
+    host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port (0: any free port).")
+    registry_url: str = Field(
+        default_factory=default_registry_url,
+        description=(
+            "Device registry: 'sqlite:////absolute/path.db' or 'sqlite:///relative/path.db' "
+            "(embedded; default $XDG_DATA_HOME/harstream/devices.db, i.e. "
+            "~/.local/share/harstream/devices.db) or 'postgresql://user@host:port/db'."
+        ),
+    )
+    registry_table: str = Field(
+        "harstream_devices",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="Table of the PostgreSQL registry (SQLite always uses 'devices').",
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description=(
+            "Largest request body in bytes, compressed and decompressed alike (413 above it; "
+            "rejected from Content-Length before the body is read)."
+        ),
+    )
+    max_samples: int = Field(2000, ge=1, description="Most samples (rows) in one packet.")
+    acc_limit_g: float = Field(
+        16.0, gt=0, description="Largest plausible |acc| per axis (g); IMUs saturate at ±16 g."
+    )
+    gyro_limit_rad_s: float = Field(
+        35.0,
+        gt=0,
+        description="Largest plausible |gyro| per axis (rad/s); 35 rad/s ≈ 2000 °/s full scale.",
+    )
+    min_sample_rate_hz: float = Field(10.0, gt=0, description="Lowest accepted sample rate (Hz).")
+    max_sample_rate_hz: float = Field(400.0, gt=0, description="Highest accepted sample rate (Hz).")
+    max_future_skew_s: float = Field(
+        300.0,
+        ge=0,
+        description=(
+            "How far first_sample_time may lie ahead of the server clock (seconds); device "
+            "clocks drift, a packet from further in the future is rejected (422)."
+        ),
+    )
+    rate_limit_samples_per_s: float = Field(
+        800.0,
+        gt=0,
+        description=(
+            "Per-device sustained rate limit (samples/s, token bucket); twice the fastest "
+            "accepted sample rate so replays and catch-up uploads pass."
+        ),
+    )
+    rate_limit_burst_samples: int = Field(
+        8000,
+        ge=1,
+        description=(
+            "Per-device bucket size (samples): a reconnecting device may upload this much "
+            "backlog at once. Must be at least max_samples."
+        ),
+    )
+    produce_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "How long a request waits for Kafka to acknowledge its record before answering 503 "
+            "(seconds)."
+        ),
+    )
+    broker_retry_after_s: int = Field(
+        5, ge=1, description="Retry-After (seconds) sent with 503 when Kafka is unavailable."
+    )
+    token_cache_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "How long a token lookup is cached (seconds): a revoked device is refused at most "
+            "this long after `harstream devices revoke`."
+        ),
+    )
+    token_cache_size: int = Field(
+        10_000, ge=1, description="Most cached token lookups (least recently used go first)."
+    )
+    registry_timeout_s: float = Field(
+        3.0, gt=0, description="Longest wait for one registry call before answering 503."
+    )
+    readiness_timeout_s: float = Field(
+        2.0, gt=0, description="Broker metadata / registry timeout of GET /readyz (seconds)."
+    )
+    shutdown_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="On SIGTERM: how long in-flight requests and the producer flush may take.",
+    )
+    access_log: bool = Field(
+        False, description="Log every HTTP request (aiohttp access log); noisy under load."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IngestSettings:
+        if self.min_sample_rate_hz > self.max_sample_rate_hz:
+            raise ValueError("min_sample_rate_hz must not exceed max_sample_rate_hz")
+        if self.rate_limit_burst_samples < self.max_samples:
+            raise ValueError(
+                "rate_limit_burst_samples must be at least max_samples, or the largest "
+                "packets could never pass the rate limiter"
+            )
+        return self
+
+    @property
+    def limits(self) -> PacketLimits:
+        return PacketLimits(
+            max_samples=self.max_samples,
+            acc_limit_g=self.acc_limit_g,
+            gyro_limit_rad_s=self.gyro_limit_rad_s,
+            min_sample_rate_hz=self.min_sample_rate_hz,
+            max_sample_rate_hz=self.max_sample_rate_hz,
+            max_future_skew_s=self.max_future_skew_s,
+        )

@@ -1,0 +1,321 @@
+"""Packet validation: a parsed JSON body → a validated packet, or precise errors.
+
+Pure: no HTTP, no Kafka. The HTTP layer maps :attr:`Invalid.status` and :attr:`Invalid.reason`
+to its answer and metrics. Checks run in phases and stop after the first phase that fails,
+so a body with wrong types is not also told about its values:
+
+1. types (400 ``malformed``): object, required fields, JSON types, rows are arrays of numbers;
+2. shape and fields (422): device id pattern, seq range, packet size, 6 values per row;
+3. values (422): finite, physically possible, plausible sample rate and time, time order.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shared.messages.raw import SAMPLE_WIDTH
+
+#: Device ids: 1–64 characters of ``[A-Za-z0-9._:-]`` (also the Kafka key).
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
+#: Python's ``$`` also matches before a final newline: match the whole string instead.
+DEVICE_ID_RE = re.compile(DEVICE_ID_PATTERN.removeprefix("^").removesuffix("$"))
+#: Largest sequence number (it travels as a signed 64-bit integer downstream).
+MAX_SEQ = 2**63 - 1
+#: 2000-01-01T00:00:00Z: a device clock before this was never set.
+EARLIEST_SAMPLE_TIME = 946_684_800.0
+#: Integers beyond ±2**53 do not survive the float64 conversion exactly, and are far
+#: beyond any physical limit anyway.
+_MAX_EXACT_INT = 2**53
+#: Error lists are capped so a 2000-row packet of NaNs gets a short answer.
+MAX_ERRORS = 20
+
+ACC_COLUMNS = ("acc_x", "acc_y", "acc_z")
+GYRO_COLUMNS = ("gyro_x", "gyro_y", "gyro_z")
+
+
+class Reason(StrEnum):
+    """Why a request was refused; the ``reason`` label of the rejections metric."""
+
+    MALFORMED = "malformed"
+    INVALID_FIELD = "invalid_field"
+    INVALID_SHAPE = "invalid_shape"
+    NON_FINITE = "non_finite"
+    OUT_OF_RANGE = "out_of_range"
+    BAD_RATE = "bad_rate"
+    BAD_TIMESTAMP = "bad_timestamp"
+    TIME_BACKWARDS = "time_backwards"
+    TOO_LARGE = "too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+    BROKER_UNAVAILABLE = "broker_unavailable"
+    REGISTRY_UNAVAILABLE = "registry_unavailable"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one field, row or value."""
+
+    #: JSON path of the offending value: ``seq``, ``samples[3]``, ``samples[3][4]``, ``$``.
+    field: str
+    message: str
+    reason: Reason
+
+
+@dataclass(frozen=True)
+class PacketLimits:
+    """What a packet may contain."""
+
+    max_samples: int = 2000
+    #: Largest |acc| per axis (g).
+    acc_limit_g: float = 16.0
+    #: Largest |gyro| per axis (rad/s).
+    gyro_limit_rad_s: float = 35.0
+    min_sample_rate_hz: float = 10.0
+    max_sample_rate_hz: float = 400.0
+    #: How far ``first_sample_time`` may be ahead of the server clock (s).
+    max_future_skew_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class LastAccepted:
+    """The device's most recent accepted packet (highest seq so far)."""
+
+    seq: int
+    first_sample_time: float
+
+
+@dataclass(frozen=True, eq=False)
+class ValidPacket:
+    device_id: str
+    seq: int
+    #: Device-clock time of the first sample (Unix seconds).
+    first_sample_time: float
+    sample_rate_hz: float
+    #: ``(n, 6)`` float64: acc xyz (g), gyro xyz (rad/s), exactly the values sent.
+    samples: npt.NDArray[np.float64]
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.samples.shape[0])
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A refused packet: the errors of the first failing phase, in body order."""
+
+    errors: tuple[FieldError, ...]
+    #: How many errors were found in that phase (``errors`` holds at most MAX_ERRORS).
+    total: int
+
+    @property
+    def reason(self) -> Reason:
+        return self.errors[0].reason
+
+    @property
+    def status(self) -> int:
+        """400 for wrong JSON types, 422 for well-formed but invalid content."""
+        return 400 if self.reason is Reason.MALFORMED else 422
+
+    @property
+    def detail(self) -> str:
+        first = self.errors[0]
+        more = f" (and {self.total - 1} more)" if self.total > 1 else ""
+        return f"{first.field}: {first.message}{more}"
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.items: list[FieldError] = []
+        self.total = 0
+
+    def add(self, field: str, message: str, reason: Reason) -> None:
+        self.total += 1
+        if len(self.items) < MAX_ERRORS:
+            self.items.append(FieldError(field, message, reason))
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+    def result(self) -> Invalid:
+        return Invalid(tuple(self.items), self.total)
+
+
+_JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number"}
+_JSON_TYPES |= {list: "array", dict: "object"}
+
+
+def _json_type(value: Any) -> str:
+    """How a parsed JSON value reads in an error message."""
+    if isinstance(value, str):
+        return f"string {value[:20]!r}"
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _is_number(value: Any) -> bool:
+    # bool is an int subclass in Python but never a number in a packet.
+    return type(value) is float or type(value) is int
+
+
+def validate_packet(  # noqa: PLR0911 - one return per validation phase
+    body: Any, limits: PacketLimits, now: float, last: LastAccepted | None = None
+) -> ValidPacket | Invalid:
+    """Check a parsed JSON body.
+
+    ``now`` is the server's Unix time; ``last`` the device's last accepted packet, used to
+    refuse a newer packet (higher seq) that starts before it. Lower seqs are retries or
+    reordering and pass: the preprocess worker deduplicates and reorders.
+    """
+    if not isinstance(body, dict):
+        errors = _Errors()
+        errors.add("$", f"expected a JSON object, got {_json_type(body)}", Reason.MALFORMED)
+        return errors.result()
+
+    types = _Errors()
+    device_id = body.get("device_id")
+    seq = body.get("seq")
+    first_time = body.get("first_sample_time")
+    rate = body.get("sample_rate_hz")
+    samples = body.get("samples")
+    for name, value, ok, expected in (
+        ("device_id", device_id, isinstance(device_id, str), "a string"),
+        ("seq", seq, type(seq) is int, "an integer"),
+        ("first_sample_time", first_time, _is_number(first_time), "a number (Unix seconds)"),
+        ("sample_rate_hz", rate, _is_number(rate), "a number (Hz)"),
+        ("samples", samples, isinstance(samples, list), "an array of [ax, ay, az, gx, gy, gz]"),
+    ):
+        if name not in body:
+            types.add(name, f"is required ({expected})", Reason.MALFORMED)
+        elif not ok:
+            types.add(name, f"must be {expected}, got {_json_type(value)}", Reason.MALFORMED)
+    if types:
+        return types.result()
+    assert isinstance(device_id, str) and isinstance(seq, int) and isinstance(samples, list)
+    first_time = float(first_time)  # type: ignore[arg-type]
+    rate = float(rate)  # type: ignore[arg-type]
+
+    shape = _Errors()
+    if not DEVICE_ID_RE.fullmatch(device_id):
+        shape.add("device_id", "must be 1–64 characters of [A-Za-z0-9._:-]", Reason.INVALID_FIELD)
+    if seq < 0 or seq > MAX_SEQ:
+        shape.add("seq", f"must be between 0 and {MAX_SEQ}, got {seq}", Reason.INVALID_FIELD)
+    n = len(samples)
+    if n == 0:
+        shape.add("samples", "must hold at least one sample", Reason.INVALID_SHAPE)
+    elif n > limits.max_samples:
+        shape.add(
+            "samples",
+            f"holds {n} samples, at most {limits.max_samples} are accepted per packet",
+            Reason.INVALID_SHAPE,
+        )
+        return shape.result()  # don't walk an oversized packet's rows
+
+    # One pass over the rows finds type errors (reported alone, as 400), wrong row
+    # lengths and integers too large to convert.
+    row_types = _Errors()
+    values = _Errors()
+    for i, row in enumerate(samples):
+        if type(row) is not list:
+            row_types.add(
+                f"samples[{i}]",
+                f"must be an array of {SAMPLE_WIDTH} numbers, got {_json_type(row)}",
+                Reason.MALFORMED,
+            )
+            continue
+        if len(row) != SAMPLE_WIDTH:
+            shape.add(
+                f"samples[{i}]",
+                f"has {len(row)} values, expected {SAMPLE_WIDTH} (acc xyz in g, gyro xyz in rad/s)",
+                Reason.INVALID_SHAPE,
+            )
+        for j, value in enumerate(row):
+            kind = type(value)
+            if kind is float:
+                continue
+            if kind is int:
+                if not -_MAX_EXACT_INT <= value <= _MAX_EXACT_INT:
+                    values.add(
+                        f"samples[{i}][{j}]",
+                        "is far outside the physical range",
+                        Reason.OUT_OF_RANGE,
+                    )
+                continue
+            row_types.add(
+                f"samples[{i}][{j}]", f"must be a number, got {_json_type(value)}", Reason.MALFORMED
+            )
+    if row_types:
+        return row_types.result()
+    if shape:
+        return shape.result()
+
+    convertible = not values  # integers beyond ±2**53 were found: don't convert
+    for field, value in (("first_sample_time", first_time), ("sample_rate_hz", rate)):
+        if not math.isfinite(value):
+            values.add(field, "must be finite", Reason.NON_FINITE)
+    array = np.empty((0, SAMPLE_WIDTH), dtype=np.float64)
+    if convertible:
+        array = np.asarray(samples, dtype=np.float64)
+        _check_samples(array, limits, values)
+    if math.isfinite(rate) and not limits.min_sample_rate_hz <= rate <= limits.max_sample_rate_hz:
+        values.add(
+            "sample_rate_hz",
+            f"{rate:g} Hz is outside [{limits.min_sample_rate_hz:g}, "
+            f"{limits.max_sample_rate_hz:g}] Hz",
+            Reason.BAD_RATE,
+        )
+    if math.isfinite(first_time):
+        if first_time < EARLIEST_SAMPLE_TIME:
+            values.add(
+                "first_sample_time",
+                f"{first_time:.3f} is before 2000-01-01: is the device clock set?",
+                Reason.BAD_TIMESTAMP,
+            )
+        elif first_time > now + limits.max_future_skew_s:
+            values.add(
+                "first_sample_time",
+                f"lies {first_time - now:.1f} s in the future (at most "
+                f"{limits.max_future_skew_s:g} s of clock skew is accepted)",
+                Reason.BAD_TIMESTAMP,
+            )
+        elif last is not None and seq > last.seq and first_time < last.first_sample_time:
+            values.add(
+                "first_sample_time",
+                f"{first_time:.6f} is before {last.first_sample_time:.6f}, the start of the "
+                f"already accepted packet seq {last.seq}: time went backwards",
+                Reason.TIME_BACKWARDS,
+            )
+    if values:
+        return values.result()
+    return ValidPacket(device_id, seq, first_time, rate, array)
+
+
+def _check_samples(array: npt.NDArray[np.float64], limits: PacketLimits, errors: _Errors) -> None:
+    finite = np.isfinite(array)
+    if not finite.all():
+        for i, j in np.argwhere(~finite)[:MAX_ERRORS]:
+            errors.add(f"samples[{i}][{j}]", "must be finite", Reason.NON_FINITE)
+        errors.total += int((~finite).sum()) - min(int((~finite).sum()), MAX_ERRORS)
+        return
+    limit = np.array([limits.acc_limit_g] * 3 + [limits.gyro_limit_rad_s] * 3)
+    outside = np.abs(array) > limit
+    if outside.any():
+        positions = np.argwhere(outside)
+        for i, j in positions[:MAX_ERRORS]:
+            if j < 3:
+                message = f"{ACC_COLUMNS[j]} = {array[i, j]:g} g exceeds ±{limits.acc_limit_g:g} g"
+            else:
+                message = (
+                    f"{GYRO_COLUMNS[j - 3]} = {array[i, j]:g} rad/s exceeds "
+                    f"±{limits.gyro_limit_rad_s:g} rad/s"
+                )
+            errors.add(f"samples[{i}][{j}]", message, Reason.OUT_OF_RANGE)
+        errors.total += len(positions) - min(len(positions), MAX_ERRORS)

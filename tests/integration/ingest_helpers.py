@@ -1,0 +1,50 @@
+"""Helpers of the ingest integration tests: packet bodies and reading the raw topic."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from kafka import KafkaConsumer, TopicPartition
+
+from services.ingest.settings import IngestSettings
+
+
+def packet(
+    device_id: str, seq: int = 0, n: int = 50, first: float | None = None, seed: int = 0
+) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    # Values with full float64 mantissas, so "bit-exact" means something.
+    samples = np.column_stack([rng.normal(0, 0.6, (n, 3)), rng.normal(0, 1.5, (n, 3))])
+    return {
+        "device_id": device_id,
+        "seq": seq,
+        "first_sample_time": time.time() - 60.0 + seq if first is None else first,
+        "sample_rate_hz": 50.0,
+        "samples": samples.tolist(),
+    }
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def read_raw(settings: IngestSettings, expected: int, timeout_s: float = 10.0) -> list[Any]:
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        consumer_timeout_ms=500,
+    )
+    try:
+        parts = [TopicPartition(settings.topics.raw, p) for p in range(settings.topic_partitions)]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while len(records) < expected and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=300).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()

@@ -1,0 +1,119 @@
+"""The SQLite device registry (a file in tmp_path)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from services.ingest.errors import (
+    DeviceExistsError,
+    InvalidDeviceError,
+    RegistryConfigError,
+    UnknownDeviceError,
+)
+from services.ingest.registry import SqliteRegistry, open_registry, redact_url
+from services.ingest.tokens import hash_token
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> SqliteRegistry:
+    return SqliteRegistry(tmp_path / "sub" / "devices.db")
+
+
+def test_add_lookup_and_token_stored_only_as_hash(registry: SqliteRegistry) -> None:
+    record, token = registry.add("watch-1", label="room 12")
+    assert record.token_hash == hash_token(token)
+    assert not record.revoked
+    assert registry.get("watch-1") == record
+    assert registry.find_by_token(token) == record
+    assert registry.find_by_token(token + "x") is None
+    assert registry.get("nope") is None
+    for path in registry.path.parent.iterdir():  # the database and its WAL, if any
+        assert token.encode() not in path.read_bytes()
+
+
+def test_given_token(registry: SqliteRegistry) -> None:
+    token = "t" * 40
+    record, returned = registry.add("d1", token=token)
+    assert returned == token
+    assert registry.find_by_token(token) == record
+    with pytest.raises(DeviceExistsError, match="token"):
+        registry.add("d2", token=token)
+    with pytest.raises(InvalidDeviceError):
+        registry.add("d3", token="short")
+
+
+def test_duplicate_and_invalid_ids(registry: SqliteRegistry) -> None:
+    registry.add("d1")
+    with pytest.raises(DeviceExistsError, match="d1"):
+        registry.add("d1")
+    for bad in ("", "a b", "x" * 65, "d\n"):
+        with pytest.raises(InvalidDeviceError):
+            registry.add(bad)
+
+
+def test_revoke_is_idempotent_and_keeps_the_record(registry: SqliteRegistry) -> None:
+    _, token = registry.add("d1")
+    first = registry.revoke("d1")
+    assert first.revoked and first.revoked_at is not None
+    again = registry.revoke("d1")
+    assert again.revoked_at == first.revoked_at
+    found = registry.find_by_token(token)
+    assert found is not None and found.revoked
+    with pytest.raises(UnknownDeviceError):
+        registry.revoke("ghost")
+
+
+def test_list_sorted(registry: SqliteRegistry) -> None:
+    for device in ("c", "a", "b"):
+        registry.add(device)
+    assert [r.device_id for r in registry.list()] == ["a", "b", "c"]
+    assert "token_hash" not in registry.list()[0].public()
+
+
+def test_wal_and_shared_between_instances(tmp_path: Path) -> None:
+    path = tmp_path / "devices.db"
+    service_side, cli_side = SqliteRegistry(path), SqliteRegistry(path)
+    service_side.ping()
+    _, token = cli_side.add("d1")
+    assert service_side.find_by_token(token) is not None
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_concurrent_use_from_threads(registry: SqliteRegistry) -> None:
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            _, token = registry.add(f"d{i}")
+            assert registry.find_by_token(token) is not None
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(registry.list()) == 8
+
+
+def test_open_registry_urls(tmp_path: Path) -> None:
+    # SQLAlchemy's convention: four slashes for an absolute path, three for a relative one.
+    registry = open_registry(f"sqlite:///{tmp_path}/r.db")
+    assert isinstance(registry, SqliteRegistry) and registry.path == tmp_path / "r.db"
+    relative = open_registry("sqlite:///data/r.db")
+    assert isinstance(relative, SqliteRegistry) and relative.path == Path("data/r.db")
+    for bad in ("sqlite://", "sqlite:///", "sqlite:///:memory:", "mysql://x/y", "devices.db"):
+        with pytest.raises(RegistryConfigError):
+            open_registry(bad)
+
+
+def test_redact_url() -> None:
+    assert redact_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact_url("sqlite:////x.db") == "sqlite:////x.db"
