@@ -1,0 +1,359 @@
+"""The inference worker: windows topic → micro-batches → TF Serving → predictions topic.
+
+Thin wiring of aiokafka and gRPC around the pure core (batching, processing, results).
+Delivery is at-least-once: offsets are committed only after the batch's predictions and
+dead letters are acknowledged by Kafka (acks=all), so a crash, a SIGKILL or a rebalance can
+repeat predictions (same window id) but never lose a window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition  # type: ignore[import-untyped]
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError  # type: ignore[import-untyped]
+from prometheus_client import CollectorRegistry
+
+from services.common.kafka import BrokerUnavailableError, dead_letter
+from services.inference.batching import MicroBatcher
+from services.inference.client import GrpcModelClient
+from services.inference.metrics import InferenceMetrics, create
+from services.inference.processing import (
+    BatchAbandonedError,
+    BatchProcessor,
+    BatchResult,
+    Consumed,
+    decode,
+)
+from services.inference.retry import BackoffPolicy
+from services.inference.settings import InferenceSettings
+from services.inference.startup import check_model
+from shared.dsp import PreprocessingConfig
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "inference"
+#: getmany timeout while nothing is queued: how quickly a stop request is noticed when idle.
+IDLE_POLL_MS = 250
+#: After SIGTERM, how long a batch already in Predict or in produce may take to finish
+#: before it is abandoned (uncommitted: its records are read again after the restart).
+STOP_GRACE_S = 10.0
+
+T = TypeVar("T")
+
+
+class _RevokeListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Drops queued windows of partitions taken away: their new owner reads them again from
+    the committed offset, and we must not commit them."""
+
+    def __init__(self, batcher: MicroBatcher[Consumed]) -> None:
+        self._batcher = batcher
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        lost = {(tp.topic, tp.partition) for tp in revoked}
+        dropped = self._batcher.drop(lambda c: (c.topic, c.partition) not in lost)
+        if dropped:
+            logger.info("rebalance: dropped %d queued windows of revoked partitions", dropped)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        logger.info("assigned %d partitions: %s", len(assigned), sorted(assigned))
+
+
+class InferenceWorker:
+    """The consume → batch → predict → produce → commit loop of one worker."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        processor: BatchProcessor,
+        batcher: MicroBatcher[Consumed],
+        metrics: InferenceMetrics,
+        backoff: BackoffPolicy,
+    ) -> None:
+        self._settings = settings
+        self._consumer = consumer
+        self._producer = producer
+        self._processor = processor
+        self._batcher = batcher
+        self._metrics = metrics
+        self._backoff = backoff
+        self._stop = asyncio.Event()
+        self._rng = random.Random()
+        # Predicted batches waiting for produce + commit; None ends the publisher. One slot:
+        # Predict may run one batch ahead of Kafka, not more (bounded uncommitted work).
+        self._results: asyncio.Queue[BatchResult | None] = asyncio.Queue(maxsize=1)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._processor.request_stop()
+
+    async def run(self) -> None:
+        """Consume and predict here; produce and commit in a second task, so the next batch's
+        Predict overlaps the previous batch's produce and commit. The publisher takes results
+        in order, so offsets are still committed in order and only after their acks."""
+        publisher = asyncio.ensure_future(self._publish_results())
+        try:
+            await self._consume(publisher)
+        except BatchAbandonedError as exc:
+            logger.warning("in-flight batch abandoned, not committed: %s", exc)
+        finally:
+            if not publisher.done():
+                # Let the publisher finish what was predicted (the caller bounds how long).
+                await self._results.put(None)
+            try:
+                await publisher
+            except BatchAbandonedError as exc:
+                logger.warning("in-flight batch abandoned, not committed: %s", exc)
+        if len(self._batcher):
+            logger.info("%d queued windows left uncommitted for the next owner", len(self._batcher))
+
+    async def _consume(self, publisher: asyncio.Future[None]) -> None:
+        while not self._stop.is_set():
+            await self._poll()
+            if not self._batcher.ready():
+                continue
+            batch = self._batcher.take()
+            started = time.perf_counter()
+            result = await self._processor.process(batch)
+            logger.debug(
+                "batch of %d: %.1f ms to predict", len(batch), (time.perf_counter() - started) * 1e3
+            )
+            handover = asyncio.ensure_future(self._results.put(result))
+            await asyncio.wait({handover, publisher}, return_when=asyncio.FIRST_COMPLETED)
+            if publisher.done():  # it only ends early by failing: raise its error
+                handover.cancel()
+                publisher.result()
+                raise RuntimeError("publisher ended unexpectedly")
+
+    async def _poll(self) -> None:
+        capacity = self._batcher.capacity
+        if capacity == 0:
+            return
+        wait_s = self._batcher.time_until_ready()
+        timeout_ms = IDLE_POLL_MS if wait_s is None else min(IDLE_POLL_MS, math.ceil(wait_s * 1000))
+        records = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=capacity)
+        for tp_records in records.values():
+            for r in tp_records:
+                self._batcher.add(decode(r.topic, r.partition, r.offset, r.key, r.value))
+                self._metrics.windows.inc()
+
+    async def _publish_results(self) -> None:
+        while (result := await self._results.get()) is not None:
+            started = time.perf_counter()
+            await self._publish(result)
+            await self._commit(result)
+            self._observe(result)
+            logger.debug(
+                "%d predictions, %d dead letters: %.1f ms to produce and commit",
+                len(result.predictions), len(result.dead_letters),
+                (time.perf_counter() - started) * 1e3,
+            )  # fmt: skip
+
+    def _observe(self, result: BatchResult) -> None:
+        m = self._metrics
+        for _, prediction in result.predictions:
+            m.predictions.labels(activity=prediction.label).inc()
+            m.confidence.observe(prediction.confidence)
+            m.end_to_end_seconds.observe(max(0.0, prediction.end_to_end_s))
+            m.queue_wait_seconds.observe(prediction.queue_wait_s)
+        for _, error in result.dead_letters:
+            m.dead_letters.labels(error_type=type(error).__name__).inc()
+
+    async def _publish(self, result: BatchResult) -> None:
+        """Produce the batch's predictions and dead letters and wait for every ack; on a Kafka
+        failure produce them all again (duplicates rather than loss)."""
+        topics = self._settings.topics
+        attempt = 0
+        while True:
+            try:
+                acks = []
+                for _, prediction in result.predictions:
+                    acks.append(
+                        await self._producer.send(
+                            topics.predictions,
+                            prediction.to_bytes(),
+                            key=prediction.device_id.encode(),
+                        )
+                    )
+                for entry, error in result.dead_letters:
+                    letter = dead_letter(
+                        SERVICE, error, entry.topic, entry.partition, entry.offset,
+                        entry.key, entry.value,
+                    )  # fmt: skip
+                    logger.warning(
+                        "dead letter %s[%d]@%d: %s", entry.topic, entry.partition, entry.offset,
+                        letter.reason,
+                    )  # fmt: skip
+                    acks.append(
+                        await self._producer.send(topics.dlq, letter.to_bytes(), key=entry.key)
+                    )
+                await asyncio.gather(*acks)
+                return
+            except KafkaError as exc:
+                attempt += 1
+                delay = self._backoff.delay(attempt, self._rng)
+                logger.warning(
+                    "producing %d predictions / %d dead letters failed (%s): retry %d in %.2f s",
+                    len(result.predictions), len(result.dead_letters), exc, attempt, delay,
+                )  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                if self._stop.is_set():
+                    raise BatchAbandonedError("stopping while Kafka refused the batch") from exc
+
+    async def _commit(self, result: BatchResult) -> None:
+        assigned = self._consumer.assignment()
+        offsets = {
+            TopicPartition(topic, partition): offset
+            for (topic, partition), offset in result.offsets.items()
+            if TopicPartition(topic, partition) in assigned
+        }
+        if len(offsets) < len(result.offsets):
+            logger.info(
+                "not committing %d partitions revoked meanwhile", len(result.offsets) - len(offsets)
+            )
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # The group rebalanced while the batch was in flight: its records will be read
+            # again by their new owner (duplicate predictions, nothing lost).
+            logger.warning("commit of %s failed: %s", offsets, exc)
+
+
+async def _unless_stopped(coro: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """Run ``coro``; cancel it and return None if ``stop`` is set first."""
+    task = asyncio.ensure_future(coro)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+def _consumer(settings: InferenceSettings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.group_id,
+        client_id=f"harstream-{SERVICE}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=int(settings.group_session_timeout_s * 1000),
+        heartbeat_interval_ms=int(settings.group_heartbeat_interval_s * 1000),
+    )
+
+
+def _producer(settings: InferenceSettings) -> AIOKafkaProducer:
+    # acks=all without idempotence: aiokafka's idempotent producer fails on the local broker
+    # (InitProducerId); duplicates are already possible (at-least-once) and carry window ids.
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"harstream-{SERVICE}",
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=0,
+    )
+
+
+async def run(
+    settings: InferenceSettings,
+    registry: CollectorRegistry,
+    stop: asyncio.Event,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Run the worker until ``stop`` is set.
+
+    Args:
+        on_ready: called once the start-up checks passed and Kafka clients run (the CLI
+            starts the /metrics endpoint there, so an open port means "ready").
+
+    Raises:
+        StartupError: the model server does not serve a model this worker can use.
+        BrokerUnavailableError: Kafka cannot be reached at start-up.
+    """
+    metrics = create(registry, settings.model_name)
+    model = GrpcModelClient(
+        settings.model_server_target,
+        settings.model_name,
+        settings.signature_name,
+        settings.model_version,
+        settings.model_version_label,
+        settings.predict_deadline_s,
+    )
+    consumer = _consumer(settings)
+    producer = _producer(settings)
+    started: list[AIOKafkaConsumer | AIOKafkaProducer] = []
+    try:
+        fingerprint = PreprocessingConfig().fingerprint
+        version = await _unless_stopped(
+            check_model(model, settings.model_name, fingerprint, settings.startup_timeout_s), stop
+        )
+        if version is None:
+            return
+        metrics.model_version.labels(model=settings.model_name).set(version)
+        logger.info(
+            "model %s v%s on %s passed the start-up checks (signature %s, fingerprint %s)",
+            settings.model_name, version, settings.model_server_target,
+            settings.signature_name, fingerprint,
+        )  # fmt: skip
+        try:
+            for client in (producer, consumer):
+                await client.start()
+                started.append(client)
+        except KafkaError as exc:
+            raise BrokerUnavailableError(
+                f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
+            ) from exc
+        batcher: MicroBatcher[Consumed] = MicroBatcher(
+            settings.batch_max_size, settings.batch_max_wait_ms / 1000.0, time.monotonic
+        )
+        consumer.subscribe([settings.topics.windows], listener=_RevokeListener(batcher))
+        backoff = BackoffPolicy(settings.retry_initial_backoff_s, settings.retry_max_backoff_s)
+        processor = BatchProcessor(model, settings.model_name, backoff, metrics)
+        worker = InferenceWorker(settings, consumer, producer, processor, batcher, metrics, backoff)
+        logger.info(
+            "inference worker: %s → %s (dead letters %s), group %s, batches of ≤%d windows "
+            "or ≤%.0f ms, metrics on %s:%d",
+            settings.topics.windows, settings.topics.predictions, settings.topics.dlq,
+            settings.group_id, settings.batch_max_size, settings.batch_max_wait_ms,
+            settings.metrics_host, settings.metrics_port,
+        )  # fmt: skip
+        if on_ready is not None:
+            on_ready()
+        task = asyncio.ensure_future(worker.run())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not task.done():
+            logger.info("stopping: finishing the in-flight batch (up to %.0f s)", STOP_GRACE_S)
+            worker.request_stop()
+            try:
+                await asyncio.wait_for(task, STOP_GRACE_S)
+            except TimeoutError:
+                logger.warning(
+                    "in-flight batch abandoned after %.0f s, not committed", STOP_GRACE_S
+                )
+        if task.done() and not task.cancelled():
+            task.result()  # re-raise what ended the worker, if anything did
+    finally:
+        for client in reversed(started):
+            with contextlib.suppress(Exception):
+                await client.stop()
+        await model.close()
+        logger.info("inference worker stopped")

@@ -1,0 +1,96 @@
+"""Configuration of the inference worker (env prefix ``HARSTREAM_INFERENCE_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import StreamSettings
+
+
+class InferenceSettings(StreamSettings):
+    """Windows topic → micro-batches → TF Serving ``Predict`` → predictions topic."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HARSTREAM_INFERENCE_", frozen=True, extra="ignore"
+    )
+
+    group_id: str = Field(
+        "harstream-inference",
+        description="Kafka consumer group; replicas with the same id share the partitions.",
+    )
+    model_server_target: str = Field(
+        "localhost:8500", description="TF Serving gRPC endpoint (host:port)."
+    )
+    model_name: str = Field("har", description="Model name as TF Serving serves it.")
+    signature_name: str = Field("serving_default", description="SignatureDef to call.")
+    model_version: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Pin one model version (TF Serving must have it loaded). Unset: the newest "
+            "version, or the one model_version_label names. Exclusive with model_version_label."
+        ),
+    )
+    model_version_label: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "Serve the version TF Serving's model config labels so (e.g. 'stable', 'canary'). "
+            "Exclusive with model_version."
+        ),
+    )
+    batch_max_size: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description=(
+            "Most windows in one Predict call (across devices); 64 is where TF Serving's "
+            "throughput on 2 cores flattens out."
+        ),
+    )
+    batch_max_wait_ms: float = Field(
+        50.0,
+        ge=0,
+        description=(
+            "Longest a window waits for its batch to fill before it is sent anyway "
+            "(milliseconds); bounds the latency batching adds."
+        ),
+    )
+    predict_deadline_s: float = Field(
+        5.0, gt=0, description="gRPC deadline of one Predict call (seconds)."
+    )
+    retry_initial_backoff_s: float = Field(
+        0.2,
+        gt=0,
+        description=(
+            "First wait before retrying a batch after UNAVAILABLE / DEADLINE_EXCEEDED / "
+            "RESOURCE_EXHAUSTED (seconds); doubles per retry, with jitter."
+        ),
+    )
+    retry_max_backoff_s: float = Field(
+        10.0, gt=0, description="Longest wait between two retries of a batch (seconds)."
+    )
+    startup_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "How long start-up waits for the model to be AVAILABLE on the model server "
+            "before the worker exits non-zero (seconds)."
+        ),
+    )
+    metrics_host: str = Field("0.0.0.0", description="Bind address of the /metrics endpoint.")
+    metrics_port: int = Field(
+        9103, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off)."
+    )
+
+    @model_validator(mode="after")
+    def _one_version_selector(self) -> InferenceSettings:
+        if self.model_version is not None and self.model_version_label is not None:
+            raise ValueError(
+                "set at most one of model_version and model_version_label "
+                f"(got {self.model_version} and {self.model_version_label!r})"
+            )
+        if self.retry_max_backoff_s < self.retry_initial_backoff_s:
+            raise ValueError("retry_max_backoff_s must be >= retry_initial_backoff_s")
+        return self
