@@ -21,9 +21,8 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create .venv and install harstream with all extras
 
-demo: $(STAMP) ## The main job: cache the data, evaluate the committed model on the test subjects
-	$(BIN)/harstream data
-	$(BIN)/harstream evaluate --model models/har --split test
+demo: $(STAMP) ## The main job: the whole pipeline on embedded Kafka + model server, replaying the test subjects live
+	$(BIN)/harstream demo $(DEMO_ARGS)
 
 data: $(STAMP) ## Cache the HAPT recordings and print window counts per split
 	$(BIN)/harstream data
