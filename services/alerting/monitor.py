@@ -274,7 +274,8 @@ class DeviceMonitor:
             return
         fall.after.append(p.probabilities)
         after_activity = smoothed_activity(list(fall.after))
-        up = f.movement_energy > rules.getup_energy_g2 or (
+        settled = t > fall.impact_window_end + rules.fall_settle_s
+        up = (settled and f.movement_energy > rules.getup_energy_g2) or (
             len(fall.after) == rules.smoothing_windows and after_activity in UPRIGHT_ACTIVITIES
         )
         lying_or_still = after_activity == LAYING or rules.is_still(f.movement_energy)

@@ -63,6 +63,15 @@ class AlertRules(BaseModel):
             "products wait 30-60 s so people who get up do not trigger an escalation)."
         ),
     )
+    fall_settle_s: float = Field(
+        5.0,
+        ge=0,
+        description=(
+            "Seconds after the impact window during which movement energy does not count as "
+            "getting up: a fall turns the body, and the 0.3 Hz gravity filter needs ~3-4 s to "
+            "follow, so body acceleration stays high right after any real fall."
+        ),
+    )
     getup_energy_g2: float = Field(
         0.01,
         gt=0,
