@@ -70,6 +70,10 @@ def cli(ctx: click.Context, verbose: bool, data_dir: Path | None) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        # Kafka clients log every connection at INFO; services' own logs stay at INFO.
+        for noisy in ("kafka", "aiokafka"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     ctx.obj = {"cache": HaptCache(data_dir or default_cache_dir())}
 
 

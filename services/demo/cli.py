@@ -19,6 +19,7 @@ from services.demo.loadgen import DeviceCredentials, LoadStats, replay_devices
 from services.demo.pipeline import DEFAULT_MODEL_BASE, Pipeline, PipelineConfig
 from services.demo.replay import SimulatedDevice
 from services.demo.run import (
+    DemoResult,
     demo_devices,
     replay_start_time,
     run_replay,
@@ -78,6 +79,12 @@ def register_devices(registry_url: str, device_ids: list[str]) -> dict[str, str]
     help="Live terminal view [default: when stdout is a terminal].",
 )
 @click.option(
+    "--linger",
+    default=15.0,
+    show_default=True,
+    help="Seconds to keep watching after the last window (for DEVICE_OFFLINE alerts).",
+)
+@click.option(
     "--workdir",
     type=click.Path(path_type=Path),
     default=None,
@@ -99,6 +106,7 @@ def demo(
     partitions: int,
     scripted: bool,
     live: bool | None,
+    linger: float,
     workdir: Path | None,
     model_base: Path,
 ) -> None:
@@ -129,7 +137,13 @@ def demo(
         )
         result = asyncio.run(
             _replay_with_ctrl_c(
-                pipeline, devices, tokens, speed, packet_size, console if show_live else None
+                pipeline,
+                devices,
+                tokens,
+                speed,
+                packet_size,
+                console if show_live else None,
+                linger,
             )
         )
         console.print(summary_table(result))
@@ -146,13 +160,21 @@ async def _replay_with_ctrl_c(
     speed: float,
     packet_size: int,
     console: Console | None,
-) -> object:
+    linger_s: float,
+) -> DemoResult:
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, interrupted.set)
     loop.add_signal_handler(signal.SIGTERM, interrupted.set)
     return await run_replay(
-        pipeline, devices, tokens, speed, packet_size, console, interrupted=interrupted
+        pipeline,
+        devices,
+        tokens,
+        speed,
+        packet_size,
+        console,
+        interrupted=interrupted,
+        linger_s=linger_s,
     )
 
 

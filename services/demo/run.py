@@ -45,7 +45,7 @@ def demo_devices(
     recordings = cache.load(subjects=subjects)
     devices = [device_of(rec) for rec in recordings]
     if scripted:
-        fall = fall_scenario(recordings, walk_s=20.0, lie_s=90.0)
+        fall = fall_scenario(recordings, walk_s=20.0, lie_s=60.0)
         devices.append(SimulatedDevice("demo-fall", fall.samples, fall.labels))
         first = recordings[0]
         devices.append(
@@ -79,6 +79,7 @@ async def run_replay(
     console: Console | None,
     drain_timeout_s: float = 60.0,
     interrupted: asyncio.Event | None = None,
+    linger_s: float = 0.0,
 ) -> DemoResult:
     """Replay ``devices`` through the running pipeline and wait until every window is predicted
     (or ``drain_timeout_s`` passes without progress)."""
@@ -109,10 +110,21 @@ async def run_replay(
         if live:
             live.start()
         last_progress, last_count = time.monotonic(), -1
+        done_at: float | None = None
+        last_log = time.monotonic()
         while True:
             await asyncio.sleep(0.25)
             if live:
                 live.update(live_view(tally, load))
+            elif time.monotonic() - last_log >= 5.0:
+                last_log = time.monotonic()
+                logger.info(
+                    "%d packets accepted, %d/%d windows predicted, %d alert events",
+                    load.packets_accepted,
+                    tally.predictions,
+                    expected,
+                    sum(tally.alert_events.values()),
+                )
             if interrupted is not None and interrupted.is_set():
                 break
             if watcher.done():
@@ -122,7 +134,11 @@ async def run_replay(
             if replay.done():
                 replay.result()
                 if tally.predictions >= expected:
-                    break
+                    done_at = done_at or time.monotonic()
+                    # Lingering shows what only wall-clock time raises (devices offline).
+                    if time.monotonic() - done_at >= linger_s:
+                        break
+                    continue
                 if time.monotonic() - last_progress > drain_timeout_s:
                     logger.warning("no new predictions for %.0f s; stopping", drain_timeout_s)
                     break
