@@ -1,0 +1,233 @@
+"""Preprocess worker: configuration, metrics, and the batch handler on fake table and
+topics (no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from faust.streams import current_event
+from prometheus_client import CollectorRegistry
+
+from services.preprocess import metrics
+from services.preprocess.app import BatchHandler, faust_options
+from services.preprocess.settings import PreprocessSettings
+from services.preprocess.stream import DeviceStream, StreamConfig, StreamProcessor
+from shared.dsp import PreprocessingConfig
+from shared.messages import DeadLetter, RawPacket, WindowMessage
+
+
+def test_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    defaults = PreprocessSettings()
+    assert defaults.app_id == "harstream-preprocess" and defaults.store == "rocksdb://"
+    assert defaults.data_dir == tmp_path / "state" / "harstream" / "preprocess"
+    assert (defaults.batch_max_size, defaults.batch_max_wait_s) == (500, 0.05)
+    assert (defaults.gap_threshold_s, defaults.reorder_max_packets) == (1.0, 4)
+    assert defaults.metrics_port == 9102
+    for name, value in {
+        "KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
+        "KAFKA_PROFILE": "tansu",
+        "TOPIC_PREFIX": "t",
+        "APP_ID": "pp-1",
+        "STORE": "memory://",
+        "DATA_DIR": str(tmp_path / "db"),
+        "BATCH_MAX_SIZE": "64",
+        "REORDER_MAX_PACKETS": "0",
+    }.items():
+        monkeypatch.setenv(f"HARSTREAM_PREPROCESS_{name}", value)
+    s = PreprocessSettings()
+    assert s.bootstrap_servers == ["k1:9092", "k2:9092"] and s.topics.raw == "t.raw.v1"
+    assert (s.app_id, s.store, s.data_dir) == ("pp-1", "memory://", tmp_path / "db")
+    assert (s.batch_max_size, s.reorder_max_packets) == (64, 0)
+    monkeypatch.setenv("HARSTREAM_PREPROCESS_STORE", "redis://")
+    with pytest.raises(ValueError, match="store"):
+        PreprocessSettings()
+
+
+def test_tansu_profile_only_on_the_local_broker() -> None:
+    tansu = faust_options(PreprocessSettings(kafka_profile="tansu"))
+    assert tansu["producer_max_batch_size"] == 1 and tansu["broker_session_timeout"] == 6.0
+    assert tansu["consumer_auto_offset_reset"] == "earliest"
+    apache = faust_options(PreprocessSettings(kafka_profile="apache"))
+    assert apache["producer_max_batch_size"] > 100_000  # ~50 windows per produce batch
+    assert "broker_rebalance_timeout" not in apache
+    assert apache["broker_session_timeout"] == 30.0
+
+
+def test_metric_names() -> None:
+    registry = CollectorRegistry()
+    m = metrics.create(registry)
+    m.windows.inc(3)
+    m.dead_letters.labels(error_type="SchemaError").inc()
+    m.batch_size.observe(500)
+    assert registry.get_sample_value("harstream_windows_emitted_total") == 3
+    assert (
+        registry.get_sample_value("harstream_dead_letters_total", {"error_type": "SchemaError"})
+        == 1
+    )
+    assert registry.get_sample_value("harstream_preprocess_batch_size_bucket", {"le": "500.0"}) == 1
+    names = {metric.name for metric in registry.collect()}
+    assert {
+        "harstream_preprocess_packets",
+        "harstream_preprocess_samples",
+        "harstream_preprocess_duplicates",
+        "harstream_preprocess_gaps",
+        "harstream_preprocess_reordered",
+        "harstream_preprocess_resampled_packets",
+        "harstream_preprocess_batch_seconds",
+    } <= names
+
+
+class _Message:
+    def __init__(self, key: bytes | None, value: bytes, partition: int, offset: int) -> None:
+        self.topic, self.key, self.value = "t.raw.v1", key, value
+        self.partition, self.offset = partition, offset
+
+
+class _Event:
+    """What the handler uses of a faust event (weak-referenceable, like faust's)."""
+
+    def __init__(self, key: bytes | None, value: bytes, partition: int, offset: int) -> None:
+        self.message = _Message(key, value, partition, offset)
+        self.key, self.value = key, value
+
+
+class _Log(list):  # type: ignore[type-arg]
+    """Every effect in order: ("send", topic, key, value) and ("set", partition, key)."""
+
+
+class _Topic:
+    def __init__(self, name: str, log: _Log) -> None:
+        self.name, self.log = name, log
+
+    async def send(self, key: bytes, value: bytes) -> asyncio.Future[None]:
+        self.log.append(("send", self.name, key, value))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+class _Table(dict):  # type: ignore[type-arg]
+    """A faust table's store picks the partition of faust's current event: so do we."""
+
+    def __init__(self, log: _Log) -> None:
+        super().__init__()
+        self.log = log
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        event = current_event()
+        assert event is not None
+        self.log.append(("set", event.message.partition, key))
+        super().__setitem__(key, value)
+
+
+def _handler(log: _Log, **config: object) -> tuple[BatchHandler, _Table, CollectorRegistry]:
+    registry = CollectorRegistry()
+    table = _Table(log)
+    handler = BatchHandler(
+        StreamProcessor(StreamConfig(**config)),  # type: ignore[arg-type]
+        table,
+        _Topic("windows", log),  # type: ignore[arg-type]
+        _Topic("dlq", log),  # type: ignore[arg-type]
+        metrics.create(registry),
+    )
+    return handler, table, registry
+
+
+def _packets(device: str, count: int, seed: int = 0) -> list[RawPacket]:
+    rng = np.random.default_rng(seed)
+    samples = rng.normal(0, 0.3, (count * 50, 6)) + np.array([0, -1, 0, 0, 0, 0])
+    return [
+        RawPacket(device, i, 1000.0 + i, 50.0, samples[i * 50 : (i + 1) * 50], 5.0)
+        for i in range(count)
+    ]
+
+
+def test_batch_handler_sends_windows_before_it_writes_the_state() -> None:
+    log = _Log()
+    handler, table, registry = _handler(log)
+    a, b = _packets("a", 6), _packets("b", 6, seed=1)
+    events = [
+        _Event(p.device_id.encode(), p.to_bytes(), partition, i)
+        for i, (p, partition) in enumerate(
+            [x for pair in zip(a, b, strict=True) for x in ((pair[0], 2), (pair[1], 0))]
+        )
+    ]
+    asyncio.run(handler.handle(events))
+    kinds = [entry[0] for entry in log]
+    assert kinds == ["send"] * 6 + ["set", "set"]  # 3 windows per device, then the states
+    # Each device's state in its own message's partition, whatever the batch's order.
+    assert sorted(entry[1:] for entry in log if entry[0] == "set") == [(0, b"b"), (2, b"a")]
+    stream = DeviceStream.from_bytes(table[b"a"], PreprocessingConfig())
+    assert stream.last_seq == 5 and stream.counters.windows == 3
+    assert registry.get_sample_value("harstream_windows_emitted_total") == 6
+    assert registry.get_sample_value("harstream_preprocess_samples_total") == 600
+    # The same batch again (a replay after a crash): all duplicates, nothing sent.
+    log.clear()
+    asyncio.run(handler.handle(events))
+    assert [entry[0] for entry in log] == ["set", "set"]
+    assert registry.get_sample_value("harstream_preprocess_duplicates_total") == 12
+
+
+def test_batch_handler_dead_letters_bad_messages_and_keeps_going() -> None:
+    log = _Log()
+    handler, _, registry = _handler(log)
+    good = _packets("a", 4)
+    nan = RawPacket("c", 0, 1000.0, 50.0, np.full((50, 6), np.nan), 5.0)
+    events = [
+        _Event(b"a", good[0].to_bytes(), 1, 10),
+        _Event(b"a", b"garbage", 1, 11),
+        _Event(b"not-c", nan.to_bytes(), 3, 12),
+        _Event(b"c", nan.to_bytes(), 3, 13),
+        *[_Event(b"a", p.to_bytes(), 1, 14 + i) for i, p in enumerate(good[1:])],
+    ]
+    asyncio.run(handler.handle(events))
+    letters = [DeadLetter.from_bytes(e[3]) for e in log if e[0] == "send" and e[1] == "dlq"]
+    assert [(d.error_type, d.source_partition, d.source_offset) for d in letters] == [
+        ("SchemaError", 1, 11),
+        ("KeyMismatchError", 3, 12),
+        ("PreprocessingError", 3, 13),
+    ]
+    assert letters[0].value == b"garbage" and "NaN" in letters[2].reason
+    windows = [WindowMessage.from_bytes(e[3]) for e in log if e[0] == "send" and e[1] == "windows"]
+    assert [w.start_index for w in windows] == [0, 64]  # all 4 good packets processed
+    assert registry.get_sample_value("harstream_dead_letters_total", {"error_type": "SchemaError"})
+
+
+def test_batch_handler_survives_a_processing_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = _Log()
+    handler, _, _ = _handler(log)
+    original = handler.processor.process_batch
+
+    def buggy(streams, packets, now):  # type: ignore[no-untyped-def]
+        if any(p.device_id == "boom" for p in packets):
+            raise ZeroDivisionError("a bug")
+        return original(streams, packets, now)
+
+    monkeypatch.setattr(handler.processor, "process_batch", buggy)
+    boom = _packets("boom", 1)[0]
+    events = [_Event(p.device_id.encode(), p.to_bytes(), 0, i) for i, p in enumerate(
+        [*_packets("a", 2), boom, *_packets("a", 4)[2:]])]  # fmt: skip
+    asyncio.run(handler.handle(events))
+    letters = [DeadLetter.from_bytes(e[3]) for e in log if e[0] == "send" and e[1] == "dlq"]
+    assert [(d.error_type, d.source_offset) for d in letters] == [("ZeroDivisionError", 2)]
+    assert sum(1 for e in log if e[0] == "send" and e[1] == "windows") == 2
+
+
+def test_batch_handler_continues_the_timeline_of_an_unusable_state() -> None:
+    log = _Log()
+    handler, table, registry = _handler(log)
+    other = PreprocessingConfig(noise_cutoff_hz=18.0)
+    old = StreamProcessor(StreamConfig(preprocessing=other))
+    stream, _ = old.process(None, _packets("a", 1)[0], 0.0)
+    dict.__setitem__(table, b"a", stream.to_bytes(other))  # as if written by the old version
+    log.clear()
+    asyncio.run(handler.handle([_Event(b"a", p.to_bytes(), 0, 1) for p in _packets("a", 6)[1:]]))
+    windows = [WindowMessage.from_bytes(e[3]) for e in log if e[0] == "send" and e[1] == "windows"]
+    assert [w.start_index for w in windows] == [50, 114]
+    assert registry.get_sample_value("harstream_preprocess_resets_total", {"reason": "bad_state"})
