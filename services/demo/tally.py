@@ -67,6 +67,7 @@ class DemoTally:
         self.devices: dict[str, DeviceView] = {d: DeviceView(d) for d in truth}
         self.seen_windows: set[str] = set()
         self.duplicates = 0
+        self.other_devices = 0
         self.latencies = StageLatencies()
         self.y_true: list[int] = []
         self.y_pred: list[int] = []
@@ -77,6 +78,9 @@ class DemoTally:
         self.model_versions: Counter[int] = Counter()
 
     def add_prediction(self, p: Prediction) -> None:
+        if p.device_id not in self._truth:
+            self.other_devices += 1  # another replay on the same topics
+            return
         if p.window_id in self.seen_windows:
             self.duplicates += 1
             return
@@ -102,6 +106,8 @@ class DemoTally:
             view.correct += int(predicted == true_class)
 
     def add_alert(self, alert: Alert) -> None:
+        if alert.device_id not in self._truth:
+            return
         self.alerts[alert.alert_id] = alert
         self.alert_events[(alert.type.value, alert.state.value)] += 1
         view = self.devices.setdefault(alert.device_id, DeviceView(alert.device_id))
