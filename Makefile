@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo data train evaluate compare format lint typecheck test test-unit test-integration bench clean
+.PHONY: help setup tools demo data train evaluate compare format lint typecheck test test-unit test-integration bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -19,7 +19,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[ml,stream,dev]"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
+TOOLS_STAMP := $(VENV)/.tools-$(shell cat deploy/tools/install-validators.sh pyproject.toml | sha1sum | cut -c1-12)
+$(TOOLS_STAMP): $(STAMP) deploy/tools/install-validators.sh
+	bash deploy/tools/install-validators.sh $(VENV)
+	rm -f $(VENV)/.tools-* && touch $(TOOLS_STAMP)
+
 setup: $(STAMP) ## Create .venv and install harstream with all extras
+
+tools: $(TOOLS_STAMP) ## Install the deployment validators (kubectl, promtool, checkov, docker-compose)
 
 demo: $(STAMP) ## The main job: the whole pipeline on embedded Kafka + model server, replaying the test subjects live
 	$(BIN)/harstream demo $(DEMO_ARGS)
@@ -47,14 +54,14 @@ lint: $(STAMP) ## ruff
 typecheck: $(STAMP) ## mypy (strict) on shared/
 	$(BIN)/mypy
 
-test: $(STAMP) ## Lint, typecheck, unit and integration tests
+test: $(STAMP) $(TOOLS_STAMP) ## Lint, typecheck, unit and integration tests (installs the validators)
 	$(MAKE) --no-print-directory lint typecheck
 	$(BIN)/pytest tests
 
 test-unit: $(STAMP) ## Unit tests only (no I/O)
 	$(BIN)/pytest tests/unit
 
-test-integration: $(STAMP) ## Integration tests only
+test-integration: $(STAMP) $(TOOLS_STAMP) ## Integration tests only
 	$(BIN)/pytest tests/integration
 
 bench: $(STAMP) ## Print throughput figures (preprocessing, model)

@@ -4,6 +4,7 @@ latency per stage, throughput and alerts (pure; the orchestrator feeds it from K
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +63,7 @@ class DemoTally:
     recording samples its window covers (windows spanning two activities are not scored,
     exactly as in the offline evaluation)."""
 
-    def __init__(self, truth: dict[str, npt.NDArray[np.integer]]) -> None:
+    def __init__(self, truth: Mapping[str, npt.NDArray[np.integer]]) -> None:
         self._truth = truth
         self.devices: dict[str, DeviceView] = {d: DeviceView(d) for d in truth}
         self.seen_windows: set[str] = set()
