@@ -127,6 +127,7 @@ class AlertingService:
             auto_offset_reset=s.auto_offset_reset,
             session_timeout_ms=int(s.group_session_timeout_s * 1000),
             heartbeat_interval_ms=int(s.group_heartbeat_interval_s * 1000),
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
             max_poll_records=s.max_batch_records,
         )
         self._consumer.subscribe([s.topics.predictions], listener=_Rebalance(self))

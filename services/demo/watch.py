@@ -25,6 +25,7 @@ async def follow(settings: StreamSettings, tally: DemoTally, stop: asyncio.Event
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         group_id=None,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
     await consumer.start()
     try:

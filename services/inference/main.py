@@ -256,6 +256,7 @@ def _consumer(settings: InferenceSettings) -> AIOKafkaConsumer:
         auto_offset_reset="earliest",
         session_timeout_ms=int(settings.group_session_timeout_s * 1000),
         heartbeat_interval_ms=int(settings.group_heartbeat_interval_s * 1000),
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )
 
 
