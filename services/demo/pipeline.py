@@ -152,7 +152,11 @@ class Pipeline:
         self.services["ingest"].wait_http(f"{self.ingest_url}/readyz", timeout)
         self.services["alerting"].wait_http(f"{self.alerting_url}/readyz", timeout)
         self.services["preprocess"].wait_port(self.ports["preprocess_metrics"], timeout)
-        self.services["inference"].wait_port(self.ports["inference_metrics"], timeout)
+        # Windows produced before inference joined its group would wait for the join (~3 s
+        # on Tansu) and show up as latency: start only once it owns its partitions.
+        self.services["inference"].wait_metric(
+            self.metrics_urls()["inference"], "harstream_inference_partitions_assigned", timeout
+        )
         logger.info("pipeline up in %.1f s (logs in %s)", time.monotonic() - t0, self.logs)
         return self
 

@@ -85,6 +85,22 @@ class ServiceProcess:
             f"{self.name} not ready at {url} after {timeout_s:.0f} s:\n{self.tail()}"
         )
 
+    def wait_metric(self, url: str, name: str, timeout_s: float) -> None:
+        """Until the Prometheus text at ``url`` shows ``name`` with a positive value
+        (e.g. a consumer's assigned partitions: joined its group)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    for line in response.read().decode().splitlines():
+                        if line.startswith(name + " ") and float(line.split()[-1]) > 0:
+                            return
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise ServiceStartError(f"{self.name}: {name} not > 0 at {url} after {timeout_s:.0f} s")
+
     def wait_port(self, port: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

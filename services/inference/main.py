@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError  # type: ignore[import-untyped]
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from services.common.kafka import BrokerUnavailableError, dead_letter
 from services.inference.batching import MicroBatcher
@@ -53,16 +53,19 @@ class _RevokeListener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Drops queued windows of partitions taken away: their new owner reads them again from
     the committed offset, and we must not commit them."""
 
-    def __init__(self, batcher: MicroBatcher[Consumed]) -> None:
+    def __init__(self, batcher: MicroBatcher[Consumed], assigned_gauge: Gauge) -> None:
         self._batcher = batcher
+        self._assigned = assigned_gauge
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._assigned.set(0)
         lost = {(tp.topic, tp.partition) for tp in revoked}
         dropped = self._batcher.drop(lambda c: (c.topic, c.partition) not in lost)
         if dropped:
             logger.info("rebalance: dropped %d queued windows of revoked partitions", dropped)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._assigned.set(len(assigned))
         logger.info("assigned %d partitions: %s", len(assigned), sorted(assigned))
 
 
@@ -324,7 +327,8 @@ async def run(
         batcher: MicroBatcher[Consumed] = MicroBatcher(
             settings.batch_max_size, settings.batch_max_wait_ms / 1000.0, time.monotonic
         )
-        consumer.subscribe([settings.topics.windows], listener=_RevokeListener(batcher))
+        listener = _RevokeListener(batcher, metrics.partitions_assigned)
+        consumer.subscribe([settings.topics.windows], listener=listener)
         backoff = BackoffPolicy(settings.retry_initial_backoff_s, settings.retry_max_backoff_s)
         processor = BatchProcessor(model, settings.model_name, backoff, metrics)
         worker = InferenceWorker(settings, consumer, producer, processor, batcher, metrics, backoff)

@@ -35,6 +35,9 @@ class InferenceMetrics(NamedTuple):
     model_version: Gauge
     dead_letters: Counter
     windows: Counter
+    #: Windows-topic partitions this worker owns: 0 = not (yet) in the group, or a replica
+    #: beyond the partition count, idle.
+    partitions_assigned: Gauge
     model_name: str
 
     # BatchObserver (services.inference.processing).
@@ -106,6 +109,11 @@ def create(registry: CollectorRegistry, model_name: str) -> InferenceMetrics:
         windows=Counter(
             "harstream_inference_windows_total",
             "Records consumed from the windows topic.",
+            registry=registry,
+        ),
+        partitions_assigned=Gauge(
+            "harstream_inference_partitions_assigned",
+            "Windows-topic partitions assigned to this worker.",
             registry=registry,
         ),
         model_name=model_name,
