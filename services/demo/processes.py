@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from services.common.broker import wait_for_port
+from services.common.broker import terminate, wait_for_port
 from shared.errors import HarstreamError
 
 logger = logging.getLogger(__name__)
@@ -113,19 +112,8 @@ class ServiceProcess:
 
     def stop(self, timeout_s: float = 20.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""
-        if self._process is None:
-            return None
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop in %.0f s; killing it", self.name, timeout_s)
-                self._process.kill()
-                self._process.wait()
-        code = self._process.returncode
-        self._process = None
-        return code
+        process, self._process = self._process, None
+        return terminate(process, timeout_s)
 
     def kill(self) -> None:
         if self._process is not None and self._process.poll() is None:

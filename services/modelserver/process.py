@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from types import TracebackType
 
-from services.common.broker import free_port
+from services.common.broker import free_port, terminate
 from shared.errors import HarstreamError
 
 logger = logging.getLogger(__name__)
@@ -122,16 +121,7 @@ class ModelServerProcess:
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
         process, self._process = self._process, None
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        return terminate(process, timeout_s)
 
     def __enter__(self) -> ModelServerProcess:
         return self.start()
