@@ -178,3 +178,20 @@ def test_fall_raises_once_getting_up_cancels_and_silence_goes_offline(pipeline, 
         time.sleep(0.5)
     assert len(offline) == 1
     assert isinstance(events, list)
+
+
+def test_simulate_is_a_load_generator_against_a_running_deployment(pipeline) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from services.cli import cli
+
+    args = [
+        "simulate", "--url", pipeline.ingest_url, "--registry", pipeline.registry_url,
+        "--devices", "3", "--speed", "400", "--packet-size", "250", "--subjects", "9",
+        "--prefix", "sim-e2e", "--json",
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output[result.output.index("{") :])
+    assert figures["packets_accepted"] == figures["packets_sent"] > 0
+    assert figures["rejected"] == {}
