@@ -5,7 +5,10 @@ Used by ``harstream demo`` and by the integration-test fixtures. Production uses
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import signal
 import socket
 import subprocess
 import time
@@ -15,6 +18,8 @@ from types import TracebackType
 from shared.errors import HarstreamError
 
 logger = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
 
 
 class BrokerStartError(HarstreamError):
@@ -37,6 +42,17 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for child processes: the kernel sends them SIGTERM if the process that
+    started them dies (even by SIGKILL), so no broker or service outlives a killed demo.
+    Linux only; elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:
@@ -87,7 +103,14 @@ class EmbeddedBroker:
             url,
         ]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # Its own session: Ctrl-C in a terminal reaches the demo, which stops the broker last.
+        self._process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only calls prctl
+        )
         if not wait_for_port("127.0.0.1", self.port, timeout_s):
             self.stop()
             raise BrokerStartError(f"Tansu did not open port {self.port} within {timeout_s:.0f} s")

@@ -166,6 +166,7 @@ async def _replay_with_ctrl_c(
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, interrupted.set)
     loop.add_signal_handler(signal.SIGTERM, interrupted.set)
+    loop.add_signal_handler(signal.SIGHUP, interrupted.set)  # the terminal closed
     return await run_replay(
         pipeline,
         devices,

@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from services.common.broker import terminate, wait_for_port
+from services.common.broker import die_with_parent, terminate, wait_for_port
 from shared.errors import HarstreamError
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,12 @@ class ServiceProcess:
             # A new session: Ctrl-C in the terminal reaches the demo only, which then stops
             # the services in order instead of all of them dying at once.
             self._process = subprocess.Popen(
-                self.argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.argv,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only calls prctl
             )
         logger.info("started %s (pid %d), log %s", self.name, self._process.pid, self.log_path)
         return self
