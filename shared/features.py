@@ -7,6 +7,7 @@ rad/s for angular velocity.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,10 +51,24 @@ class MotionFeatures:
     def from_dict(cls, values: Any) -> MotionFeatures:
         if not isinstance(values, dict):
             raise SchemaError("features must be a JSON object")
-        try:
-            return cls(**{name: float(values[name]) for name in cls.__dataclass_fields__})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SchemaError(f"bad motion features: {exc!r}") from exc
+        return cls(**{name: _finite(values, name) for name in cls.__dataclass_fields__})
+
+
+def _finite(values: dict[str, Any], name: str) -> float:
+    """A feature as a finite float: JSON numbers only (no strings such as "nan", no bools),
+    as a non-finite feature would fail re-encoding (``allow_nan=False``) downstream."""
+    if name not in values:
+        raise SchemaError(f"bad motion features: missing {name!r}")
+    value = values[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(f"bad motion features: {name!r} is {type(value).__name__}")
+    try:
+        result = float(value)
+    except OverflowError as exc:
+        raise SchemaError(f"bad motion features: {name!r} is out of range") from exc
+    if not math.isfinite(result):
+        raise SchemaError(f"bad motion features: {name!r} is {result}")
+    return result
 
 
 def motion_features(window: npt.NDArray[np.floating[Any]]) -> MotionFeatures:

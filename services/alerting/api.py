@@ -26,7 +26,10 @@ from shared.errors import HarstreamError
 from shared.messages import Alert, AlertState, AlertType
 
 MAX_LIMIT = 1000
-_ACTOR = re.compile(r"^[\w.@+:-][\w .@+:-]{0,127}$")
+#: Matched with fullmatch: ``$`` would also accept a trailing newline.
+_ACTOR = re.compile(r"[\w.@+:-][\w .@+:-]{0,127}")
+#: ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+_LIMIT = re.compile(r"[0-9]{1,6}")
 
 
 class AlertingBackend(Protocol):
@@ -69,21 +72,34 @@ def _enum_param(request: web.Request, name: str, enum: Any) -> Any:
         return enum(value)
     except ValueError:
         allowed = ", ".join(m.value for m in enum)
-        raise _BadRequest(f"{name} must be one of {allowed}, not {value!r}") from None
+        raise BadRequestError(f"{name} must be one of {allowed}, not {value!r}") from None
 
 
-class _BadRequest(Exception):
-    pass
+class BadRequestError(HarstreamError):
+    """A client error in a query parameter or request body (answered 400)."""
 
 
-async def _actor(request: web.Request) -> str:
+def parse_limit(raw: str | None) -> int:
+    """The ``limit`` query parameter (default 100), or :class:`BadRequestError`."""
+    if raw is None:
+        return 100
+    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequestError(f"limit must be an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def parse_actor(body: bytes) -> str:
+    """Who acts, from an ack/resolve body ``{"by": "nurse-ana"}``, or :class:`BadRequestError`."""
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _BadRequest('body must be JSON like {"by": "nurse-ana"}') from None
-    by = body.get("by") if isinstance(body, dict) else None
-    if not isinstance(by, str) or not _ACTOR.match(by):
-        raise _BadRequest('"by" must name who acts: 1-128 letters, digits, spaces or . @ + : - _')
+        # json.loads detects UTF-8/16/32 itself; the request's charset is not trusted.
+        doc = json.loads(body)
+    except (ValueError, RecursionError):  # bad JSON or encoding; deeply nested arrays
+        raise BadRequestError('body must be JSON like {"by": "nurse-ana"}') from None
+    by = doc.get("by") if isinstance(doc, dict) else None
+    if not isinstance(by, str) or not _ACTOR.fullmatch(by):
+        raise BadRequestError(
+            '"by" must name who acts: 1-128 letters, digits, spaces or . @ + : - _'
+        )
     return by
 
 
@@ -95,13 +111,11 @@ def create_app(backend: AlertingBackend) -> web.Application:
         try:
             state = _enum_param(request, "state", AlertState)
             kind = _enum_param(request, "type", AlertType)
-            raw_limit = request.query.get("limit", "100")
-            if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-                raise _BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
-        except _BadRequest as exc:
+            limit = parse_limit(request.query.get("limit"))
+        except BadRequestError as exc:
             return problem(400, "Bad query parameter", str(exc))
         device_id = request.query.get("device_id") or None
-        alerts = await backend.list_alerts(state, kind, device_id, int(raw_limit))
+        alerts = await backend.list_alerts(state, kind, device_id, limit)
         return web.json_response({"alerts": [a.to_dict() for a in alerts]})
 
     @routes.get("/v1/alerts/{alert_id}")
@@ -115,8 +129,8 @@ def create_app(backend: AlertingBackend) -> web.Application:
     async def _act(request: web.Request, action: str) -> web.Response:
         alert_id = request.match_info["alert_id"]
         try:
-            by = await _actor(request)
-        except _BadRequest as exc:
+            by = parse_actor(await request.read())
+        except BadRequestError as exc:
             return problem(400, "Bad request body", str(exc))
         try:
             if action == "ack":

@@ -166,6 +166,15 @@ def _is_number(value: Any) -> bool:
     return type(value) is float or type(value) is int
 
 
+def _as_float(value: int | float) -> float | None:
+    """A JSON number as a float, or None for an integer too large for float64 (``1e400``
+    written out in digits): ``float()`` would raise OverflowError."""
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def validate_packet(  # noqa: PLR0911 - one return per validation phase
     body: Any, limits: PacketLimits, now: float, last: LastAccepted | None = None
 ) -> ValidPacket | Invalid:
@@ -200,8 +209,8 @@ def validate_packet(  # noqa: PLR0911 - one return per validation phase
     if types:
         return types.result()
     assert isinstance(device_id, str) and isinstance(seq, int) and isinstance(samples, list)
-    first_time = float(first_time)  # type: ignore[arg-type]
-    rate = float(rate)  # type: ignore[arg-type]
+    time_value = _as_float(first_time)  # type: ignore[arg-type]
+    rate_value = _as_float(rate)  # type: ignore[arg-type]
 
     shape = _Errors()
     if not DEVICE_ID_RE.fullmatch(device_id):
@@ -258,13 +267,16 @@ def validate_packet(  # noqa: PLR0911 - one return per validation phase
         return shape.result()
 
     convertible = not values  # integers beyond ±2**53 were found: don't convert
-    for field, value in (("first_sample_time", first_time), ("sample_rate_hz", rate)):
-        if not math.isfinite(value):
+    for field, value in (("first_sample_time", time_value), ("sample_rate_hz", rate_value)):
+        if value is None:
+            values.add(field, "is far outside any plausible range", Reason.OUT_OF_RANGE)
+        elif not math.isfinite(value):
             values.add(field, "must be finite", Reason.NON_FINITE)
     array = np.empty((0, SAMPLE_WIDTH), dtype=np.float64)
     if convertible:
         array = np.asarray(samples, dtype=np.float64)
         _check_samples(array, limits, values)
+    rate = math.nan if rate_value is None else rate_value  # nan: reported above
     if math.isfinite(rate) and not limits.min_sample_rate_hz <= rate <= limits.max_sample_rate_hz:
         values.add(
             "sample_rate_hz",
@@ -272,6 +284,7 @@ def validate_packet(  # noqa: PLR0911 - one return per validation phase
             f"{limits.max_sample_rate_hz:g}] Hz",
             Reason.BAD_RATE,
         )
+    first_time = math.nan if time_value is None else time_value  # nan: reported above
     if math.isfinite(first_time):
         if first_time < EARLIEST_SAMPLE_TIME:
             values.add(

@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 METRICS_PATH = "/monitoring/prometheus/metrics"
 MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    # Versions are int64: more digits could not be parsed (TF Serving: "Malformed request").
+    r"(?:/versions/(?P<version>[0-9]{1,18})|/labels/(?P<label>[^/:]+))?"
     r"(?P<metadata>/metadata)?(?::(?P<verb>[a-z]+))?/?$"
 )
 HTTP_STATUS = {
@@ -77,7 +78,7 @@ def json_input(value: Any, dtype: str, name: str) -> np.ndarray:
             out[:] = flat
             return out.reshape(array.shape)
         return np.asarray(value, dtype=dtype)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: 1e400 as digits
         raise InvalidArgumentError(f"input {name!r} is not a {dtype} tensor: {exc}") from exc
 
 
@@ -150,6 +151,16 @@ def predict_json(outputs: Mapping[str, np.ndarray], row: bool) -> dict[str, Any]
     return {"predictions": [{k: v[i] for k, v in values.items()} for i in range(rows)]}
 
 
+def content_length(header: str | None) -> int | None:
+    """The Content-Length header's value (0 if absent), or None if it is not a plain decimal
+    (``int()`` would raise on "abc" and accept "-1", "+5" or "1_0")."""
+    if header is None:
+        return 0
+    if not re.fullmatch(r"[0-9]{1,18}", header.strip(" \t")):
+        return None
+    return int(header)
+
+
 class RestServer:
     """Serves the REST API and metrics from a daemon thread."""
 
@@ -206,7 +217,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         match = MODEL_PATH.match(self.path.split("?")[0])
-        length = int(self.headers.get("Content-Length") or 0)
+        length = content_length(self.headers.get("Content-Length"))
+        if length is None:
+            # The body's end is unknown, so the connection cannot be reused.
+            self.close_connection = True
+            self._error(HTTPStatus.BAD_REQUEST, "Malformed request: invalid Content-Length")
+            return
         raw = self.rfile.read(length) if length else b""
         if match is None or match["verb"] != "predict" or match["metadata"]:
             self._error(HTTPStatus.NOT_FOUND, f"Malformed request: POST {self.path}")
@@ -220,7 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _predict(self, match: re.Match[str], raw: bytes) -> dict[str, Any]:
         try:
             body = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested arrays
             raise InvalidArgumentError(f"JSON Parse error: {exc}") from exc
         if not isinstance(body, dict):
             raise InvalidArgumentError("JSON body must be an object")

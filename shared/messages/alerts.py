@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from shared.errors import SchemaError
-from shared.messages.codec import decode_json, encode_json, field
+from shared.messages.codec import decode_json, encode_json, field, number
 
 SCHEMA = "harstream.alert"
 VERSION = 1
@@ -87,8 +87,8 @@ class Alert:
             state=state,
             severity=severity,
             reason=field(body, "reason", str),
-            opened_at=float(field(body, "opened_at", (int, float))),
-            updated_at=float(field(body, "updated_at", (int, float))),
+            opened_at=number(body, "opened_at"),
+            updated_at=number(body, "updated_at"),
             acknowledged_by=acknowledged_by,
             details=details,
         )

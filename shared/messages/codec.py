@@ -9,6 +9,7 @@ about a quarter of its JSON and ~50× faster to decode).
 from __future__ import annotations
 
 import json
+import math
 import struct
 from typing import Any
 
@@ -41,9 +42,11 @@ def decode_frame(
     if len(view) < end:
         raise SchemaError(f"header of {head_len} bytes runs past the message ({len(view)} bytes)")
     try:
-        header = json.loads(bytes(view[_PREFIX.size : end]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SchemaError(f"header is not JSON: {exc}") from exc
+        header = _loads(bytes(view[_PREFIX.size : end]))
+    except (ValueError, RecursionError, TypeError) as exc:
+        # ValueError covers UnicodeDecodeError, JSONDecodeError and ints over Python's
+        # 4,300-digit limit; RecursionError comes from deeply nested arrays.
+        raise SchemaError(f"header is not JSON: {exc!r}") from exc
     if not isinstance(header, dict):
         raise SchemaError("header is not a JSON object")
     return version, header, view[end:]
@@ -58,9 +61,9 @@ def encode_json(schema: str, version: int, body: dict[str, Any]) -> bytes:
 
 def decode_json(data: bytes, schema: str, versions: tuple[int, ...]) -> dict[str, Any]:
     try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
-        raise SchemaError(f"not JSON: {exc}") from exc
+        body = _loads(data)
+    except (ValueError, RecursionError, TypeError) as exc:
+        raise SchemaError(f"not JSON: {exc!r}") from exc
     if not isinstance(body, dict):
         raise SchemaError("not a JSON object")
     if body.get("schema") != schema:
@@ -68,6 +71,23 @@ def decode_json(data: bytes, schema: str, versions: tuple[int, ...]) -> dict[str
     if body.get("v") not in versions:
         raise SchemaError(f"version {body.get('v')!r} of {schema} is not one of {versions}")
     return body
+
+
+def _reject_constant(name: str) -> float:
+    raise SchemaError(f"non-finite JSON constant {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # "1e400" parses to inf
+        raise SchemaError(f"non-finite JSON number {text[:40]}")
+    return value
+
+
+def _loads(data: bytes | bytearray | str) -> Any:
+    """Strict JSON: no NaN/Infinity, which every encoder here refuses (``allow_nan=False``)
+    and which would otherwise only fail when a worker re-encodes the message downstream."""
+    return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -80,3 +100,23 @@ def field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> A
     if not isinstance(value, kind):
         raise SchemaError(f"field {name!r} must be {kind}, got {type(value).__name__}")
     return value
+
+
+def number(header: dict[str, Any], name: str) -> float:
+    """``header[name]`` as a finite float: an int or float, never a bool, NaN or infinity."""
+    if name not in header:
+        raise SchemaError(f"missing field {name!r}")
+    return finite(header[name], name)
+
+
+def finite(value: Any, name: str) -> float:
+    """``value`` (an int or float, not a bool) as a finite float, else :class:`SchemaError`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(f"{name!r} must be a number, got {type(value).__name__}")
+    try:
+        result = float(value)
+    except OverflowError as exc:  # a JSON integer of hundreds of digits
+        raise SchemaError(f"{name!r} is out of range") from exc
+    if not math.isfinite(result):
+        raise SchemaError(f"{name!r} must be finite, got {result}")
+    return result

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from dataclasses import dataclass
 
 from shared.errors import SchemaError
-from shared.messages.codec import decode_json, encode_json, field
+from shared.messages.codec import decode_json, encode_json, field, number
 
 SCHEMA = "harstream.dead_letter"
 VERSION = 1
@@ -60,7 +59,7 @@ class DeadLetter:
             source_offset=field(body, "source_offset", int),
             key=_unb64(body.get("key_b64")),
             value=_unb64(body.get("value_b64")),
-            failed_at=float(field(body, "failed_at", (int, float))),
+            failed_at=number(body, "failed_at"),
         )
 
 
@@ -75,5 +74,5 @@ def _unb64(text: object) -> bytes | None:
         raise SchemaError("base64 field must be a string")
     try:
         return base64.b64decode(text, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or non-ASCII characters in a str
         raise SchemaError(f"bad base64: {exc}") from exc

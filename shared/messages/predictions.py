@@ -8,7 +8,7 @@ from typing import Any
 from shared.activities import ACTIVITIES
 from shared.errors import SchemaError
 from shared.features import MotionFeatures
-from shared.messages.codec import decode_json, encode_json, field
+from shared.messages.codec import decode_json, encode_json, field, finite, number
 
 SCHEMA = "harstream.prediction"
 VERSION = 1
@@ -71,30 +71,31 @@ class Prediction:
     @classmethod
     def from_bytes(cls, data: bytes) -> Prediction:
         body = decode_json(data, SCHEMA, (VERSION,))
-        probabilities = field(body, "probabilities", list)
-        if len(probabilities) != len(ACTIVITIES):
-            raise SchemaError(f"{len(probabilities)} probabilities for {len(ACTIVITIES)} classes")
+        raw_probabilities = field(body, "probabilities", list)
+        if len(raw_probabilities) != len(ACTIVITIES):
+            raise SchemaError(
+                f"{len(raw_probabilities)} probabilities for {len(ACTIVITIES)} classes"
+            )
+        probabilities = tuple(
+            finite(p, f"probabilities[{i}]") for i, p in enumerate(raw_probabilities)
+        )
         label = field(body, "label", str)
         if label not in ACTIVITIES:
             raise SchemaError(f"unknown activity {label!r}")
-
-        def number(name: str) -> float:
-            return float(field(body, name, (int, float)))
-
         return cls(
             window_id=field(body, "window_id", str),
             device_id=field(body, "device_id", str),
             start_index=field(body, "start_index", int),
-            start_time=number("start_time"),
-            end_time=number("end_time"),
+            start_time=number(body, "start_time"),
+            end_time=number(body, "end_time"),
             label=label,
-            probabilities=tuple(float(p) for p in probabilities),
+            probabilities=probabilities,
             model_name=field(body, "model_name", str),
             model_version=field(body, "model_version", int),
             features=MotionFeatures.from_dict(body.get("features")),
-            ingested_at=number("ingested_at"),
-            window_emitted_at=number("window_emitted_at"),
-            produced_at=number("produced_at"),
-            queue_wait_s=number("queue_wait_s"),
-            inference_s=number("inference_s"),
+            ingested_at=number(body, "ingested_at"),
+            window_emitted_at=number(body, "window_emitted_at"),
+            produced_at=number(body, "produced_at"),
+            queue_wait_s=number(body, "queue_wait_s"),
+            inference_s=number(body, "inference_s"),
         )

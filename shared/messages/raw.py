@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.errors import SchemaError
-from shared.messages.codec import decode_frame, encode_frame, field
+from shared.messages.codec import decode_frame, encode_frame, field, number
 
 MAGIC = b"HR"
 VERSION = 1
@@ -68,10 +68,10 @@ class RawPacket:
         return cls(
             device_id=field(header, "device_id", str),
             seq=field(header, "seq", int),
-            first_sample_time=float(field(header, "first_sample_time", (int, float))),
-            sample_rate_hz=float(field(header, "sample_rate_hz", (int, float))),
+            first_sample_time=number(header, "first_sample_time"),
+            sample_rate_hz=number(header, "sample_rate_hz"),
             samples=samples,
-            received_at=float(field(header, "received_at", (int, float))),
+            received_at=number(header, "received_at"),
         )
 
     def equals(self, other: RawPacket) -> bool:

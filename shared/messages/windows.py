@@ -10,7 +10,7 @@ import numpy.typing as npt
 from shared.dsp.config import NUM_CHANNELS
 from shared.errors import SchemaError
 from shared.features import MotionFeatures
-from shared.messages.codec import decode_frame, encode_frame, field
+from shared.messages.codec import decode_frame, encode_frame, field, number
 
 MAGIC = b"HW"
 VERSION = 1
@@ -73,11 +73,11 @@ class WindowMessage:
         return cls(
             device_id=field(header, "device_id", str),
             start_index=field(header, "start_index", int),
-            start_time=float(field(header, "start_time", (int, float))),
-            end_time=float(field(header, "end_time", (int, float))),
+            start_time=number(header, "start_time"),
+            end_time=number(header, "end_time"),
             fingerprint=field(header, "fingerprint", str),
-            ingested_at=float(field(header, "ingested_at", (int, float))),
-            emitted_at=float(field(header, "emitted_at", (int, float))),
+            ingested_at=number(header, "ingested_at"),
+            emitted_at=number(header, "emitted_at"),
             features=MotionFeatures.from_dict(header.get("features")),
             data=np.frombuffer(payload, dtype="<f4").reshape(rows, NUM_CHANNELS).astype(np.float32),
         )

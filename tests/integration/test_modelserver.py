@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import time
@@ -238,3 +239,45 @@ def test_new_version_is_served_without_restart_and_a_broken_one_is_reported(
         assert states()[2] == (AVAILABLE, 0)
         assert stub.Predict(predict_request(windows[:4]), timeout=30).model_spec.version.value == 2
         assert server.stop() == 0
+
+
+def _raw_post(url: str, path: str, body: bytes, content_length: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    """POST with a Content-Length header exactly as given (urllib would compute it)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.putrequest("POST", path)
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", content_length)
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("content_length", ["abc", "-1", "+5", "1_0"])
+def test_rest_bad_content_length_is_a_400_not_a_dropped_connection(
+    model_server: ModelServerProcess, content_length: str
+) -> None:
+    status, body = _raw_post(model_server.rest_url, "/v1/models/har:predict", b"", content_length)
+    assert status == 400
+    assert "Content-Length" in body["error"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # RecursionError in json
+        b'{"instances": [' + b"9" * 400 + b"]}",  # OverflowError converting to float32
+        b"{not json",
+    ],
+)
+def test_rest_hostile_bodies_are_400_json_errors(
+    model_server: ModelServerProcess, body: bytes
+) -> None:
+    status, answer = _raw_post(
+        model_server.rest_url, "/v1/models/har:predict", body, str(len(body))
+    )
+    assert status == 400
+    assert isinstance(answer["error"], str)

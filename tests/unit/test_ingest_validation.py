@@ -211,6 +211,16 @@ def test_non_finite_scalars(field: str, value: float) -> None:
     assert (result.status, result.reason, result.errors[0].field) == (422, Reason.NON_FINITE, field)
 
 
+@pytest.mark.parametrize("field", ["first_sample_time", "sample_rate_hz"])
+@pytest.mark.parametrize("value", [10**400, -(10**400)])
+def test_scalar_integers_too_large_for_float_are_422(field: str, value: int) -> None:
+    # float(10**400) raises OverflowError: this was a 500 "internal" answer.
+    parsed = json.loads(json.dumps(body(2, **{field: value})))
+    result = invalid(check(parsed))
+    assert (result.status, result.reason) == (422, Reason.OUT_OF_RANGE)
+    assert [e.field for e in result.errors] == [field]
+
+
 def test_error_list_is_capped() -> None:
     doc = body(100)
     for row in doc["samples"]:

@@ -4,6 +4,9 @@ another exception a worker would not catch)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +25,7 @@ from shared.messages import (
     Severity,
     WindowMessage,
 )
+from shared.messages.codec import number
 from shared.topics import Topics
 
 RNG = np.random.default_rng(0)
@@ -141,6 +145,191 @@ def test_arbitrary_bytes_never_raise_anything_but_schema_error(data: bytes) -> N
     for cls in (RawPacket, WindowMessage, Prediction, Alert, DeadLetter):
         with contextlib.suppress(SchemaError):
             cls.from_bytes(data)
+
+
+def _alert() -> Alert:
+    return Alert(
+        "a-1", "dev-1", AlertType.INACTIVITY, AlertState.OPEN, Severity.WARNING, "still", 5.0, 5.0
+    )
+
+
+def _letter() -> DeadLetter:
+    return DeadLetter("preprocess", "bad magic", "SchemaError", "t", 3, 42, b"k", b"v", 9.0)
+
+
+def _raw() -> RawPacket:
+    return RawPacket("dev-1", 7, 1_700_000_000.5, 50.0, RNG.normal(size=(4, 6)), 1_700_000_001.0)
+
+
+def _reframe(data: bytes, header: dict[str, Any] | str) -> bytes:
+    """``data`` (a valid frame) with its header replaced by ``header`` (a dict, or raw JSON)."""
+    magic, version, head_len = struct.unpack_from(">2sBI", data)
+    payload = data[7 + head_len :]
+    text = header if isinstance(header, str) else json.dumps(header)
+    head = text.encode()
+    return struct.pack(">2sBI", magic, version, len(head)) + head + payload
+
+
+def _frame_header(data: bytes) -> dict[str, Any]:
+    (head_len,) = struct.unpack_from(">I", data, 3)
+    header: dict[str, Any] = json.loads(data[7 : 7 + head_len])
+    return header
+
+
+#: Every number field a decoder converts to float, per message kind.
+_FLOAT_FIELDS: dict[type, tuple[str, ...]] = {
+    RawPacket: ("first_sample_time", "sample_rate_hz", "received_at"),
+    WindowMessage: ("start_time", "end_time", "ingested_at", "emitted_at"),
+    Prediction: (
+        "start_time",
+        "end_time",
+        "ingested_at",
+        "window_emitted_at",
+        "produced_at",
+        "queue_wait_s",
+        "inference_s",
+    ),
+    Alert: ("opened_at", "updated_at"),
+    DeadLetter: ("failed_at",),
+}
+
+
+def _valid_bytes(cls: type) -> bytes:
+    makers = {
+        RawPacket: _raw,
+        WindowMessage: _window,
+        Prediction: _prediction,
+        Alert: _alert,
+        DeadLetter: _letter,
+    }
+    return makers[cls]().to_bytes()  # type: ignore[no-any-return, operator]
+
+
+def _with_field(cls: type, name: str, raw_json: str) -> bytes:
+    """A valid message of ``cls`` with field ``name`` set to the JSON text ``raw_json``."""
+    data = _valid_bytes(cls)
+    marker = "__HOSTILE__"
+    if cls in (RawPacket, WindowMessage):
+        header = _frame_header(data)
+        header[name] = marker
+        return _reframe(data, json.dumps(header).replace(f'"{marker}"', raw_json))
+    body = json.loads(data)
+    body[name] = marker
+    return json.dumps(body).replace(f'"{marker}"', raw_json).encode()
+
+
+_HOSTILE_NUMBERS = [
+    "9" * 400,  # an integer float() overflows on (OverflowError)
+    "-" + "9" * 400,
+    "9" * 5000,  # beyond Python's 4,300-digit int limit (ValueError in json)
+    "1e400",  # json parses it to inf
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    '"1.5"',
+    '"nan"',
+    "true",
+    "null",
+    "[1.5]",
+    "{}",
+]
+
+
+@pytest.mark.parametrize("cls", list(_FLOAT_FIELDS))
+@pytest.mark.parametrize("raw_json", _HOSTILE_NUMBERS)
+def test_hostile_number_fields_raise_schema_error(cls: type, raw_json: str) -> None:
+    for name in _FLOAT_FIELDS[cls]:
+        data = _with_field(cls, name, raw_json)
+        with pytest.raises(SchemaError):
+            cls.from_bytes(data)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("cls", [WindowMessage, Prediction])
+@pytest.mark.parametrize("raw_json", _HOSTILE_NUMBERS)
+def test_hostile_motion_features_raise_schema_error(cls: type, raw_json: str) -> None:
+    features = json.dumps(FEATURES.to_dict()).replace(json.dumps(FEATURES.peak_acc_g), raw_json, 1)
+    with pytest.raises(SchemaError, match=r"peak_acc_g|JSON"):
+        cls.from_bytes(_with_field(cls, "features", features))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1.5", None, True, 10**400, float("nan")])
+def test_motion_features_accept_only_finite_numbers(value: Any) -> None:
+    values: dict[str, Any] = {**FEATURES.to_dict(), "min_acc_g": value}
+    with pytest.raises(SchemaError, match="min_acc_g"):
+        MotionFeatures.from_dict(values)
+    assert MotionFeatures.from_dict({**FEATURES.to_dict(), "min_acc_g": 0}).min_acc_g == 0.0
+
+
+@pytest.mark.parametrize("probability", [*_HOSTILE_NUMBERS, '"a"'])
+def test_hostile_probabilities_raise_schema_error(probability: str) -> None:
+    data = _with_field(Prediction, "probabilities", f"[{probability},0,0,0,0,1]")
+    with pytest.raises(SchemaError):
+        Prediction.from_bytes(data)
+
+
+def test_every_decoded_prediction_re_encodes() -> None:
+    # A decoder that let NaN through made inference's to_bytes() (allow_nan=False) fail later.
+    prediction = Prediction.from_bytes(_with_field(Prediction, "inference_s", "0"))
+    assert Prediction.from_bytes(prediction.to_bytes()) == prediction
+
+
+@pytest.mark.parametrize(
+    "text", ["[" * 50_000, '{"a":' * 50_000, "[" * 50_000 + "]" * 50_000, "9" * 5000, "NaN"]
+)
+def test_hostile_json_documents_raise_schema_error(text: str) -> None:
+    for cls in (RawPacket, WindowMessage):
+        with pytest.raises(SchemaError):
+            cls.from_bytes(_reframe(_valid_bytes(cls), text))
+    for json_cls in (Prediction, Alert, DeadLetter):
+        with pytest.raises(SchemaError):
+            json_cls.from_bytes(text.encode())  # type: ignore[attr-defined]
+
+
+def test_non_finite_values_anywhere_in_json_are_refused() -> None:
+    # Alert details are free-form: NaN or 1e400 there would break re-encoding too.
+    for raw_json in ("NaN", "1e400", "-Infinity"):
+        with pytest.raises(SchemaError):
+            Alert.from_bytes(_with_field(Alert, "details", f'{{"x": [{raw_json}]}}'))
+
+
+def test_number_helper() -> None:
+    assert number({"x": 3}, "x") == 3.0
+    assert number({"x": -2.5}, "x") == -2.5
+    for value in (True, "1", None, 10**400, float("inf"), float("nan")):
+        with pytest.raises(SchemaError, match="'x'"):
+            number({"x": value}, "x")
+    with pytest.raises(SchemaError, match="missing"):
+        number({}, "x")
+
+
+_HOSTILE_VALUES = st.one_of(
+    st.sampled_from(_HOSTILE_NUMBERS),
+    st.integers(min_value=-(10**500), max_value=10**500).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(json.dumps),
+    st.text(max_size=20).map(json.dumps),
+    st.integers(1, 3000).map(lambda depth: "[" * depth + "]" * depth),
+    st.integers(1, 3000).map(lambda depth: "[" * depth),
+)
+_KINDS = st.sampled_from([RawPacket, WindowMessage, Prediction, Alert, DeadLetter])
+
+
+@given(_KINDS, st.data())
+def test_mutated_valid_messages_only_raise_schema_error(cls: type, data: st.DataObject) -> None:
+    """A valid message with any field of its JSON header replaced by a hostile value."""
+    original = _valid_bytes(cls)
+    if cls in (RawPacket, WindowMessage):
+        names = sorted(_frame_header(original))
+    else:
+        names = sorted(json.loads(original))
+    name = data.draw(st.sampled_from(names))
+    raw_json = data.draw(_HOSTILE_VALUES)
+    if name == "features":
+        inner = data.draw(st.sampled_from(sorted(FEATURES.to_dict())))
+        raw_json = json.dumps({**FEATURES.to_dict(), inner: "__X__"}).replace('"__X__"', raw_json)
+    with contextlib.suppress(SchemaError):
+        decoded = cls.from_bytes(_with_field(cls, name, raw_json))  # type: ignore[attr-defined]
+        # Whatever decodes must also re-encode (encoders refuse NaN/inf).
+        decoded.to_bytes()
 
 
 def test_motion_features_of_still_and_impact() -> None:
