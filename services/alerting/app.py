@@ -34,13 +34,17 @@ from services.alerting.monitor import FleetMonitor
 from services.alerting.settings import AlertingSettings
 from services.alerting.store import AlertStore, StoreError, open_store
 from services.alerting.webhooks import WebhookDispatcher
+from services.common.dead_letters import is_too_large, without_value
 from services.common.kafka import dead_letter
+from services.common.shutdown import stop_quietly
 from shared.errors import HarstreamError
-from shared.messages import Alert, AlertState, AlertType, Prediction
+from shared.messages import Alert, AlertState, AlertType, DeadLetter, Prediction
 
 logger = logging.getLogger(__name__)
 
 SERVICE = "alerting"
+#: Stored alert events published per round; rounds repeat until the backlog is empty.
+PUBLISH_PAGE = 500
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -169,6 +173,8 @@ class AlertingService:
             )
             for task in pending:
                 task.cancel()
+            # Cancelled tasks must be finished before the clients they use are stopped.
+            await asyncio.gather(*pending, return_exceptions=True)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     logger.error(
@@ -178,12 +184,13 @@ class AlertingService:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        # A broker that is gone makes the clients' stop raise: log it and go on closing the
+        # rest; uncommitted predictions are read again.
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                await stop_quietly(type(client).__name__, client.stop)
+        self._consumer = None
+        self._producer = None
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
         logger.info("alerting stopped")
@@ -239,7 +246,7 @@ class AlertingService:
                 offsets[tp] = records[-1].offset + 1
             await self._persist(transitions, retry=True)
         for letter in dead:
-            await self._until_sent(self.settings.topics.dlq, letter.to_bytes(), letter.key)
+            await self._send_dead_letter(letter)
             self.metrics.dead_letters.labels(letter.error_type).inc()
             logger.warning(
                 "dead letter from %s[%d]@%d: %s",
@@ -255,15 +262,29 @@ class AlertingService:
             # Typically a rebalance: the new owner replays these, duplicates are ignored.
             logger.warning("offset commit failed: %s", exc)
 
-    async def _until_sent(self, topic: str, value: bytes, key: bytes | None) -> None:
-        """Send, retrying while Kafka is unavailable: a dead letter is never dropped."""
+    async def _send_dead_letter(self, letter: DeadLetter) -> None:
+        """Send, retrying while Kafka is unavailable: a dead letter is never dropped. One too
+        large for the producer or broker goes without the source value (retrying it could
+        only stall the partition)."""
         assert self._producer is not None
+        topic = self.settings.topics.dlq
         delay = 0.5
         while True:
             try:
-                await self._producer.send_and_wait(topic, value, key=key)
+                await self._producer.send_and_wait(topic, letter.to_bytes(), key=letter.key)
                 return
             except KafkaError as exc:
+                if is_too_large(exc) and letter.value is not None:
+                    logger.error(
+                        "dead letter of %s[%d]@%d too large to produce (%s); producing it "
+                        "without the source value",
+                        letter.source_topic,
+                        letter.source_partition,
+                        letter.source_offset,
+                        exc,
+                    )
+                    letter = without_value(letter, exc)
+                    continue
                 if self._stop.is_set():
                     raise
                 logger.error("cannot write to %s, retrying in %.1f s: %s", topic, delay, exc)
@@ -328,22 +349,26 @@ class AlertingService:
         await self._refresh_open_gauge()
 
     async def _publish_pending(self) -> None:
-        """Publish stored events not yet on the alerts topic (also those of a previous run)."""
+        """Publish stored events not yet on the alerts topic (also those of a previous run),
+        page by page until none is left."""
         assert self.store is not None and self._producer is not None
         try:
-            pending = await asyncio.to_thread(self.store.unpublished)
-            if not pending:
-                self._publish_backlog = False
-                return
-            topic = self.settings.topics.alerts
-            futures = [
-                await self._producer.send(topic, alert.to_bytes(), key=alert.device_id.encode())
-                for _, alert in pending
-            ]
-            await asyncio.gather(*futures)
-            await asyncio.to_thread(self.store.mark_published, [i for i, _ in pending])
-            self.metrics.events_published.inc(len(pending))
-            self._publish_backlog = False
+            while True:
+                pending = await asyncio.to_thread(self.store.unpublished, PUBLISH_PAGE)
+                if pending:
+                    topic = self.settings.topics.alerts
+                    futures = [
+                        await self._producer.send(
+                            topic, alert.to_bytes(), key=alert.device_id.encode()
+                        )
+                        for _, alert in pending
+                    ]
+                    await asyncio.gather(*futures)
+                    await asyncio.to_thread(self.store.mark_published, [i for i, _ in pending])
+                    self.metrics.events_published.inc(len(pending))
+                if len(pending) < PUBLISH_PAGE:  # a short page: the backlog is empty
+                    self._publish_backlog = False
+                    return
         except (KafkaError, StoreError) as exc:
             # The events stay unpublished in the store; the tick task tries again.
             logger.warning("cannot publish alert events yet: %s", exc)

@@ -32,7 +32,8 @@ def alerting(port: int | None, store_url: str | None, create_topics: bool) -> No
 
     Configured by HARSTREAM_ALERTING_* environment variables (Kafka: ..._KAFKA_BOOTSTRAP_SERVERS,
     ..._KAFKA_PROFILE, ..._TOPIC_PREFIX; webhooks: ..._WEBHOOK_URLS; thresholds:
-    ..._RULES__FALL_CONFIRM_S and the other AlertRules fields). Stops cleanly on SIGTERM/SIGINT.
+    ..._RULES__FALL_CONFIRM_S and the other AlertRules fields). Stops cleanly on SIGTERM/SIGINT;
+    exits with status 1 if that takes longer than ..._SHUTDOWN_TIMEOUT_S (default 25 s).
     """
     overrides: dict[str, object] = {}
     if port is not None:
@@ -51,10 +52,18 @@ def alerting(port: int | None, store_url: str | None, create_topics: bool) -> No
 async def _serve(settings: AlertingSettings) -> bool:
     """Run until SIGTERM/SIGINT; False if the worker stopped because it failed."""
     from services.alerting.app import AlertingService  # noqa: PLC0415 - keeps --help fast
+    from services.common.shutdown import ShutdownWatchdog  # noqa: PLC0415
 
     service = AlertingService(settings)
+    # Stopping can hang on a broker or store that is gone (client stop, commit): bounded.
+    watchdog = ShutdownWatchdog("alerting worker", settings.shutdown_timeout_s)
+
+    def on_signal() -> None:
+        watchdog.arm()
+        service.request_stop()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.request_stop)
+        loop.add_signal_handler(sig, on_signal)
     await service.run()
     return service.failure is None

@@ -79,6 +79,17 @@ class AlertingSettings(StreamSettings):
     webhook_poll_interval_s: float = Field(
         1.0, gt=0, description="How often the outbox is checked for due retries (s)."
     )
+    shutdown_timeout_s: float = Field(
+        25.0,
+        gt=0,
+        description=(
+            "Longest a stop (SIGTERM/SIGINT) may take before the worker exits with status 1 "
+            "anyway (seconds); a stop can hang on a broker or store that is gone. Keep it "
+            "above webhook_timeout_s + 5 (the wait for webhook deliveries in flight) and below "
+            "the orchestrator's kill timeout (30 s in k8s/). A forced exit is a crash: "
+            "uncommitted predictions are read again (at-least-once)."
+        ),
+    )
     tick_interval_s: float = Field(
         1.0, gt=0, description="Period of the wall-clock rule check (device offline), s."
     )

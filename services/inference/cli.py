@@ -62,13 +62,16 @@ def inference(**options: Any) -> None:
     HARSTREAM_INFERENCE_KAFKA_BOOTSTRAP_SERVERS, _KAFKA_PROFILE, _TOPIC_PREFIX, ...); options
     override them. At start-up the worker waits for the model to be AVAILABLE
     and checks its signature and preprocessing fingerprint; it exits with status 2 if the
-    model server does not serve a usable model. SIGTERM/SIGINT stop it gracefully.
+    model server does not serve a usable model. SIGTERM/SIGINT stop it gracefully; if that
+    takes longer than HARSTREAM_INFERENCE_SHUTDOWN_TIMEOUT_S (default 20 s, e.g. the broker
+    is gone) it exits with status 1 (uncommitted windows are read again).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Imported here: the TF Serving protos import TensorFlow (seconds), not wanted for --help.
     from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
     from pydantic import ValidationError  # noqa: PLC0415
 
+    from services.common.shutdown import ShutdownWatchdog  # noqa: PLC0415
     from services.inference.errors import StartupError  # noqa: PLC0415
     from services.inference.main import run  # noqa: PLC0415
     from services.inference.settings import InferenceSettings  # noqa: PLC0415
@@ -87,11 +90,19 @@ def inference(**options: Any) -> None:
                 "metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port
             )
 
+    # Stopping can hang on a broker that is gone (client stop, commit): bounded.
+    watchdog = ShutdownWatchdog("inference worker", settings.shutdown_timeout_s)
+
     async def main() -> None:
         stop = asyncio.Event()
+
+        def on_signal() -> None:
+            watchdog.arm()
+            stop.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await run(settings, registry, stop, on_ready=serve_metrics)
 
     try:

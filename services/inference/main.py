@@ -15,13 +15,16 @@ import math
 import random
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry, Gauge
 
+from services.common.dead_letters import is_too_large, without_value
 from services.common.kafka import BrokerUnavailableError, dead_letter
+from services.common.shutdown import stop_quietly
 from services.inference.batching import MicroBatcher
 from services.inference.client import GrpcModelClient
 from services.inference.metrics import InferenceMetrics, create
@@ -36,6 +39,7 @@ from services.inference.retry import BackoffPolicy
 from services.inference.settings import InferenceSettings
 from services.inference.startup import check_model
 from shared.dsp import PreprocessingConfig
+from shared.messages import DeadLetter
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +98,27 @@ class InferenceWorker:
         # Predicted batches waiting for produce + commit; None ends the publisher. One slot:
         # Predict may run one batch ahead of Kafka, not more (bounded uncommitted work).
         self._results: asyncio.Queue[BatchResult | None] = asyncio.Queue(maxsize=1)
+        self._publisher: asyncio.Future[None] | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
         self._processor.request_stop()
 
+    def abandon(self) -> list[asyncio.Future[None]]:
+        """Cancel the publisher (produce and commit of predicted batches), e.g. when a stop
+        takes too long; returns the tasks to await. The caller cancels :meth:`run`'s task:
+        both must be finished before the Kafka clients stop, or the publisher would go on
+        producing and committing against stopped clients."""
+        if self._publisher is None:
+            return []
+        self._publisher.cancel()
+        return [self._publisher]
+
     async def run(self) -> None:
         """Consume and predict here; produce and commit in a second task, so the next batch's
         Predict overlaps the previous batch's produce and commit. The publisher takes results
         in order, so offsets are still committed in order and only after their acks."""
-        publisher = asyncio.ensure_future(self._publish_results())
+        publisher = self._publisher = asyncio.ensure_future(self._publish_results())
         try:
             await self._consume(publisher)
         except BatchAbandonedError as exc:
@@ -111,9 +126,15 @@ class InferenceWorker:
         finally:
             if not publisher.done():
                 # Let the publisher finish what was predicted (the caller bounds how long).
-                await self._results.put(None)
+                # Not a plain ``await put``: if the publisher is cancelled meanwhile
+                # (abandon), nobody would ever take the end marker from the full queue.
+                ending = asyncio.ensure_future(self._results.put(None))
+                try:
+                    await asyncio.wait({publisher})
+                finally:
+                    ending.cancel()
             try:
-                await publisher
+                publisher.result()
             except BatchAbandonedError as exc:
                 logger.warning("in-flight batch abandoned, not committed: %s", exc)
         if len(self._batcher):
@@ -131,7 +152,11 @@ class InferenceWorker:
                 "batch of %d: %.1f ms to predict", len(batch), (time.perf_counter() - started) * 1e3
             )
             handover = asyncio.ensure_future(self._results.put(result))
-            await asyncio.wait({handover, publisher}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait({handover, publisher}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                handover.cancel()
+                raise
             if publisher.done():  # it only ends early by failing: raise its error
                 handover.cancel()
                 publisher.result()
@@ -152,55 +177,64 @@ class InferenceWorker:
     async def _publish_results(self) -> None:
         while (result := await self._results.get()) is not None:
             started = time.perf_counter()
-            await self._publish(result)
+            acked_at = await self._publish(result)
             await self._commit(result)
-            self._observe(result)
+            self._observe(result, acked_at)
             logger.debug(
                 "%d predictions, %d dead letters: %.1f ms to produce and commit",
                 len(result.predictions), len(result.dead_letters),
                 (time.perf_counter() - started) * 1e3,
             )  # fmt: skip
 
-    def _observe(self, result: BatchResult) -> None:
+    def _observe(self, result: BatchResult, acked_at: float) -> None:
         m = self._metrics
         for _, prediction in result.predictions:
             m.predictions.labels(activity=prediction.label).inc()
             m.confidence.observe(prediction.confidence)
-            m.end_to_end_seconds.observe(max(0.0, prediction.end_to_end_s))
+            # Up to the broker's ack: the prediction is then readable by consumers.
+            m.end_to_end_seconds.observe(max(0.0, acked_at - prediction.ingested_at))
             m.queue_wait_seconds.observe(prediction.queue_wait_s)
         for _, error in result.dead_letters:
             m.dead_letters.labels(error_type=type(error).__name__).inc()
 
-    async def _publish(self, result: BatchResult) -> None:
+    async def _publish(self, result: BatchResult) -> float:
         """Produce the batch's predictions and dead letters and wait for every ack; on a Kafka
-        failure produce them all again (duplicates rather than loss)."""
+        failure produce them all again (duplicates rather than loss). Returns the wall-clock
+        time (Unix seconds) when the last ack arrived."""
         topics = self._settings.topics
+        letters = [
+            (
+                entry.key,
+                dead_letter(
+                    SERVICE, error, entry.topic, entry.partition, entry.offset,
+                    entry.key, entry.value,
+                ),
+            )
+            for entry, error in result.dead_letters
+        ]  # fmt: skip
+        for _, letter in letters:
+            logger.warning(
+                "dead letter %s[%d]@%d: %s", letter.source_topic, letter.source_partition,
+                letter.source_offset, letter.reason,
+            )  # fmt: skip
         attempt = 0
         while True:
             try:
                 acks = []
                 for _, prediction in result.predictions:
+                    # produced_at as late as possible: when it leaves for the broker.
+                    stamped = replace(prediction, produced_at=time.time())
                     acks.append(
                         await self._producer.send(
                             topics.predictions,
-                            prediction.to_bytes(),
+                            stamped.to_bytes(),
                             key=prediction.device_id.encode(),
                         )
                     )
-                for entry, error in result.dead_letters:
-                    letter = dead_letter(
-                        SERVICE, error, entry.topic, entry.partition, entry.offset,
-                        entry.key, entry.value,
-                    )  # fmt: skip
-                    logger.warning(
-                        "dead letter %s[%d]@%d: %s", entry.topic, entry.partition, entry.offset,
-                        letter.reason,
-                    )  # fmt: skip
-                    acks.append(
-                        await self._producer.send(topics.dlq, letter.to_bytes(), key=entry.key)
-                    )
+                for key, letter in letters:
+                    await self._send_dead_letter(letter, key)
                 await asyncio.gather(*acks)
-                return
+                return time.time()
             except KafkaError as exc:
                 attempt += 1
                 delay = self._backoff.delay(attempt, self._rng)
@@ -212,6 +246,23 @@ class InferenceWorker:
                     await asyncio.wait_for(self._stop.wait(), delay)
                 if self._stop.is_set():
                     raise BatchAbandonedError("stopping while Kafka refused the batch") from exc
+
+    async def _send_dead_letter(self, letter: DeadLetter, key: bytes | None) -> None:
+        """Produce one dead letter and await its ack; one too large for the producer or
+        broker goes again without the source value (see services.common.dead_letters)."""
+        topic = self._settings.topics.dlq
+        try:
+            await (await self._producer.send(topic, letter.to_bytes(), key=key))
+        except KafkaError as exc:
+            if not is_too_large(exc):
+                raise
+            logger.error(
+                "dead letter of %s[%d]@%d too large to produce (%s); producing it without the "
+                "source value", letter.source_topic, letter.source_partition,
+                letter.source_offset, exc,
+            )  # fmt: skip
+            smaller = without_value(letter, exc)
+            await (await self._producer.send(topic, smaller.to_bytes(), key=key))
 
     async def _commit(self, result: BatchResult) -> None:
         assigned = self._consumer.assignment()
@@ -232,6 +283,22 @@ class InferenceWorker:
             # The group rebalanced while the batch was in flight: its records will be read
             # again by their new owner (duplicate predictions, nothing lost).
             logger.warning("commit of %s failed: %s", offsets, exc)
+
+
+async def stop_worker(worker: InferenceWorker, task: asyncio.Future[None], grace_s: float) -> None:
+    """Ask ``worker`` (running as ``task``) to stop; after ``grace_s`` seconds cancel both its
+    consume loop and its publisher and wait for them, so that neither produces or commits
+    once the caller stops the Kafka clients. Whatever was not committed is read again by
+    the next owner of its partitions."""
+    logger.info("stopping: finishing the in-flight batch (up to %.0f s)", grace_s)
+    worker.request_stop()
+    await asyncio.wait({task}, timeout=grace_s)
+    if task.done():
+        return
+    logger.warning("in-flight batch abandoned after %.0f s, not committed", grace_s)
+    others = worker.abandon()
+    task.cancel()
+    await asyncio.gather(task, *others, return_exceptions=True)
 
 
 async def _unless_stopped(coro: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
@@ -346,19 +413,11 @@ async def run(
         await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if not task.done():
-            logger.info("stopping: finishing the in-flight batch (up to %.0f s)", STOP_GRACE_S)
-            worker.request_stop()
-            try:
-                await asyncio.wait_for(task, STOP_GRACE_S)
-            except TimeoutError:
-                logger.warning(
-                    "in-flight batch abandoned after %.0f s, not committed", STOP_GRACE_S
-                )
+            await stop_worker(worker, task, STOP_GRACE_S)
         if task.done() and not task.cancelled():
             task.result()  # re-raise what ended the worker, if anything did
     finally:
         for client in reversed(started):
-            with contextlib.suppress(Exception):
-                await client.stop()
+            await stop_quietly(type(client).__name__, client.stop)
         await model.close()
         logger.info("inference worker stopped")

@@ -84,7 +84,8 @@ def create(registry: CollectorRegistry, model_name: str) -> InferenceMetrics:
         ),
         end_to_end_seconds=Histogram(
             "harstream_end_to_end_latency_seconds",
-            "Ingest acceptance of a window's last packet → its prediction produced.",
+            "Ingest acceptance of a window's last packet → its prediction acknowledged by "
+            "Kafka on the predictions topic.",
             buckets=END_TO_END_BUCKETS,
             registry=registry,
         ),

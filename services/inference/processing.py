@@ -18,15 +18,11 @@ from services.inference.batching import Queued
 from services.inference.errors import InferenceError, ModelResponseError, ModelServerError
 from services.inference.model import ModelIO, ModelOutput, check_output
 from services.inference.results import batch_predictions, validate_window
-from services.inference.retry import BackoffPolicy
+from services.inference.retry import BackoffPolicy, concerns_whole_model
 from shared.errors import SchemaError
 from shared.messages import Prediction, WindowMessage
 
 logger = logging.getLogger(__name__)
-
-#: Statuses that may concern single windows of a batch: worth bisecting the batch to find
-#: them. Other non-retriable statuses (NOT_FOUND, ...) concern the whole model.
-_BISECT_CODES = frozenset({"INVALID_ARGUMENT"})
 
 
 class BatchAbandonedError(InferenceError):
@@ -89,9 +85,13 @@ def next_offsets(entries: Sequence[Consumed]) -> dict[tuple[str, int], int]:
 class BatchProcessor:
     """Turns a batch of consumed windows into predictions and dead letters.
 
-    A retriable model-server failure (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED)
-    retries the same batch with backoff for as long as the worker runs: an outage delays
-    predictions but loses none. :meth:`request_stop` abandons a batch waiting to be retried.
+    A model-server failure that concerns the model or server as a whole (every gRPC status
+    but INVALID_ARGUMENT: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, and also
+    NOT_FOUND during a rollout, FAILED_PRECONDITION, INTERNAL, UNKNOWN, ...) retries the same
+    batch with backoff for as long as the worker runs: an outage or a broken server delays
+    predictions but loses none. Only INVALID_ARGUMENT and answers of the wrong shape bisect
+    the batch, and the windows that still fail alone go to the dead-letter topic.
+    :meth:`request_stop` abandons a batch waiting to be retried.
     """
 
     def __init__(
@@ -138,8 +138,8 @@ class BatchProcessor:
         try:
             output, seconds = await self._predict_with_retry(batch)
         except (ModelServerError, ModelResponseError) as exc:
-            bisect = isinstance(exc, ModelResponseError) or exc.code in _BISECT_CODES
-            if bisect and len(items) > 1:
+            # Only errors about the request reach here (see _predict_with_retry).
+            if len(items) > 1:
                 half = len(items) // 2
                 logger.warning(
                     "Predict of %d windows failed (%s); bisecting to isolate the bad ones",
@@ -157,7 +157,7 @@ class BatchProcessor:
             [wait for _, wait in items],
             output,
             self._model_name,
-            self._wall(),
+            self._wall(),  # provisional: the worker stamps produced_at when it produces
             seconds,
         )
         for (entry, _), outcome in zip(items, outcomes, strict=True):
@@ -175,16 +175,19 @@ class BatchProcessor:
             try:
                 output = await self._model.predict(batch)
             except ModelServerError as exc:
-                if not exc.retriable:
+                if not (exc.retriable or concerns_whole_model(exc.code)):
                     raise
                 attempt += 1
                 delay = self._backoff.delay(attempt, self._rng)
                 self._observer.retried(exc.code)
-                logger.warning(
+                # A transient outage is a warning; a server that answers NOT_FOUND, INTERNAL,
+                # ... needs an operator.
+                logger.log(
+                    logging.WARNING if exc.retriable else logging.ERROR,
                     "Predict of %d windows on %s failed (%s): retry %d in %.2f s",
                     len(batch),
                     self._model.target,
-                    exc.code,
+                    exc,
                     attempt,
                     delay,
                 )

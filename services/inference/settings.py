@@ -64,8 +64,10 @@ class InferenceSettings(StreamSettings):
         0.2,
         gt=0,
         description=(
-            "First wait before retrying a batch after UNAVAILABLE / DEADLINE_EXCEEDED / "
-            "RESOURCE_EXHAUSTED (seconds); doubles per retry, with jitter."
+            "First wait before retrying a batch after a model-server error that is not "
+            "about its windows (every gRPC status but INVALID_ARGUMENT: UNAVAILABLE, "
+            "NOT_FOUND during a rollout, INTERNAL, ...) (seconds); doubles per retry, with "
+            "jitter."
         ),
     )
     retry_max_backoff_s: float = Field(
@@ -77,6 +79,15 @@ class InferenceSettings(StreamSettings):
         description=(
             "How long start-up waits for the model to be AVAILABLE on the model server "
             "before the worker exits non-zero (seconds)."
+        ),
+    )
+    shutdown_timeout_s: float = Field(
+        20.0,
+        gt=10.0,
+        description=(
+            "Longest a stop (SIGTERM/SIGINT) may take before the worker exits with status 1 "
+            "anyway (seconds); more than the 10 s an in-flight batch is given to finish. A "
+            "forced exit is a crash: uncommitted windows are read again (at-least-once)."
         ),
     )
     metrics_host: str = Field("0.0.0.0", description="Bind address of the /metrics endpoint.")

@@ -8,8 +8,9 @@ Wiring only; the stream logic is in :mod:`services.preprocess.stream`.
 * Per-device :class:`DeviceStream` bytes live in the faust table ``device-streams`` (RocksDB
   via rocksdict by default, changelog-backed, partitioned like the raw topic), so a
   restarted or rebalanced worker continues each device's filters exactly.
-* Undecodable packets (:class:`SchemaError`) and packets the core rejects
-  (:class:`PreprocessingError`) go to the dead-letter topic with their source
+* A packet that fails to decode (:class:`SchemaError`, or any other exception a decoder
+  raises) and packets the core rejects (:class:`PreprocessingError`, or a bug the
+  packet-by-packet retry isolates) go to the dead-letter topic with their source
   topic/partition/offset; the worker never stops on a message.
 
 Delivery guarantee. Per batch: (1) the windows are produced and their delivery awaited,
@@ -25,6 +26,17 @@ seq (the table was ahead), no duplicate windows; duplicates need a kill between 
 delivery of a batch's windows and its state write, or a recovery elsewhere that misses the
 last changelog records. A message whose key is not its device id is dead-lettered too
 (its state would land in another partition than the device's).
+
+A batch that cannot be finished ends the process. faust's ``take_events`` acknowledges
+every event of a batch when its generator is finalised, which happens when the agent body
+raises (faust's supervisor then restarts the agent): an exception escaping
+:meth:`BatchHandler.handle` would commit the batch's offsets with no windows and no dead
+letters, a silent drop. So the sends are retried (``SEND_ATTEMPTS``, with backoff) while
+Kafka reports a retriable error, and anything still failing (a non-retriable Kafka error,
+a table write or read failure, a bug) logs a critical line, flushes the logs and exits
+with status 70 (``os._exit``: no ``finally``, no generator finalisation, so nothing of the
+batch is acknowledged). The restarted worker reads the batch again: at-least-once, as
+after a crash.
 """
 
 from __future__ import annotations
@@ -33,17 +45,19 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
+from aiokafka.errors import KafkaTimeoutError  # type: ignore[import-untyped]
 from faust.streams import _current_event  # private: see _in_partition_of
 from faust.types import EventT
 from prometheus_client import CollectorRegistry
 
 from services.common.kafka import dead_letter
+from services.common.shutdown import hard_exit
 from services.preprocess.metrics import PreprocessMetrics, create
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.stream import (
@@ -55,8 +69,8 @@ from services.preprocess.stream import (
     StreamProcessor,
 )
 from shared.dsp import PreprocessingConfig
-from shared.errors import PreprocessingError, SchemaError, StateDecodeError
-from shared.messages import RawPacket
+from shared.errors import PreprocessingError, StateDecodeError
+from shared.messages import DeadLetter, RawPacket
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +79,38 @@ Event = EventT[bytes]
 
 SERVICE = "preprocess"
 TABLE_NAME = "device-streams"
+#: Exit status when a batch cannot be finished (EX_SOFTWARE): see the module docstring.
+EXIT_UNFINISHED_BATCH = 70
+#: Deliveries of a batch's windows and dead letters tried before giving up on the process;
+#: the waits between them double from SEND_BACKOFF_S: 0.5 + 1 + 2 + 4 = 7.5 s in all,
+#: enough for a broker leader election, short enough to restart well within a session.
+SEND_ATTEMPTS = 5
+SEND_BACKOFF_S = 0.5
+
+
+def exit_unfinished_batch(error: BaseException) -> NoReturn:
+    """End the process without acknowledging the batch in hand (see the module docstring)."""
+    logger.critical(
+        "batch could not be finished (%s: %s): exiting with status %d without acknowledging "
+        "it; the restarted worker reads it again",
+        type(error).__name__,
+        error,
+        EXIT_UNFINISHED_BATCH,
+        exc_info=error,
+    )
+    hard_exit(EXIT_UNFINISHED_BATCH)
+
+
+def is_retriable_kafka_error(error: BaseException) -> bool:
+    """Whether ``error`` or an error it was raised from is a Kafka error marked retriable
+    (faust wraps aiokafka's errors in ``ProducerSendError``). aiokafka marks its
+    ``KafkaTimeoutError`` (no broker answer in time) not retriable; here it is."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, KafkaTimeoutError) or getattr(seen, "retriable", False) is True:
+            return True
+        seen = seen.__cause__
+    return False
 
 
 class KeyMismatchError(PreprocessingError):
@@ -212,15 +258,27 @@ class BatchHandler:
         windows_topic: faust.TopicT,
         dlq_topic: faust.TopicT,
         metrics: PreprocessMetrics,
+        on_fatal: Callable[[BaseException], NoReturn] = exit_unfinished_batch,
     ) -> None:
+        """``on_fatal`` is called with what prevented finishing a batch; it must not return
+        (the default ends the process: tests pass one that raises)."""
         self.processor = processor
         self.config = processor.config.preprocessing
         self.table = table
         self.windows_topic = windows_topic
         self.dlq_topic = dlq_topic
         self.metrics = metrics
+        self.on_fatal = on_fatal
 
     async def handle(self, events: Sequence[Event]) -> None:
+        """Process one batch; on any failure not confined to single packets, end the process
+        before faust can acknowledge the batch (see the module docstring)."""
+        try:
+            await self._handle(events)
+        except Exception as exc:  # not CancelledError: a graceful stop is not a failure
+            self.on_fatal(exc)
+
+    async def _handle(self, events: Sequence[Event]) -> None:
         started = time.perf_counter()
         self.metrics.packets.inc(len(events))
         self.metrics.batch_size.observe(len(events))
@@ -230,7 +288,7 @@ class BatchHandler:
         for event in events:
             try:
                 packet = _decode(event)
-            except (SchemaError, PreprocessingError) as exc:
+            except Exception as exc:  # any decoder failure is this packet's, not the batch's
                 failed.append((event, exc))
                 continue
             packets.append(packet)
@@ -240,12 +298,10 @@ class BatchHandler:
         result, crashed = self._process(streams, packets)
         failed.extend((sources[i], exc) for i, exc in [*result.rejected, *crashed])
         # Windows first, delivery awaited; the states only after (see module docstring).
-        sent = [
-            await self.windows_topic.send(key=w.device_id.encode(), value=w.to_bytes())
-            for w in result.windows
-        ]
-        sent += [await self._send_dead_letter(event, exc) for event, exc in failed]
-        await asyncio.gather(*sent)
+        await self._deliver(
+            [(w.device_id.encode(), w.to_bytes()) for w in result.windows],
+            [(event, self._dead_letter(event, exc)) for event, exc in failed],
+        )
         for device_id, stream in result.streams.items():
             with _in_partition_of(last_event[device_id]):
                 self.table[device_id.encode()] = stream.to_bytes(self.config)
@@ -260,6 +316,41 @@ class BatchHandler:
                     change.detail,
                 )
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _deliver(
+        self, windows: list[tuple[bytes, bytes]], letters: list[tuple[Event, DeadLetter]]
+    ) -> None:
+        """Produce the windows and dead letters and await every delivery; on a retriable
+        Kafka error produce them all again (duplicate windows carry their ids), at most
+        ``SEND_ATTEMPTS`` times. Raises what still fails."""
+        for attempt in range(1, SEND_ATTEMPTS + 1):
+            try:
+                sent = [await self.windows_topic.send(key=k, value=v) for k, v in windows]
+                sent += [
+                    await self.dlq_topic.send(key=event.message.key, value=letter.to_bytes())
+                    for event, letter in letters
+                ]
+                await asyncio.gather(*sent)
+            except Exception as exc:
+                if attempt == SEND_ATTEMPTS or not is_retriable_kafka_error(exc):
+                    raise
+                delay = SEND_BACKOFF_S * 2 ** (attempt - 1)
+                logger.warning(
+                    "producing %d windows / %d dead letters failed (%s: %s): attempt %d of %d "
+                    "in %.1f s",
+                    len(windows),
+                    len(letters),
+                    type(exc).__name__,
+                    exc,
+                    attempt + 1,
+                    SEND_ATTEMPTS,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            else:
+                for _, letter in letters:
+                    self.metrics.dead_letters.labels(error_type=letter.error_type).inc()
+                return
 
     def _process(
         self, streams: dict[str, DeviceStream], packets: list[RawPacket]
@@ -308,7 +399,7 @@ class BatchHandler:
         logger.warning("device %s: filters reset, stored state unusable: %s", device_id, problem)
         return stream
 
-    async def _send_dead_letter(self, event: Event, error: BaseException) -> Any:
+    def _dead_letter(self, event: Event, error: BaseException) -> DeadLetter:
         message = event.message
         letter = dead_letter(
             SERVICE,
@@ -327,8 +418,7 @@ class BatchHandler:
             letter.error_type,
             letter.reason,
         )
-        self.metrics.dead_letters.labels(error_type=letter.error_type).inc()
-        return await self.dlq_topic.send(key=message.key, value=letter.to_bytes())
+        return letter
 
     def _count(self, result: BatchResult) -> None:
         m = self.metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
 
@@ -16,15 +17,18 @@ def preprocess() -> None:
     Configured only by environment variables, prefix HARSTREAM_PREPROCESS_:
     KAFKA_BOOTSTRAP_SERVERS, KAFKA_PROFILE (apache|tansu), TOPIC_PREFIX, TOPIC_PARTITIONS,
     APP_ID, DATA_DIR, STORE (rocksdb://|memory://), BATCH_MAX_SIZE, BATCH_MAX_WAIT_S,
-    GAP_THRESHOLD_S, REORDER_MAX_PACKETS, METRICS_HOST, METRICS_PORT (default 9102),
-    LOG_LEVEL. Stops cleanly on SIGTERM / SIGINT (finishes the batch in hand, commits
-    offsets, flushes the state).
+    GAP_THRESHOLD_S, REORDER_MAX_PACKETS, SHUTDOWN_TIMEOUT_S (default 15), METRICS_HOST,
+    METRICS_PORT (default 9102), LOG_LEVEL. Stops cleanly on SIGTERM / SIGINT (finishes the
+    batch in hand, commits offsets, flushes the state); exits with status 1 if that takes
+    longer than SHUTDOWN_TIMEOUT_S (e.g. the broker is gone), and with status 70 when a
+    batch cannot be finished (it is read again after the restart).
     """
     # faust is heavy to import: only when the command runs, not for `harstream --help`.
     from faust import Worker  # noqa: PLC0415
     from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
 
     from services.common.kafka import create_topics  # noqa: PLC0415
+    from services.common.shutdown import ShutdownWatchdog  # noqa: PLC0415
     from services.preprocess.app import TABLE_NAME, create_app  # noqa: PLC0415
     from services.preprocess.settings import PreprocessSettings  # noqa: PLC0415
 
@@ -51,7 +55,18 @@ def preprocess() -> None:
         settings.metrics_host,
         settings.metrics_port,
     )
+    watchdog = ShutdownWatchdog("preprocess worker", settings.shutdown_timeout_s)
+
+    class _Worker(Worker):
+        """faust's Worker, with a bound on how long a signalled stop may take: stopping can
+        hang for minutes when the broker is gone (consumer commit, producer flush)."""
+
+        def _schedule_shutdown(self, signal: Any) -> None:
+            # mode's single entry point for SIGTERM and SIGINT (private, mode 0.x).
+            watchdog.arm()
+            super()._schedule_shutdown(signal)
+
     # faust's Worker installs SIGTERM/SIGINT handlers that stop the app gracefully; it keeps
     # our logging (override_logging=False) and, since web_enabled=False, starts no web server.
-    worker = Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True)
+    worker = _Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True)
     worker.execute_from_commandline()

@@ -84,6 +84,16 @@ class PreprocessSettings(StreamSettings):
             "more arrive, the missing packet is given up on (a gap)."
         ),
     )
+    shutdown_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description=(
+            "Longest a stop (SIGTERM/SIGINT) may take before the worker exits with status 1 "
+            "anyway (seconds); a stop can hang on a broker that is gone. A forced exit is "
+            "a crash: the state is in RocksDB and the changelog, uncommitted packets are read "
+            "again (at-least-once)."
+        ),
+    )
     metrics_host: str = Field("0.0.0.0", description="Bind address of the /metrics endpoint.")
     metrics_port: int = Field(
         9102, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off)."

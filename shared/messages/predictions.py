@@ -31,7 +31,8 @@ class Prediction:
     model_version: int
     features: MotionFeatures
     #: Wall-clock times (Unix seconds): packet accepted by ingest, window emitted by
-    #: preprocess, prediction produced by inference.
+    #: preprocess, and the moment inference handed the prediction to its Kafka producer (set
+    #: just before serialisation; set again if the send is retried).
     ingested_at: float
     window_emitted_at: float
     produced_at: float
@@ -45,7 +46,9 @@ class Prediction:
 
     @property
     def end_to_end_s(self) -> float:
-        """Ingest acceptance of the window's last packet → prediction produced (seconds)."""
+        """Ingest acceptance of the window's last packet → prediction handed to the producer
+        (seconds). Excludes the produce acknowledgement; the inference worker's
+        ``harstream_end_to_end_latency_seconds`` measures up to the ack."""
         return self.produced_at - self.ingested_at
 
     def to_bytes(self) -> bytes:

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+from dataclasses import replace
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from services.inference.batching import MicroBatcher, Queued
 from services.inference.errors import (
     FingerprintMismatchError,
     InvalidWindowError,
+    ModelResponseError,
     ModelServerError,
 )
+from services.inference.model import ModelOutput
 from services.inference.processing import (
     BatchAbandonedError,
     BatchProcessor,
@@ -132,15 +137,46 @@ def test_invalid_argument_is_bisected_down_to_the_bad_window() -> None:
     assert len(model.predict_batches) <= 1 + 2 * 3  # log2(8) levels
 
 
-def test_other_non_retriable_errors_send_the_whole_batch_to_the_dlq() -> None:
-    gone = ModelServerError("NOT_FOUND", "Servable not found", retriable=False)
-    model = FakeModel(predict_failures=[gone])
+@pytest.mark.parametrize(
+    "code",
+    ["NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL", "UNKNOWN", "CANCELLED", "UNIMPLEMENTED"],
+)
+def test_errors_of_the_whole_model_are_retried_not_dead_lettered(
+    code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # E.g. NOT_FOUND while a rollout unloads the version: the stream must not turn into
+    # dead letters; the batch waits for the server like during an outage.
+    observer = Observer()
+    gone = ModelServerError(code, "Servable not found", retriable=False)
+    model = FakeModel(predict_failures=[gone, gone])
     values = [make_window(start_index=64 * i).to_bytes() for i in range(4)]
-    result = asyncio.run(_processor(model).process(_batch(values)))
-    assert not result.predictions
-    assert len(result.dead_letters) == 4
-    assert all(error is gone for _, error in result.dead_letters)
-    assert model.predict_batches == [4]  # not bisected: it concerns the model, not a window
+    with caplog.at_level(logging.ERROR, logger="services.inference.processing"):
+        result = asyncio.run(_processor(model, observer).process(_batch(values)))
+    assert len(result.predictions) == 4 and not result.dead_letters
+    assert model.predict_batches == [4, 4, 4]  # the same batch again, never bisected
+    assert observer.retries == [code, code]
+    assert [r.levelno for r in caplog.records] == [logging.ERROR] * 2
+    assert code in caplog.records[0].getMessage()
+
+
+def test_a_malformed_answer_is_bisected_down_to_the_window_that_causes_it() -> None:
+    windows = [make_window(start_index=64 * i, seed=i) for i in range(4)]
+    bad = windows[2].data.copy()
+
+    class Malformed(FakeModel):
+        async def predict(self, batch: npt.NDArray[np.float32]) -> ModelOutput:
+            output = await super().predict(batch)
+            if not any(np.array_equal(w, bad) for w in batch):
+                return output
+            # One row short: the answer does not fit the request.
+            return replace(output, probabilities=output.probabilities[1:])
+
+    model = Malformed()
+    result = asyncio.run(_processor(model).process(_batch([w.to_bytes() for w in windows])))
+    assert sorted(p.start_index for _, p in result.predictions) == [0, 64, 192]
+    [(entry, error)] = result.dead_letters
+    assert entry.window is not None and entry.window.start_index == 128
+    assert isinstance(error, ModelResponseError)
 
 
 def test_fingerprint_mismatch_goes_to_the_dlq_never_predicted() -> None:

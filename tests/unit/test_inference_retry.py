@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from services.inference.retry import BackoffPolicy, is_retriable
+from services.inference.retry import BackoffPolicy, concerns_whole_model, is_retriable
 
 
 @pytest.mark.parametrize("code", ["UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"])
@@ -17,8 +17,17 @@ def test_outage_codes_are_retriable(code: str) -> None:
 @pytest.mark.parametrize(
     "code", ["INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL", "OK"]
 )
-def test_other_codes_are_not(code: str) -> None:
+def test_other_codes_are_not_transient(code: str) -> None:
     assert not is_retriable(code)
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["UNAVAILABLE", "NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL", "UNKNOWN", "CANCELLED"],
+)
+def test_only_invalid_argument_is_about_the_windows_sent(code: str) -> None:
+    assert concerns_whole_model(code)
+    assert not concerns_whole_model("INVALID_ARGUMENT")
 
 
 def test_base_delay_doubles_up_to_the_cap() -> None:

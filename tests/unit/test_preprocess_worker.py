@@ -4,14 +4,18 @@ topics (no broker)."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
 from faust.streams import current_event
 from prometheus_client import CollectorRegistry
 
-from services.preprocess import metrics
+from services.common.shutdown import ShutdownWatchdog
+from services.preprocess import app, metrics
 from services.preprocess.app import BatchHandler, faust_options
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.stream import DeviceStream, StreamConfig, StreamProcessor
@@ -231,3 +235,137 @@ def test_batch_handler_continues_the_timeline_of_an_unusable_state() -> None:
     windows = [WindowMessage.from_bytes(e[3]) for e in log if e[0] == "send" and e[1] == "windows"]
     assert [w.start_index for w in windows] == [50, 114]
     assert registry.get_sample_value("harstream_preprocess_resets_total", {"reason": "bad_state"})
+
+
+class _Fatal(Exception):
+    """Stands for the process exit of a batch that cannot be finished."""
+
+
+class _RetriableKafkaError(Exception):
+    retriable = True
+
+
+class _FailingTopic(_Topic):
+    """Its first ``failures`` sends raise (wrapped like faust wraps aiokafka errors)."""
+
+    def __init__(self, name: str, log: _Log, error: Exception, failures: int) -> None:
+        super().__init__(name, log)
+        self.error, self.failures = error, failures
+
+    async def send(self, key: bytes, value: bytes) -> asyncio.Future[None]:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("Error while sending") from self.error
+        return await super().send(key, value)
+
+
+def _handler_with(
+    log: _Log, windows_topic: _Topic
+) -> tuple[BatchHandler, _Table, CollectorRegistry, list[BaseException]]:
+    registry = CollectorRegistry()
+    table = _Table(log)
+    fatal: list[BaseException] = []
+
+    def on_fatal(exc: BaseException) -> NoReturn:
+        fatal.append(exc)
+        raise _Fatal from exc
+
+    handler = BatchHandler(
+        StreamProcessor(StreamConfig()),
+        table,
+        windows_topic,  # type: ignore[arg-type]
+        _Topic("dlq", log),  # type: ignore[arg-type]
+        metrics.create(registry),
+        on_fatal=on_fatal,
+    )
+    return handler, table, registry, fatal
+
+
+def _events(device: str, count: int) -> list[_Event]:
+    return [
+        _Event(device.encode(), p.to_bytes(), 0, i) for i, p in enumerate(_packets(device, count))
+    ]
+
+
+def test_a_send_that_keeps_failing_ends_the_process_before_any_state_is_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(app, "SEND_BACKOFF_S", 0.001)
+    log = _Log()
+    error = ValueError("MessageSizeTooLargeError")  # not retriable
+    handler, table, _, fatal = _handler_with(log, _FailingTopic("windows", log, error, 1))
+    with pytest.raises(_Fatal):
+        asyncio.run(handler.handle(_events("a", 6)))
+    assert [f.__cause__ for f in fatal] == [error]
+    assert log == [] and dict(table) == {}  # nothing acked would be a silent drop: exit first
+
+
+def test_retriable_send_errors_are_retried_then_the_batch_completes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(app, "SEND_BACKOFF_S", 0.001)
+    log = _Log()
+    topic = _FailingTopic("windows", log, _RetriableKafkaError("leader moved"), 2)
+    handler, table, _, fatal = _handler_with(log, topic)
+    asyncio.run(handler.handle(_events("a", 6)))
+    assert fatal == [] and [e[0] for e in log] == ["send"] * 3 + ["set"]
+    assert DeviceStream.from_bytes(table[b"a"], PreprocessingConfig()).last_seq == 5
+    # Retriable, but for longer than SEND_ATTEMPTS: the process ends.
+    log.clear()
+    topic.failures = app.SEND_ATTEMPTS
+    with pytest.raises(_Fatal):
+        asyncio.run(handler.handle(_events("b", 6)))
+    assert len(fatal) == 1 and log == []
+
+
+def test_a_failing_table_write_ends_the_process() -> None:
+    class BrokenTable(_Table):
+        def __setitem__(self, key: bytes, value: bytes) -> None:
+            raise OSError("rocksdb: no space left on device")
+
+    log = _Log()
+    handler, _, _, fatal = _handler_with(log, _Topic("windows", log))
+    handler.table = BrokenTable(log)
+    with pytest.raises(_Fatal):
+        asyncio.run(handler.handle(_events("a", 6)))
+    assert [type(f) for f in fatal] == [OSError]
+
+
+def test_any_decoder_failure_dead_letters_only_that_packet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log = _Log()
+    handler, _, registry, fatal = _handler_with(log, _Topic("windows", log))
+    original = app._decode
+
+    def decode(event: _Event) -> RawPacket:
+        if event.message.offset == 1:
+            raise IndexError("a decoder bug")
+        return original(event)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app, "_decode", decode)
+    asyncio.run(handler.handle(_events("a", 6)))
+    letters = [DeadLetter.from_bytes(e[3]) for e in log if e[0] == "send" and e[1] == "dlq"]
+    assert [(d.error_type, d.source_offset) for d in letters] == [("IndexError", 1)]
+    assert fatal == [] and log[-1][0] == "set"
+    assert registry.get_sample_value("harstream_dead_letters_total", {"error_type": "IndexError"})
+
+
+def test_shutdown_watchdog_exits_when_the_stop_hangs() -> None:
+    exited = threading.Event()
+    statuses: list[int] = []
+
+    def fake_exit(status: int) -> None:
+        statuses.append(status)
+        exited.set()
+
+    assert PreprocessSettings().shutdown_timeout_s == 15.0
+    watchdog = ShutdownWatchdog("preprocess worker", 0.05, exit=fake_exit)
+    watchdog.arm()
+    watchdog.arm()  # a second signal does not restart the countdown
+    assert exited.wait(2.0) and statuses == [1]
+    stopped_in_time = ShutdownWatchdog("preprocess worker", 0.05, exit=fake_exit)
+    stopped_in_time.arm()
+    stopped_in_time.disarm()
+    time.sleep(0.1)
+    assert statuses == [1]

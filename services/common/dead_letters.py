@@ -1,0 +1,45 @@
+"""Dead letters the broker refuses because of their size.
+
+A dead letter carries its source record's value base64-encoded inside JSON (~1.33×), so a
+source record near the broker's size limit (``message.max.bytes``, 1 MB by default) gives a
+dead letter above it. That error is not retriable: retrying the same record forever would
+stall its partition. The worker produces the dead letter again without the value, the
+original size in the reason, and the source topic/partition/offset to fetch it from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
+
+from shared.messages import DeadLetter
+
+#: Produce errors that a smaller record avoids (client-side max_request_size check, or the
+#: broker's MESSAGE_TOO_LARGE / RECORD_LIST_TOO_LARGE).
+TOO_LARGE_ERRORS: tuple[type[Exception], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
+
+
+def is_too_large(error: BaseException) -> bool:
+    """Whether producing failed because the record is too large for the producer or broker."""
+    return isinstance(error, TOO_LARGE_ERRORS)
+
+
+def without_value(letter: DeadLetter, error: BaseException) -> DeadLetter:
+    """``letter`` without the source value, the value's size and ``error`` in the reason."""
+    size = len(letter.value) if letter.value is not None else 0
+    return replace(
+        letter,
+        value=None,
+        reason=(
+            f"{letter.reason} [source value of {size} bytes left out: the dead letter was "
+            f"too large to produce ({type(error).__name__}); read it from "
+            f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}]"
+        ),
+    )

@@ -1,0 +1,83 @@
+"""The alerting worker's Kafka side with in-memory doubles: the stored backlog is published
+page after page, and a dead letter too large for Kafka goes without its value."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka.errors import MessageSizeTooLargeError
+from prometheus_client import CollectorRegistry
+
+from services.alerting import app
+from services.alerting.app import AlertingService
+from services.alerting.settings import AlertingSettings
+from services.common.kafka import dead_letter
+from shared.errors import SchemaError
+from shared.messages import Alert, AlertState, AlertType, DeadLetter, Severity
+
+SETTINGS = AlertingSettings(topic_prefix="unit")
+
+
+class FakeStore:
+    def __init__(self, events: int) -> None:
+        self.events = {
+            i: Alert(
+                f"a{i}", "d", AlertType.INACTIVITY, AlertState.OPEN, Severity.INFO, "r", 1.0, 1.0
+            )
+            for i in range(events)
+        }
+        self.published: set[int] = set()
+
+    def unpublished(self, limit: int = 500) -> list[tuple[int, Alert]]:
+        return [(i, a) for i, a in self.events.items() if i not in self.published][:limit]
+
+    def mark_published(self, event_ids: Sequence[int]) -> None:
+        self.published.update(event_ids)
+
+
+class FakeProducer:
+    def __init__(self, max_bytes: int = 1 << 20) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.max_bytes = max_bytes
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[Any]:
+        if len(value) > self.max_bytes:
+            raise MessageSizeTooLargeError(f"The message is {len(value)} bytes")
+        self.sent.append((topic, value))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> Any:
+        return await (await self.send(topic, value, key))
+
+
+def _service(store: FakeStore, producer: FakeProducer) -> AlertingService:
+    service = AlertingService(SETTINGS, CollectorRegistry(), store=store)  # type: ignore[arg-type]
+    service._producer = producer
+    return service
+
+
+def test_a_backlog_larger_than_a_page_is_published_entirely(monkeypatch: Any) -> None:
+    monkeypatch.setattr(app, "PUBLISH_PAGE", 4)
+    store, producer = FakeStore(10), FakeProducer()
+    service = _service(store, producer)
+    asyncio.run(service._publish_pending())
+    assert store.published == set(range(10)) and len(producer.sent) == 10
+    assert [Alert.from_bytes(v).alert_id for _, v in producer.sent] == [f"a{i}" for i in range(10)]
+    assert not service._publish_backlog
+    assert service.registry.get_sample_value("harstream_alert_events_published_total") == 10
+
+
+def test_a_dead_letter_too_large_goes_without_the_value() -> None:
+    producer = FakeProducer(max_bytes=2000)
+    service = _service(FakeStore(0), producer)
+    value = b"x" * 3000
+    letter = dead_letter("alerting", SchemaError("bad"), "p", 2, 7, b"k", value)
+    asyncio.run(service._send_dead_letter(letter))
+    [(topic, sent)] = producer.sent
+    got = DeadLetter.from_bytes(sent)
+    assert topic == SETTINGS.topics.dlq and got.value is None and got.key == b"k"
+    assert (got.source_partition, got.source_offset) == (2, 7) and "3000 bytes" in got.reason
