@@ -7,8 +7,6 @@ underscore: ``HARSTREAM_ALERTING_RULES__FALL_CONFIRM_S=45``, or as one JSON obje
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -16,12 +14,12 @@ from pydantic_settings import SettingsConfigDict
 
 from services.alerting.rules import AlertRules
 from shared.settings import StreamSettings
+from shared.xdg import harstream_dir
 
 
 def default_store_url() -> str:
     """``sqlite:///$XDG_DATA_HOME/harstream/alerts.db`` (``~/.local/share/...``)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite:///{Path(base) / 'harstream' / 'alerts.db'}"
+    return f"sqlite:///{harstream_dir('data') / 'alerts.db'}"
 
 
 class AlertingSettings(StreamSettings):

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.ingest.validation import PacketLimits
 from shared.settings import StreamSettings
+from shared.xdg import harstream_dir
 
 
 def default_registry_url() -> str:
     """``sqlite:///`` + ``$XDG_DATA_HOME/harstream/devices.db`` (``~/.local/share/...``)."""
-    # The XDG base-directory lookup is the one environment read outside pydantic-settings:
-    # it only decides a default and pydantic-settings has no way to express it.
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite:///{Path(base) / 'harstream' / 'devices.db'}"
+    return f"sqlite:///{harstream_dir('data') / 'devices.db'}"
 
 
 class IngestSettings(StreamSettings):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -10,12 +9,12 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import StreamSettings
+from shared.xdg import harstream_dir
 
 
 def _default_data_dir() -> Path:
-    # XDG base directory spec: per-machine state that survives restarts but is not config.
-    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state_home) / "harstream" / "preprocess"
+    # Per-machine state that survives restarts but is not config: XDG's state directory.
+    return harstream_dir("state") / "preprocess"
 
 
 class PreprocessSettings(StreamSettings):

@@ -24,6 +24,7 @@ from shared.data.hapt_pickle import (
 )
 from shared.data.recording import Recording
 from shared.errors import CorruptCacheError
+from shared.xdg import harstream_dir
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,7 @@ def default_cache_dir() -> Path:
     """
     if explicit := os.environ.get("HARSTREAM_DATA_DIR"):
         return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "harstream" / "hapt"
+    return harstream_dir("cache") / "hapt"
 
 
 @dataclass(frozen=True)
