@@ -13,7 +13,8 @@ from types import TracebackType
 
 from services.common.broker import EmbeddedBroker, free_port
 from services.common.kafka import create_topics
-from services.demo.processes import ServiceProcess
+from services.common.processes import ServiceProcess
+from services.modelserver.process import ModelServerProcess
 from shared.settings import StreamSettings
 
 logger = logging.getLogger(__name__)
@@ -89,16 +90,15 @@ class Pipeline:
         create_topics(self.settings)
         timeout = self.config.startup_timeout_s
         # The model server and the workers import TensorFlow / faust: start them all, then wait.
-        self._spawn(
-            "modelserver",
-            ["modelserver"],
-            {
-                "HARSTREAM_MODELSERVER_MODEL_BASE_PATH": str(self.config.model_base),
-                "HARSTREAM_MODELSERVER_HOST": "127.0.0.1",
-                "HARSTREAM_MODELSERVER_GRPC_PORT": str(self.ports["grpc"]),
-                "HARSTREAM_MODELSERVER_REST_PORT": str(self.ports["modelserver_rest"]),
-            },
+        model_server = ModelServerProcess(
+            self.config.model_base,
+            grpc_port=self.ports["grpc"],
+            rest_port=self.ports["modelserver_rest"],
+            poll_interval_s=2.0,
+            log_path=self.logs / "modelserver.log",
         )
+        model_server.service.env.update(self.config.service_env.get("modelserver", {}))
+        self.services["modelserver"] = model_server.launch().service
         self._spawn(
             "ingest",
             ["ingest"],
@@ -135,9 +135,7 @@ class Pipeline:
                 "HARSTREAM_ALERTING_AUTO_OFFSET_RESET": "earliest",
             },
         )
-        self.services["modelserver"].wait_http(
-            f"http://127.0.0.1:{self.ports['modelserver_rest']}/v1/models/har", timeout
-        )
+        model_server.wait_available(timeout)
         # The inference worker checks the served model at start-up, so it starts after it.
         self._spawn(
             "inference",

@@ -1,17 +1,15 @@
-"""Run ``harstream modelserver`` as a subprocess (integration tests, demo), like
-:class:`services.common.broker.EmbeddedBroker` does for Kafka."""
+"""Run ``harstream modelserver`` as a child process (integration tests, benchmarks, the demo
+pipeline) and wait until it serves the model."""
 
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import TracebackType
 
-from services.common.broker import free_port, terminate
+from services.common.broker import free_port
+from services.common.processes import ServiceProcess
 from shared.errors import HarstreamError
 
 logger = logging.getLogger(__name__)
@@ -32,7 +30,8 @@ class ModelServerProcess:
         rest_port: int | None = None,
         poll_interval_s: float = 0.5,
         version_labels: str = "",
-        log_path: Path | None = None,
+        *,
+        log_path: Path,
     ) -> None:
         self.base_path = base_path
         self.model_name = model_name
@@ -41,7 +40,9 @@ class ModelServerProcess:
         self.poll_interval_s = poll_interval_s
         self.version_labels = version_labels
         self.log_path = log_path
-        self._process: subprocess.Popen[bytes] | None = None
+        self.service = ServiceProcess(
+            "modelserver", ServiceProcess.argv_of(["modelserver"]), self.env(), log_path
+        )
 
     @property
     def grpc_target(self) -> str:
@@ -53,13 +54,10 @@ class ModelServerProcess:
 
     @property
     def pid(self) -> int:
-        if self._process is None:
-            raise ModelServerStartError("the model server is not running")
-        return self._process.pid
+        return self.service.pid
 
     def env(self) -> dict[str, str]:
         return {
-            **os.environ,
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "HARSTREAM_MODELSERVER_MODEL_NAME": self.model_name,
             "HARSTREAM_MODELSERVER_MODEL_BASE_PATH": str(self.base_path),
@@ -70,13 +68,14 @@ class ModelServerProcess:
             "HARSTREAM_MODELSERVER_VERSION_LABELS": self.version_labels,
         }
 
+    def launch(self) -> ModelServerProcess:
+        """Start the process without waiting (see :meth:`wait_available`)."""
+        self.service.start()
+        return self
+
     def start(self, timeout_s: float = 120.0) -> ModelServerProcess:
         """Start and wait until GetModelStatus reports a version AVAILABLE."""
-        command = [sys.executable, "-m", "services.cli", "modelserver"]
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=_repo_root()
-        )
+        self.launch()
         try:
             self.wait_available(timeout_s)
         except BaseException:
@@ -98,10 +97,9 @@ class ModelServerProcess:
         with grpc.insecure_channel(self.grpc_target) as channel:
             stub = model_service_pb2_grpc.ModelServiceStub(channel)
             while time.monotonic() < deadline:
-                if self._process is not None and self._process.poll() is not None:
+                if not self.service.running():
                     raise ModelServerStartError(
-                        f"model server exited with code {self._process.returncode}"
-                        f" (log: {self.log_path})"
+                        f"model server exited (log: {self.log_path}):\n{self.service.tail()}"
                     )
                 try:
                     response = stub.GetModelStatus(request, timeout=2.0)
@@ -120,8 +118,7 @@ class ModelServerProcess:
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit code."""
-        process, self._process = self._process, None
-        return terminate(process, timeout_s)
+        return self.service.stop(timeout_s)
 
     def __enter__(self) -> ModelServerProcess:
         return self.start()
@@ -133,7 +130,3 @@ class ModelServerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]

@@ -1,4 +1,5 @@
-"""Running harstream services as child processes (the demo and the end-to-end tests)."""
+"""Running harstream services as child processes (the demo, the model-server fixture, the
+end-to-end tests)."""
 
 from __future__ import annotations
 
@@ -37,8 +38,12 @@ class ServiceProcess:
     def harstream(
         cls, name: str, command: list[str], env: Mapping[str, str], log_dir: Path
     ) -> ServiceProcess:
-        argv = [sys.executable, "-m", "services.cli", *command]
-        return cls(name, argv, env, log_dir / f"{name}.log")
+        return cls(name, cls.argv_of(command), env, log_dir / f"{name}.log")
+
+    @staticmethod
+    def argv_of(command: list[str]) -> list[str]:
+        """``harstream <command>`` with this interpreter (no reliance on PATH)."""
+        return [sys.executable, "-m", "services.cli", *command]
 
     def start(self) -> ServiceProcess:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
