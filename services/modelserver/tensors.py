@@ -1,6 +1,8 @@
 """numpy ⇄ ``tensorflow.TensorProto`` conversion for Predict requests and responses.
 
-Shared by the model server and the inference worker's client. Numeric tensors travel as raw
+Used by the model server (and its tests and benchmark). The inference worker has its own
+small float-only builders (services/inference/tfserving.py), so the production client does
+not depend on development-server code. Numeric tensors travel as raw
 little-endian bytes in ``tensor_content`` (much faster than ``float_val`` lists or
 ``tf.make_tensor_proto``); strings travel in ``string_val``. Reading accepts both forms, as
 TF Serving does, including a single ``*_val`` value broadcast over the whole shape.
