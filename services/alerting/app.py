@@ -1,10 +1,24 @@
-"""The alerting worker: predictions topic → alert rules → store, alerts topic, webhooks.
+"""The alerting worker: predictions and raw topics → alert rules → store, alerts topic, webhooks.
 
-Per batch: decode (bad messages → DLQ), run the device monitors, store the transitions (with
-history and webhook outbox rows, one transaction), publish the alert events, wake the webhook
-dispatcher, THEN commit the offsets. A crash before the commit replays the batch; the
-monitors were rebuilt from the store's open alerts, so nothing opens twice. A tick task runs
-the wall-clock rules (device offline) every ``tick_interval_s``.
+It reads two co-partitioned topics in one consumer group: predictions (the activity rules)
+and the raw topic (device liveness: who sent a packet, and when ingest accepted it; only the
+frame header is decoded). Range assignment gives partition ``p`` of both topics to the same
+worker, so one worker owns everything about a device.
+
+Per batch: decode (bad predictions → DLQ), run the device monitors, store the transitions
+(with history and webhook outbox rows) AND the monitor snapshots of every device the batch
+touched, in one transaction; publish the alert events, wake the webhook dispatcher, THEN
+commit the offsets. A crash before the commit replays the batch; the restored snapshots
+already cover it, so the replayed predictions are ignored as duplicates and nothing opens
+twice. On assignment (start, restart, rebalance) the worker restores the snapshots and open
+alerts of its partitions' devices before it reads anything: a fall waiting for its 30 s
+confirmation, a device that fell silent, lying and inactivity timers and cooldowns all
+continue.
+
+A tick task runs the wall-clock rules every ``tick_interval_s``: DEVICE_OFFLINE for devices
+of partitions whose raw topic has been read to its end (a worker catching up must not see
+every device as silent), and the pipeline-stall rule (:mod:`services.alerting.stall`) on the
+worker that owns partition 0.
 """
 
 from __future__ import annotations
@@ -13,8 +27,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiokafka import (  # type: ignore[import-untyped]
@@ -23,24 +37,46 @@ from aiokafka import (  # type: ignore[import-untyped]
     ConsumerRebalanceListener,
     TopicPartition,
 )
+from aiokafka.coordinator.assignors.range import (  # type: ignore[import-untyped]
+    RangePartitionAssignor,
+)
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
 from services.alerting.api import create_app
 from services.alerting.lifecycle import AlertNotFoundError, AlertTransition
+from services.alerting.lifecycle import acknowledge as acknowledge_step
+from services.alerting.lifecycle import resolve as resolve_step
 from services.alerting.metrics import AlertingMetrics, create
-from services.alerting.monitor import FleetMonitor
+from services.alerting.monitor import FleetMonitor, SnapshotError
 from services.alerting.settings import AlertingSettings
-from services.alerting.store import AlertStore, StoreError, open_store
+from services.alerting.stall import PipelineMonitor
+from services.alerting.store import (
+    AlertStore,
+    DeviceSnapshot,
+    StoredDevice,
+    StoreError,
+    open_store,
+)
 from services.alerting.webhooks import WebhookDispatcher
 from services.common.dead_letters import is_too_large, without_value
 from services.common.kafka import dead_letter
 from services.common.shutdown import stop_quietly
-from shared.errors import HarstreamError
-from shared.messages import Alert, AlertState, AlertType, DeadLetter, Prediction
+from shared.errors import HarstreamError, SchemaError
+from shared.messages import (
+    PIPELINE_SCOPE,
+    Alert,
+    AlertState,
+    AlertType,
+    DeadLetter,
+    Prediction,
+    RawPacket,
+)
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SERVICE = "alerting"
 #: Stored alert events published per round; rounds repeat until the backlog is empty.
@@ -52,10 +88,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._service = service
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._service.partitions_revoked({tp.partition for tp in revoked})
+        await self._service.partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._service.partitions_assigned({tp.partition for tp in assigned})
+        await self._service.partitions_assigned(assigned)
 
 
 class AlertingService:
@@ -72,14 +108,22 @@ class AlertingService:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics: AlertingMetrics = create(self.registry)
         self.fleet = FleetMonitor(settings.rules)
+        self.pipeline = PipelineMonitor(settings.rules)
         self.store = store
         self.port: int | None = None
         #: Set when the consumer loop died of an unexpected error (the CLI exits non-zero).
         self.failure: BaseException | None = None
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
+        #: Partition of every device this worker tracks (the same in both topics).
         self._device_partition: dict[str, int] = {}
-        self._duplicates_reported = 0
+        #: Partitions this worker owns (of both topics), and the next offset it will handle
+        #: per topic partition (to tell when it has read a partition to its end).
+        self._partitions: set[int] = set()
+        self._next_offset: dict[TopicPartition, int] = {}
+        #: The worker owning partition 0 judges the pipeline-stall rule (one alert, not one
+        #: per worker).
+        self._pipeline_owner = False
         self._publish_backlog = False
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -93,7 +137,6 @@ class AlertingService:
         s = self.settings
         if self.store is None:
             self.store = await asyncio.to_thread(open_store, s.store_url, s.store_schema)
-        adopted = self.fleet.load(await asyncio.to_thread(self.store.active))
         await self._refresh_open_gauge()
         self._producer = AIOKafkaProducer(
             bootstrap_servers=s.bootstrap_servers,
@@ -133,17 +176,21 @@ class AlertingService:
             heartbeat_interval_ms=int(s.group_heartbeat_interval_s * 1000),
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             max_poll_records=s.max_batch_records,
+            # Partition p of predictions and of raw to the same worker (co-partitioned: same
+            # keys, same partition counts); round robin would split a device's two topics.
+            partition_assignment_strategy=(RangePartitionAssignor,),
         )
-        self._consumer.subscribe([s.topics.predictions], listener=_Rebalance(self))
+        self._consumer.subscribe([s.topics.predictions, s.topics.raw], listener=_Rebalance(self))
         await self._consumer.start()
         self._tasks += [
             asyncio.create_task(self._consume_loop(), name="alerting-consume"),
             asyncio.create_task(self._tick_loop(), name="alerting-tick"),
         ]
         logger.info(
-            "alerting: consuming %s (group %s) on %s, alerts to %s, DLQ %s, HTTP on %s:%d, "
-            "store %s, %d webhook URL(s), %d open alert(s) loaded",
+            "alerting: consuming %s and %s (group %s) on %s, alerts to %s, DLQ %s, HTTP on "
+            "%s:%d, store %s, %d webhook URL(s)",
             s.topics.predictions,
+            s.topics.raw,
             s.group_id,
             s.kafka_bootstrap_servers,
             s.topics.alerts,
@@ -152,7 +199,6 @@ class AlertingService:
             self.port,
             s.store_url.split("@")[-1],  # no credentials in logs
             len(s.webhook_url_list),
-            adopted,
         )
 
     def request_stop(self) -> None:
@@ -222,29 +268,24 @@ class AlertingService:
         assert self._consumer is not None and self._producer is not None
         now = time.time()
         transitions: list[AlertTransition] = []
-        dead = []
+        dead: list[DeadLetter] = []
         offsets: dict[TopicPartition, int] = {}
+        touched: set[str] = set()
+        raw_topic = self.settings.topics.raw
         async with self._lock:
+            # Records fetched before a rebalance took their partition away belong to the new
+            # owner now (which restored the stored snapshots): leave them to it.
+            owned = self._consumer.assignment()
             for tp, records in batches.items():
-                for record in records:
-                    key, value = record.key, record.value
-                    try:
-                        prediction = Prediction.from_bytes(value)
-                        steps = self.fleet.observe(prediction, now)
-                    except Exception as exc:  # bad input (or a bug) never stops the worker
-                        if not isinstance(exc, HarstreamError):
-                            logger.exception("unexpected error on %s@%d", tp, record.offset)
-                        dead.append(
-                            dead_letter(
-                                SERVICE, exc, tp.topic, tp.partition, record.offset, key, value
-                            )
-                        )
-                        continue
-                    self.metrics.predictions.inc()
-                    self._device_partition[prediction.device_id] = tp.partition
-                    transitions.extend(steps)
+                if tp not in owned:
+                    continue
+                if tp.topic == raw_topic:
+                    transitions.extend(self._traffic(tp, records, now, touched))
+                else:
+                    transitions.extend(self._predictions(tp, records, now, touched, dead))
                 offsets[tp] = records[-1].offset + 1
-            await self._persist(transitions, retry=True)
+            await self._persist(transitions, touched, retry=True)
+            self._next_offset.update(offsets)
         for letter in dead:
             await self._send_dead_letter(letter)
             self.metrics.dead_letters.labels(letter.error_type).inc()
@@ -256,11 +297,70 @@ class AlertingService:
                 letter.reason,
             )
         self._update_gauges()
+        if not offsets:
+            return
         try:
             await self._consumer.commit(offsets)
         except KafkaError as exc:
             # Typically a rebalance: the new owner replays these, duplicates are ignored.
             logger.warning("offset commit failed: %s", exc)
+
+    def _predictions(
+        self,
+        tp: TopicPartition,
+        records: list[ConsumerRecord[Any, Any]],
+        now: float,
+        touched: set[str],
+        dead: list[DeadLetter],
+    ) -> list[AlertTransition]:
+        transitions: list[AlertTransition] = []
+        for record in records:
+            key, value = record.key, record.value
+            try:
+                prediction = Prediction.from_bytes(value)
+                steps = self.fleet.observe(prediction, now)
+            except Exception as exc:  # bad input (or a bug) never stops the worker
+                if not isinstance(exc, HarstreamError):
+                    logger.exception("unexpected error on %s@%d", tp, record.offset)
+                dead.append(
+                    dead_letter(SERVICE, exc, tp.topic, tp.partition, record.offset, key, value)
+                )
+                continue
+            # Counted together, so the two counters never disagree for a scrape.
+            self.metrics.predictions.inc()
+            self.metrics.duplicates.inc(self.fleet.take_duplicates())
+            self.pipeline.predicted(tp.partition, prediction.ingested_at)
+            self._device_partition[prediction.device_id] = tp.partition
+            touched.add(prediction.device_id)
+            transitions.extend(steps)
+        return transitions
+
+    def _traffic(
+        self,
+        tp: TopicPartition,
+        records: list[ConsumerRecord[Any, Any]],
+        now: float,
+        touched: set[str],
+    ) -> list[AlertTransition]:
+        """Device liveness from raw packets. A record that is not a raw frame keyed by its
+        own device id is skipped here (the preprocess worker dead-letters it) and counted."""
+        transitions: list[AlertTransition] = []
+        for record in records:
+            try:
+                header = RawPacket.peek(record.value)
+            except SchemaError:
+                self.metrics.raw_skipped.inc()
+                continue
+            if record.key != header.device_id.encode(errors="surrogatepass"):
+                self.metrics.raw_skipped.inc()
+                continue
+            # A clock ahead of ours must not keep a device "online" into the future.
+            at = min(header.received_at, now)
+            transitions.extend(self.fleet.traffic(header.device_id, at, now))
+            self.pipeline.traffic(tp.partition, at)
+            self._device_partition[header.device_id] = tp.partition
+            touched.add(header.device_id)
+        return transitions
 
     async def _send_dead_letter(self, letter: DeadLetter) -> None:
         """Send, retrying while Kafka is unavailable: a dead letter is never dropped. One too
@@ -297,33 +397,74 @@ class AlertingService:
                 await asyncio.wait_for(self._stop.wait(), self.settings.tick_interval_s)
             if self._stop.is_set():
                 return
-            async with self._lock:
-                await self._persist(self.fleet.tick(time.time()), retry=True)
-                if self._publish_backlog:
-                    await self._publish_pending()
-            self._update_gauges()
+            try:
+                await self._tick()
+            except KafkaError as exc:  # e.g. a position request during a rebalance
+                logger.warning("tick skipped: %s", exc)
+            except Exception:
+                # The offline and stall rules must keep running: log and try next tick.
+                if self._stop.is_set():
+                    return
+                logger.exception("tick failed; retrying at the next one")
+
+    async def _tick(self) -> None:
+        async with self._lock:
+            now = time.time()
+            raw_read, both_read = await self._partitions_read_to_end()
+            devices = [d for d, p in self._device_partition.items() if p in raw_read]
+            steps = self.fleet.tick(now, devices)
+            if self._pipeline_owner:
+                steps += self.pipeline.judge(now, both_read)
+            await self._persist(steps, [s.alert.device_id for s in steps], retry=True)
+            if self._publish_backlog:
+                await self._publish_pending()
+        self._update_gauges()
+
+    async def _partitions_read_to_end(self) -> tuple[set[int], set[int]]:
+        """Owned partitions whose raw topic, and those whose raw AND predictions topics, this
+        worker has read up to the end (as of the last fetch)."""
+        assert self._consumer is not None
+        topics = self.settings.topics
+        read: dict[str, set[int]] = {topics.raw: set(), topics.predictions: set()}
+        for tp in self._consumer.assignment():
+            end = self._consumer.highwater(tp)
+            if end is None:  # nothing fetched yet
+                continue
+            position = self._next_offset.get(tp)
+            if position is None:
+                position = await self._consumer.position(tp)
+            if position >= end:
+                read[tp.topic].add(tp.partition)
+        return read[topics.raw], read[topics.raw] & read[topics.predictions]
 
     def _update_gauges(self) -> None:
         self.metrics.devices_tracked.set(self.fleet.devices_tracked)
         self.metrics.falls_cancelled.inc(self.fleet.take_falls_cancelled())
-        duplicates = sum(d.duplicates_ignored for d in self.fleet.devices.values())
-        if duplicates > self._duplicates_reported:
-            self.metrics.duplicates.inc(duplicates - self._duplicates_reported)
-        self._duplicates_reported = duplicates
+        self.metrics.pipeline_delay.set(
+            max((self.pipeline.delay_s(p) for p in self._partitions), default=0.0)
+        )
 
     # -- store, alerts topic, webhooks ----------------------------------------------------
 
-    async def _persist(self, transitions: Sequence[AlertTransition], retry: bool) -> None:
-        """Store, then publish, then notify. Callers hold the lock, so events of one alert
-        reach the topic and the webhooks in order."""
-        if not transitions:
+    async def _persist(
+        self, transitions: Sequence[AlertTransition], devices: Iterable[str], retry: bool
+    ) -> None:
+        """Store the transitions with the snapshots of ``devices``, then publish, then
+        notify. Callers hold the lock, so events of one alert reach the topic and the
+        webhooks in order."""
+        snapshots = [
+            DeviceSnapshot(device_id, self._device_partition[device_id], state)
+            for device_id, state in self.fleet.snapshots(devices).items()
+            if device_id in self._device_partition
+        ]
+        if not transitions and not snapshots:
             return
         assert self.store is not None
         delay = 0.5
         while True:
             try:
                 await asyncio.to_thread(
-                    self.store.record, transitions, self.settings.webhook_url_list
+                    self.store.record, transitions, self.settings.webhook_url_list, snapshots
                 )
                 break
             except StoreError as exc:
@@ -333,6 +474,8 @@ class AlertingService:
                 logger.error("alert store unavailable, retrying in %.1f s: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+        if not transitions:
+            return
         for step in transitions:
             self.metrics.alerts.labels(step.alert.type.value, step.alert.state.value).inc()
             logger.info(
@@ -386,29 +529,107 @@ class AlertingService:
 
     # -- rebalancing ----------------------------------------------------------------------
 
-    def partitions_revoked(self, partitions: set[int]) -> None:
-        gone = [d for d, p in self._device_partition.items() if p in partitions]
-        self.fleet.forget(gone)
-        for device in gone:
-            del self._device_partition[device]
+    async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Stop tracking the devices of ``revoked`` partitions. The lock waits for the batch
+        in hand: its snapshots are stored before the next owner reads them."""
+        async with self._lock:
+            partitions = {tp.partition for tp in revoked}
+            gone = [d for d, p in self._device_partition.items() if p in partitions]
+            self.fleet.forget(gone)
+            for device in gone:
+                del self._device_partition[device]
+            self.pipeline.revoked(partitions)
+            self._partitions -= partitions
+            for tp in revoked:
+                self._next_offset.pop(tp, None)
+        self.metrics.partitions_assigned.set(len(self._partitions))
         if gone:
             logger.info(
-                "partitions %s revoked: stopped tracking %d device(s)", partitions, len(gone)
+                "partitions %s revoked: stopped tracking %d device(s)",
+                sorted(partitions),
+                len(gone),
             )
 
-    async def partitions_assigned(self, partitions: set[int]) -> None:
-        if self.store is None:
-            return
-        try:
-            active = await asyncio.to_thread(self.store.active)
-        except StoreError as exc:
-            logger.warning("cannot load open alerts after rebalance: %s", exc)
-            return
+    async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Restore the snapshots and open alerts of the assigned partitions' devices before
+        anything of them is read (aiokafka fetches only after this returns)."""
+        topics = self.settings.topics
+        by_topic = {
+            topic: {tp.partition for tp in assigned if tp.topic == topic}
+            for topic in (topics.predictions, topics.raw)
+        }
+        if by_topic[topics.predictions] != by_topic[topics.raw]:
+            logger.error(
+                "partitions of %s %s and of %s %s differ: are the topics' partition counts "
+                "equal? DEVICE_OFFLINE and rules may be judged by different workers",
+                topics.predictions,
+                sorted(by_topic[topics.predictions]),
+                topics.raw,
+                sorted(by_topic[topics.raw]),
+            )
+        partitions = by_topic[topics.predictions] | by_topic[topics.raw]
+        stored = await self._load_devices(partitions)
+        pipeline_alerts = []
+        owner = 0 in by_topic[topics.predictions]
+        if owner:
+            pipeline_alerts = await self._retry_store(
+                "load the pipeline alert", lambda: self._active_of(PIPELINE_SCOPE)
+            )
+        unusable = 0
         async with self._lock:
-            adopted = self.fleet.load(active)
+            for device in stored:
+                self._device_partition[device.device_id] = device.partition
+                try:
+                    self.fleet.restore(device.device_id, device.state, device.alerts)
+                except SnapshotError as exc:
+                    unusable += 1
+                    logger.warning("%s; continuing from its open alerts", exc)
+            self._partitions |= partitions
+            self._pipeline_owner = owner
+            self.pipeline.assigned(partitions, time.time())
+            for alert in pipeline_alerts:
+                self.pipeline.load(alert)
+        self.metrics.partitions_assigned.set(len(self._partitions))
         logger.info(
-            "partitions %s assigned; adopted %d stored alert(s)", sorted(partitions), adopted
+            "partitions %s assigned: restored %d device(s) (%d unusable snapshot(s)), "
+            "%d open alert(s)%s",
+            sorted(partitions),
+            len(stored),
+            unusable,
+            sum(len(d.alerts) for d in stored),
+            "; judging the pipeline-stall rule" if owner else "",
         )
+
+    async def _load_devices(self, partitions: set[int]) -> list[StoredDevice]:
+        store = self.store
+        assert store is not None
+        return await self._retry_store(
+            f"restore the devices of partitions {sorted(partitions)}",
+            lambda: store.devices(partitions),
+        )
+
+    def _active_of(self, device_id: str) -> list[Alert]:
+        assert self.store is not None
+        return [
+            a
+            for state in (AlertState.OPEN, AlertState.ACKNOWLEDGED)
+            for a in self.store.list_alerts(state, None, device_id, 100)
+        ]
+
+    async def _retry_store(self, what: str, call: Callable[[], T]) -> T:
+        """``call()`` in a thread until the store answers: a partition's devices must never
+        be judged from scratch because the store was briefly away (that would forget a fall
+        waiting for its confirmation). Raises only when the worker is stopping."""
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(call)
+            except StoreError as exc:
+                if self._stop.is_set():
+                    raise
+                logger.error("cannot %s yet, retrying in %.1f s: %s", what, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     # -- API backend ----------------------------------------------------------------------
 
@@ -429,20 +650,44 @@ class AlertingService:
     async def acknowledge(self, alert_id: str, by: str) -> Alert:
         async with self._lock:
             alert = await self._stored(alert_id)
-            step = self.fleet.plan_acknowledge(alert, by, time.time())
+            now = time.time()
+            if alert.device_id == PIPELINE_SCOPE:
+                step = acknowledge_step(self._current_pipeline(alert), by, now)
+            else:
+                step = self.fleet.plan_acknowledge(alert, by, now)
             if step is None:
                 return alert
-            await self._persist([step], retry=False)
-            self.fleet.apply(step)
+            await self._persist([step], [], retry=False)
+            self._apply(step)
             return step.alert
 
     async def resolve(self, alert_id: str, by: str) -> Alert:
         async with self._lock:
             alert = await self._stored(alert_id)
-            step = self.fleet.plan_resolve(alert, by, time.time())
-            await self._persist([step], retry=False)
-            self.fleet.apply(step)
+            now = time.time()
+            if alert.device_id == PIPELINE_SCOPE:
+                step = resolve_step(self._current_pipeline(alert), by, now, f"resolved by {by}")
+            else:
+                step = self.fleet.plan_resolve(alert, by, now)
+            await self._persist([step], [], retry=False)
+            self._apply(step)
+            # The device's cooldown started: store its snapshot too (best effort: its next
+            # traffic stores it anyway).
+            try:
+                await self._persist([], [alert.device_id], retry=False)
+            except StoreError as exc:
+                logger.warning("snapshot of %s not stored after resolve: %s", alert.device_id, exc)
             return step.alert
+
+    def _current_pipeline(self, stored: Alert) -> Alert:
+        active = self.pipeline.active
+        return active if active is not None and active.alert_id == stored.alert_id else stored
+
+    def _apply(self, step: AlertTransition) -> None:
+        if step.alert.device_id == PIPELINE_SCOPE:
+            self.pipeline.apply(step)
+        else:
+            self.fleet.apply(step)
 
     async def _stored(self, alert_id: str) -> Alert:
         assert self.store is not None

@@ -22,6 +22,8 @@ SEVERITY: dict[AlertType, Severity] = {
     AlertType.INACTIVITY: Severity.WARNING,
     AlertType.DEVICE_OFFLINE: Severity.WARNING,
     AlertType.SENSOR_FAULT: Severity.WARNING,
+    # While predictions stall no fall can be detected for anyone: page the on-call engineer.
+    AlertType.PIPELINE_STALLED: Severity.CRITICAL,
 }
 
 #: Alert types whose conditions are judged on device-clock (event) time; the rest on wall time.

@@ -18,7 +18,7 @@ class AlertingMetrics(NamedTuple):
     webhook_deliveries: Counter
     #: Duration of one webhook POST attempt.
     webhook_delivery_seconds: Histogram
-    #: Devices that sent predictions to this worker since it started.
+    #: Devices whose traffic or predictions this worker tracks.
     devices_tracked: Gauge
     #: Predictions decoded, duplicates included.
     predictions: Counter
@@ -28,6 +28,12 @@ class AlertingMetrics(NamedTuple):
     dead_letters: Counter
     #: Alert events published to the alerts topic.
     events_published: Counter
+    #: Raw-topic records not counted as device traffic (not a raw frame, or keyed wrongly).
+    raw_skipped: Counter
+    #: How far predictions lag behind device traffic, in ingest time (worst owned partition).
+    pipeline_delay: Gauge
+    #: Partitions (of predictions and raw alike) this worker owns.
+    partitions_assigned: Gauge
 
 
 def create(registry: CollectorRegistry) -> AlertingMetrics:
@@ -65,7 +71,7 @@ def create(registry: CollectorRegistry) -> AlertingMetrics:
         ),
         devices_tracked=Gauge(
             "harstream_alerting_devices_tracked",
-            "Devices with predictions seen by this worker.",
+            "Devices whose traffic or predictions this worker tracks.",
             registry=registry,
         ),
         predictions=Counter(
@@ -87,6 +93,23 @@ def create(registry: CollectorRegistry) -> AlertingMetrics:
         events_published=Counter(
             "harstream_alert_events_published_total",
             "Alert events written to the alerts topic.",
+            registry=registry,
+        ),
+        raw_skipped=Counter(
+            "harstream_alerting_raw_records_skipped_total",
+            "Raw-topic records not counted as device traffic (not a raw frame, or keyed "
+            "other than by their device id; preprocess dead-letters them).",
+            registry=registry,
+        ),
+        pipeline_delay=Gauge(
+            "harstream_alerting_pipeline_delay_seconds",
+            "Ingest-time lag of the newest prediction behind the newest device packet, worst "
+            "owned partition (healthy: ~1.3-3 s; PIPELINE_STALLED at pipeline_stall_s).",
+            registry=registry,
+        ),
+        partitions_assigned=Gauge(
+            "harstream_alerting_partitions_assigned",
+            "Partitions of the predictions and raw topics this worker owns.",
             registry=registry,
         ),
     )

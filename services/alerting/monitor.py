@@ -5,9 +5,19 @@ Two clocks:
 * event time: the device-clock ``end_time`` of predictions. Falls, prolonged lying,
   inactivity and sensor faults are judged on it, so a replay at 10× speed behaves like the
   real day and a consumer lagging behind does not stretch or shrink a fall's 30 s.
-* wall time (``now_wall``, Unix seconds): DEVICE_OFFLINE (no data for N seconds) fires from
-  :meth:`DeviceMonitor.tick` when nothing arrives, and every alert's ``opened_at`` /
-  ``updated_at`` is the wall time at which harstream decided (what the care team sees).
+* wall time (``now_wall``, Unix seconds): DEVICE_OFFLINE (no device traffic for N seconds)
+  fires from :meth:`DeviceMonitor.tick` when nothing arrives, and every alert's ``opened_at``
+  / ``updated_at`` is the wall time at which harstream decided (what the care team sees).
+
+Device liveness comes from the device's own traffic (:meth:`DeviceMonitor.traffic`, fed from
+the raw topic with ingest's acceptance time), never from predictions: when inference stalls,
+devices that keep sending are not offline (the stall is one pipeline alert,
+:mod:`services.alerting.stall`).
+
+Everything a rule waits on (smoothing windows, a pending impact and its deadlines, lying and
+stillness start times, fault runs, cooldowns, last traffic) is in :meth:`DeviceMonitor.snapshot`,
+which the service stores with the alerts before it commits offsets, and which
+:meth:`DeviceMonitor.restore` takes back after a restart or a rebalance.
 
 Choices worth knowing:
 
@@ -28,10 +38,12 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.alerting.lifecycle import (
     EVENT_TIME_TYPES,
@@ -49,9 +61,16 @@ from services.alerting.rules import (
     check_prediction,
     smoothed_activity,
 )
+from shared.errors import HarstreamError
 from shared.messages import Alert, AlertState, AlertType, Prediction
 
 _NEVER = float("-inf")
+#: Layout of :meth:`DeviceMonitor.snapshot`; a stored snapshot of another layout is not used.
+SNAPSHOT_VERSION = 1
+
+
+class SnapshotError(HarstreamError):
+    """A stored monitor snapshot cannot be used (damaged, or of another layout)."""
 
 
 @dataclass
@@ -68,6 +87,25 @@ class _FallCandidate:
     #: as "got up again".
     after: deque[tuple[float, ...]] = field(default_factory=deque)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "impact_g": self.impact_g,
+            "impact_window_end": self.impact_window_end,
+            "deadline": self.deadline,
+            "lying_since": self.lying_since,
+            "after": [list(p) for p in self.after],
+        }
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any], smoothing_windows: int) -> _FallCandidate:
+        return cls(
+            impact_g=_number(body["impact_g"]),
+            impact_window_end=_number(body["impact_window_end"]),
+            deadline=_number(body["deadline"]),
+            lying_since=_optional(body["lying_since"]),
+            after=deque(_vectors(body["after"]), maxlen=smoothing_windows),
+        )
+
 
 class DeviceMonitor:
     """All rules for one device. ``observe`` per prediction, ``tick`` periodically."""
@@ -83,9 +121,10 @@ class DeviceMonitor:
         self._id_factory = id_factory
         self._probabilities: deque[tuple[float, ...]] = deque(maxlen=rules.smoothing_windows)
         self._energies: deque[float] = deque(maxlen=rules.smoothing_windows)
-        #: Newest device-clock window end seen, and the wall time it arrived.
+        #: Newest device-clock window end seen.
         self.last_end_time: float | None = None
-        self.last_seen_wall: float | None = None
+        #: Wall time of the device's newest traffic (ingest accepted a packet).
+        self.last_traffic_wall: float | None = None
         #: Open or acknowledged alerts by type.
         self.active: dict[AlertType, Alert] = {}
         self._resolved_event: dict[AlertType, float] = {}
@@ -113,9 +152,7 @@ class DeviceMonitor:
             self.duplicates_ignored += 1
             return []
         self.last_end_time = t
-        self.last_seen_wall = now_wall
         out: list[AlertTransition] = []
-        self._back_online(prediction, now_wall, out)
         faults = self.rules.sensor_faults(prediction)
         self._sensor_fault(prediction, faults, now_wall, out)
         if "flatline" in faults:
@@ -128,11 +165,35 @@ class DeviceMonitor:
         self._inactivity_rule(prediction, now_wall, out)
         return out
 
-    def tick(self, now_wall: float) -> list[AlertTransition]:
-        """Wall-clock rules (DEVICE_OFFLINE), run even when no message arrives."""
-        if self.last_seen_wall is None:
+    def traffic(self, at_wall: float, now_wall: float) -> list[AlertTransition]:
+        """The device sent data that ingest accepted at ``at_wall``; resolves DEVICE_OFFLINE.
+
+        Traffic at or before the newest already seen changes nothing (a replay after a
+        restart re-reads what the stored snapshot already covers)."""
+        if self.last_traffic_wall is not None and at_wall <= self.last_traffic_wall:
             return []
-        silent_s = now_wall - self.last_seen_wall
+        self.last_traffic_wall = at_wall
+        offline = self.active.get(AlertType.DEVICE_OFFLINE)
+        if offline is None:
+            return []
+        silent_s = at_wall - float(offline.details.get("last_seen_at", offline.opened_at))
+        return [
+            self._resolve(
+                AlertType.DEVICE_OFFLINE,
+                "auto",
+                now_wall,
+                self.last_end_time,
+                f"data again after {silent_s:.0f} s",
+            )
+        ]
+
+    def tick(self, now_wall: float) -> list[AlertTransition]:
+        """Wall-clock rules (DEVICE_OFFLINE), run even when no message arrives. The caller
+        runs it only once it has read the device's traffic up to now (else a consumer
+        catching up after a restart would see every device as silent)."""
+        if self.last_traffic_wall is None:
+            return []
+        silent_s = now_wall - self.last_traffic_wall
         if silent_s < self.rules.offline_after_s:
             return []
         opened = self._open(
@@ -140,7 +201,7 @@ class DeviceMonitor:
             f"no data for {silent_s:.0f} s",
             now_wall,
             None,
-            {"last_seen_at": self.last_seen_wall, "last_end_time": self.last_end_time},
+            {"last_seen_at": self.last_traffic_wall, "last_end_time": self.last_end_time},
         )
         return [opened] if opened else []
 
@@ -191,21 +252,74 @@ class DeviceMonitor:
         if alert.state is not AlertState.RESOLVED and alert.type not in self.active:
             self.active[alert.type] = alert
 
-    # -- rules --------------------------------------------------------------------------
+    # -- durable state ------------------------------------------------------------------
 
-    def _back_online(self, p: Prediction, now_wall: float, out: list[AlertTransition]) -> None:
-        offline = self.active.get(AlertType.DEVICE_OFFLINE)
-        if offline is not None:
-            silent_s = now_wall - float(offline.details.get("last_seen_at", offline.opened_at))
-            out.append(
-                self._resolve(
-                    AlertType.DEVICE_OFFLINE,
-                    "auto",
-                    now_wall,
-                    p.end_time,
-                    f"data again after {silent_s:.0f} s",
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the rules wait on, as JSON-ready values (open alerts excluded: they are
+        stored as alerts). Process-local counters are not part of it."""
+        return {
+            "v": SNAPSHOT_VERSION,
+            "probabilities": [list(p) for p in self._probabilities],
+            "energies": list(self._energies),
+            "smoothed": self.smoothed,
+            "last_end_time": self.last_end_time,
+            "last_traffic_wall": self.last_traffic_wall,
+            "resolved_event": {
+                k.value: _finite_or_none(v) for k, v in self._resolved_event.items()
+            },
+            "resolved_wall": {k.value: _finite_or_none(v) for k, v in self._resolved_wall.items()},
+            "fall": None if self._fall is None else self._fall.to_dict(),
+            "laying_since": self._laying_since,
+            "still_since": self._still_since,
+            "fault_run": self._fault_run,
+            "healthy_run": self._healthy_run,
+            "fault_kinds": sorted(self._fault_kinds),
+        }
+
+    @classmethod
+    def restore(
+        cls,
+        device_id: str,
+        rules: AlertRules,
+        snapshot: Mapping[str, Any],
+        alerts: Iterable[Alert] = (),
+        id_factory: Callable[[], str] = new_alert_id,
+    ) -> DeviceMonitor:
+        """The monitor a :meth:`snapshot` was taken of, with its stored open alerts.
+
+        Raises :class:`SnapshotError` if the snapshot cannot be used."""
+        monitor = cls(device_id, rules, id_factory)
+        try:
+            if snapshot.get("v") != SNAPSHOT_VERSION:
+                raise SnapshotError(
+                    f"snapshot layout {snapshot.get('v')!r} is not {SNAPSHOT_VERSION}"
                 )
+            monitor._probabilities.extend(_vectors(snapshot["probabilities"]))
+            monitor._energies.extend(_number(e) for e in snapshot["energies"])
+            smoothed = snapshot["smoothed"]
+            monitor.smoothed = smoothed if isinstance(smoothed, str) else None
+            monitor.last_end_time = _optional(snapshot["last_end_time"])
+            monitor.last_traffic_wall = _optional(snapshot["last_traffic_wall"])
+            monitor._resolved_event = _times(snapshot["resolved_event"])
+            monitor._resolved_wall = _times(snapshot["resolved_wall"])
+            fall = snapshot["fall"]
+            monitor._fall = (
+                None if fall is None else _FallCandidate.from_dict(fall, rules.smoothing_windows)
             )
+            monitor._laying_since = _optional(snapshot["laying_since"])
+            monitor._still_since = _optional(snapshot["still_since"])
+            monitor._fault_run = int(snapshot["fault_run"])
+            monitor._healthy_run = int(snapshot["healthy_run"])
+            monitor._fault_kinds = {str(k) for k in snapshot["fault_kinds"]}
+        except SnapshotError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"device {device_id}: unusable snapshot: {exc!r}") from exc
+        for alert in alerts:
+            monitor.load(alert)
+        return monitor
+
+    # -- rules --------------------------------------------------------------------------
 
     def _sensor_fault(
         self, p: Prediction, faults: list[str], now_wall: float, out: list[AlertTransition]
@@ -427,6 +541,7 @@ class FleetMonitor:
         self.devices: dict[str, DeviceMonitor] = {}
         self._cancelled_reported = 0
         self._forgotten_cancelled = 0
+        self._duplicates = 0
 
     def monitor(self, device_id: str) -> DeviceMonitor:
         found = self.devices.get(device_id)
@@ -435,13 +550,54 @@ class FleetMonitor:
         return found
 
     def observe(self, prediction: Prediction, now_wall: float) -> list[AlertTransition]:
-        return self.monitor(prediction.device_id).observe(prediction, now_wall)
+        device = self.monitor(prediction.device_id)
+        before = device.duplicates_ignored
+        steps = device.observe(prediction, now_wall)
+        self._duplicates += device.duplicates_ignored - before
+        return steps
 
-    def tick(self, now_wall: float) -> list[AlertTransition]:
+    def traffic(self, device_id: str, at_wall: float, now_wall: float) -> list[AlertTransition]:
+        return self.monitor(device_id).traffic(at_wall, now_wall)
+
+    def tick(
+        self, now_wall: float, device_ids: Iterable[str] | None = None
+    ) -> list[AlertTransition]:
+        """Wall-clock rules of ``device_ids`` (default: every device)."""
         out: list[AlertTransition] = []
-        for device in self.devices.values():
+        devices = (
+            self.devices.values()
+            if device_ids is None
+            else [d for i in device_ids if (d := self.devices.get(i)) is not None]
+        )
+        for device in devices:
             out.extend(device.tick(now_wall))
         return out
+
+    def take_duplicates(self) -> int:
+        """Predictions ignored as duplicates since the last call, for a counter metric."""
+        new, self._duplicates = self._duplicates, 0
+        return new
+
+    def snapshots(self, device_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """:meth:`DeviceMonitor.snapshot` of each tracked device among ``device_ids``."""
+        return {i: d.snapshot() for i in device_ids if (d := self.devices.get(i)) is not None}
+
+    def restore(
+        self, device_id: str, snapshot: Mapping[str, Any], alerts: Sequence[Alert] = ()
+    ) -> None:
+        """Track ``device_id`` again from its stored snapshot and open alerts (replacing what
+        this worker had). Raises :class:`SnapshotError`; the device is then tracked from
+        its alerts alone."""
+        try:
+            device = DeviceMonitor.restore(
+                device_id, self.rules, snapshot, alerts, self._id_factory
+            )
+        except SnapshotError:
+            fresh = self.devices[device_id] = DeviceMonitor(device_id, self.rules, self._id_factory)
+            for alert in alerts:
+                fresh.load(alert)
+            raise
+        self.devices[device_id] = device
 
     def plan_acknowledge(self, alert: Alert, by: str, now_wall: float) -> AlertTransition | None:
         """The acknowledge step of a stored alert (None if it already was), not applied.
@@ -464,17 +620,6 @@ class FleetMonitor:
         if device is not None:
             device.apply(step)
 
-    def load(self, alerts: Iterable[Alert]) -> int:
-        """Adopt stored open/acknowledged alerts of devices not tracked yet; returns how many."""
-        adopted = 0
-        stored = list(alerts)
-        fresh = {a.device_id for a in stored} - set(self.devices)
-        for alert in stored:
-            if alert.device_id in fresh:
-                self.monitor(alert.device_id).load(alert)
-                adopted += 1
-        return adopted
-
     def forget(self, device_ids: Iterable[str]) -> None:
         """Drop devices another worker now owns (partitions revoked); their alerts stay stored."""
         for device_id in device_ids:
@@ -490,8 +635,13 @@ class FleetMonitor:
 
     @property
     def devices_tracked(self) -> int:
-        """Devices that sent data to this worker (not those only known from stored alerts)."""
-        return sum(1 for d in self.devices.values() if d.last_seen_wall is not None)
+        """Devices whose traffic or predictions this worker has seen (now or before a restart),
+        not those only known from stored alerts."""
+        return sum(
+            1
+            for d in self.devices.values()
+            if d.last_traffic_wall is not None or d.last_end_time is not None
+        )
 
     def active_alerts(self) -> list[Alert]:
         return [a for d in self.devices.values() for a in d.active.values()]
@@ -503,3 +653,26 @@ def _duration(seconds: float) -> str:
     if seconds >= 120:
         return f"{seconds / 60:.0f} min"
     return f"{seconds:.0f} s"
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else _number(value)
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no infinities: "never" (-inf) is stored as null."""
+    return value if math.isfinite(value) else None
+
+
+def _times(body: Mapping[str, Any]) -> dict[AlertType, float]:
+    return {AlertType(k): _NEVER if v is None else _number(v) for k, v in body.items()}
+
+
+def _vectors(rows: Iterable[Any]) -> list[tuple[float, ...]]:
+    return [tuple(_number(x) for x in row) for row in rows]

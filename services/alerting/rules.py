@@ -101,7 +101,21 @@ class AlertRules(BaseModel):
     offline_after_s: float = Field(
         300.0,
         gt=0,
-        description="No prediction for this long (s, wall clock) raises DEVICE_OFFLINE.",
+        description=(
+            "No device traffic (packets accepted by ingest, read from the raw topic) for this "
+            "long (s, wall clock) raises DEVICE_OFFLINE. Predictions do not count: an "
+            "inference outage is a pipeline stall, not a fleet of offline devices."
+        ),
+    )
+    pipeline_stall_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "Devices keep sending but their newest prediction covers data ingested this many "
+            "seconds (or more) before their newest packet: raises ONE PIPELINE_STALLED alert "
+            "(falls cannot be detected meanwhile). Healthy pipelines stay below ~3 s "
+            "(a window every 1.28 s plus end-to-end latency)."
+        ),
     )
     flatline_std_g: float = Field(
         1e-5,

@@ -1,10 +1,15 @@
-"""Alert store: current alerts, their event history, and the webhook outbox.
+"""Alert store: current alerts, their event history, the webhook outbox, and what every
+device's rules are waiting on (monitor snapshots).
 
 One :class:`AlertStore` protocol, two implementations: SQLite (a single worker, the default)
 and PostgreSQL (several workers, or when the care platform reads the tables). Every alert
 transition is written in ONE transaction with its history row and its webhook outbox rows,
 so a crash never leaves an alert without its notifications (at least once: deliveries and
-unpublished Kafka events are picked up again after a restart).
+unpublished Kafka events are picked up again after a restart). The same transaction stores
+the monitor snapshots of the devices the batch touched, with their Kafka partition, before
+the worker commits the batch's offsets: a restarted worker, or the new owner of a partition
+after a rebalance, continues every rule exactly where it was (a fall waiting for its
+confirmation, a device falling silent, cooldowns).
 
 Calls are blocking and serialised by a lock; the service runs them in a worker thread.
 """
@@ -14,7 +19,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -45,9 +51,37 @@ class Delivery(NamedTuple):
     attempts: int
 
 
+class DeviceSnapshot(NamedTuple):
+    """One device's monitor snapshot as stored."""
+
+    device_id: str
+    #: Kafka partition of the device's records (the same in every harstream topic).
+    partition: int
+    #: :meth:`DeviceMonitor.snapshot` (JSON-ready).
+    state: dict[str, Any]
+
+
+class StoredDevice(NamedTuple):
+    """What a worker needs to take a device over: its snapshot and its open alerts."""
+
+    device_id: str
+    partition: int
+    state: dict[str, Any]
+    alerts: list[Alert]
+
+
 class AlertStore(Protocol):
-    def record(self, transitions: Sequence[AlertTransition], webhook_urls: Sequence[str]) -> None:
-        """Store alerts' new state, their history and their webhook deliveries atomically."""
+    def record(
+        self,
+        transitions: Sequence[AlertTransition],
+        webhook_urls: Sequence[str],
+        snapshots: Sequence[DeviceSnapshot] = (),
+    ) -> None:
+        """Store alerts' new state, their history, their webhook deliveries and the given
+        device snapshots atomically."""
+
+    def devices(self, partitions: Collection[int]) -> list[StoredDevice]:
+        """Snapshots and open/acknowledged alerts of the devices of ``partitions``."""
 
     def get(self, alert_id: str) -> Alert | None: ...
 
@@ -129,6 +163,13 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     UNIQUE (url, idempotency_key)
 );
 CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS device_state (
+    device_id TEXT PRIMARY KEY,
+    kafka_partition INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS device_state_partition ON device_state (kafka_partition);
 """
 
 _ALERT_COLUMNS = (
@@ -160,6 +201,16 @@ def _alert_from_row(row: Sequence[Any]) -> Alert:
     )
 
 
+def _state_from_text(text: str) -> dict[str, Any]:
+    """A stored snapshot; an unreadable one comes back empty (the monitor then refuses it
+    and the device restarts from its open alerts, which are stored apart)."""
+    try:
+        state = json.loads(text)
+    except ValueError:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 class _SqlStore:
     """The SQL both databases share; subclasses supply connections and placeholders."""
 
@@ -181,12 +232,31 @@ class _SqlStore:
             return work(cursor)
 
     # AlertStore
-    def record(self, transitions: Sequence[AlertTransition], webhook_urls: Sequence[str]) -> None:
-        if not transitions:
+    def record(
+        self,
+        transitions: Sequence[AlertTransition],
+        webhook_urls: Sequence[str],
+        snapshots: Sequence[DeviceSnapshot] = (),
+    ) -> None:
+        if not transitions and not snapshots:
             return
         q = self._q
+        now = time.time()
 
         def work(cur: Any) -> None:
+            if snapshots:
+                cur.executemany(
+                    q(
+                        "INSERT INTO device_state (device_id, kafka_partition, state, updated_at) "
+                        "VALUES (?,?,?,?) ON CONFLICT (device_id) DO UPDATE SET "
+                        "kafka_partition = excluded.kafka_partition, state = excluded.state, "
+                        "updated_at = excluded.updated_at"
+                    ),
+                    [
+                        (s.device_id, s.partition, json.dumps(s.state, separators=(",", ":")), now)
+                        for s in snapshots
+                    ],
+                )
             for step in transitions:
                 a = step.alert
                 cur.execute(
@@ -234,6 +304,40 @@ class _SqlStore:
                     )
 
         self._run(work)
+
+    def devices(self, partitions: Collection[int]) -> list[StoredDevice]:
+        wanted = sorted({int(p) for p in partitions})
+        if not wanted:
+            return []
+        marks = ",".join("?" * len(wanted))
+
+        def work(cur: Any) -> list[StoredDevice]:
+            cur.execute(
+                self._q(
+                    "SELECT device_id, kafka_partition, state FROM device_state "
+                    f"WHERE kafka_partition IN ({marks})"
+                ),
+                tuple(wanted),
+            )
+            rows = cur.fetchall()
+            cur.execute(
+                self._q(
+                    f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE state <> ? AND device_id IN "
+                    f"(SELECT device_id FROM device_state WHERE kafka_partition IN ({marks})) "
+                    "ORDER BY opened_at"
+                ),
+                (AlertState.RESOLVED.value, *wanted),
+            )
+            alerts: dict[str, list[Alert]] = {}
+            for row in cur.fetchall():
+                alert = _alert_from_row(row)
+                alerts.setdefault(alert.device_id, []).append(alert)
+            return [
+                StoredDevice(d, int(p), _state_from_text(state), alerts.get(d, []))
+                for d, p, state in rows
+            ]
+
+        return self._run(work)
 
     def get(self, alert_id: str) -> Alert | None:
         def work(cur: Any) -> Alert | None:

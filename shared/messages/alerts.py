@@ -20,6 +20,14 @@ class AlertType(StrEnum):
     INACTIVITY = "INACTIVITY"
     DEVICE_OFFLINE = "DEVICE_OFFLINE"
     SENSOR_FAULT = "SENSOR_FAULT"
+    #: Devices keep sending but no predictions come out: one alert for the pipeline, never
+    #: one DEVICE_OFFLINE per device (its ``device_id`` is :data:`PIPELINE_SCOPE`).
+    PIPELINE_STALLED = "PIPELINE_STALLED"
+
+
+#: ``device_id`` of alerts about the pipeline itself. Device ids cannot contain ``*``
+#: (ingest's device-id pattern), so it never names a real device.
+PIPELINE_SCOPE = "*pipeline"
 
 
 class AlertState(StrEnum):

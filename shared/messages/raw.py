@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +15,15 @@ MAGIC = b"HR"
 VERSION = 1
 #: Acc xyz (g), gyro xyz (rad/s), as in :data:`shared.dsp.config.INPUT_CHANNELS`.
 SAMPLE_WIDTH = 6
+
+
+class RawHeader(NamedTuple):
+    """Who sent a raw packet and when ingest accepted it, without its samples."""
+
+    device_id: str
+    seq: int
+    #: Ingest wall-clock time when the packet was accepted (Unix seconds).
+    received_at: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +81,17 @@ class RawPacket:
             first_sample_time=number(header, "first_sample_time"),
             sample_rate_hz=number(header, "sample_rate_hz"),
             samples=samples,
+            received_at=number(header, "received_at"),
+        )
+
+    @staticmethod
+    def peek(data: bytes) -> RawHeader:
+        """The header fields of a raw frame without decoding its samples (device liveness
+        needs only who and when); :class:`SchemaError` as :meth:`from_bytes` would for them."""
+        _, header, _ = decode_frame(data, MAGIC, (VERSION,))
+        return RawHeader(
+            device_id=field(header, "device_id", str),
+            seq=field(header, "seq", int),
             received_at=number(header, "received_at"),
         )
 

@@ -11,6 +11,7 @@ import pytest
 from services.alerting.lifecycle import acknowledge, open_alert, resolve
 from services.alerting.store import (
     AlertStore,
+    DeviceSnapshot,
     PostgresAlertStore,
     SqliteAlertStore,
     StoreError,
@@ -105,6 +106,49 @@ def test_outbox_claims_leases_retries_and_final_states(store: AlertStore) -> Non
     assert store.claim_deliveries(now=1e12, limit=10, lease_s=30.0) == []
     states = {r["url"]: (r["status"], r["attempts"]) for r in store.deliveries()}
     assert states == {URLS[0]: ("delivered", 1), URLS[1]: ("failed", 2)}
+
+
+def test_device_snapshots_are_stored_with_the_transitions_and_loaded_by_partition(
+    store: AlertStore,
+) -> None:
+    fall = open_alert("dev-1", AlertType.FALL_SUSPECTED, "impact", 100.0, {})
+    state = {"v": 1, "fall": {"impact_g": 3.1}, "last_traffic_wall": 99.5}
+    store.record(
+        [fall],
+        URLS,
+        [DeviceSnapshot("dev-1", 2, state), DeviceSnapshot("dev-2", 3, {"v": 1})],
+    )
+    store.record([], URLS, [DeviceSnapshot("dev-3", 2, {"v": 1, "x": [1.5, None]})])
+    found = {d.device_id: d for d in store.devices([2])}
+    assert set(found) == {"dev-1", "dev-3"}
+    assert found["dev-1"].partition == 2
+    assert found["dev-1"].state == state
+    assert found["dev-1"].alerts == [fall.alert]
+    assert found["dev-3"].state == {"v": 1, "x": [1.5, None]}
+    assert found["dev-3"].alerts == []
+    # Newer snapshot (and a device that moved partition) replaces the row.
+    store.record(
+        [resolve(fall.alert, "auto", 120.0, "done")],
+        [],
+        [DeviceSnapshot("dev-1", 3, {"v": 1, "fall": None})],
+    )
+    assert [d.device_id for d in store.devices([2])] == ["dev-3"]
+    moved = {d.device_id: d for d in store.devices([3, 7])}
+    assert moved["dev-1"].state == {"v": 1, "fall": None}
+    assert moved["dev-1"].alerts == []  # resolved alerts are not loaded
+    assert store.devices([]) == []
+    assert store.devices([9]) == []
+
+
+def test_a_failed_transaction_stores_neither_alerts_nor_snapshots(store: AlertStore) -> None:
+    good = open_alert("dev-1", AlertType.FALL_SUSPECTED, "impact", 100.0, {})
+    # The second transition fails after the snapshot and the first alert were written.
+    bad = open_alert("dev-1", AlertType.INACTIVITY, "still", 100.0, {"x": object()})
+    with pytest.raises(TypeError):
+        store.record([good, bad], URLS, [DeviceSnapshot("dev-1", 0, {"v": 1})])
+    assert store.get(good.alert.alert_id) is None
+    assert store.devices([0]) == []
+    assert store.deliveries() == []
 
 
 def test_bad_store_urls() -> None:

@@ -199,18 +199,18 @@ def test_inactivity_opens_after_continuous_stillness_and_resolves_on_movement() 
 # -- offline --------------------------------------------------------------------------------
 
 
-def test_offline_fires_from_tick_alone_and_resolves_on_data() -> None:
+def test_offline_fires_from_tick_alone_and_resolves_on_traffic() -> None:
     m = monitor()
-    p = prediction(0, "WALKING", WALKING)
-    m.observe(p, now_wall=1000.0)
+    m.traffic(at_wall=1000.0, now_wall=1000.0)
     assert m.tick(1299.0) == []
     opened = m.tick(1300.0)
     assert [(s.alert.type, s.event) for s in opened] == [
         (AlertType.DEVICE_OFFLINE, AlertEvent.OPENED)
     ]
     assert opened[0].alert.severity is Severity.WARNING
+    assert opened[0].alert.details["last_seen_at"] == 1000.0
     assert m.tick(1400.0) == []  # no second open
-    back = m.observe(prediction(1, "WALKING", WALKING), now_wall=1500.0)
+    back = m.traffic(at_wall=1500.0, now_wall=1500.2)
     assert [(s.alert.type, s.event) for s in back] == [
         (AlertType.DEVICE_OFFLINE, AlertEvent.RESOLVED)
     ]
@@ -218,11 +218,33 @@ def test_offline_fires_from_tick_alone_and_resolves_on_data() -> None:
     assert "500 s" in back[0].alert.details["resolution"]
 
 
+def test_predictions_are_not_device_traffic() -> None:
+    """An inference outage (no predictions) while the device keeps sending is not offline,
+    and predictions alone (traffic unseen) never make a device look alive."""
+    m = monitor()
+    for second in range(0, 1000, 10):
+        m.traffic(float(second), float(second))
+        assert m.tick(second + 5.0) == []  # no prediction at all for 1000 s: still online
+    quiet = monitor()
+    quiet.observe(prediction(0, "WALKING", WALKING), now_wall=0.0)
+    assert quiet.tick(1e6) == []  # never sent traffic: nothing to judge
+
+
+def test_old_traffic_replayed_after_a_restart_changes_nothing() -> None:
+    m = monitor()
+    m.traffic(100.0, 100.0)
+    (opened,) = m.tick(500.0)
+    restored = DeviceMonitor.restore("dev-1", m.rules, m.snapshot(), [opened.alert])
+    assert restored.traffic(90.0, 501.0) == []  # replayed, older than what the snapshot saw
+    assert restored.traffic(100.0, 501.0) == []
+    assert AlertType.DEVICE_OFFLINE in restored.active
+
+
 def test_offline_cooldown_is_wall_clock() -> None:
     m = monitor(cooldown_s=400.0)
-    m.observe(prediction(0, "WALKING", WALKING), now_wall=0.0)
+    m.traffic(0.0, 0.0)
     assert m.tick(300.0)
-    m.observe(prediction(1, "WALKING", WALKING), now_wall=400.0)  # resolved at 400
+    m.traffic(400.0, 400.0)  # resolved at 400
     assert m.tick(700.0) == []  # offline again, but within the cooldown
     assert m.tick(799.0) == []
     reopened = m.tick(800.0)
@@ -233,6 +255,14 @@ def test_a_device_never_seen_never_goes_offline() -> None:
     fleet = FleetMonitor(AlertRules())
     fleet.monitor("quiet")
     assert fleet.tick(1e12) == []
+
+
+def test_fleet_tick_judges_only_the_devices_it_is_asked_about() -> None:
+    fleet = FleetMonitor(AlertRules(offline_after_s=10.0))
+    fleet.traffic("a", 0.0, 0.0)
+    fleet.traffic("b", 0.0, 0.0)
+    steps = fleet.tick(100.0, ["b", "unknown"])
+    assert [s.alert.device_id for s in steps] == ["b"]
 
 
 # -- sensor faults ----------------------------------------------------------------------------
@@ -302,7 +332,7 @@ def test_no_duplicate_open_alerts_and_cooldown_after_resolve() -> None:
 
 def test_ack_and_resolve_transitions_and_invalid_ones() -> None:
     m = monitor()
-    m.observe(prediction(0, "WALKING", WALKING), 0.0)
+    m.traffic(0.0, 0.0)
     (opened,) = m.tick(1000.0)
     alert = opened.alert
     ack = m.acknowledge(alert, "oncall-bob", 1001.0)
@@ -333,14 +363,15 @@ def test_duplicate_and_older_predictions_are_ignored() -> None:
     assert AlertType.SENSOR_FAULT in m.active
 
 
-def test_fleet_adopts_stored_alerts_so_a_restart_does_not_open_twice() -> None:
+def test_fleet_restores_stored_alerts_so_a_restart_does_not_open_twice() -> None:
     fleet = FleetMonitor(AlertRules())
     fleet.observe(prediction(0, "WALKING", IMPACT), 0.0)
     for i in range(1, 40):
         fleet.observe(prediction(i, "LAYING", LYING_STILL), float(i))
     (stored,) = fleet.active_alerts()
     restarted = FleetMonitor(AlertRules())
-    assert restarted.load([stored]) == 1
+    # A snapshot from before the fall (lost), so the replay really runs the rule again.
+    restarted.restore("dev-1", DeviceMonitor("dev-1", AlertRules()).snapshot(), [stored])
     steps = restarted.observe(prediction(0, "WALKING", IMPACT), 0.0)
     for i in range(1, 40):
         steps += restarted.observe(prediction(i, "LAYING", LYING_STILL), float(i))
@@ -354,6 +385,16 @@ def test_fleet_adopts_stored_alerts_so_a_restart_does_not_open_twice() -> None:
     )
 
 
+def test_fleet_counts_duplicates_once() -> None:
+    fleet = FleetMonitor(AlertRules())
+    p = prediction(0, "WALKING", WALKING)
+    fleet.observe(p, 0.0)
+    fleet.observe(p, 0.0)
+    fleet.observe(p, 0.0)
+    assert fleet.take_duplicates() == 2
+    assert fleet.take_duplicates() == 0
+
+
 def test_fleet_counts_cancelled_falls_once() -> None:
     fleet = FleetMonitor(AlertRules())
     fleet.observe(prediction(0, "WALKING", IMPACT), 0.0)
@@ -363,6 +404,7 @@ def test_fleet_counts_cancelled_falls_once() -> None:
         fleet.observe(prediction(i, "WALKING", WALKING), 0.0)
     assert fleet.take_falls_cancelled() == 1
     assert fleet.take_falls_cancelled() == 0
+    assert fleet.devices_tracked == 1
     fleet.forget(["dev-1"])
     assert fleet.take_falls_cancelled() == 0
     assert fleet.devices_tracked == 0

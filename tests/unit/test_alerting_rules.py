@@ -92,7 +92,7 @@ def test_lifecycle_steps() -> None:
 
 def test_a_human_resolve_starts_the_cooldown_too() -> None:
     m = DeviceMonitor("dev-1", AlertRules(cooldown_s=100.0))
-    m.observe(prediction(0, "WALKING", WALKING), 0.0)
+    m.traffic(0.0, 0.0)
     (opened,) = m.tick(300.0)
     step = m.plan_resolve(opened.alert, "oncall", 310.0, "replaced battery")
     assert AlertType.DEVICE_OFFLINE in m.active  # planned, not applied yet

@@ -1,0 +1,424 @@
+"""Alerting keeps what its rules wait on across kill -9, restarts and rebalances (issue 8),
+judges liveness from device traffic, and reports a pipeline stall once.
+
+Against the real local broker: predictions and raw packets are produced with kafka-python;
+the worker runs as ``harstream alerting`` (a real process, killed with SIGKILL) or in process
+(rebalance, stall).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # type: ignore[import-untyped]
+from prometheus_client import CollectorRegistry
+
+from services.alerting.app import AlertingService
+from services.alerting.settings import AlertingSettings
+from services.common.broker import free_port
+from shared.messages import PIPELINE_SCOPE, AlertType, RawPacket
+from tests.unit.alerting_helpers import IMPACT, LYING_STILL, STEP_S, WALKING, prediction
+
+pytestmark = pytest.mark.integration
+
+#: Windows of a fall: 3 walking, the impact (index 3), then lying from index 4 on. Lying
+#: counts from window 5's start (window 4 overlaps the impact), so the 30 s confirmation is
+#: reached at the first window ending >= 30 s after it.
+IMPACT_INDEX = 3
+#: ~15 s of lying: half-way through the confirmation (the issue's kill moment).
+HALF_WAY = IMPACT_INDEX + 1 + round(15 / STEP_S)
+FALL_END = IMPACT_INDEX + 1 + round(40 / STEP_S)
+
+
+def _settings(
+    stream_settings: Callable[..., AlertingSettings], store_url: str, **overrides: Any
+) -> AlertingSettings:
+    values: dict[str, Any] = {
+        "group_id": f"alerting-{uuid.uuid4().hex[:8]}",
+        "auto_offset_reset": "earliest",
+        "host": "127.0.0.1",
+        "port": 0,
+        "store_url": store_url,
+        "tick_interval_s": 0.2,
+    }
+    values.update(overrides)
+    return stream_settings(AlertingSettings, **values)
+
+
+def _fall_windows(device: str, start: int, stop: int) -> list[tuple[str, bytes, bytes]]:
+    out = []
+    for i in range(start, stop):
+        if i < IMPACT_INDEX:
+            p = prediction(i, "WALKING", WALKING, device=device)
+        elif i == IMPACT_INDEX:
+            p = prediction(i, "WALKING", IMPACT, device=device)
+        else:
+            p = prediction(i, "LAYING", LYING_STILL, device=device)
+        out.append(("predictions", device.encode(), p.to_bytes()))
+    return out
+
+
+def _packet(device: str, seq: int, received_at: float) -> tuple[str, bytes, bytes]:
+    packet = RawPacket(
+        device_id=device,
+        seq=seq,
+        first_sample_time=1_700_000_000.0 + seq,
+        sample_rate_hz=50.0,
+        samples=np.zeros((50, 6)),
+        received_at=received_at,
+    )
+    return ("raw", device.encode(), packet.to_bytes())
+
+
+def _produce(settings: AlertingSettings, messages: list[tuple[str, bytes, bytes]]) -> None:
+    topics = {"predictions": settings.topics.predictions, "raw": settings.topics.raw}
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    for topic, key, value in messages:
+        producer.send(topics.get(topic, topic), key=key, value=value)
+    producer.flush(10)
+    producer.close()
+
+
+def _wait(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        time.sleep(0.1)
+
+
+def _all_committed(settings: AlertingSettings) -> bool:
+    """Whether the group has committed every record of both topics (the batch was stored)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+    )
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for topic in (settings.topics.predictions, settings.topics.raw)
+            for p in range(settings.topic_partitions)
+        ]
+        ends = consumer.end_offsets(tps)
+        return all((consumer.committed(tp) or 0) >= ends[tp] for tp in tps)
+    finally:
+        consumer.close()
+
+
+class AlertingProcess:
+    """``harstream alerting`` as a child process on a free port."""
+
+    def __init__(self, settings: AlertingSettings, log: Path) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AlertingProcess:
+        s = self.settings
+        env = {
+            **os.environ,
+            "HARSTREAM_ALERTING_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+            "HARSTREAM_ALERTING_KAFKA_PROFILE": s.kafka_profile,
+            "HARSTREAM_ALERTING_TOPIC_PREFIX": s.topic_prefix,
+            "HARSTREAM_ALERTING_TOPIC_PARTITIONS": str(s.topic_partitions),
+            "HARSTREAM_ALERTING_GROUP_ID": s.group_id,
+            "HARSTREAM_ALERTING_AUTO_OFFSET_RESET": "earliest",
+            "HARSTREAM_ALERTING_HOST": "127.0.0.1",
+            "HARSTREAM_ALERTING_PORT": str(self.port),
+            "HARSTREAM_ALERTING_STORE_URL": s.store_url,
+            "HARSTREAM_ALERTING_TICK_INTERVAL_S": "0.2",
+            "HARSTREAM_ALERTING_RULES": s.rules.model_dump_json(),
+        }
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "alerting"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        _wait(self._ready, 60, f"alerting ready (log {self.log})")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"alerting exited: {self.log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def alerts(self, **query: str) -> list[dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.port}/v1/alerts?" + "&".join(
+            f"{k}={v}" for k, v in query.items()
+        )
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return list(json.load(r)["alerts"])
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[AlertingProcess]]:
+    started: list[AlertingProcess] = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+def test_a_fall_survives_kill_9_during_its_confirmation(
+    stream_settings: Callable[..., AlertingSettings],
+    tmp_path: Path,
+    processes: list[AlertingProcess],
+) -> None:
+    """Issue 8 item 1: impact, ~15 s lying, kill -9, restart, lying goes on: one fall."""
+    settings = _settings(stream_settings, f"sqlite:///{tmp_path / 'alerts.db'}")
+    first = AlertingProcess(settings, tmp_path / "alerting-1.log").start()
+    processes.append(first)
+    _produce(settings, _fall_windows("dev-fall", 0, HALF_WAY))
+    # The pending impact's prediction is committed: only the stored snapshot remembers it.
+    _wait(lambda: _all_committed(settings), 30, "half the fall committed")
+    assert first.alerts(type="FALL_SUSPECTED") == []
+    first.kill()
+
+    second = AlertingProcess(settings, tmp_path / "alerting-2.log").start()
+    processes.append(second)
+    _produce(settings, _fall_windows("dev-fall", HALF_WAY, FALL_END))
+    (fall,) = _wait(lambda: second.alerts(type="FALL_SUSPECTED"), 30, "FALL_SUSPECTED")
+    assert fall["device_id"] == "dev-fall"
+    assert fall["details"]["impact_g"] == pytest.approx(3.1)
+    _wait(lambda: _all_committed(settings), 30, "the rest committed")
+    assert len(second.alerts(type="FALL_SUSPECTED")) == 1
+
+
+def test_devices_silent_before_a_kill_go_offline_after_the_restart(
+    stream_settings: Callable[..., AlertingSettings],
+    tmp_path: Path,
+    processes: list[AlertingProcess],
+) -> None:
+    """Issue 8 item 2: 5 devices fall silent, alerting is killed before the threshold."""
+    settings = _settings(
+        stream_settings,
+        f"sqlite:///{tmp_path / 'alerts.db'}",
+        rules={"offline_after_s": 15.0},
+    )
+    first = AlertingProcess(settings, tmp_path / "alerting-1.log").start()
+    processes.append(first)
+    devices = [f"dev-silent-{i}" for i in range(5)]
+    now = time.time()
+    _produce(settings, [_packet(d, seq, now) for d in devices for seq in range(3)])
+    _wait(lambda: _all_committed(settings), 30, "traffic committed")
+    first.kill()
+    assert time.time() - now < 15.0, "too slow to kill before the threshold: scenario not run"
+
+    second = AlertingProcess(settings, tmp_path / "alerting-2.log").start()
+    processes.append(second)
+
+    def offline() -> list[dict[str, Any]]:
+        found = second.alerts(type="DEVICE_OFFLINE")
+        return found if len(found) >= len(devices) else []
+
+    alerts = _wait(offline, 45, "DEVICE_OFFLINE for every silent device")
+    assert sorted(a["device_id"] for a in alerts) == devices
+    assert all(a["details"]["last_seen_at"] == pytest.approx(now) for a in alerts)
+
+
+def test_an_inference_stall_is_one_pipeline_alert_not_a_fleet_offline(
+    stream_settings: Callable[..., AlertingSettings], tmp_path: Path
+) -> None:
+    """Issue 8 item 3: devices keep sending while predictions stop."""
+    settings = _settings(
+        stream_settings,
+        f"sqlite:///{tmp_path / 'alerts.db'}",
+        rules={"offline_after_s": 3.0, "pipeline_stall_s": 4.0, "cooldown_s": 0.0},
+    )
+    asyncio.run(_stall(settings))
+
+
+async def _stall(settings: AlertingSettings) -> None:
+    service = AlertingService(settings, CollectorRegistry())
+    await service.start()
+    store = service.store
+    assert store is not None
+    devices = [f"dev-{i}" for i in range(8)]
+    seq = 0
+
+    async def second(predict: bool) -> None:
+        nonlocal seq
+        now = time.time()
+        messages = [_packet(d, seq, now) for d in devices]
+        if predict:
+            messages += [
+                (
+                    "predictions",
+                    d.encode(),
+                    prediction(seq, "SITTING", WALKING, device=d, ingested_at=now - 1.0).to_bytes(),
+                )
+                for d in devices
+            ]
+        seq += 1
+        await asyncio.to_thread(_produce, settings, messages)
+        await asyncio.sleep(0.5)
+
+    def of(kind: AlertType) -> list[Any]:
+        return store.list_alerts(kind=kind)
+
+    try:
+        for _ in range(6):  # healthy: ~3 s
+            await second(predict=True)
+        assert of(AlertType.PIPELINE_STALLED) == []
+        while not of(AlertType.PIPELINE_STALLED):  # model server paused: no predictions
+            await second(predict=False)
+            assert seq < 60, "no PIPELINE_STALLED within ~30 s of stalled predictions"
+        for _ in range(4):  # the stall goes on a little: still one alert
+            await second(predict=False)
+        (stall,) = of(AlertType.PIPELINE_STALLED)
+        assert stall.device_id == PIPELINE_SCOPE
+        assert stall.details["partitions"]
+        while of(AlertType.PIPELINE_STALLED)[0].state.value != "resolved":
+            await second(predict=True)
+            assert seq < 120, "PIPELINE_STALLED never resolved"
+        assert of(AlertType.DEVICE_OFFLINE) == []  # every device kept sending
+        assert len(of(AlertType.PIPELINE_STALLED)) == 1
+        # Then the devices really go silent: each its own DEVICE_OFFLINE, no pipeline alert.
+        deadline = time.monotonic() + 30
+        while len(of(AlertType.DEVICE_OFFLINE)) < len(devices):
+            assert time.monotonic() < deadline, "silent devices never went offline"
+            await asyncio.sleep(0.2)
+        assert len(of(AlertType.PIPELINE_STALLED)) == 1
+    finally:
+        await service.stop()
+
+
+def test_devices_move_to_a_joining_worker_with_their_state(
+    stream_settings: Callable[..., AlertingSettings], tmp_path: Path
+) -> None:
+    """A second worker joins mid-confirmation and later leaves: every fall opens once, on
+    whichever worker owns the device when the confirmation completes."""
+    store = f"sqlite:///{tmp_path / 'alerts.db'}"
+    settings = _settings(stream_settings, store)
+    asyncio.run(_rebalance(settings))
+
+
+async def _rebalance(settings: AlertingSettings) -> None:
+    devices = [f"dev-{i}" for i in range(12)]  # spread over the 4 partitions
+    a = AlertingService(settings, CollectorRegistry())
+    b = AlertingService(settings, CollectorRegistry())
+    await a.start()
+    try:
+        await asyncio.to_thread(
+            _produce, settings, [m for d in devices for m in _fall_windows(d, 0, HALF_WAY)]
+        )
+        await _until(lambda: _all_committed(settings), "first half committed")
+        await b.start()
+        await _until(
+            lambda: (
+                len(a._partitions) + len(b._partitions) == settings.topic_partitions
+                and bool(a._partitions)
+                and bool(b._partitions)
+            ),
+            "partitions split between the two workers",
+        )
+        moved = {d for d, p in a._device_partition.items()} | set(b._device_partition)
+        assert moved == set(devices), "every device restored by its new owner"
+        await asyncio.to_thread(
+            _produce,
+            settings,
+            [m for d in devices for m in _fall_windows(d, HALF_WAY, HALF_WAY + 6)],
+        )
+        await _until(lambda: _all_committed(settings), "more lying committed")
+        await b.stop()  # leaves: worker a takes every partition back, with the states
+        await _until(lambda: len(a._partitions) == settings.topic_partitions, "a owns everything")
+        await asyncio.to_thread(
+            _produce,
+            settings,
+            [m for d in devices for m in _fall_windows(d, HALF_WAY + 6, FALL_END)],
+        )
+        assert a.store is not None
+        store = a.store
+
+        def falls() -> list[Any]:
+            found = store.list_alerts(kind=AlertType.FALL_SUSPECTED)
+            return found if len(found) >= len(devices) else []
+
+        await _until(falls, "a fall for every device")
+        await _until(lambda: _all_committed(settings), "all committed")
+        assert sorted(f.device_id for f in store.list_alerts(kind=AlertType.FALL_SUSPECTED)) == (
+            sorted(devices)
+        )
+    finally:
+        await b.stop()
+        await a.stop()
+
+
+async def _until(check: Callable[[], Any], what: str, timeout_s: float = 45.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await asyncio.to_thread(check)
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        await asyncio.sleep(0.1)
+
+
+def test_garbage_on_the_raw_topic_is_skipped_not_fatal(
+    stream_settings: Callable[..., AlertingSettings], tmp_path: Path
+) -> None:
+    settings = _settings(stream_settings, f"sqlite:///{tmp_path / 'alerts.db'}")
+    asyncio.run(_garbage(settings))
+
+
+async def _garbage(settings: AlertingSettings) -> None:
+    service = AlertingService(settings, CollectorRegistry())
+    await service.start()
+    try:
+        good = _packet("dev-ok", 0, time.time())
+        wrong_key = ("raw", b"someone-else", good[2])
+        garbage = [
+            ("raw", b"x", b"not a frame"),
+            ("raw", b"\xff\xfe", b"HR\x01\x00\x00\x00\x05{bad"),
+            ("raw", b"", b""),
+            wrong_key,
+            good,
+        ]
+        await asyncio.to_thread(_produce, settings, garbage)
+        await _until(lambda: _all_committed(settings), "all committed")
+        assert (
+            service.registry.get_sample_value("harstream_alerting_raw_records_skipped_total") == 4
+        )
+        assert set(service.fleet.devices) == {"dev-ok"}
+        assert service.failure is None
+    finally:
+        await service.stop()
