@@ -32,6 +32,7 @@ def _quiet_tensorflow() -> None:
 _SERVICE_COMMANDS = {
     "demo": "services.demo.cli:demo",
     "simulate": "services.demo.cli:simulate",
+    "faults": "services.faults.cli:faults",
     "ingest": "services.ingest.cli:ingest",
     "devices": "services.ingest.cli:devices",
     "preprocess": "services.preprocess.cli:preprocess",

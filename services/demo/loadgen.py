@@ -41,6 +41,18 @@ class LoadStats:
         return (self.finished_at or time.time()) - self.started_at
 
 
+@dataclass
+class PacketJournal:
+    """What each device sent and when (wall clock, Unix seconds), for a replay that must be
+    accounted packet by packet (the fault-injection suite)."""
+
+    #: ``(device_id, seq)`` -> when ingest answered 202.
+    accepted_at: dict[tuple[str, int], float] = field(default_factory=dict)
+    #: ``device_id`` -> the last time it tried to send anything (accepted or not): a device
+    #: that keeps retrying is still sending, as far as DEVICE_OFFLINE is concerned.
+    last_attempt_at: dict[str, float] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class DeviceCredentials:
     device: SimulatedDevice
@@ -56,8 +68,10 @@ async def replay_devices(
     stats: LoadStats | None = None,
     max_connections: int = 64,
     stagger_s: float = 1.0,
+    journal: PacketJournal | None = None,
 ) -> LoadStats:
-    """Replay every device concurrently against ``url`` (the ingest base URL)."""
+    """Replay every device concurrently against ``url`` (the ingest base URL); ``journal``
+    (optional) records every packet's acceptance time."""
     stats = stats or LoadStats()
     start_time = time.time() if start_time is None else start_time
     connector = aiohttp.TCPConnector(limit=max_connections)
@@ -74,6 +88,7 @@ async def replay_devices(
                     start_time,
                     stats,
                     delay=stagger_s * i / max(1, len(devices)),
+                    journal=journal,
                 )
             )
             for i, creds in enumerate(devices)
@@ -96,6 +111,7 @@ async def _replay_one(
     device_start_time: float,
     stats: LoadStats,
     delay: float,
+    journal: PacketJournal | None = None,
 ) -> None:
     await asyncio.sleep(delay)  # devices do not all start on the same millisecond
     loop = asyncio.get_running_loop()
@@ -109,7 +125,9 @@ async def _replay_one(
         pause = due - loop.time()
         if pause > 0:
             await asyncio.sleep(pause)
-        await _post_until_accepted(session, endpoint, headers, packet.body, stats)
+        await _post_until_accepted(
+            session, endpoint, headers, packet.body, stats, journal, packet.seq
+        )
     stats.devices_done += 1
 
 
@@ -119,10 +137,15 @@ async def _post_until_accepted(
     headers: dict[str, str],
     body: dict[str, object],
     stats: LoadStats,
+    journal: PacketJournal | None = None,
+    seq: int = 0,
 ) -> None:
     backoff = 0.2
+    device_id = str(body["device_id"])
     while True:
         stats.packets_sent += 1
+        if journal is not None:
+            journal.last_attempt_at[device_id] = time.time()
         t0 = time.perf_counter()
         try:
             async with session.post(endpoint, json=body, headers=headers) as response:
@@ -133,7 +156,11 @@ async def _post_until_accepted(
             logger.warning("device %s: %s; retrying", body["device_id"], exc)
             status, retry_after = 503, None
         stats.request_seconds.append(time.perf_counter() - t0)
+        if journal is not None:
+            journal.last_attempt_at[device_id] = time.time()
         if status == 202:
+            if journal is not None:
+                journal.accepted_at[(device_id, seq)] = time.time()
             stats.packets_accepted += 1
             stats.samples_accepted += len(body["samples"])  # type: ignore[arg-type]
             return

@@ -1,10 +1,14 @@
 """The whole harstream pipeline on one machine: embedded broker, model server and every
-service as its own process, on free ports. Used by ``harstream demo`` and the end-to-end
-tests; production runs the same services against Apache Kafka and TF Serving."""
+service as its own process, on free ports. Used by ``harstream demo``, the end-to-end tests
+and the fault-injection suite (``harstream faults``), which kills, pauses, restarts and adds
+workers through the process-control methods here; production runs the same services against
+Apache Kafka and TF Serving."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,7 +17,7 @@ from types import TracebackType
 
 from services.common.broker import EmbeddedBroker, free_port
 from services.common.kafka import create_topics
-from services.common.processes import ServiceProcess
+from services.common.processes import ServiceProcess, ServiceStartError
 from services.modelserver.process import ModelServerProcess
 from shared.settings import StreamSettings
 
@@ -21,6 +25,11 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_BASE = REPO_ROOT / "models" / "har"
+
+#: Services a second (third, ...) worker can be added to: they scale out per partition.
+SCALABLE = ("preprocess", "alerting")
+#: Stop order: upstream first, so downstream can drain what is in flight before it stops.
+_STOP_ORDER = ("ingest", "preprocess", "inference", "alerting", "modelserver")
 
 
 @dataclass
@@ -30,12 +39,20 @@ class PipelineConfig:
     topic_prefix: str = "harstream"
     partitions: int = 4
     #: Extra env for individual services, e.g. ``{"alerting": {"HARSTREAM_ALERTING_...": "5"}}``.
+    #: Added workers (``alerting-2``) get the env of their kind.
     service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     startup_timeout_s: float = 120.0
 
 
 class Pipeline:
-    """Start with ``with Pipeline(config) as p:``; everything stops (SIGTERM) on exit."""
+    """Start with ``with Pipeline(config) as p:``; everything stops (SIGTERM) on exit.
+
+    Process control for fault injection: :meth:`kill` (SIGKILL) and :meth:`restart` (same
+    environment, same state directory, as an orchestrator would), :meth:`pause` /
+    :meth:`resume` (SIGSTOP / SIGCONT, also of the broker: Tansu keeps its data in memory,
+    so it is paused, never killed), :meth:`add_worker` / :meth:`remove_worker` (a second
+    worker joining and leaving the consumer group) and :meth:`wait_ready`.
+    """
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config
@@ -54,6 +71,8 @@ class Pipeline:
         self.alert_store_url = f"sqlite:///{config.workdir / 'alerts.db'}"
         self.services: dict[str, ServiceProcess] = {}
         self.settings: StreamSettings | None = None
+        self._model_server: ModelServerProcess | None = None
+        self._paused: set[str] = set()
 
     # -- addresses -----------------------------------------------------------------------
     @property
@@ -69,13 +88,24 @@ class Pipeline:
         return f"127.0.0.1:{self.ports['grpc']}"
 
     def metrics_urls(self) -> dict[str, str]:
-        return {
+        """``/metrics`` of every service by name (added workers included while they run)."""
+        urls = {
             "ingest": f"{self.ingest_url}/metrics",
-            "preprocess": f"http://127.0.0.1:{self.ports['preprocess_metrics']}/metrics",
+            "preprocess": self._metrics_url("preprocess"),
             "inference": f"http://127.0.0.1:{self.ports['inference_metrics']}/metrics",
             "alerting": f"{self.alerting_url}/metrics",
             "modelserver": f"http://127.0.0.1:{self.ports['modelserver_rest']}/monitoring/prometheus/metrics",
         }
+        for name in self.services:
+            if name not in urls and _kind_of(name) in SCALABLE:
+                urls[name] = self._metrics_url(name)
+        return urls
+
+    def http_url(self, name: str) -> str:
+        """Base URL of an alerting worker's HTTP API (``alerting``, ``alerting-2``, ...)."""
+        if _kind_of(name) != "alerting":
+            raise ValueError(f"{name} has no HTTP API here")
+        return f"http://127.0.0.1:{self.ports[_port_key(name)]}"
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> Pipeline:
@@ -90,82 +120,39 @@ class Pipeline:
         create_topics(self.settings)
         timeout = self.config.startup_timeout_s
         # The model server and the workers import TensorFlow / faust: start them all, then wait.
-        model_server = ModelServerProcess(
+        self._model_server = ModelServerProcess(
             self.config.model_base,
             grpc_port=self.ports["grpc"],
             rest_port=self.ports["modelserver_rest"],
             poll_interval_s=2.0,
             log_path=self.logs / "modelserver.log",
         )
-        model_server.service.env.update(self.config.service_env.get("modelserver", {}))
-        self.services["modelserver"] = model_server.launch().service
-        self._spawn(
-            "ingest",
-            ["ingest"],
-            {
-                **self._stream_env("INGEST"),
-                "HARSTREAM_INGEST_HOST": "127.0.0.1",
-                "HARSTREAM_INGEST_PORT": str(self.ports["ingest"]),
-                "HARSTREAM_INGEST_REGISTRY_URL": self.registry_url,
-                # Replayed devices send up to ~50x faster than real time; the production
-                # per-device limit (800 samples/s) would throttle them.
-                "HARSTREAM_INGEST_RATE_LIMIT_SAMPLES_PER_S": "100000",
-                "HARSTREAM_INGEST_RATE_LIMIT_BURST_SAMPLES": "200000",
-            },
-        )
-        self._spawn(
-            "preprocess",
-            ["preprocess"],
-            {
-                **self._stream_env("PREPROCESS"),
-                "HARSTREAM_PREPROCESS_DATA_DIR": str(self.config.workdir / "preprocess-state"),
-                "HARSTREAM_PREPROCESS_METRICS_HOST": "127.0.0.1",
-                "HARSTREAM_PREPROCESS_METRICS_PORT": str(self.ports["preprocess_metrics"]),
-            },
-        )
-        self._spawn(
-            "alerting",
-            ["alerting"],
-            {
-                **self._stream_env("ALERTING"),
-                "HARSTREAM_ALERTING_HOST": "127.0.0.1",
-                "HARSTREAM_ALERTING_PORT": str(self.ports["alerting"]),
-                "HARSTREAM_ALERTING_STORE_URL": self.alert_store_url,
-                # Devices may start sending before alerting has joined its group.
-                "HARSTREAM_ALERTING_AUTO_OFFSET_RESET": "earliest",
-            },
-        )
-        model_server.wait_available(timeout)
+        self._model_server.service.env.update(self.config.service_env.get("modelserver", {}))
+        self.services["modelserver"] = self._model_server.launch().service
+        for name in ("ingest", "preprocess", "alerting"):
+            self._spawn(name)
+        self._model_server.wait_available(timeout)
         # The inference worker checks the served model at start-up, so it starts after it.
-        self._spawn(
-            "inference",
-            ["inference"],
-            {
-                **self._stream_env("INFERENCE"),
-                "HARSTREAM_INFERENCE_MODEL_SERVER_TARGET": self.model_server_target,
-                "HARSTREAM_INFERENCE_METRICS_HOST": "127.0.0.1",
-                "HARSTREAM_INFERENCE_METRICS_PORT": str(self.ports["inference_metrics"]),
-            },
-        )
-        self.services["ingest"].wait_http(f"{self.ingest_url}/readyz", timeout)
-        self.services["alerting"].wait_http(f"{self.alerting_url}/readyz", timeout)
-        self.services["preprocess"].wait_port(self.ports["preprocess_metrics"], timeout)
-        # Windows produced before inference joined its group would wait for the join (~3 s
-        # on Tansu) and show up as latency: start only once it owns its partitions.
-        self.services["inference"].wait_metric(
-            self.metrics_urls()["inference"], "harstream_inference_partitions_assigned", timeout
-        )
+        self._spawn("inference")
+        for name in ("ingest", "alerting", "preprocess", "inference"):
+            self.wait_ready(name, timeout)
         logger.info("pipeline up in %.1f s (logs in %s)", time.monotonic() - t0, self.logs)
         return self
 
-    def stop(self) -> None:
-        # Upstream first, so downstream can drain what is in flight before it stops.
-        for name in ("ingest", "preprocess", "inference", "alerting", "modelserver"):
+    def stop(self) -> dict[str, int | None]:
+        """SIGTERM every service, then the broker; their exit codes."""
+        # A stopped process cannot handle SIGTERM: continue everything first.
+        for name in list(self._paused):
+            self.resume(name)
+        extra = [n for n in self.services if n not in _STOP_ORDER]
+        codes: dict[str, int | None] = {}
+        for name in (*extra, *_STOP_ORDER):
             service = self.services.pop(name, None)
             if service is not None:
-                code = service.stop()
-                logger.info("%s stopped (exit code %s)", name, code)
+                codes[name] = service.stop()
+                logger.info("%s stopped (exit code %s)", name, codes[name])
         self.broker.stop()
+        return codes
 
     def __enter__(self) -> Pipeline:
         try:
@@ -182,7 +169,98 @@ class Pipeline:
     ) -> None:
         self.stop()
 
+    # -- process control (fault injection) -----------------------------------------------
+    def kill(self, name: str) -> None:
+        """SIGKILL a service (no clean-up of any kind); :meth:`restart` brings it back."""
+        self._service(name).kill()
+        self._paused.discard(name)
+        logger.info("%s killed (SIGKILL)", name)
+
+    def restart(self, name: str) -> None:
+        """Start a killed or stopped service again with the same environment, ports and
+        state directory (what an orchestrator does); does not wait (see :meth:`wait_ready`)."""
+        service = self._service(name)
+        if service.running():
+            raise ServiceStartError(f"{name} is still running")
+        service.start()
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP a service or the ``broker``: it keeps its sockets and memory but answers
+        nothing, like a process stuck in a long GC pause or a frozen VM."""
+        os.kill(self._pid(name), signal.SIGSTOP)
+        self._paused.add(name)
+        logger.info("%s paused (SIGSTOP)", name)
+
+    def resume(self, name: str) -> None:
+        os.kill(self._pid(name), signal.SIGCONT)
+        self._paused.discard(name)
+        logger.info("%s resumed (SIGCONT)", name)
+
+    def add_worker(self, kind: str) -> str:
+        """Start another worker of ``kind`` (``preprocess`` or ``alerting``) in the same
+        consumer group: its own ports and (preprocess) state directory; alerting workers
+        share the alert store. Returns its name (``preprocess-2``); does not wait."""
+        if kind not in SCALABLE:
+            raise ValueError(f"cannot add a {kind} worker (only {', '.join(SCALABLE)})")
+        n = 2
+        while f"{kind}-{n}" in self.services:
+            n += 1
+        name = f"{kind}-{n}"
+        self.ports[_port_key(name)] = free_port()
+        self._spawn(name)
+        return name
+
+    def remove_worker(self, name: str) -> int | None:
+        """Stop an added worker cleanly (SIGTERM: it leaves the group); its exit code."""
+        if name in _STOP_ORDER:
+            raise ValueError(f"{name} is not an added worker")
+        code = self.services.pop(name).stop()
+        logger.info("%s stopped (exit code %s)", name, code)
+        return code
+
+    def wait_ready(self, name: str, timeout_s: float) -> None:
+        """Until ``name`` serves: /readyz for HTTP services, the metrics port for preprocess,
+        assigned partitions for inference (it has joined its group), AVAILABLE for the model
+        server. Raises :class:`ServiceStartError` if it exits or the time runs out."""
+        service = self._service(name)
+        kind = _kind_of(name)
+        if kind == "ingest":
+            service.wait_http(f"{self.ingest_url}/readyz", timeout_s)
+        elif kind == "alerting":
+            service.wait_http(f"{self.http_url(name)}/readyz", timeout_s)
+        elif kind == "preprocess":
+            service.wait_port(self.ports[_port_key(name)], timeout_s)
+        elif kind == "inference":
+            # Windows produced before inference joined its group would wait for the join
+            # (~3 s on Tansu) and show up as latency: ready once it owns its partitions.
+            service.wait_metric(
+                self.metrics_urls()["inference"],
+                "harstream_inference_partitions_assigned",
+                timeout_s,
+            )
+        elif kind == "modelserver":
+            assert self._model_server is not None
+            self._model_server.wait_available(timeout_s)
+        else:
+            raise ValueError(f"unknown service {name}")
+
     # -- helpers -------------------------------------------------------------------------
+    def _service(self, name: str) -> ServiceProcess:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise ValueError(f"no service {name} in this pipeline") from None
+
+    def _pid(self, name: str) -> int:
+        if name == "broker":
+            if self.broker.pid is None:
+                raise ServiceStartError("the broker is not running")
+            return self.broker.pid
+        return self._service(name).pid
+
+    def _metrics_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[_port_key(name)]}/metrics"
+
     def _stream_env(self, service: str) -> dict[str, str]:
         assert self.settings is not None
         prefix = f"HARSTREAM_{service}_"
@@ -193,8 +271,68 @@ class Pipeline:
             f"{prefix}TOPIC_PARTITIONS": str(self.settings.topic_partitions),
         }
 
-    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> ServiceProcess:
-        extra = self.config.service_env.get(name, {})
-        service = ServiceProcess.harstream(name, command, {**env, **extra}, self.logs)
+    def _env(self, name: str) -> dict[str, str]:
+        """The environment of service ``name`` (``preprocess-2`` gets its own port and
+        state directory; everything else as its kind)."""
+        kind = _kind_of(name)
+        port = str(self.ports[_port_key(name)])
+        if kind == "ingest":
+            return {
+                **self._stream_env("INGEST"),
+                "HARSTREAM_INGEST_HOST": "127.0.0.1",
+                "HARSTREAM_INGEST_PORT": port,
+                "HARSTREAM_INGEST_REGISTRY_URL": self.registry_url,
+                # Replayed devices send up to ~50x faster than real time; the production
+                # per-device limit (800 samples/s) would throttle them.
+                "HARSTREAM_INGEST_RATE_LIMIT_SAMPLES_PER_S": "100000",
+                "HARSTREAM_INGEST_RATE_LIMIT_BURST_SAMPLES": "200000",
+            }
+        if kind == "preprocess":
+            # Two faust workers on one machine need two RocksDB directories.
+            state = "preprocess-state" if name == kind else f"{name.replace('-', '-state-')}"
+            return {
+                **self._stream_env("PREPROCESS"),
+                "HARSTREAM_PREPROCESS_DATA_DIR": str(self.config.workdir / state),
+                "HARSTREAM_PREPROCESS_METRICS_HOST": "127.0.0.1",
+                "HARSTREAM_PREPROCESS_METRICS_PORT": port,
+            }
+        if kind == "alerting":
+            return {
+                **self._stream_env("ALERTING"),
+                "HARSTREAM_ALERTING_HOST": "127.0.0.1",
+                "HARSTREAM_ALERTING_PORT": port,
+                "HARSTREAM_ALERTING_STORE_URL": self.alert_store_url,
+                # Devices may start sending before alerting has joined its group.
+                "HARSTREAM_ALERTING_AUTO_OFFSET_RESET": "earliest",
+            }
+        if kind == "inference":
+            return {
+                **self._stream_env("INFERENCE"),
+                "HARSTREAM_INFERENCE_MODEL_SERVER_TARGET": self.model_server_target,
+                "HARSTREAM_INFERENCE_METRICS_HOST": "127.0.0.1",
+                "HARSTREAM_INFERENCE_METRICS_PORT": port,
+            }
+        raise ValueError(f"unknown service {name}")
+
+    def _spawn(self, name: str) -> ServiceProcess:
+        kind = _kind_of(name)
+        extra = {**self.config.service_env.get(kind, {}), **self.config.service_env.get(name, {})}
+        command = [kind]
+        service = ServiceProcess.harstream(name, command, {**self._env(name), **extra}, self.logs)
         self.services[name] = service.start()
         return service
+
+
+def _kind_of(name: str) -> str:
+    """``alerting-2`` -> ``alerting``."""
+    return name.split("-", 1)[0]
+
+
+def _port_key(name: str) -> str:
+    """Key of ``name``'s own port in :attr:`Pipeline.ports`."""
+    kind = _kind_of(name)
+    if kind in ("ingest", "alerting"):
+        return name.replace("-", "_")
+    if kind in ("preprocess", "inference"):
+        return f"{name.replace('-', '_')}_metrics"
+    return name
