@@ -1,9 +1,11 @@
 """The ingest HTTP service (aiohttp): authenticate, validate, rate-limit, produce, answer.
 
 ``POST /v1/packets`` answers 202 only after Kafka acknowledged the record; every refusal is
-an ``application/problem+json`` document naming the reason and the offending fields. The
-checks run cheapest first, so unauthenticated or oversized requests are refused before
-their body is read.
+an ``application/problem+json`` document naming the reason and the offending fields (those
+of aiohttp's own HTTP parser too, see :mod:`services.ingest.server`). The checks run
+cheapest first, so unauthenticated or oversized requests are refused before their body is
+read. A 503 (not acknowledged in time) is at-least-once: the record may still reach the
+topic, and the device's retry of the same seq is dropped downstream as a duplicate.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import logging
 import math
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -26,15 +27,24 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from services.common.kafka import BrokerUnavailableError
 from services.ingest import metrics as ingest_metrics
 from services.ingest.cache import TtlCache
+from services.ingest.decompress import GzipError, GzipTooLarge, gunzip
 from services.ingest.errors import RegistryUnavailableError
+from services.ingest.problems import problem_response
 from services.ingest.producer import KafkaPacketSink, PacketSink
 from services.ingest.progress import DeviceProgress
 from services.ingest.ratelimit import RateLimiter
 from services.ingest.registry import DeviceRecord, DeviceRegistry, open_registry, redact_url
-from services.ingest.schemas import PROBLEM_TYPE_PREFIX, docs_html, openapi_document
+from services.ingest.schemas import docs_html, openapi_document
+from services.ingest.server import ProblemAppRunner, serve_until_signalled
 from services.ingest.settings import IngestSettings
 from services.ingest.tokens import bearer_token, hash_token
-from services.ingest.validation import FieldError, Invalid, Reason, validate_packet
+from services.ingest.validation import (
+    DEVICE_ID_RE,
+    FieldError,
+    Invalid,
+    Reason,
+    validate_packet,
+)
 from shared.messages.raw import RawPacket
 
 logger = logging.getLogger(__name__)
@@ -43,22 +53,14 @@ T = TypeVar("T")
 
 #: Devices count as active this long after their last accepted packet (seconds).
 ACTIVE_WINDOW_S = 60.0
-#: Least time between two "Kafka unavailable" warnings (seconds).
+#: Least time between two "Kafka unavailable" (or "clock corrected") log lines (seconds).
 BROKER_WARNING_INTERVAL_S = 10.0
+#: Kept from the shutdown budget for what follows the app's cleanup (interpreter exit).
+EXIT_MARGIN_S = 0.5
 
-_TITLES = {
-    400: "Malformed request",
-    401: "Unauthenticated",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    413: "Request body too large",
-    415: "Unsupported media type",
-    422: "Invalid packet",
-    429: "Rate limit exceeded",
-    500: "Internal server error",
-    503: "Service unavailable",
-}
+
+class ClientDisconnected(Exception):
+    """The client went away before its request body was read: nobody to answer."""
 
 
 class Rejection(Exception):
@@ -78,26 +80,6 @@ class Rejection(Exception):
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
-
-
-def problem_response(
-    status: int,
-    reason: str,
-    detail: str,
-    errors: tuple[FieldError, ...] = (),
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    body = {
-        "type": PROBLEM_TYPE_PREFIX + reason,
-        "title": _TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-        "reason": reason,
-        "errors": [{"field": e.field, "message": e.message, "reason": e.reason} for e in errors],
-    }
-    return web.json_response(
-        body, status=status, content_type="application/problem+json", headers=headers
-    )
 
 
 def _version() -> str:
@@ -127,7 +109,9 @@ class IngestService:
         self._monotonic = monotonic
         self.progress = DeviceProgress()
         self.metrics = ingest_metrics.create(
-            metrics_registry, lambda: self.progress.active(self._monotonic(), ACTIVE_WINDOW_S)
+            metrics_registry,
+            lambda: self.progress.active(self._monotonic(), ACTIVE_WINDOW_S),
+            lambda: sink.replacements,
         )
         self.limiter = RateLimiter(
             settings.rate_limit_samples_per_s, settings.rate_limit_burst_samples, monotonic
@@ -139,6 +123,9 @@ class IngestService:
         )
         self._broker_warned_at = -math.inf
         self._broker_failures = 0
+        self._clock_logged_at = -math.inf
+        self._clock_corrections = 0
+        self._shutdown_deadline: float | None = None
         self._registry_pool = ThreadPoolExecutor(2, thread_name_prefix="ingest-registry")
         self.openapi = openapi_document(settings.limits, settings.max_body_bytes, _version())
         self.docs = docs_html(self.openapi)
@@ -182,6 +169,14 @@ class IngestService:
                 rejection.errors,
                 rejection.headers,
             )
+        except ClientDisconnected as exc:
+            # Not our failure and nobody to answer: counted apart from `internal` (which
+            # pages), logged quietly. The device retries the packet.
+            logger.debug("client disconnected: %s", exc)
+            self.metrics.rejections.labels(reason=Reason.CLIENT_DISCONNECTED.value).inc()
+            response = problem_response(
+                400, Reason.CLIENT_DISCONNECTED.value, "the client closed the connection"
+            )
         except RegistryUnavailableError as exc:
             logger.warning("device registry unavailable: %s", exc)
             self.metrics.rejections.labels(reason=Reason.REGISTRY_UNAVAILABLE.value).inc()
@@ -222,12 +217,16 @@ class IngestService:
         if length is not None and length > settings.max_body_bytes:
             raise self._too_large(f"Content-Length {length}")
 
-        token = bearer_token(request.headers.get("Authorization"))
+        header = request.headers.get("Authorization")
+        token = bearer_token(header)
         if token is None:
             raise Rejection(
                 401,
                 Reason.UNAUTHENTICATED,
-                "missing 'Authorization: Bearer <device token>' header",
+                "missing 'Authorization: Bearer <device token>' header"
+                if not header
+                else "malformed Authorization header: expected 'Bearer <device token>', the "
+                "token in printable ASCII",
                 headers={"WWW-Authenticate": 'Bearer realm="harstream"'},
             )
         device = await self._device_for_token(token)
@@ -245,13 +244,25 @@ class IngestService:
         if encoding == "gzip":
             raw = self._gunzip(raw)
         try:
-            body = json.loads(raw)
+            # JSON travels as UTF-8 (RFC 8259 8.1). Decoded strictly here: json.loads(bytes)
+            # would accept encoded surrogates (ED A0 80) and other invalid UTF-8.
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Rejection(400, Reason.MALFORMED, f"body is not valid UTF-8: {exc}") from None
+        try:
+            body = json.loads(text)
         except (ValueError, RecursionError) as exc:
             raise Rejection(
                 400, Reason.MALFORMED, f"body is not valid JSON: {str(exc)[:200]}"
             ) from None
         claimed = body.get("device_id") if isinstance(body, dict) else None
-        if isinstance(claimed, str) and claimed != device.device_id:
+        # Only a well-formed id can name another registered device; anything else (a lone
+        # surrogate from a "\ud800" escape, say) is the packet's own 422 below.
+        if (
+            isinstance(claimed, str)
+            and claimed != device.device_id
+            and DEVICE_ID_RE.fullmatch(claimed)
+        ):
             await self._reject_other_device(claimed)
 
         result = validate_packet(
@@ -300,6 +311,8 @@ class IngestService:
         self.metrics.kafka_ack_seconds.observe(ack_s)
         self.metrics.packets.inc()
         self.metrics.samples.inc(n)
+        if result.clock_went_back_s is not None:
+            self._clock_corrected(result.device_id, result.seq, result.clock_went_back_s)
         self.progress.accepted(
             result.device_id, result.seq, result.first_sample_time, self._monotonic()
         )
@@ -319,6 +332,25 @@ class IngestService:
             )
             self._broker_warned_at = now
             self._broker_failures = 0
+
+    def _clock_corrected(self, device_id: str, seq: int, went_back_s: float) -> None:
+        # A device clock set back (NTP after running fast, a user fixing it): the packet is
+        # accepted, the preprocess worker re-anchors the device's time. Counted, and logged
+        # at most once per interval so a device with a broken clock does not flood the log.
+        self.metrics.clock_corrections.inc()
+        self._clock_corrections += 1
+        now = self._monotonic()
+        if now - self._clock_logged_at >= BROKER_WARNING_INTERVAL_S:
+            logger.info(
+                "device %s: clock went back %.3f s at seq %d (accepted; %d correction(s) "
+                "since the last such line)",
+                device_id,
+                went_back_s,
+                seq,
+                self._clock_corrections,
+            )
+            self._clock_logged_at = now
+            self._clock_corrections = 0
 
     def _too_large(self, what: str) -> Rejection:
         return Rejection(
@@ -340,20 +372,17 @@ class IngestService:
                 chunks.append(chunk)
         except RequestPayloadError as exc:  # e.g. broken chunked encoding
             raise Rejection(400, Reason.MALFORMED, f"unreadable body: {exc}") from None
+        except ConnectionError as exc:  # the connection was lost mid-body
+            raise ClientDisconnected(f"after {size} byte(s) of the body: {exc}") from None
         return b"".join(chunks)
 
     def _gunzip(self, data: bytes) -> bytes:
-        limit = self.settings.max_body_bytes
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip container
         try:
-            out = inflater.decompress(data, limit + 1)
-        except zlib.error as exc:
+            return gunzip(data, self.settings.max_body_bytes)
+        except GzipTooLarge:
+            raise self._too_large("decompressed body") from None
+        except GzipError as exc:
             raise Rejection(400, Reason.MALFORMED, f"body is not valid gzip: {exc}") from None
-        if len(out) > limit or inflater.unconsumed_tail:  # never inflate a zip bomb fully
-            raise self._too_large("decompressed body")
-        if not inflater.eof:
-            raise Rejection(400, Reason.MALFORMED, "gzip body is truncated")
-        return out
 
     async def _reject_other_device(self, claimed: str) -> None:
         other = await self._registry_call(self.registry.get, claimed)
@@ -404,11 +433,34 @@ class IngestService:
     async def on_startup(self, _app: web.Application) -> None:
         await self.sink.start()
 
+    def begin_shutdown(self) -> None:
+        """Start the shutdown clock (on SIGTERM): everything stops within shutdown_timeout_s."""
+        if self._shutdown_deadline is None:
+            self._shutdown_deadline = (
+                self._monotonic() + self.settings.shutdown_timeout_s - EXIT_MARGIN_S
+            )
+
+    async def on_shutdown(self, _app: web.Application) -> None:
+        self.begin_shutdown()
+
     async def on_cleanup(self, _app: web.Application) -> None:
-        await self.sink.close()
+        self.begin_shutdown()
+        deadline = self._shutdown_deadline
+        assert deadline is not None
+        # Never an unbounded flush: records not acknowledged by the deadline were answered
+        # 503 already (at-least-once), and a paused broker must not keep us from exiting.
+        await self.sink.close(deadline)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._registry_pool, self.registry.close)
-        self._registry_pool.shutdown(wait=False)
+        closing = loop.run_in_executor(self._registry_pool, self.registry.close)
+        try:
+            await asyncio.wait_for(closing, max(0.1, deadline - self._monotonic()))
+        except TimeoutError:
+            logger.warning("the device registry did not close by the shutdown deadline")
+        self._registry_pool.shutdown(wait=False, cancel_futures=True)
+
+    def refused_by_parser(self, reason: str) -> None:
+        """aiohttp's HTTP parser refused a request (see services.ingest.server)."""
+        self.metrics.http_refusals.labels(reason=reason).inc()
 
 
 SERVICE_KEY = web.AppKey("ingest", IngestService)
@@ -463,13 +515,27 @@ def create_app(
     app.router.add_get("/openapi.json", service.openapi_endpoint)
     app.router.add_get("/docs", service.docs_endpoint)
     app.on_startup.append(service.on_startup)
+    app.on_shutdown.append(service.on_shutdown)
     app.on_cleanup.append(service.on_cleanup)
     return app
 
 
+def make_runner(app: web.Application, settings: IngestSettings, **kwargs: Any) -> web.AppRunner:
+    """The runner serving ``app``: problem documents for aiohttp's own refusals,
+    :data:`SERVER_OPTIONS`, and half the shutdown budget for in-flight requests (the other
+    half closes the producer)."""
+    options: dict[str, Any] = {
+        **SERVER_OPTIONS,
+        "shutdown_timeout": settings.shutdown_timeout_s / 2,
+        **kwargs,
+    }
+    return ProblemAppRunner(app, on_refusal=app[SERVICE_KEY].refused_by_parser, **options)
+
+
 def run(settings: IngestSettings) -> None:
-    """Serve until SIGTERM/SIGINT: then stop accepting connections, let in-flight requests
-    finish (up to shutdown_timeout_s) and flush the producer."""
+    """Serve until SIGTERM/SIGINT, then stop within shutdown_timeout_s: stop accepting
+    connections, let in-flight requests finish (half the budget), give outstanding records
+    the rest to be acknowledged and close the producer (never an unbounded flush)."""
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         # kafka-python logs every reconnect attempt at ERROR; the sink reports the broker's
         # state itself (and /readyz shows it), so keep its chatter for --verbose.
@@ -489,17 +555,19 @@ def run(settings: IngestSettings) -> None:
         )
 
     async def farewell(_app: web.Application) -> None:
-        logger.info("ingest stopping: flushing the producer")
+        logger.info(
+            "ingest stopping: finishing in-flight requests and closing the producer (within %g s)",
+            settings.shutdown_timeout_s,
+        )
 
     app.on_startup.append(announce)
     app.on_shutdown.append(farewell)
-    web.run_app(
+    runner = make_runner(
         app,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_timeout_s,
+        settings,
         access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
-        print=None,
-        handle_signals=True,
-        **SERVER_OPTIONS,
     )
+    asyncio.run(
+        serve_until_signalled(runner, settings.host, settings.port, app[SERVICE_KEY].begin_shutdown)
+    )
+    logger.info("ingest stopped")

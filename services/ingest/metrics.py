@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from services.ingest.validation import Reason
 
@@ -17,6 +19,10 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+#: Reasons of aiohttp's own parser refusals (see services.ingest.server).
+HTTP_REFUSAL_REASONS = ("malformed", "too_large", "internal")
+
+
 class IngestMetrics(NamedTuple):
     packets: Counter
     samples: Counter
@@ -24,10 +30,33 @@ class IngestMetrics(NamedTuple):
     request_seconds: Histogram
     kafka_ack_seconds: Histogram
     devices_active: Gauge
+    clock_corrections: Counter
+    http_refusals: Counter
 
 
-def create(registry: CollectorRegistry, active_devices: Callable[[], float]) -> IngestMetrics:
-    """The ingest metrics in ``registry``; ``active_devices`` is called at each scrape."""
+class _ReplacementsCollector(Collector):
+    """The sink counts its producer replacements; read at each scrape."""
+
+    def __init__(self, read: Callable[[], float]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "harstream_ingest_producer_replacements",
+            "Kafka producers replaced because they got no acknowledgements while the broker "
+            "answered (a wedged client).",
+            value=self._read(),
+        )
+
+
+def create(
+    registry: CollectorRegistry,
+    active_devices: Callable[[], float],
+    producer_replacements: Callable[[], float] = lambda: 0.0,
+) -> IngestMetrics:
+    """The ingest metrics in ``registry``; ``active_devices`` and ``producer_replacements``
+    are called at each scrape."""
+    registry.register(_ReplacementsCollector(producer_replacements))
     metrics = IngestMetrics(
         packets=Counter(
             "harstream_ingest_packets_total",
@@ -63,10 +92,25 @@ def create(registry: CollectorRegistry, active_devices: Callable[[], float]) -> 
             "Devices with an accepted packet in the last 60 s.",
             registry=registry,
         ),
+        clock_corrections=Counter(
+            "harstream_ingest_clock_corrections_total",
+            "Accepted packets whose device time starts before the device's previous packet "
+            "(higher seq): a device clock set back.",
+            registry=registry,
+        ),
+        http_refusals=Counter(
+            "harstream_ingest_http_refusals_total",
+            "Requests refused by the HTTP parser before any handler ran (bad request line, "
+            "headers, Content-Length or chunked encoding), by reason.",
+            ["reason"],
+            registry=registry,
+        ),
     )
     metrics.devices_active.set_function(active_devices)
     for reason in Reason:  # every series exists from the start, so rate() sees the first one
         metrics.rejections.labels(reason=reason.value)
     for outcome in ("accepted", "rejected"):
         metrics.request_seconds.labels(outcome=outcome)
+    for refusal in HTTP_REFUSAL_REASONS:
+        metrics.http_refusals.labels(reason=refusal)
     return metrics

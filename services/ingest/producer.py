@@ -1,32 +1,59 @@
-"""The raw-topic producer: kafka-python's idempotent producer (acks=all) bridged to asyncio.
+"""The raw-topic producer: kafka-python's idempotent producer (acks=all) bridged to asyncio,
+watched and replaced when it stops getting acknowledgements.
 
 aiokafka's idempotent producer fails against the local Tansu broker (see the Tansu notes),
 kafka-python's works, and it works on Apache Kafka alike. kafka-python is thread-based: its
-calls run on a one-thread executor (``send`` can block on metadata) and its delivery
-callbacks come from its I/O thread, so they are handed to the event loop with
-``call_soon_threadsafe``. The producer is created in the background and re-tried until the
-broker answers: the service starts (and answers 503) while Kafka is down.
+blocking calls (creation, ``send`` when metadata or buffer space is missing, ``close``) run
+on a worker thread of the producer's own, and its delivery callbacks come from its I/O
+thread, so they are handed to the event loop with ``call_soon_threadsafe``.
+
+A supervisor task creates the producer (retried with :data:`BACKOFF` while Kafka is down:
+the service starts and answers 503 meanwhile), probes the broker while records wait for
+acknowledgements, and replaces a producer that gets none while the broker answers (see
+:mod:`services.ingest.health` for the kafka-python state that makes this necessary).
+
+Delivery is at-least-once: a record whose request was answered 503 (not acknowledged within
+``produce_timeout_s``) may still be written by the producer that holds it, and the device
+retries it; the preprocess worker drops duplicates by seq. Shutdown is bounded: outstanding
+records get until the shutdown deadline to be acknowledged, then every producer is closed
+with what is left of it, never with an unbounded ``flush``; worker threads are daemons, so
+a call stuck on a dead broker cannot hold the process either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
+import random
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 from kafka import KafkaAdminClient, KafkaProducer  # type: ignore[import-untyped]
 from kafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from services.common.kafka import BrokerUnavailableError
+from services.inference.retry import BackoffPolicy
+from services.ingest.health import ProducerHealth, Verdict
 from services.ingest.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Readiness answers are reused this long, so probes do not hammer the broker.
 PROBE_CACHE_S = 1.0
+#: One policy for connecting and for replacing a wedged producer: the n-th consecutive
+#: failure (or replacement without an acknowledgement in between) waits ``BACKOFF.delay(n)``.
+BACKOFF = BackoffPolicy(initial_s=0.5, max_s=10.0, multiplier=2.0, jitter=0.5)
+#: How often the supervisor looks at the producer's health (seconds); probes are cached for
+#: PROBE_CACHE_S, so this costs nothing while records are being acknowledged.
+SUPERVISE_INTERVAL_S = 0.25
 
 
 class PacketSink(Protocol):
@@ -36,14 +63,83 @@ class PacketSink(Protocol):
 
     async def send(self, key: bytes, value: bytes) -> float:
         """Deliver one record; returns the seconds Kafka took to acknowledge it, or raises
-        :class:`BrokerUnavailableError` (nothing acknowledged)."""
+        :class:`BrokerUnavailableError` (not acknowledged: it may still be written later)."""
         ...
 
     async def check(self) -> str | None:
-        """None if the topic is writable, else why not."""
+        """None if records are being acknowledged and the topic is writable, else why not."""
         ...
 
-    async def close(self) -> None: ...
+    @property
+    def replacements(self) -> int:
+        """Producers replaced because they stopped getting acknowledgements."""
+        ...
+
+    async def close(self, deadline: float | None = None) -> None:
+        """Stop by ``deadline`` (``time.monotonic()``; default: now + shutdown_timeout_s)."""
+        ...
+
+
+class _DaemonWorker(Executor):
+    """One daemon thread running submitted calls in order.
+
+    ``ThreadPoolExecutor`` threads are joined at interpreter exit: a ``send`` or ``close``
+    blocked on a paused broker would then hold a stopping service past its deadline.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((future, lambda: fn(*args, **kwargs)))
+        return future
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, call = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:  # handed to the waiting coroutine
+                future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._queue.put(None)
+        if wait:
+            self._thread.join()
+
+
+@dataclass(eq=False)
+class _Producer:
+    """One producer instance, its worker thread and its health."""
+
+    number: int
+    client: Any
+    worker: _DaemonWorker
+    health: ProducerHealth
+    #: Set while nothing is outstanding (shutdown and retirement wait for it).
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.drained.set()
+
+    def sent(self, now: float) -> None:
+        self.health.sent(now)
+        self.drained.clear()
+
+    def completed(self, now: float, acked: bool) -> None:
+        if acked:
+            self.health.acked(now)
+        else:
+            self.health.delivery_failed(now)
+        if not self.health.outstanding:
+            self.drained.set()
 
 
 def _resolve(future: asyncio.Future[float], value: float) -> None:
@@ -56,30 +152,67 @@ def _reject(future: asyncio.Future[float], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
+def _close_client(client: Any, timeout_s: float) -> None:
+    """Close a kafka-python producer within about ``timeout_s``.
+
+    ``KafkaProducer.close(timeout)`` first flushes, and its flush raises KafkaTimeoutError
+    when records are still incomplete, before stopping the I/O thread: a wedged producer
+    (see :mod:`services.ingest.health`) would keep its thread and buffers for good. Its
+    records can never be delivered, so the sender is force-closed: it fails them (their
+    requests were answered 503 already) and exits. ``Sender.force_close`` is not public API;
+    ``tests/integration/test_ingest_producer_health.py`` fails if it stops working.
+    """
+    try:
+        client.close(timeout=timeout_s)
+        return
+    except KafkaError as exc:
+        logger.info("closing a producer that cannot deliver its records: %s", exc)
+    sender = getattr(client, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(max(timeout_s, 0.1))
+    try:
+        client.close(timeout=0)
+    except KafkaError as exc:  # records still incomplete: the daemon thread goes with us
+        logger.warning("producer did not close: %s", exc)
+
+
 class KafkaPacketSink:
     def __init__(
         self,
         settings: IngestSettings,
         producer_factory: Callable[..., Any] = KafkaProducer,
         admin_factory: Callable[..., Any] = KafkaAdminClient,
+        rng: random.Random | None = None,
     ) -> None:
         self.settings = settings
         self.topic = settings.topics.raw
         self._producer_factory = producer_factory
         self._admin_factory = admin_factory
-        self._producer: Any = None
-        self._admin: Any = None
+        self._rng = rng or random.Random()
+        self._current: _Producer | None = None
+        self._retiring: dict[_Producer, asyncio.Task[None]] = {}
+        self._created = 0
+        self._replacements = 0
+        #: Replacements since the current producer's last acknowledgement (backoff attempt).
+        self._unproductive_replacements = 0
+        self._replace_not_before = 0.0
         self._last_error = "not connected yet"
-        self._connect_task: asyncio.Task[None] | None = None
-        # One thread for the producer (creation, send, flush, close) and one for probes, so
-        # a slow readiness probe never delays a send.
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ingest-producer")
-        self._probe_pool = ThreadPoolExecutor(1, thread_name_prefix="ingest-probe")
-        self._probe: tuple[float, str | None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._admin: Any = None
+        # Probes have a worker of their own, so a slow probe never delays a send.
+        self._probe_worker = _DaemonWorker("ingest-probe")
+        #: The last probe: when, whether the broker answered, and the problem (None: ok).
+        self._probe: tuple[float, bool, str | None] | None = None
+        self._probe_lock = asyncio.Lock()
 
     @property
     def connected(self) -> bool:
-        return self._producer is not None
+        return self._current is not None
+
+    @property
+    def replacements(self) -> int:
+        return self._replacements
 
     def _config(self) -> dict[str, Any]:
         timeout_ms = int(self.settings.produce_timeout_s * 1000)
@@ -95,6 +228,8 @@ class KafkaPacketSink:
             # Records a client was already told failed (503) may still be delivered if Kafka
             # recovers within this: the client's retry then duplicates them, and the preprocess
             # worker drops duplicates by seq. Bounded so the buffer does not grow for minutes.
+            # (A batch that expires after it was sent is also what wedges kafka-python's
+            # idempotent producer: see services.ingest.health.)
             "delivery_timeout_ms": max(2 * timeout_ms + 10_000, 30_000),
             "bootstrap_timeout_ms": 3000,
             # Topics are created by operators (or `create_topics`) with chosen partitions.
@@ -104,41 +239,145 @@ class KafkaPacketSink:
             "linger_ms": 0,
         }
 
-    def _create(self) -> Any:
-        producer = self._producer_factory(**self._config())
+    def _create_client(self) -> Any:
+        client = self._producer_factory(**self._config())
         try:  # warm the topic metadata so the first send does not wait for it
-            producer.partitions_for(self.topic)
+            client.partitions_for(self.topic)
         except KafkaError as exc:
             logger.warning("raw topic %s not available yet: %s", self.topic, exc)
-        return producer
+        return client
+
+    # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._connect_task is None:
-            self._connect_task = asyncio.create_task(self._connect_loop(), name="kafka-connect")
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="kafka-producer")
 
-    async def _connect_loop(self) -> None:
+    async def _supervise(self) -> None:
+        failures = 0
+        while True:
+            current = self._current
+            if current is None:
+                if await self._connect():
+                    failures = 0
+                    continue
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    logger.warning("%s (attempt %d; retrying)", self._last_error, failures)
+                await asyncio.sleep(BACKOFF.delay(failures, self._rng))
+                continue
+            if current.health.needs_probe():
+                await self._probe_broker()
+            now = time.monotonic()
+            if current.health.verdict(now) is Verdict.WEDGED and now >= self._replace_not_before:
+                self._replace(current, now)
+                continue
+            await asyncio.sleep(SUPERVISE_INTERVAL_S)
+
+    async def _connect(self) -> bool:
+        self._created += 1
+        number = self._created
+        worker = _DaemonWorker(f"ingest-producer-{number}")
         loop = asyncio.get_running_loop()
-        delay = 0.5
-        attempts = 0
-        while self._producer is None:
-            attempts += 1
-            try:
-                self._producer = await loop.run_in_executor(self._pool, self._create)
-            except (KafkaError, OSError, ValueError) as exc:
-                self._last_error = (
-                    f"cannot connect to {self.settings.kafka_bootstrap_servers}: {exc}"
-                )
-                if attempts == 1 or attempts % 10 == 0:
-                    logger.warning("%s (attempt %d; retrying)", self._last_error, attempts)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        try:
+            client = await loop.run_in_executor(worker, self._create_client)
+        except (KafkaError, OSError, ValueError) as exc:
+            worker.shutdown(wait=False)
+            self._last_error = f"cannot connect to {self.settings.kafka_bootstrap_servers}: {exc}"
+            return False
+        self._current = _Producer(
+            number, client, worker, ProducerHealth(self.settings.produce_timeout_s)
+        )
         logger.info(
-            "Kafka producer connected to %s (idempotent, acks=all)",
+            "Kafka producer #%d connected to %s (idempotent, acks=all)",
+            number,
             self.settings.kafka_bootstrap_servers,
         )
+        return True
+
+    def _replace(self, wedged: _Producer, now: float) -> None:
+        """Retire a producer that gets no acknowledgements although the broker answers, and
+        let the supervisor create a new one. Its records stay with it until it is closed:
+        the ones it still delivers are at-least-once duplicates of requests answered 503."""
+        self._replacements += 1
+        self._unproductive_replacements += 1
+        self._replace_not_before = now + BACKOFF.delay(self._unproductive_replacements, self._rng)
+        logger.warning(
+            "replacing Kafka producer #%d: %s (replacement %d)",
+            wedged.number,
+            wedged.health.problem(now),
+            self._replacements,
+        )
+        self._current = None
+        self._last_error = f"is being replaced (producer #{wedged.number} was wedged)"
+        self._retiring[wedged] = asyncio.create_task(self._retire(wedged))
+
+    async def _retire(self, producer: _Producer) -> None:
+        # A healthy producer would finish its deliveries within the produce timeout; a wedged
+        # one never does. Either way it is closed after that.
+        await self._drain([producer], time.monotonic() + self.settings.produce_timeout_s)
+        await self._close_producers([producer], time.monotonic() + self.settings.produce_timeout_s)
+        self._retiring.pop(producer, None)
+
+    async def _drain(self, producers: list[_Producer], deadline: float) -> None:
+        waiting = asyncio.gather(*(p.drained.wait() for p in producers))
+        # What is still outstanding at the deadline is reported and closed by the caller.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiting, max(0.0, deadline - time.monotonic()))
+
+    async def _close_producers(self, producers: list[_Producer], deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        closing = []
+        for producer in producers:
+            timeout_s = max(0.0, deadline - time.monotonic())
+            closing.append(
+                loop.run_in_executor(producer.worker, _close_client, producer.client, timeout_s)
+            )
+            producer.worker.shutdown(wait=False)  # the thread ends after the close
+        if not closing:
+            return
+        _, pending = await asyncio.wait(closing, timeout=max(0.0, deadline - time.monotonic()))
+        if pending:
+            logger.warning(
+                "%d producer(s) still closing at the deadline; leaving them to their daemon "
+                "threads",
+                len(pending),
+            )
+
+    async def close(self, deadline: float | None = None) -> None:
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+            self._supervisor = None
+        for task in self._retiring.values():
+            task.cancel()
+        await asyncio.gather(*self._retiring.values(), return_exceptions=True)
+        producers = list(self._retiring)
+        self._retiring.clear()
+        if self._current is not None:
+            producers.append(self._current)
+            self._current = None
+        self._last_error = "is closed"
+        await self._drain(producers, deadline)
+        lost = sum(p.health.outstanding for p in producers)
+        if lost:
+            logger.warning(
+                "%d record(s) not acknowledged by the shutdown deadline (their requests were "
+                "answered 503; they may still appear on the topic)",
+                lost,
+            )
+        await self._close_producers(producers, deadline)
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            self._probe_worker.submit(admin.close)
+        self._probe_worker.shutdown(wait=False)
+
+    # -- sending ------------------------------------------------------------------------------
 
     async def send(self, key: bytes, value: bytes) -> float:
-        producer = self._producer
+        producer = self._current
         if producer is None:
             raise BrokerUnavailableError(f"Kafka producer {self._last_error}")
         loop = asyncio.get_running_loop()
@@ -146,19 +385,21 @@ class KafkaPacketSink:
         started = time.perf_counter()
 
         def acked(_metadata: Any) -> None:
-            loop.call_soon_threadsafe(_resolve, done, time.perf_counter() - started)
+            loop.call_soon_threadsafe(self._on_acked, producer, done, time.perf_counter() - started)
 
         def failed(exc: BaseException) -> None:
-            loop.call_soon_threadsafe(_reject, done, exc)
+            loop.call_soon_threadsafe(self._on_failed, producer, done, exc)
 
         def submit() -> None:
-            future = producer.send(self.topic, key=key, value=value)
+            future = producer.client.send(self.topic, key=key, value=value)
+            # Scheduled before the callbacks can be: the loop runs these in order.
+            loop.call_soon_threadsafe(producer.sent, time.monotonic())
             future.add_callback(acked)
             future.add_errback(failed)
 
         try:
             async with asyncio.timeout(self.settings.produce_timeout_s):
-                await loop.run_in_executor(self._pool, submit)
+                await loop.run_in_executor(producer.worker, submit)
                 return await done
         except TimeoutError as exc:
             raise BrokerUnavailableError(
@@ -166,6 +407,20 @@ class KafkaPacketSink:
             ) from exc
         except KafkaError as exc:
             raise BrokerUnavailableError(f"Kafka refused the record: {exc}") from exc
+
+    def _on_acked(self, producer: _Producer, done: asyncio.Future[float], ack_s: float) -> None:
+        producer.completed(time.monotonic(), acked=True)
+        if producer is self._current:
+            self._unproductive_replacements = 0
+        _resolve(done, ack_s)
+
+    def _on_failed(
+        self, producer: _Producer, done: asyncio.Future[float], exc: BaseException
+    ) -> None:
+        producer.completed(time.monotonic(), acked=False)
+        _reject(done, exc)
+
+    # -- readiness ----------------------------------------------------------------------------
 
     def _list_topics(self) -> set[str]:
         if self._admin is None:
@@ -177,39 +432,46 @@ class KafkaPacketSink:
             )
         return set(self._admin.list_topics())
 
-    async def check(self) -> str | None:
-        if self._producer is None:
-            return f"producer {self._last_error}"
-        now = time.monotonic()
-        if self._probe is not None and now - self._probe[0] < PROBE_CACHE_S:
-            return self._probe[1]
-        loop = asyncio.get_running_loop()
-        try:
-            topics = await asyncio.wait_for(
-                loop.run_in_executor(self._probe_pool, self._list_topics),
-                self.settings.readiness_timeout_s + 1.0,
-            )
-            problem = None if self.topic in topics else f"topic {self.topic} does not exist"
-        except (KafkaError, OSError, TimeoutError) as exc:
-            problem = f"broker metadata request failed: {type(exc).__name__}: {exc}"
-        self._probe = (time.monotonic(), problem)
-        return problem
-
-    async def close(self) -> None:
-        if self._connect_task is not None:
-            self._connect_task.cancel()
-            await asyncio.gather(self._connect_task, return_exceptions=True)
-        loop = asyncio.get_running_loop()
-        timeout_s = self.settings.shutdown_timeout_s
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
+    def _drop_admin(self) -> None:
+        # After a failed probe the admin client may hold a dead connection: start afresh.
+        admin, self._admin = self._admin, None
+        if admin is not None:
             try:
-                await loop.run_in_executor(self._pool, producer.flush, timeout_s)
-            except KafkaError as exc:
-                logger.warning("producer flush incomplete: %s", exc)
-            await loop.run_in_executor(self._pool, producer.close, timeout_s)
-        if self._admin is not None:
-            await loop.run_in_executor(self._probe_pool, self._admin.close)
-            self._admin = None
-        self._pool.shutdown(wait=False)
-        self._probe_pool.shutdown(wait=False)
+                admin.close()
+            except (KafkaError, OSError) as exc:
+                logger.debug("closing the probe client: %s", exc)
+
+    async def _probe_broker(self) -> str | None:
+        """Ask the broker for its topics (cached for PROBE_CACHE_S); None if it answered and
+        the raw topic exists. Every probe feeds the current producer's health."""
+        async with self._probe_lock:
+            now = time.monotonic()
+            if self._probe is not None and now - self._probe[0] < PROBE_CACHE_S:
+                probed_at, answered, problem = self._probe
+                if self._current is not None:  # a producer created since the probe, too
+                    self._current.health.broker_answered(probed_at, answered)
+                return problem
+            loop = asyncio.get_running_loop()
+            answered = True
+            try:
+                topics = await asyncio.wait_for(
+                    loop.run_in_executor(self._probe_worker, self._list_topics),
+                    self.settings.readiness_timeout_s + 1.0,
+                )
+                problem = None if self.topic in topics else f"topic {self.topic} does not exist"
+            except (KafkaError, OSError, TimeoutError) as exc:
+                answered = False
+                problem = f"broker metadata request failed: {type(exc).__name__}: {exc}"
+                self._probe_worker.submit(self._drop_admin)
+            now = time.monotonic()
+            self._probe = (now, answered, problem)
+            if self._current is not None:
+                self._current.health.broker_answered(now, answered)
+            return problem
+
+    async def check(self) -> str | None:
+        producer = self._current
+        if producer is None:
+            return f"producer {self._last_error}"
+        problem = await self._probe_broker()
+        return producer.health.problem(time.monotonic()) or problem

@@ -66,9 +66,11 @@ class Packet(BaseModel):
     first_sample_time: float = Field(
         ge=EARLIEST_SAMPLE_TIME,
         description=(
-            "Device-clock Unix time of the first sample (s); not before 2000-01-01, not more "
-            "than max_future_skew_s ahead of the server, and not before the start of an "
-            "already accepted packet with a lower seq."
+            "Device-clock Unix time of the first sample (s); not before 2000-01-01 and not "
+            "more than max_future_skew_s ahead of the server. A packet starting before an "
+            "already accepted packet with a lower seq (a device clock set back) is accepted "
+            "and counted as a clock correction: downstream restarts the device's filters and "
+            "re-anchors its time there, nothing is lost."
         ),
     )
     sample_rate_hz: float = Field(description="Sampling rate (Hz).")
@@ -98,7 +100,11 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
-    reason: str = Field(description="One of: " + ", ".join(r.value for r in Reason))
+    reason: str = Field(
+        description="One of: "
+        + ", ".join(r.value for r in Reason)
+        + "; http_error for an unknown path (404) or method (405)."
+    )
     errors: list[ProblemError] = Field(default_factory=list)
 
 
@@ -114,7 +120,12 @@ class Readiness(BaseModel):
 
 #: Every answer of POST /v1/packets other than 202, and when it happens.
 PACKET_PROBLEMS: dict[int, str] = {
-    400: "Malformed JSON, not an object, missing fields or wrong JSON types (reason malformed).",
+    400: (
+        "Malformed JSON, not UTF-8, not an object, missing fields or wrong JSON types, bad "
+        "gzip (corrupt, truncated, or bytes after the last member; several members are "
+        "fine), or an HTTP request the server cannot parse (bad Content-Length, header "
+        "line over 8 KB, broken chunked encoding, unknown method) (reason malformed)."
+    ),
     401: "Missing or unknown bearer token, or unknown device (reason unauthenticated).",
     403: "The device is revoked, or the token belongs to another device (reason forbidden).",
     413: "Body (compressed or decompressed) larger than max_body_bytes (reason too_large).",
@@ -123,15 +134,18 @@ PACKET_PROBLEMS: dict[int, str] = {
         "Well-formed but invalid: rows not of 6 values, no samples or more than max_samples "
         "(invalid_shape), non-finite values (non_finite), |acc| or |gyro| above the physical "
         "limits (out_of_range), sample rate outside the accepted range (bad_rate), "
-        "first_sample_time before 2000 or too far in the future (bad_timestamp), a higher seq "
-        "starting before an accepted packet (time_backwards), bad device id or seq "
-        "(invalid_field)."
+        "first_sample_time before 2000 or too far in the future (bad_timestamp), bad device "
+        "id (including lone surrogates) or seq (invalid_field)."
     ),
     429: "The device exceeded its samples/s rate limit; retry after Retry-After seconds.",
     500: "Unexpected server error (logged); retry later.",
     503: (
         "Kafka did not acknowledge within produce_timeout_s or cannot be reached, or the "
-        "registry is unavailable; nothing was accepted, retry after Retry-After seconds."
+        "registry is unavailable; retry the same packet (same seq) after Retry-After "
+        "seconds. At-least-once: a packet answered 503 because Kafka did not acknowledge it "
+        "in time may still be written to the raw topic later, so the same packet can appear "
+        "twice; the preprocess worker drops the duplicate by (device_id, seq), so retrying "
+        "is always safe."
     ),
 }
 

@@ -46,11 +46,17 @@ def check_token_format(token: str) -> str | None:
 
 
 def bearer_token(header: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    """The token of an ``Authorization: Bearer <token>`` header, or None.
+
+    Only printable ASCII can be a token (see :func:`check_token_format`). aiohttp decodes
+    header bytes that are not UTF-8 to lone surrogates (``surrogateescape``), which cannot
+    even be hashed: such a header is no token, answered 401 like any other."""
     if not header:
         return None
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_LENGTH:
+        return None
+    if not token.isascii() or not token.isprintable():
         return None
     return token

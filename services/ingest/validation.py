@@ -6,7 +6,14 @@ so a body with wrong types is not also told about its values:
 
 1. types (400 ``malformed``): object, required fields, JSON types, rows are arrays of numbers;
 2. shape and fields (422): device id pattern, seq range, packet size, 6 values per row;
-3. values (422): finite, physically possible, plausible sample rate and time, time order.
+3. values (422): finite, physically possible, plausible sample rate and time.
+
+A packet whose device time starts before the device's last accepted packet although its seq
+is higher is a clock that was set back: it is accepted and reported
+(:attr:`ValidPacket.clock_went_back_s`), not refused. Refusing it lost every packet until
+real time caught up with the clock's old reading (up to ``max_future_skew_s``), and the
+preprocess worker handles it: a device-time jump between consecutive packets is a gap
+there, its filters restart and its time is re-anchored.
 """
 
 from __future__ import annotations
@@ -50,7 +57,6 @@ class Reason(StrEnum):
     OUT_OF_RANGE = "out_of_range"
     BAD_RATE = "bad_rate"
     BAD_TIMESTAMP = "bad_timestamp"
-    TIME_BACKWARDS = "time_backwards"
     TOO_LARGE = "too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     UNAUTHENTICATED = "unauthenticated"
@@ -58,6 +64,8 @@ class Reason(StrEnum):
     RATE_LIMITED = "rate_limited"
     BROKER_UNAVAILABLE = "broker_unavailable"
     REGISTRY_UNAVAILABLE = "registry_unavailable"
+    #: The client closed the connection before its body was read (nobody gets the answer).
+    CLIENT_DISCONNECTED = "client_disconnected"
     INTERNAL = "internal"
 
 
@@ -103,6 +111,9 @@ class ValidPacket:
     sample_rate_hz: float
     #: ``(n, 6)`` float64: acc xyz (g), gyro xyz (rad/s), exactly the values sent.
     samples: npt.NDArray[np.float64]
+    #: Seconds the device clock went back: the packet's seq is above the last accepted one
+    #: but it starts that much before it. None when time moved forward.
+    clock_went_back_s: float | None = None
 
     @property
     def num_samples(self) -> int:
@@ -181,8 +192,9 @@ def validate_packet(  # noqa: PLR0911 - one return per validation phase
     """Check a parsed JSON body.
 
     ``now`` is the server's Unix time; ``last`` the device's last accepted packet, used to
-    refuse a newer packet (higher seq) that starts before it. Lower seqs are retries or
-    reordering and pass: the preprocess worker deduplicates and reorders.
+    notice a newer packet (higher seq) that starts before it: a clock set back, reported in
+    :attr:`ValidPacket.clock_went_back_s`. Lower seqs are retries or reordering: the
+    preprocess worker deduplicates and reorders.
     """
     if not isinstance(body, dict):
         errors = _Errors()
@@ -285,6 +297,7 @@ def validate_packet(  # noqa: PLR0911 - one return per validation phase
             Reason.BAD_RATE,
         )
     first_time = math.nan if time_value is None else time_value  # nan: reported above
+    went_back_s = None
     if math.isfinite(first_time):
         if first_time < EARLIEST_SAMPLE_TIME:
             values.add(
@@ -300,15 +313,10 @@ def validate_packet(  # noqa: PLR0911 - one return per validation phase
                 Reason.BAD_TIMESTAMP,
             )
         elif last is not None and seq > last.seq and first_time < last.first_sample_time:
-            values.add(
-                "first_sample_time",
-                f"{first_time:.6f} is before {last.first_sample_time:.6f}, the start of the "
-                f"already accepted packet seq {last.seq}: time went backwards",
-                Reason.TIME_BACKWARDS,
-            )
+            went_back_s = last.first_sample_time - first_time
     if values:
         return values.result()
-    return ValidPacket(device_id, seq, first_time, rate, array)
+    return ValidPacket(device_id, seq, first_time, rate, array, went_back_s)
 
 
 def _check_samples(array: npt.NDArray[np.float64], limits: PacketLimits, errors: _Errors) -> None:

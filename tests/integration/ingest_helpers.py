@@ -1,4 +1,5 @@
-"""Helpers of the ingest integration tests: packet bodies and reading the raw topic."""
+"""Helpers of the ingest integration tests: packet bodies, the test server, reading the raw
+topic."""
 
 from __future__ import annotations
 
@@ -6,9 +7,21 @@ import time
 from typing import Any
 
 import numpy as np
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from kafka import KafkaConsumer, TopicPartition
 
+from services.ingest.app import SERVICE_KEY, make_runner
 from services.ingest.settings import IngestSettings
+
+
+class IngestTestServer(TestServer):
+    """aiohttp's test server, serving the app the way ``harstream ingest`` does: problem
+    documents for parser refusals, handlers not cancelled when a client goes away."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        kwargs["handler_cancellation"] = False  # as web.run_app and `harstream ingest`
+        return make_runner(self.app, self.app[SERVICE_KEY].settings, **kwargs)
 
 
 def packet(

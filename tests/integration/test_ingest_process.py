@@ -77,7 +77,8 @@ def test_subprocess_serves_and_stops_cleanly_on_sigterm(
     text = log.read_text()
     assert "ingest listening on http://127.0.0.1:" in text
     assert settings.topics.raw in text
-    assert "flushing the producer" in text
+    assert "closing the producer" in text
+    assert "ingest stopped" in text
     assert "Traceback" not in text
     records = read_raw(settings, expected=1)
     assert [RawPacket.from_bytes(r.value).device_id for r in records] == ["proc-1"]

@@ -1,8 +1,11 @@
-"""The asyncio bridge of the Kafka sink, with fake kafka-python clients (no broker)."""
+"""The asyncio bridge of the Kafka sink and its producer supervision, with fake kafka-python
+clients (no broker; tests/integration/test_ingest_producer_health.py wedges a real one)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import threading
 import time
 from typing import Any, ClassVar
@@ -11,7 +14,7 @@ import pytest
 from kafka.errors import KafkaTimeoutError
 
 from services.common.kafka import BrokerUnavailableError
-from services.ingest.producer import KafkaPacketSink
+from services.ingest.producer import BACKOFF, KafkaPacketSink
 from services.ingest.settings import IngestSettings
 
 
@@ -38,6 +41,9 @@ class FakeFuture:
 class FakeProducer:
     failures_left = 0
     ack_delay_s: float | None = 0.01
+    #: Per-instance ack delays, taken in creation order before falling back to ack_delay_s.
+    ack_delays: ClassVar[list[float | None]] = []
+    close_blocks_s = 0.0
     error: Exception | None = None
     instances: ClassVar[list[FakeProducer]] = []
 
@@ -48,6 +54,10 @@ class FakeProducer:
         self.config = config
         self.sent: list[tuple[str, bytes, bytes]] = []
         self.flushed = self.closed = False
+        self.close_timeout: float | None = None
+        self.ack_delay_s = (
+            FakeProducer.ack_delays.pop(0) if FakeProducer.ack_delays else FakeProducer.ack_delay_s
+        )
         FakeProducer.instances.append(self)
 
     def partitions_for(self, topic: str) -> set[int]:
@@ -56,24 +66,29 @@ class FakeProducer:
     def send(self, topic: str, key: bytes, value: bytes) -> FakeFuture:
         assert threading.current_thread() is not threading.main_thread()  # off the loop
         self.sent.append((topic, key, value))
-        return FakeFuture(FakeProducer.ack_delay_s, FakeProducer.error)
+        return FakeFuture(self.ack_delay_s, FakeProducer.error)
 
     def flush(self, timeout: float) -> None:
         self.flushed = True
 
     def close(self, timeout: float) -> None:
+        time.sleep(FakeProducer.close_blocks_s)  # a close stuck on a dead broker
+        self.close_timeout = timeout
         self.closed = True
 
 
 class FakeAdmin:
     topics: ClassVar[list[str]] = []
     calls = 0
+    down = False
 
     def __init__(self, **config: Any) -> None:
         pass
 
     def list_topics(self) -> list[str]:
         FakeAdmin.calls += 1
+        if FakeAdmin.down:
+            raise KafkaTimeoutError("no answer")
         return FakeAdmin.topics
 
     def close(self) -> None:
@@ -84,10 +99,13 @@ class FakeAdmin:
 def reset() -> None:
     FakeProducer.failures_left = 0
     FakeProducer.ack_delay_s = 0.01
+    FakeProducer.ack_delays = []
+    FakeProducer.close_blocks_s = 0.0
     FakeProducer.error = None
     FakeProducer.instances = []
     FakeAdmin.topics = []
     FakeAdmin.calls = 0
+    FakeAdmin.down = False
 
 
 def sink(**overrides: Any) -> KafkaPacketSink:
@@ -113,8 +131,10 @@ def test_idempotent_all_acks_config_and_send() -> None:
         assert producer.sent == [("t.raw.v1", b"dev", b"payload")]
         assert producer.config["acks"] == "all"
         assert producer.config["enable_idempotence"] is True
-        await s.close()
-        assert producer.flushed and producer.closed
+        await s.close(time.monotonic() + 2.0)
+        # closed with (at most) what is left of the deadline, never an unbounded flush
+        assert producer.closed and not producer.flushed
+        assert producer.close_timeout is not None and 0 < producer.close_timeout <= 2.0
 
     asyncio.run(scenario())
 
@@ -146,7 +166,7 @@ def test_no_ack_within_the_timeout_is_broker_unavailable() -> None:
         with pytest.raises(BrokerUnavailableError, match="acknowledge"):
             await s.send(b"k", b"v")
         assert 0.25 < time.monotonic() - t0 < 1.0
-        await s.close()
+        await s.close(time.monotonic() + 0.5)
 
     asyncio.run(scenario())
 
@@ -176,5 +196,102 @@ def test_readiness_checks_the_topic_and_caches_the_answer() -> None:
         s._probe = None  # expire the cache
         assert await s.check() is None
         await s.close()
+
+    asyncio.run(scenario())
+
+
+async def until(condition: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_a_producer_that_gets_no_acks_while_the_broker_answers_is_replaced() -> None:
+    FakeProducer.ack_delays = [None]  # the first producer is wedged; the next one works
+    FakeAdmin.topics = ["t.raw.v1"]
+
+    async def scenario() -> None:
+        s = sink()
+        await connected(s)
+        with pytest.raises(BrokerUnavailableError, match="acknowledge"):
+            await s.send(b"k", b"v")
+        # readiness says so (not only when the topic is missing), until it is replaced
+        problem = await s.check()
+        while problem is None:
+            await asyncio.sleep(0.01)
+            problem = await s.check()
+        assert "no acknowledgement" in problem
+        assert s.replacements == 0
+        await until(lambda: s.replacements == 1 and s.connected)
+        assert len(FakeProducer.instances) == 2
+        await until(lambda: FakeProducer.instances[0].closed)  # the wedged one is closed
+        await s.send(b"k", b"v2")
+        assert FakeProducer.instances[1].sent == [("t.raw.v1", b"k", b"v2")]
+        s._probe = None
+        assert await s.check() is None
+        await s.close(time.monotonic() + 0.5)
+
+    asyncio.run(scenario())
+
+
+def test_no_replacement_while_the_broker_does_not_answer() -> None:
+    FakeProducer.ack_delay_s = None
+    FakeAdmin.down = True
+
+    async def scenario() -> None:
+        s = sink()
+        await connected(s)
+        with pytest.raises(BrokerUnavailableError):
+            await s.send(b"k", b"v")
+        await asyncio.sleep(0.9)  # three produce timeouts: a new producer would not help
+        assert s.replacements == 0 and len(FakeProducer.instances) == 1
+        problem = await s.check()
+        assert problem is not None and "broker is not answering" in problem
+        FakeAdmin.down = False  # the broker is back, the producer still silent: replaced
+        await until(lambda: s.replacements == 1)
+        await s.close(time.monotonic() + 0.5)
+
+    asyncio.run(scenario())
+
+
+def test_replacements_back_off_while_new_producers_stay_silent() -> None:
+    FakeProducer.ack_delay_s = None  # no producer ever gets an ack (a broken cluster)
+    FakeAdmin.topics = ["t.raw.v1"]
+
+    async def scenario() -> None:
+        s = sink()
+        await connected(s)
+        replaced_at: list[float] = []
+        started = time.monotonic()
+        while time.monotonic() - started < 3.0:
+            with contextlib.suppress(BrokerUnavailableError, TimeoutError):
+                await asyncio.wait_for(s.send(b"k", b"v"), 0.05)
+            if s.replacements > len(replaced_at):
+                replaced_at.append(time.monotonic())
+        assert len(replaced_at) >= 2
+        # the n-th replacement without an ack in between waits BACKOFF.delay(n) at least
+        for n, (before, after) in enumerate(itertools.pairwise(replaced_at), start=1):
+            assert after - before >= BACKOFF.base_delay(n) * (1 - BACKOFF.jitter) - 0.02
+        await s.close(time.monotonic() + 0.5)
+
+    asyncio.run(scenario())
+
+
+def test_close_is_bounded_by_the_deadline() -> None:
+    FakeProducer.ack_delay_s = None
+    FakeProducer.close_blocks_s = 5.0  # kafka-python's close stuck on a paused broker
+
+    async def scenario() -> None:
+        s = sink()
+        await connected(s)
+        with pytest.raises(BrokerUnavailableError):
+            await s.send(b"k", b"v")
+        t0 = time.monotonic()
+        await s.close(t0 + 0.5)
+        assert time.monotonic() - t0 < 1.0
+        # the stuck close runs on a daemon thread: it cannot hold the interpreter at exit
+        workers = [t for t in threading.enumerate() if t.name.startswith("ingest-producer")]
+        assert workers and all(t.daemon for t in workers)
 
     asyncio.run(scenario())

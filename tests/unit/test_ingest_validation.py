@@ -298,15 +298,16 @@ def test_first_sample_time_plausible(first: float, ok: bool) -> None:
         assert (result.status, result.reason) == (422, Reason.BAD_TIMESTAMP)
 
 
-def test_time_backwards_with_higher_seq_is_refused() -> None:
+def test_a_clock_set_back_is_accepted_and_reported() -> None:
+    # seq 8 starts 1 s before the accepted seq 7: the device clock was corrected. Refusing
+    # it (422, not retryable) lost every packet until real time caught up.
     last = LastAccepted(seq=7, first_sample_time=NOW - 5.0)
-    result = invalid(check(body(seq=8, first_sample_time=NOW - 6.0), last=last))
-    assert (result.status, result.reason, result.errors[0].field) == (
-        422,
-        Reason.TIME_BACKWARDS,
-        "first_sample_time",
-    )
-    assert "seq 7" in result.errors[0].message
+    result = check(body(seq=8, first_sample_time=NOW - 6.0), last=last)
+    assert isinstance(result, ValidPacket)
+    assert result.clock_went_back_s == pytest.approx(1.0)
+    # by as much as the whole accepted skew, too
+    far = check(body(seq=8, first_sample_time=NOW - 300.0), last=LastAccepted(7, NOW + 290.0))
+    assert isinstance(far, ValidPacket) and far.clock_went_back_s == pytest.approx(590.0)
 
 
 @pytest.mark.parametrize(
@@ -315,7 +316,9 @@ def test_time_backwards_with_higher_seq_is_refused() -> None:
 )
 def test_order_rules_accept_retries_and_reordering(seq: int, first: float) -> None:
     last = LastAccepted(seq=7, first_sample_time=NOW - 5.0)
-    assert isinstance(check(body(seq=seq, first_sample_time=NOW + first), last=last), ValidPacket)
+    result = check(body(seq=seq, first_sample_time=NOW + first), last=last)
+    assert isinstance(result, ValidPacket)
+    assert result.clock_went_back_s is None  # only a higher seq starting earlier is one
 
 
 def test_several_value_errors_are_reported_together() -> None:

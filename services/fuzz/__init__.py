@@ -1,0 +1,1 @@
+"""Fuzzing harstream: malformed HTTP requests against ingest, poison records on every topic."""
