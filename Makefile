@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup tools demo data train evaluate compare format lint typecheck test test-unit test-integration bench clean
+.PHONY: help setup tools demo data train evaluate compare format lint typecheck test test-unit test-integration faults bench clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ test-unit: $(STAMP) ## Unit tests only (no I/O)
 
 test-integration: $(STAMP) $(TOOLS_STAMP) ## Integration tests only
 	$(BIN)/pytest tests/integration
+
+faults: $(STAMP) ## Fault-injection suite: kill/pause/rebalance the local pipeline, write reports/reliability.md (~40 min)
+	$(BIN)/harstream faults --report $(FAULTS_ARGS)
 
 bench: $(STAMP) ## Print throughput figures (preprocessing, model)
 	$(BIN)/python -m benchmarks

@@ -8,77 +8,9 @@ from dataclasses import replace
 import pytest
 
 from services.faults import counting as c
-from services.faults.devices import Role
-from services.faults.records import (
-    AlertRecord,
-    DeliveryRecord,
-    DeviceOutcome,
-    FaultRecord,
-    Observations,
-    PredictionRecord,
-    RawRecord,
-    WindowRecord,
-)
-from services.faults.schedule import Fault, FaultKind
-
-T0 = 1_000_000.0
-
-
-def _alert(alert_id: str, device: str, kind: str, at: float, state: str = "open") -> AlertRecord:
-    return AlertRecord(alert_id, device, kind, state, T0 + at, T0 + at)
-
-
-def _delivery(a: AlertRecord, at: float, key: str | None = None) -> DeliveryRecord:
-    return DeliveryRecord(
-        T0 + at, key or f"{a.alert_id}:{a.event}", a.event, a.alert_id, a.device_id, a.type,
-        a.opened_at,
-    )  # fmt: skip
-
-
-def _windows(device: str, n: int) -> list[str]:
-    return [f"{device}:{64 * i}" for i in range(n)]
-
-
-def clean(faults: list[FaultRecord] | None = None, **changes: object) -> Observations:
-    """Three devices: steady, a fall at 30 s, a device silent from 50 s; all as it should be."""
-    devices = [
-        DeviceOutcome("steady", Role.STEADY, None, T0 + 100),
-        DeviceOutcome("fall-1", Role.FALL, 30.0, T0 + 100),
-        DeviceOutcome("silent-1", Role.SILENT, 50.0, T0 + 50),
-    ]
-    accepted = {(d, s): T0 + s for d in ("steady", "fall-1") for s in range(100)}
-    accepted |= {("silent-1", s): T0 + s for s in range(50)}
-    ids = _windows("steady", 77) + _windows("fall-1", 77) + _windows("silent-1", 38)
-    fall = _alert("a-fall", "fall-1", c.FALL, 70)
-    offline = _alert("a-off", "silent-1", c.OFFLINE, 61)
-    obs = Observations(
-        scenario="test",
-        seed=1,
-        started_at=T0,
-        ended_at=T0 + 130,
-        devices=devices,
-        accepted=accepted,
-        raw=[RawRecord(d, s, t) for (d, s), t in accepted.items()],
-        windows=[WindowRecord(i, i.split(":")[0], "same") for i in ids],
-        predictions=[
-            PredictionRecord(i, i.split(":")[0], T0 + int(i.split(":")[1]) / 50 + 2.6, 0.0)
-            for i in ids
-        ],
-        alerts=[fall, offline],
-        deliveries=[_delivery(fall, 70.1), _delivery(offline, 61.1)],
-        dead_letters=0,
-        faults=faults or [],
-        expected_windows=set(ids),
-        offline_after_s=10.0,
-    )
-    # produced_at: a little after ingest
-    obs.predictions = [p._replace(produced_at=p.ingested_at + 0.2) for p in obs.predictions]
-    return replace(obs, **changes)  # type: ignore[arg-type]
-
-
-def _fault(at: float, kind: FaultKind, target: str, duration: float = 0.0) -> FaultRecord:
-    fault = Fault(at, kind, target, duration)
-    return FaultRecord(fault, T0 + at, T0 + at + duration + 0.05)
+from services.faults.records import PredictionRecord, RawRecord, WindowRecord
+from services.faults.schedule import FaultKind
+from tests.unit.faults_helpers import T0, alert, clean, delivery, fault
 
 
 def test_a_clean_run_passes_every_check() -> None:
@@ -107,7 +39,7 @@ def test_extra_raw_records_of_retried_packets_are_allowed() -> None:
 
 
 def test_lost_windows_fail_and_name_item_5_after_a_preprocess_kill() -> None:
-    obs = clean([_fault(20, FaultKind.KILL, "preprocess")])
+    obs = clean([fault(20, FaultKind.KILL, "preprocess")])
     obs.predictions = [p for p in obs.predictions if p.window_id not in {"steady:64", "steady:128"}]
     obs.windows = [w for w in obs.windows if w.window_id != "steady:64"]
     result = c.count(obs)
@@ -146,7 +78,7 @@ def test_other_devices_on_the_topics_are_ignored() -> None:
 
 
 def test_a_missed_fall_fails_and_names_item_1_after_an_alerting_kill_in_its_confirmation() -> None:
-    obs = clean([_fault(45, FaultKind.KILL, "alerting")])
+    obs = clean([fault(45, FaultKind.KILL, "alerting")])
     obs.alerts = [a for a in obs.alerts if a.type != c.FALL]
     obs.deliveries = [d for d in obs.deliveries if d.type != c.FALL]
     check = c.count(obs).check(c.FALL_ONCE)
@@ -154,15 +86,15 @@ def test_a_missed_fall_fails_and_names_item_1_after_an_alerting_kill_in_its_conf
     assert "missed on fall-1" in check.detail
     assert check.known_issue is not None and check.known_issue.startswith("item 1")
     # A kill long after the fall's confirmation is not item 1.
-    late = replace(obs, faults=[_fault(90, FaultKind.KILL, "alerting")])
+    late = replace(obs, faults=[fault(90, FaultKind.KILL, "alerting")])
     assert c.count(late).check(c.FALL_ONCE).known_issue is None
 
 
 def test_a_second_fall_alert_for_one_fall_fails() -> None:
     obs = clean()
-    again = _alert("a-fall-2", "fall-1", c.FALL, 75)
+    again = alert("a-fall-2", "fall-1", c.FALL, 75)
     obs.alerts.append(again)
-    obs.deliveries.append(_delivery(again, 75.1))
+    obs.deliveries.append(delivery(again, 75.1))
     check = c.count(obs).check(c.FALL_ONCE)
     assert not check.passed
     assert "fall-1 (2)" in check.detail
@@ -178,15 +110,15 @@ def test_a_fall_only_seen_on_the_webhook_still_counts_as_raised() -> None:
 
 def test_a_fall_on_a_device_that_did_not_fall_is_false() -> None:
     obs = clean()
-    obs.alerts.append(_alert("a-x", "steady", c.FALL, 40))
-    obs.deliveries.append(_delivery(obs.alerts[-1], 40.1))
+    obs.alerts.append(alert("a-x", "steady", c.FALL, 40))
+    obs.deliveries.append(delivery(obs.alerts[-1], 40.1))
     result = c.count(obs)
     assert result.false_falls == 1
     assert not result.check(c.NO_FALSE_FALL).passed
 
 
 def test_a_silent_device_without_offline_fails_and_names_item_2_after_an_alerting_kill() -> None:
-    obs = clean([_fault(53, FaultKind.KILL, "alerting")])
+    obs = clean([fault(53, FaultKind.KILL, "alerting")])
     obs.alerts = [a for a in obs.alerts if a.type != c.OFFLINE]
     obs.deliveries = [d for d in obs.deliveries if d.type != c.OFFLINE]
     check = c.count(obs).check(c.OFFLINE_ONCE)
@@ -196,18 +128,18 @@ def test_a_silent_device_without_offline_fails_and_names_item_2_after_an_alertin
 
 def test_two_offline_alerts_for_one_silence_fail() -> None:
     obs = clean()
-    again = _alert("a-off-2", "silent-1", c.OFFLINE, 80)
+    again = alert("a-off-2", "silent-1", c.OFFLINE, 80)
     obs.alerts.append(again)
-    obs.deliveries.append(_delivery(again, 80.1))
+    obs.deliveries.append(delivery(again, 80.1))
     assert not c.count(obs).check(c.OFFLINE_ONCE).passed
 
 
 def test_offline_while_a_device_is_still_sending_is_false_and_names_item_3_after_a_stall() -> None:
-    obs = clean([_fault(20, FaultKind.PAUSE, "modelserver", 60)])
+    obs = clean([fault(20, FaultKind.PAUSE, "modelserver", 60)])
     for i, device in enumerate(("steady", "fall-1")):
-        alert = _alert(f"a-false-{i}", device, c.OFFLINE, 31 + i)
-        obs.alerts.append(alert)
-        obs.deliveries.append(_delivery(alert, 31.1 + i))
+        record = alert(f"a-false-{i}", device, c.OFFLINE, 31 + i)
+        obs.alerts.append(record)
+        obs.deliveries.append(delivery(record, 31.1 + i))
     result = c.count(obs)
     assert (result.false_offline, result.false_offline_devices) == (2, 2)
     check = result.check(c.NO_FALSE_OFFLINE)
@@ -220,17 +152,17 @@ def test_offline_while_a_device_is_still_sending_is_false_and_names_item_3_after
 
 def test_offline_after_a_device_stopped_is_not_false() -> None:
     obs = clean()
-    end = _alert("a-end", "steady", c.OFFLINE, 111)  # 11 s after its last packet
+    end = alert("a-end", "steady", c.OFFLINE, 111)  # 11 s after its last packet
     obs.alerts.append(end)
-    obs.deliveries.append(_delivery(end, 111.1))
+    obs.deliveries.append(delivery(end, 111.1))
     assert c.count(obs).passed
 
 
 def test_offline_of_a_silent_device_before_it_went_silent_is_false() -> None:
     obs = clean()
-    early = _alert("a-early", "silent-1", c.OFFLINE, 30)
+    early = alert("a-early", "silent-1", c.OFFLINE, 30)
     obs.alerts.append(early)
-    obs.deliveries.append(_delivery(early, 30.1))
+    obs.deliveries.append(delivery(early, 30.1))
     result = c.count(obs)
     assert not result.check(c.NO_FALSE_OFFLINE).passed
     assert result.check(c.OFFLINE_ONCE).passed
@@ -250,7 +182,7 @@ def test_every_event_must_be_notified_repeats_of_a_key_are_allowed() -> None:
 
 def test_an_event_delivered_under_another_key_fails() -> None:
     obs = clean()
-    obs.deliveries.append(_delivery(obs.alerts[0], 71, key="something-else"))
+    obs.deliveries.append(delivery(obs.alerts[0], 71, key="something-else"))
     assert not c.count(obs).check(c.ONE_KEY).passed
 
 
@@ -260,35 +192,35 @@ def test_resolved_events_need_their_own_notification() -> None:
     obs.alerts.append(resolved)
     result = c.count(obs)
     assert not result.check(c.NOTIFIED).passed
-    obs.deliveries.append(_delivery(resolved, 90))
+    obs.deliveries.append(delivery(resolved, 90))
     assert c.count(obs).check(c.NOTIFIED).passed
 
 
 @pytest.mark.parametrize(("raised", "ok"), [(0, True), (1, True), (2, False)])
 def test_pipeline_alerts_at_most_one_per_stall(raised: int, ok: bool) -> None:
-    obs = clean([_fault(20, FaultKind.KILL, "inference")])
+    obs = clean([fault(20, FaultKind.KILL, "inference")])
     for i in range(raised):
-        alert = _alert(f"p{i}", "*pipeline", c.PIPELINE, 40 + i)
-        obs.alerts.append(alert)
-        obs.deliveries.append(_delivery(alert, 40.1 + i))
+        record = alert(f"p{i}", "*pipeline", c.PIPELINE, 40 + i)
+        obs.alerts.append(record)
+        obs.deliveries.append(delivery(record, 40.1 + i))
     result = c.count(obs)
     assert result.pipeline_alerts == raised
     assert result.check(c.PIPELINE_ALERTS).passed is ok
 
 
 def test_a_model_server_pause_beyond_the_stall_threshold_must_raise_a_pipeline_alert() -> None:
-    obs = clean([_fault(20, FaultKind.PAUSE, "modelserver", 60)], pipeline_stall_s=30.0)
+    obs = clean([fault(20, FaultKind.PAUSE, "modelserver", 60)], pipeline_stall_s=30.0)
     assert not c.count(obs).check(c.PIPELINE_ALERTS).passed
-    alert = _alert("p", "*pipeline", c.PIPELINE, 55)
-    obs.alerts.append(alert)
-    obs.deliveries.append(_delivery(alert, 55.1))
+    record = alert("p", "*pipeline", c.PIPELINE, 55)
+    obs.alerts.append(record)
+    obs.deliveries.append(delivery(record, 55.1))
     assert c.count(obs).check(c.PIPELINE_ALERTS).passed
     # Without the rule (older alerting), none is required.
-    assert c.count(clean([_fault(20, FaultKind.PAUSE, "modelserver", 60)])).passed
+    assert c.count(clean([fault(20, FaultKind.PAUSE, "modelserver", 60)])).passed
 
 
-def test_recovery_is_the_first_prediction_of_a_packet_accepted_after_the_fault() -> None:
-    obs = clean([_fault(20, FaultKind.PAUSE, "broker", 30)])
+def test_recovery_is_the_first_prediction_of_a_packet_accepted_after_thefault() -> None:
+    obs = clean([fault(20, FaultKind.PAUSE, "broker", 30)])
     (recovery,) = c.count(obs).recoveries
     # fault ends at 50.05; next ingested_at >= 50.05 is window 1664/50 + 2.6 = 35.88 +...
     after = min(p.produced_at for p in obs.predictions if p.ingested_at >= T0 + 50.05)
@@ -296,7 +228,7 @@ def test_recovery_is_the_first_prediction_of_a_packet_accepted_after_the_fault()
 
 
 def test_no_fresh_prediction_after_a_broker_pause_never_recovers_item_4() -> None:
-    obs = clean([_fault(60, FaultKind.PAUSE, "broker", 30)])
+    obs = clean([fault(60, FaultKind.PAUSE, "broker", 30)])
     obs.predictions = [p for p in obs.predictions if p.ingested_at < T0 + 60]
     obs.expected_windows = {p.window_id for p in obs.predictions}
     result = c.count(obs)
@@ -307,9 +239,9 @@ def test_no_fresh_prediction_after_a_broker_pause_never_recovers_item_4() -> Non
 
 
 def test_alerting_and_webhook_recovery_come_from_the_controller() -> None:
-    kill = _fault(20, FaultKind.KILL, "alerting")
+    kill = fault(20, FaultKind.KILL, "alerting")
     kill.recovered_at = kill.ended_at + 7.5
-    down = _fault(30, FaultKind.DOWN, "webhook", 20)  # nothing to deliver after: no recovery
+    down = fault(30, FaultKind.DOWN, "webhook", 20)  # nothing to deliver after: no recovery
     result = c.count(clean([kill, down]))
     assert [r.seconds for r in result.recoveries] == [pytest.approx(7.5), None]
     assert result.check(c.RECOVERED).passed
