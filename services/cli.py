@@ -33,6 +33,7 @@ _SERVICE_COMMANDS = {
     "demo": "services.demo.cli:demo",
     "simulate": "services.demo.cli:simulate",
     "faults": "services.faults.cli:faults",
+    "fuzz": "services.fuzz.cli:fuzz",
     "ingest": "services.ingest.cli:ingest",
     "devices": "services.ingest.cli:devices",
     "preprocess": "services.preprocess.cli:preprocess",

@@ -3,6 +3,8 @@ lines, oversized or non-UTF-8 headers, bad chunked encoding, bodies cut off mid-
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 from dataclasses import dataclass, field
 
@@ -51,6 +53,55 @@ def exchange(
     if parsed is None:
         raise NoResponse(f"incomplete response: {received[:200]!r}")
     return parsed
+
+
+async def fetch(host: str, port: int, data: bytes, timeout_s: float = 30.0) -> RawResponse:
+    """:func:`exchange` on asyncio streams. Sending and reading overlap, so a server that
+    answers before reading a large body (413 from Content-Length) is heard, not reset."""
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_connection(host, port)
+
+        async def send() -> None:
+            with contextlib.suppress(ConnectionError):
+                writer.write(data)
+                await writer.drain()
+
+        sending = asyncio.create_task(send())
+        try:
+            received = b""
+            while True:
+                try:
+                    chunk = await reader.read(65536)
+                except ConnectionError as exc:
+                    if received:
+                        break
+                    raise NoResponse(f"{type(exc).__name__}: {exc}") from exc
+                if not chunk:
+                    break
+                received += chunk
+                parsed = _parse(received)
+                if parsed is not None:
+                    return parsed
+        finally:
+            sending.cancel()
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+    parsed = _parse(received, complete=True)
+    if parsed is None:
+        raise NoResponse(f"incomplete response: {received[:200]!r}")
+    return parsed
+
+
+async def send_and_abandon(host: str, port: int, data: bytes) -> None:
+    """Send ``data`` and close the connection at once (a client that gives up mid-request)."""
+    _reader, writer = await asyncio.open_connection(host, port)
+    with contextlib.suppress(ConnectionError):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
 
 
 def send_and_close(host: str, port: int, data: bytes, timeout_s: float = 5.0) -> None:
