@@ -346,6 +346,7 @@ def _offline_checks(obs: Observations, alerts: dict[str, tuple[str, str, float]]
             by_device[device_id].append((alert_id, opened_at))
     for d in obs.devices:
         stopped = d.last_attempt_at if d.last_attempt_at is not None else float("-inf")
+        opened_at = dict(by_device.get(d.device_id, [])).__getitem__
         while_sending = [a for a, opened in by_device.get(d.device_id, []) if opened < stopped]
         after = [a for a, opened in by_device.get(d.device_id, []) if not opened < stopped]
         tally.false_ids.extend(while_sending)
@@ -353,7 +354,13 @@ def _offline_checks(obs: Observations, alerts: dict[str, tuple[str, str, float]]
             tally.expected += 1
             tally.raised += bool(after)
             if not after:
-                tally.missed.append(d.device_id)
+                # A false DEVICE_OFFLINE earlier resolved and started the type's cooldown.
+                tally.missed.append(
+                    f"{d.device_id} (after a false one at "
+                    f"{min(opened_at(a) for a in while_sending) - obs.started_at:.1f} s)"
+                    if while_sending
+                    else d.device_id
+                )
                 assert d.at_s is not None
                 if _alerting_fault_between(obs.faults, d.at_s, d.at_s + obs.offline_after_s + 5):
                     tally.known_issue = (

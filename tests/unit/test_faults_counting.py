@@ -247,3 +247,14 @@ def test_alerting_and_webhook_recovery_come_from_the_controller() -> None:
     assert result.check(c.RECOVERED).passed
     kill.recovered_at = None
     assert not c.count(clean([kill])).check(c.RECOVERED).passed
+
+
+def test_a_missed_offline_after_a_false_one_says_so() -> None:
+    obs = clean()
+    obs.alerts = [a for a in obs.alerts if a.type != c.OFFLINE]
+    obs.deliveries = [d for d in obs.deliveries if d.type != c.OFFLINE]
+    early = alert("a-early", "silent-1", c.OFFLINE, 30)
+    obs.alerts.append(early)
+    obs.deliveries.append(delivery(early, 30.1))
+    detail = c.count(obs).check(c.OFFLINE_ONCE).detail
+    assert "missed on silent-1 (after a false one at 30.0 s)" in detail
