@@ -13,19 +13,30 @@ Wiring only; the stream logic is in :mod:`services.preprocess.stream`.
   packet-by-packet retry isolates) go to the dead-letter topic with their source
   topic/partition/offset; the worker never stops on a message.
 
-Delivery guarantee. Per batch: (1) the windows are produced and their delivery awaited,
-(2) the device states are written to the table (local store + changelog), (3) faust acks the
-batch's offsets, committed later. A crash between (1) and (3) replays the batch: packets the
-restored state already covers are dropped as duplicates (seq), the others produce the same
-windows again, with the same deterministic ids (``device:start_index``) and data. So
-windows are delivered **at least once, never lost, deterministic and idempotent by window
-id**; consumers deduplicate by id. A graceful stop (SIGTERM/SIGINT) finishes the batch in
-hand, commits and flushes: a restart then produces **no duplicates** (exactly once on the
-topic). Measured after SIGKILL: ~100 packets since the last commit replayed, all dropped by
-seq (the table was ahead), no duplicate windows; duplicates need a kill between the
-delivery of a batch's windows and its state write, or a recovery elsewhere that misses the
-last changelog records. A message whose key is not its device id is dead-lettered too
-(its state would land in another partition than the device's).
+Delivery guarantee. Per batch: (1) the windows and dead letters are produced and their
+delivery awaited; (2) the device states are written to the table, then each raw partition's
+*position* (the next raw offset those states cover, :mod:`services.preprocess.positions`),
+and the broker's acknowledgement of every one of these changelog records is awaited; (3) only
+then does the batch return and faust acknowledge its offsets, committed later. So a committed
+raw offset never runs ahead of the changelog, and a worker restored from it (on a new disk,
+or on the same disk where faust replays the changelog records after the local store's
+persisted offset) covers everything committed. Without step (2)'s wait it could: faust's own
+pre-commit flush of its producer buffer gives up after 0.1 s without progress (see
+:class:`~services.preprocess.faust_internals.ChangelogAcks`); reproduced with a stalled
+broker, the commit went out with up to 138 state records still unsent, and a kill at that
+moment left 134 devices one packet short, a packet no worker would read again.
+As a second line of defence, after every recovery the worker compares each restored position
+with the group's committed offset and, where the commit is ahead (any recovery that restores
+less than was acknowledged), commits the position instead so those packets are read again
+(:func:`rewind_to_restored_state`).
+
+A crash between (1) and (3) replays the batch: packets the restored state already covers are
+dropped as duplicates (seq), the others produce the same windows again, with the same
+deterministic ids (``device:start_index``) and data. So windows are delivered **at least
+once, never lost, deterministic and idempotent by window id**; consumers deduplicate by id. A
+graceful stop (SIGTERM/SIGINT) finishes the batch in hand, commits and flushes: a restart
+then produces **no duplicates** (exactly once on the topic). A message whose key is not its
+device id is dead-lettered too (its state would land in another partition than the device's).
 
 A batch that cannot be finished ends the process. faust's ``take_events`` acknowledges
 every event of a batch when its generator is finalised, which happens when the agent body
@@ -44,21 +55,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import faust
 from aiokafka.errors import KafkaTimeoutError  # type: ignore[import-untyped]
-from faust.streams import _current_event  # private: see _in_partition_of
 from faust.types import EventT
 from prometheus_client import CollectorRegistry
 
 from services.common.kafka import dead_letter
 from services.common.shutdown import hard_exit
+from services.preprocess.faust_internals import (
+    ChangelogAcks,
+    commit_offsets,
+    committed_offsets,
+    in_partition_of,
+    shorten_fetch_wait,
+)
 from services.preprocess.metrics import PreprocessMetrics, create
+from services.preprocess.positions import (
+    Rewind,
+    decode_position,
+    encode_position,
+    position_key,
+    rewinds,
+)
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.stream import (
     RESET_KINDS,
@@ -86,6 +108,10 @@ EXIT_UNFINISHED_BATCH = 70
 #: enough for a broker leader election, short enough to restart well within a session.
 SEND_ATTEMPTS = 5
 SEND_BACKOFF_S = 0.5
+#: Beyond the producer's own request timeout (after which aiokafka fails a record), how long
+#: a batch waits for its changelog acknowledgements before giving up on the process: a
+#: record that neither arrives nor fails means faust's buffer drain task is gone.
+CHANGELOG_ACK_MARGIN_S = 10.0
 
 
 def exit_unfinished_batch(error: BaseException) -> NoReturn:
@@ -153,27 +179,6 @@ def faust_options(settings: PreprocessSettings) -> dict[str, Any]:
     return options
 
 
-def shorten_fetch_wait(fetch_max_wait_ms: int) -> None:
-    """Tansu profile only. faust hard-codes aiokafka's ``fetch_max_wait_ms=1500`` and Tansu
-    holds a fetch for the whole wait when any fetched partition is empty, which added ~0.4 s
-    per packet in the demo. aiokafka reads the attribute when the consumer starts, so it is
-    set on the consumer faust creates. Apache Kafka answers fetches as soon as data is there:
-    the production profile keeps faust's behaviour."""
-    from faust.transport.drivers import aiokafka as driver  # noqa: PLC0415 - dev profile only
-
-    original = driver.AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(original, "harstream_fetch_wait", None) == fetch_max_wait_ms:
-        return
-
-    def create(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = fetch_max_wait_ms
-        return consumer
-
-    create.harstream_fetch_wait = fetch_max_wait_ms  # type: ignore[attr-defined]
-    setattr(driver.AIOKafkaConsumerThread, "_create_worker_consumer", create)  # noqa: B010
-
-
 def create_app(
     settings: PreprocessSettings,
     registry: CollectorRegistry,
@@ -208,6 +213,7 @@ def create_app(
         partitions=settings.topic_partitions,
         options={"driver": "rocksdict"} if settings.store.startswith("rocksdb") else None,
     )  # bytes keys and values: faust picks the raw serializer
+    metrics = create(registry)
     handler = BatchHandler(
         StreamProcessor(
             StreamConfig(
@@ -219,8 +225,17 @@ def create_app(
         table,
         windows_topic,
         dlq_topic,
-        create(registry),
+        metrics,
+        changelog=ChangelogAcks(table),
+        changelog_timeout_s=app.conf.producer_request_timeout + CHANGELOG_ACK_MARGIN_S,
     )
+
+    # faust calls a table's recovery callbacks once its partitions are restored (after every
+    # rebalance, the first included) and only then seeks the stream partitions to their
+    # committed offsets: the one moment to move a committed offset back.
+    @table.on_recover
+    async def rewind() -> None:
+        await rewind_to_restored_state(app.consumer, table, settings.topics.raw, metrics)
 
     @app.agent(raw_topic, name="preprocess")
     async def preprocess(stream: faust.StreamT[bytes]) -> None:
@@ -233,23 +248,61 @@ def create_app(
     return app
 
 
-@contextmanager
-def _in_partition_of(event: Event) -> Iterator[None]:
-    """Make ``event`` faust's current event while touching the table.
+async def rewind_to_restored_state(
+    consumer: Any, table: Any, raw_topic: str, metrics: PreprocessMetrics
+) -> list[Rewind]:
+    """After a recovery: where the group's committed offset of a raw partition is ahead of
+    the position the restored table holds, commit that position, so the packets the restored
+    state does not cover are read again instead of skipped (:mod:`.positions`). Returns the
+    partitions moved back.
 
-    Faust picks a table key's store partition and changelog partition from the *current
-    event*; in a batch that is the batch's last event, of any partition. Each device's state
-    must be read and written as if by its own message (same key, so same partition).
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
+    With the changelog acknowledged before every batch is (module docstring) this finds
+    nothing; it is there for whatever else restores less than was committed (a recovery cut
+    short by a wrong high-water mark, an offset committed by another tool, a faust upgrade
+    that changes its commit path)."""
+    committed = await committed_offsets(consumer)
+    raw = {tp.partition: offset for tp, offset in committed.items() if tp.topic == raw_topic}
+    restored: dict[int, int] = {}
+    for partition in raw:
+        data = table.get(position_key(raw_topic, partition))
+        if data is None:
+            continue
+        try:
+            restored[partition] = decode_position(data)
+        except StateDecodeError as exc:
+            logger.error("raw partition %d: restored position unreadable: %s", partition, exc)
+    moves = rewinds(raw, restored)
+    if not moves:
+        return []
+    for move in moves:
+        logger.warning(
+            "raw partition %d: committed offset %d is ahead of the restored device states "
+            "(they cover up to %d): committing %d so %d messages are read again",
+            move.partition,
+            move.committed,
+            move.restored,
+            move.restored,
+            move.packets,
+        )
+    tps = {tp.partition: tp for tp in committed if tp.topic == raw_topic}
+    if await commit_offsets(consumer, {tps[m.partition]: m.restored for m in moves}):
+        metrics.rewound.inc(sum(m.packets for m in moves))
+    else:
+        # Refused when another rebalance has started: its recovery calls this again.
+        logger.warning("moving the committed offsets back was refused (rebalancing?)")
+    return moves
+
+
+class ChangelogWaiter(Protocol):
+    """Awaits the broker's acknowledgement of the table's changelog records
+    (:class:`~services.preprocess.faust_internals.ChangelogAcks`)."""
+
+    async def wait(self, timeout_s: float) -> None: ...
 
 
 class BatchHandler:
-    """One micro-batch: decode, process, produce windows, then update the table."""
+    """One micro-batch: decode, process, produce windows, then update the table and wait
+    until its changelog records are acknowledged."""
 
     def __init__(
         self,
@@ -258,6 +311,8 @@ class BatchHandler:
         windows_topic: faust.TopicT,
         dlq_topic: faust.TopicT,
         metrics: PreprocessMetrics,
+        changelog: ChangelogWaiter,
+        changelog_timeout_s: float,
         on_fatal: Callable[[BaseException], NoReturn] = exit_unfinished_batch,
     ) -> None:
         """``on_fatal`` is called with what prevented finishing a batch; it must not return
@@ -268,6 +323,8 @@ class BatchHandler:
         self.windows_topic = windows_topic
         self.dlq_topic = dlq_topic
         self.metrics = metrics
+        self.changelog = changelog
+        self.changelog_timeout_s = changelog_timeout_s
         self.on_fatal = on_fatal
 
     async def handle(self, events: Sequence[Event]) -> None:
@@ -303,8 +360,20 @@ class BatchHandler:
             [(event, self._dead_letter(event, exc)) for event, exc in failed],
         )
         for device_id, stream in result.streams.items():
-            with _in_partition_of(last_event[device_id]):
+            with in_partition_of(last_event[device_id]):
                 self.table[device_id.encode()] = stream.to_bytes(self.config)
+        # After the states, so the changelog holds a position only behind the states it
+        # covers: each raw partition's next offset, written as by its last event (same table
+        # and changelog partition as its devices' states). Failed packets count as covered:
+        # their dead letters were delivered above.
+        last_of_partition = {e.message.partition: e for e in events}
+        for partition, event in sorted(last_of_partition.items()):
+            with in_partition_of(event):
+                key = position_key(event.message.topic, partition)
+                self.table[key] = encode_position(event.message.offset + 1)
+        # The batch is acknowledged (so committable) when this returns: not before the
+        # broker holds its changelog records (see the module docstring).
+        await self.changelog.wait(self.changelog_timeout_s)
         self._count(result)
         for change in result.events:
             if change.kind in RESET_KINDS:
@@ -375,7 +444,7 @@ class BatchHandler:
         return BatchResult.merge(parts), crashed
 
     def _load(self, device_id: str, event: Event) -> DeviceStream | None:
-        with _in_partition_of(event):
+        with in_partition_of(event):
             data = self.table.get(device_id.encode())
         if data is None:
             return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import click
 
@@ -30,6 +29,7 @@ def preprocess() -> None:
     from services.common.kafka import create_topics  # noqa: PLC0415
     from services.common.shutdown import ShutdownWatchdog  # noqa: PLC0415
     from services.preprocess.app import TABLE_NAME, create_app  # noqa: PLC0415
+    from services.preprocess.faust_internals import bounded_worker  # noqa: PLC0415
     from services.preprocess.settings import PreprocessSettings  # noqa: PLC0415
 
     settings = PreprocessSettings()
@@ -55,18 +55,11 @@ def preprocess() -> None:
         settings.metrics_host,
         settings.metrics_port,
     )
+    # A bound on how long a signalled stop may take: stopping can hang for minutes when the
+    # broker is gone (consumer commit, producer flush).
     watchdog = ShutdownWatchdog("preprocess worker", settings.shutdown_timeout_s)
-
-    class _Worker(Worker):
-        """faust's Worker, with a bound on how long a signalled stop may take: stopping can
-        hang for minutes when the broker is gone (consumer commit, producer flush)."""
-
-        def _schedule_shutdown(self, signal: Any) -> None:
-            # mode's single entry point for SIGTERM and SIGINT (private, mode 0.x).
-            watchdog.arm()
-            super()._schedule_shutdown(signal)
-
+    bounded = bounded_worker(Worker, watchdog.arm)
     # faust's Worker installs SIGTERM/SIGINT handlers that stop the app gracefully; it keeps
     # our logging (override_logging=False) and, since web_enabled=False, starts no web server.
-    worker = _Worker(app, loglevel=settings.log_level, override_logging=False, quiet=True)
+    worker = bounded(app, loglevel=settings.log_level, override_logging=False, quiet=True)
     worker.execute_from_commandline()

@@ -22,6 +22,8 @@ class PreprocessMetrics(NamedTuple):
     batch_size: Histogram
     batch_seconds: Histogram
     dead_letters: Counter
+    #: Raw messages read again because the committed offset was ahead of the restored state.
+    rewound: Counter
 
 
 def create(registry: CollectorRegistry) -> PreprocessMetrics:
@@ -85,6 +87,12 @@ def create(registry: CollectorRegistry) -> PreprocessMetrics:
             "harstream_dead_letters_total",
             "Messages sent to the dead-letter topic, by error type.",
             ["error_type"],
+            registry=registry,
+        ),
+        rewound=Counter(
+            "harstream_preprocess_rewound_messages_total",
+            "Raw messages read again after a recovery because the group's committed offset "
+            "was ahead of what the restored device states cover (should stay 0).",
             registry=registry,
         ),
     )

@@ -19,6 +19,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from services.common.broker import free_port, wait_for_port
+from services.preprocess.positions import decode_position, position_key
 from services.preprocess.settings import PreprocessSettings
 from shared.dsp import StreamingPreprocessor, Windows
 from shared.messages import DeadLetter, RawPacket, WindowMessage
@@ -171,6 +172,7 @@ def test_recording_through_the_worker_equals_the_offline_core(
     consumer.assign([TopicPartition(changelog, p) for p in range(4)])
     consumer.seek_to_beginning()
     state_partitions: dict[str, set[int]] = {}
+    positions: dict[bytes, tuple[int, int]] = {}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         polled = consumer.poll(500)
@@ -178,9 +180,19 @@ def test_recording_through_the_worker_equals_the_offline_core(
             break  # read to the end
         for tp, records in polled.items():
             for r in records:
-                state_partitions.setdefault(r.key.decode(), set()).add(tp.partition)
+                if r.key.startswith(b"\xff"):
+                    positions[r.key] = (tp.partition, decode_position(r.value))
+                else:
+                    state_partitions.setdefault(r.key.decode(), set()).add(tp.partition)
     consumer.close()
     assert state_partitions == {d: {p} for d, p in raw_partition.items()}
+    # Each raw partition's position: in its own changelog partition, past its last packet.
+    raw_topic = worker.settings.topics.raw
+    assert positions == {
+        position_key(raw_topic, partition): (
+            partition, 1 + max(o for p, o in origins if p == partition))
+        for partition in set(raw_partition.values())
+    }  # fmt: skip
 
 
 def test_poison_messages_go_to_the_dead_letter_topic(

@@ -12,11 +12,13 @@ from typing import NoReturn
 import numpy as np
 import pytest
 from faust.streams import current_event
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from services.common.shutdown import ShutdownWatchdog
 from services.preprocess import app, metrics
-from services.preprocess.app import BatchHandler, faust_options
+from services.preprocess.app import BatchHandler, faust_options, rewind_to_restored_state
+from services.preprocess.positions import decode_position, encode_position, position_key
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.stream import DeviceStream, StreamConfig, StreamProcessor
 from shared.dsp import PreprocessingConfig
@@ -102,7 +104,28 @@ class _Event:
 
 
 class _Log(list):  # type: ignore[type-arg]
-    """Every effect in order: ("send", topic, key, value) and ("set", partition, key)."""
+    """Every effect in order: ("send", topic, key, value), ("set", partition, key) and
+    ("acked", records) when the handler has waited for its changelog records."""
+
+
+class _Changelog:
+    """Stands for the broker acknowledging the table's changelog records: counts the table
+    writes since the last wait. ``release`` (if given) must be set before a wait ends."""
+
+    def __init__(self, log: _Log, release: asyncio.Event | None = None) -> None:
+        self.log, self.release = log, release
+        self.waiting = asyncio.Event()
+
+    async def wait(self, timeout_s: float) -> None:
+        self.waiting.set()
+        if self.release is not None:
+            await self.release.wait()
+        sets = 0
+        for entry in reversed(self.log):
+            if entry[0] == "acked":
+                break
+            sets += entry[0] == "set"
+        self.log.append(("acked", sets))
 
 
 class _Topic:
@@ -139,6 +162,8 @@ def _handler(log: _Log, **config: object) -> tuple[BatchHandler, _Table, Collect
         _Topic("windows", log),  # type: ignore[arg-type]
         _Topic("dlq", log),  # type: ignore[arg-type]
         metrics.create(registry),
+        changelog=_Changelog(log),
+        changelog_timeout_s=30.0,
     )
     return handler, table, registry
 
@@ -152,7 +177,7 @@ def _packets(device: str, count: int, seed: int = 0) -> list[RawPacket]:
     ]
 
 
-def test_batch_handler_sends_windows_before_it_writes_the_state() -> None:
+def test_batch_handler_sends_windows_then_states_then_positions_then_awaits_acks() -> None:
     log = _Log()
     handler, table, registry = _handler(log)
     a, b = _packets("a", 6), _packets("b", 6, seed=1)
@@ -164,9 +189,16 @@ def test_batch_handler_sends_windows_before_it_writes_the_state() -> None:
     ]
     asyncio.run(handler.handle(events))
     kinds = [entry[0] for entry in log]
-    assert kinds == ["send"] * 6 + ["set", "set"]  # 3 windows per device, then the states
+    # 3 windows per device, the 2 states, the 2 partitions' positions, then the wait for
+    # the broker's acknowledgement of those 4 changelog records.
+    assert kinds == ["send"] * 6 + ["set"] * 4 + ["acked"] and log[-1] == ("acked", 4)
     # Each device's state in its own message's partition, whatever the batch's order.
-    assert sorted(entry[1:] for entry in log if entry[0] == "set") == [(0, b"b"), (2, b"a")]
+    assert sorted(entry[1:] for entry in log[6:8]) == [(0, b"b"), (2, b"a")]
+    # Then each raw partition's next offset, in that partition (same changelog partition).
+    raw = "t.raw.v1"
+    assert log[8:10] == [("set", 0, position_key(raw, 0)), ("set", 2, position_key(raw, 2))]
+    assert decode_position(table[position_key(raw, 0)]) == 12  # offsets 1, 3, ..., 11
+    assert decode_position(table[position_key(raw, 2)]) == 11
     stream = DeviceStream.from_bytes(table[b"a"], PreprocessingConfig())
     assert stream.last_seq == 5 and stream.counters.windows == 3
     assert registry.get_sample_value("harstream_windows_emitted_total") == 6
@@ -174,8 +206,39 @@ def test_batch_handler_sends_windows_before_it_writes_the_state() -> None:
     # The same batch again (a replay after a crash): all duplicates, nothing sent.
     log.clear()
     asyncio.run(handler.handle(events))
-    assert [entry[0] for entry in log] == ["set", "set"]
+    assert [entry[0] for entry in log] == ["set"] * 4 + ["acked"]
     assert registry.get_sample_value("harstream_preprocess_duplicates_total") == 12
+
+
+def test_a_batch_is_not_acknowledged_before_its_changelog_records_are() -> None:
+    """faust acknowledges a batch's offsets when ``handle`` returns: it must not return while
+    the broker has not acknowledged the batch's table writes."""
+    log = _Log()
+    handler, _, _ = _handler(log)
+
+    async def run() -> None:
+        release = asyncio.Event()
+        handler.changelog = changelog = _Changelog(log, release)
+        task = asyncio.create_task(handler.handle(_events("a", 6)))
+        await asyncio.wait_for(changelog.waiting.wait(), 5)
+        # The states are written (locally), the batch waits for the broker's acknowledgement.
+        assert [entry[0] for entry in log] == ["send"] * 3 + ["set"] * 2
+        await asyncio.sleep(0.05)  # give a handler that would not wait the time to return
+        assert not task.done()
+        release.set()
+        await asyncio.wait_for(task, 5)
+        assert log[-1] == ("acked", 2)  # device "a" and partition 0's position
+
+    asyncio.run(run())
+
+
+def test_positions_cover_dead_lettered_messages_too() -> None:
+    log = _Log()
+    handler, table, _ = _handler(log)
+    events = [*_events("a", 2), _Event(b"a", b"garbage", 3, 7)]
+    asyncio.run(handler.handle(events))
+    assert decode_position(table[position_key("t.raw.v1", 0)]) == 2
+    assert decode_position(table[position_key("t.raw.v1", 3)]) == 8  # only a dead letter
 
 
 def test_batch_handler_dead_letters_bad_messages_and_keeps_going() -> None:
@@ -276,6 +339,8 @@ def _handler_with(
         windows_topic,  # type: ignore[arg-type]
         _Topic("dlq", log),  # type: ignore[arg-type]
         metrics.create(registry),
+        changelog=_Changelog(log),
+        changelog_timeout_s=30.0,
         on_fatal=on_fatal,
     )
     return handler, table, registry, fatal
@@ -308,7 +373,7 @@ def test_retriable_send_errors_are_retried_then_the_batch_completes(
     topic = _FailingTopic("windows", log, _RetriableKafkaError("leader moved"), 2)
     handler, table, _, fatal = _handler_with(log, topic)
     asyncio.run(handler.handle(_events("a", 6)))
-    assert fatal == [] and [e[0] for e in log] == ["send"] * 3 + ["set"]
+    assert fatal == [] and [e[0] for e in log] == ["send"] * 3 + ["set", "set", "acked"]
     assert DeviceStream.from_bytes(table[b"a"], PreprocessingConfig()).last_seq == 5
     # Retriable, but for longer than SEND_ATTEMPTS: the process ends.
     log.clear()
@@ -347,7 +412,7 @@ def test_any_decoder_failure_dead_letters_only_that_packet(
     asyncio.run(handler.handle(_events("a", 6)))
     letters = [DeadLetter.from_bytes(e[3]) for e in log if e[0] == "send" and e[1] == "dlq"]
     assert [(d.error_type, d.source_offset) for d in letters] == [("IndexError", 1)]
-    assert fatal == [] and log[-1][0] == "set"
+    assert fatal == [] and log[-1][0] == "acked"
     assert registry.get_sample_value("harstream_dead_letters_total", {"error_type": "IndexError"})
 
 
@@ -369,3 +434,70 @@ def test_shutdown_watchdog_exits_when_the_stop_hangs() -> None:
     stopped_in_time.disarm()
     time.sleep(0.1)
     assert statuses == [1]
+
+
+def test_a_changelog_that_is_not_acknowledged_ends_the_process() -> None:
+    class Unacknowledged:
+        async def wait(self, timeout_s: float) -> None:
+            raise TimeoutError(f"no acknowledgement within {timeout_s} s")
+
+    log = _Log()
+    handler, _, _, fatal = _handler_with(log, _Topic("windows", log))
+    handler.changelog = Unacknowledged()
+    with pytest.raises(_Fatal):
+        asyncio.run(handler.handle(_events("a", 6)))
+    assert [type(f) for f in fatal] == [TimeoutError]
+
+
+class _Consumer:
+    """faust's consumer as the rewind uses it: committed offsets, and explicit commits."""
+
+    def __init__(self, committed: dict[TP, int | None], accept: bool = True) -> None:
+        self.committed, self.accept = committed, accept
+        self.commits: list[dict[TP, int]] = []
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        return dict(self.committed)
+
+    async def _commit(self, offsets: dict[TP, int]) -> bool:
+        self.commits.append(dict(offsets))
+        if self.accept:
+            self.committed.update(offsets)
+        return self.accept
+
+
+def test_recovery_moves_a_committed_offset_back_to_the_restored_position() -> None:
+    raw, changelog = "t.raw.v1", "pp-device-streams-changelog"
+    consumer = _Consumer(
+        {
+            TP(raw, 0): 120,  # ahead of the restored states (100): read 20 again
+            TP(raw, 1): 50,  # behind them: packets dropped by seq, nothing to do
+            TP(raw, 2): None,  # nothing committed: starts at the oldest packet anyway
+            TP(raw, 3): 9,  # no position restored (state of an older version)
+            TP(changelog, 0): None,
+        }
+    )
+    table = {
+        position_key(raw, 0): encode_position(100),
+        position_key(raw, 1): encode_position(60),
+        position_key(raw, 2): encode_position(5),
+    }
+    registry = CollectorRegistry()
+    moves = asyncio.run(rewind_to_restored_state(consumer, table, raw, metrics.create(registry)))
+    assert [(m.partition, m.committed, m.restored, m.packets) for m in moves] == [(0, 120, 100, 20)]
+    assert consumer.commits == [{TP(raw, 0): 100}]
+    assert registry.get_sample_value("harstream_preprocess_rewound_messages_total") == 20
+    # Nothing ahead any more: the next recovery commits nothing.
+    assert asyncio.run(rewind_to_restored_state(consumer, table, raw, metrics.create(
+        CollectorRegistry()))) == []  # fmt: skip
+    assert len(consumer.commits) == 1
+
+
+def test_a_refused_rewind_is_not_counted() -> None:
+    raw = "t.raw.v1"
+    consumer = _Consumer({TP(raw, 0): 10}, accept=False)
+    registry = CollectorRegistry()
+    table = {position_key(raw, 0): encode_position(4)}
+    moves = asyncio.run(rewind_to_restored_state(consumer, table, raw, metrics.create(registry)))
+    assert len(moves) == 1 and consumer.commits == [{TP(raw, 0): 4}]
+    assert registry.get_sample_value("harstream_preprocess_rewound_messages_total") == 0

@@ -1,0 +1,136 @@
+"""Every private faust (and mode, aiokafka) internal the preprocess worker relies on, in one
+place. faust is pinned (``faust-streaming==0.15.3`` in pyproject.toml);
+``tests/unit/test_preprocess_faust_internals.py`` has a test per item here that fails loudly
+when an upgrade changes what it relies on.
+
+1. :func:`in_partition_of`: faust's ``_current_event`` context variable picks a table key's
+   store partition and changelog partition.
+2. :class:`ChangelogAcks`: the futures of the changelog records a table sends
+   (``Collection.send_changelog``, called by ``Table.on_key_set``), so a batch can await them.
+3. :func:`committed_offsets` / :func:`commit_offsets`: the consumer group's committed offsets,
+   read and written from inside a table's recovery callback (before faust seeks the stream
+   partitions to them).
+4. :func:`shorten_fetch_wait`: aiokafka's fetch wait on the consumer faust creates.
+5. :func:`bounded_worker`: mode's single entry point for SIGTERM/SIGINT, to bound a stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from faust.streams import _current_event
+from faust.types import TP, EventT
+
+
+@contextmanager
+def in_partition_of(event: EventT[Any]) -> Iterator[None]:
+    """Make ``event`` faust's current event while touching the table.
+
+    Faust picks a table key's store partition and changelog partition from the *current
+    event*; in a batch that is the batch's last event, of any partition. Each device's state
+    must be read and written as if by its own message (same key, so same partition).
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class ChangelogAcks:
+    """Collects the changelog records a faust table sends, so that they can be awaited.
+
+    A table write goes to the local store at once and to the changelog topic through faust's
+    ``ProducerBuffer`` (``send_soon``), drained by a background task. faust flushes that
+    buffer before it commits source offsets, but ``ProducerBuffer.flush`` returns as soon as
+    0.1 s pass without one message leaving the buffer (a stalled broker, or an event loop
+    busy with a batch), and the message its drain task holds is in neither the buffer nor
+    aiokafka's accumulator: the commit then runs ahead of the changelog. Awaiting these
+    futures before a batch is acknowledged closes that window on any broker.
+
+    Wraps the table's ``send_changelog`` (faust's ``Table.on_key_set`` calls it for every
+    ``table[key] = value`` and returns nothing of it).
+    """
+
+    def __init__(self, table: Any) -> None:
+        self._pending: list[asyncio.Future[Any]] = []
+        send = table.send_changelog
+
+        def send_changelog(*args: Any, **kwargs: Any) -> Any:
+            future = send(*args, **kwargs)
+            self._pending.append(future)
+            return future
+
+        table.send_changelog = send_changelog
+
+    @property
+    def pending(self) -> int:
+        """Records sent since the last :meth:`wait`."""
+        return len(self._pending)
+
+    async def wait(self, timeout_s: float) -> None:
+        """Wait until every record sent since the last call is acknowledged by the broker
+        (``producer_acks``). Raises what a record failed with, or ``TimeoutError``."""
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.wait_for(asyncio.gather(*pending), timeout_s)
+
+
+async def committed_offsets(consumer: Any) -> dict[TP, int | None]:
+    """The group's committed offset of every partition assigned to ``consumer`` (faust's
+    aiokafka ``Consumer``), read from the broker; ``None`` where nothing is committed.
+
+    ``seek_to_committed`` also seeks the partitions there: harmless where it is used, in a
+    table's recovery callback, since faust's ``Recovery.on_recovery_completed`` seeks every
+    stream partition to its committed offset right after the callbacks anyway.
+    """
+    offsets: Mapping[TP, int] = await consumer.seek_to_committed()
+    return {tp: offset if offset is not None and offset >= 0 else None
+            for tp, offset in offsets.items()}  # fmt: skip
+
+
+async def commit_offsets(consumer: Any, offsets: Mapping[TP, int]) -> bool:
+    """Commit exactly ``offsets`` (lower ones included) for the group; False if the consumer
+    refused (e.g. a rebalance started). faust's public ``commit`` only commits offsets of
+    acknowledged messages, which cannot move a partition back."""
+    return bool(await consumer._commit(offsets))
+
+
+def shorten_fetch_wait(fetch_max_wait_ms: int) -> None:
+    """Tansu profile only. faust hard-codes aiokafka's ``fetch_max_wait_ms=1500`` and Tansu
+    holds a fetch for the whole wait when any fetched partition is empty, which added ~0.4 s
+    per packet in the demo. aiokafka reads the attribute when the consumer starts, so it is
+    set on the consumer faust creates. Apache Kafka answers fetches as soon as data is there:
+    the production profile keeps faust's behaviour."""
+    from faust.transport.drivers import aiokafka as driver  # noqa: PLC0415 - dev profile only
+
+    original = driver.AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(original, "harstream_fetch_wait", None) == fetch_max_wait_ms:
+        return
+    original = getattr(original, "harstream_original", original)
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = fetch_max_wait_ms
+        return consumer
+
+    create.harstream_fetch_wait = fetch_max_wait_ms  # type: ignore[attr-defined]
+    create.harstream_original = original  # type: ignore[attr-defined]
+    setattr(driver.AIOKafkaConsumerThread, "_create_worker_consumer", create)  # noqa: B010
+
+
+def bounded_worker(worker_class: type[Any], on_signal: Callable[[], None]) -> type[Any]:
+    """A subclass of faust's ``Worker`` that calls ``on_signal`` (e.g. arming a watchdog that
+    ends the process if the stop hangs) when SIGTERM or SIGINT asks it to stop. mode
+    routes both signals through ``Worker._schedule_shutdown`` (mode-streaming 0.7)."""
+
+    class BoundedWorker(worker_class):  # type: ignore[misc]
+        def _schedule_shutdown(self, signal: Any) -> None:
+            on_signal()
+            super()._schedule_shutdown(signal)
+
+    return BoundedWorker

@@ -1,0 +1,188 @@
+"""One test per private faust/mode/aiokafka internal in services/preprocess/faust_internals.py:
+each fails loudly if an upgrade changes what the worker relies on. No broker: a faust app
+pointed at a closed port builds its table, producer buffer and consumer objects without
+connecting."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import faust
+import pytest
+from faust.streams import current_event
+from faust.tables.recovery import Recovery
+from faust.transport.drivers import aiokafka as driver
+from faust.types import TP
+
+from services.preprocess import faust_internals
+from services.preprocess.faust_internals import (
+    ChangelogAcks,
+    bounded_worker,
+    commit_offsets,
+    committed_offsets,
+    in_partition_of,
+    shorten_fetch_wait,
+)
+
+
+class _Message:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+
+
+class _Event:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.message = _Message(topic, partition, offset)
+
+
+@pytest.fixture
+def app() -> Iterator[faust.App]:
+    app = faust.App(
+        "internals-test",
+        broker="kafka://127.0.0.1:1",  # never contacted
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+    )
+    yield app
+
+
+def test_in_partition_of_sets_fausts_current_event() -> None:
+    event = _Event("raw", 3, 17)
+    assert current_event() is None
+    with in_partition_of(event):  # type: ignore[arg-type]
+        assert current_event() is event
+        with in_partition_of(_Event("raw", 1, 2)):  # type: ignore[arg-type]
+            assert current_event().message.partition == 1  # type: ignore[union-attr]
+        assert current_event() is event
+    assert current_event() is None
+
+
+def test_a_table_write_goes_through_send_changelog_in_the_events_partition(
+    app: faust.App,
+) -> None:
+    """faust's ``Table.__setitem__`` -> ``on_key_set`` -> ``self.send_changelog``: the
+    wrapper sees every changelog record, in the partition of the current event."""
+
+    async def run() -> None:
+        table = app.Table("t", key_type=bytes, value_type=bytes, partitions=4)
+        acks = ChangelogAcks(table)
+        with in_partition_of(_Event("raw", 2, 5)):  # type: ignore[arg-type]
+            table[b"device"] = b"state"
+        assert acks.pending == 1
+        (future,) = acks._pending
+        assert future.message.partition == 2
+        assert future.message.channel.get_topic_name() == "internals-test-t-changelog"
+        assert future.message.value == b"state"
+        # Not acknowledged: the wait times out (the worker then ends without acking).
+        with pytest.raises(TimeoutError):
+            await acks.wait(0.05)
+        assert acks.pending == 0
+        # Acknowledged (faust resolves the FutureMessage when aiokafka's send completes).
+        with in_partition_of(_Event("raw", 2, 6)):  # type: ignore[arg-type]
+            table[b"device"] = b"state 2"
+        acks._pending[0].set_result(None)
+        await acks.wait(1.0)
+        # A failed record fails the wait.
+        with in_partition_of(_Event("raw", 2, 7)):  # type: ignore[arg-type]
+            table[b"device"] = b"state 3"
+        acks._pending[0].set_exception(RuntimeError("broker said no"))
+        with pytest.raises(RuntimeError, match="broker said no"):
+            await acks.wait(1.0)
+
+    asyncio.run(run())
+
+
+def test_recovery_calls_table_callbacks_before_seeking_to_committed_offsets() -> None:
+    """The rewind commits from a table's ``on_recover`` callback; faust must seek the stream
+    partitions to their committed offsets only after those callbacks (Recovery in 0.15)."""
+    source = inspect.getsource(Recovery.on_recovery_completed)
+    callbacks = source.index("table.on_recovery_completed(")
+    waited = source.index("await asyncio.wait(callback_coros)")
+    seek = source.index("consumer.perform_seek()")
+    assert callbacks < waited < seek
+    assert "await self.call_recover_callbacks()" in inspect.getsource(
+        faust.Table.on_recovery_completed
+    )
+
+
+def test_the_consumer_reads_and_commits_explicit_offsets(app: faust.App) -> None:
+    """``seek_to_committed`` returns the committed offsets of the assignment and
+    ``_commit`` commits a mapping as given (the aiokafka driver's consumer thread)."""
+    consumer = app.consumer
+    assert isinstance(consumer, driver.Consumer)
+    assert inspect.iscoroutinefunction(consumer.seek_to_committed)
+    assert inspect.iscoroutinefunction(consumer._commit)
+    assert list(inspect.signature(consumer._commit).parameters) == ["offsets"]
+    thread_commit = inspect.getsource(driver.AIOKafkaConsumerThread._commit)
+    assert "OffsetAndMetadata(offset" in thread_commit and "consumer.commit(" in thread_commit
+
+    class Delegate:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, Any]] = []
+
+        async def seek_to_committed(self) -> dict[TP, int]:
+            self.calls.append(("seek_to_committed", None))
+            return {TP("raw", 0): 12, TP("raw", 1): -1}
+
+        async def commit(self, offsets: dict[TP, int]) -> bool:
+            self.calls.append(("commit", offsets))
+            return True
+
+    delegate = Delegate()
+    consumer._thread = delegate  # type: ignore[assignment]
+    committed = asyncio.run(committed_offsets(consumer))
+    assert committed == {TP("raw", 0): 12, TP("raw", 1): None}
+    assert asyncio.run(commit_offsets(consumer, {TP("raw", 0): 3}))
+    assert delegate.calls == [("seek_to_committed", None), ("commit", {TP("raw", 0): 3})]
+
+
+def test_shorten_fetch_wait_reaches_the_aiokafka_consumer(app: faust.App) -> None:
+    original = driver.AIOKafkaConsumerThread._create_worker_consumer
+
+    async def create() -> Any:  # aiokafka's consumer wants a running loop
+        thread = app.consumer._thread  # type: ignore[attr-defined]
+        consumer = thread._create_worker_consumer(app.transport)
+        await consumer.stop()  # never started: only releases its client
+        return consumer
+
+    try:
+        shorten_fetch_wait(77)
+        shorten_fetch_wait(50)  # a second call replaces the first, does not stack
+        consumer = asyncio.run(create())
+        assert consumer._fetch_max_wait_ms == 50
+        # aiokafka reads the attribute when the consumer starts (it builds its fetcher).
+        start = inspect.getsource(type(consumer).start)
+        assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start
+    finally:
+        driver.AIOKafkaConsumerThread._create_worker_consumer = original  # type: ignore[method-assign]
+
+
+def test_bounded_worker_sees_sigterm_and_sigint(app: faust.App) -> None:
+    """mode's SIGTERM and SIGINT handlers (``_on_sigterm``, ``_on_sigint``) both go through
+    ``_schedule_shutdown``, which the bounded worker extends."""
+    signalled: list[str] = []
+    worker_class = bounded_worker(faust.Worker, lambda: signalled.append("stop"))
+
+    async def run() -> None:
+        worker = worker_class(app, loglevel="warning", override_logging=False, quiet=True)
+        worker._on_sigterm()
+        assert signalled == ["stop"] and worker._signal_stop_future is not None
+        worker._signal_stop_future.cancel()
+        worker._signal_stop_time = None
+        worker._on_sigint()
+        assert signalled == ["stop", "stop"]
+        worker._signal_stop_future.cancel()
+
+    asyncio.run(run())
+
+
+def test_faust_is_the_pinned_version() -> None:
+    """Everything above was checked against this version (pyproject pins it)."""
+    from importlib.metadata import version
+
+    assert version("faust-streaming") == "0.15.3"
+    assert faust_internals.__doc__ and "0.15.3" in faust_internals.__doc__
