@@ -5,6 +5,7 @@ rest on an idle pipeline (~1 min)."""
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,17 @@ pytestmark = pytest.mark.integration
 def _process_state(pid: int) -> str:
     """The one-letter state of ``pid`` in /proc (T: stopped)."""
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _becomes(pid: int, stopped: bool, timeout_s: float = 5.0) -> bool:
+    """Whether ``pid`` is or becomes stopped (``stopped``) or running again within
+    ``timeout_s``: signals are delivered asynchronously."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (_process_state(pid) == "T") == stopped:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +80,14 @@ def test_kill_and_restart_on_the_same_state(pipeline: Pipeline) -> None:
 def test_pause_stops_the_process_and_resume_continues_it(pipeline: Pipeline) -> None:
     pid = pipeline.services["modelserver"].pid
     pipeline.pause("modelserver")
-    assert _process_state(pid) == "T"
+    assert _becomes(pid, stopped=True)
     pipeline.resume("modelserver")
-    assert _process_state(pid) != "T"
+    assert _becomes(pid, stopped=False)
     pipeline.pause("broker")
     assert pipeline.broker.pid is not None
-    assert _process_state(pipeline.broker.pid) == "T"
+    assert _becomes(pipeline.broker.pid, stopped=True)
     pipeline.resume("broker")
+    assert _becomes(pipeline.broker.pid, stopped=False)
     pipeline.wait_ready("modelserver", 30)
 
 
