@@ -3,8 +3,8 @@ records of the topic (templates), sends nothing.
 
 The workers' promise (STYLE.md, "Errors"): a message they cannot decode or process goes to
 the dead-letter topic with the reason, and never stops them. Every record built here breaks
-that topic's contract somehow: bytes that are no frame, frames cut short or with a corrupt
-header, a huge value, a missing value or key (not both: Kafka clients refuse to produce
+that topic's contract somehow: bytes that are no frame, frames cut short or with a header
+that is not UTF-8, a huge value, a missing value or key (not both: Kafka clients refuse to produce
 a record without either), a valid frame under a key that is not its
 device id (another device's, none, not UTF-8: the record sits on the wrong partition, where
 per-device state and ordering do not hold), a frame of another topic's schema, and a frame
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -63,10 +64,18 @@ class Template:
     non_finite: bytes
 
 
-def _header_span(frame: bytes) -> tuple[int, int]:
-    """Where the JSON header of a binary frame (or the whole JSON document) lies."""
-    start = frame.find(b"{")
-    return (max(start, 0), min(len(frame), max(start, 0) + 200))
+#: Prefix of the binary frames (shared.messages.codec): magic, version, header length.
+_FRAME_PREFIX = struct.Struct(">2sBI")
+
+
+def _header_span(value: bytes) -> tuple[int, int]:
+    """Where the JSON header of a binary frame lies (its length is in the prefix), or the
+    first bytes of a JSON document: a byte changed there can only break the header, never
+    turn into another valid sample value."""
+    if len(value) > _FRAME_PREFIX.size and not value.startswith(b"{"):
+        _, _, head_len = _FRAME_PREFIX.unpack_from(value)
+        return _FRAME_PREFIX.size, min(len(value), _FRAME_PREFIX.size + head_len)
+    return 0, min(len(value), 200)
 
 
 def poison_for(  # noqa: PLR0911 - one return per kind
@@ -86,10 +95,11 @@ def poison_for(  # noqa: PLR0911 - one return per kind
     if kind == "truncated_frame":
         return PoisonRecord(topic, kind, key, value[: rng.randint(0, len(value) - 1)])
     if kind == "corrupt_header":
+        # A byte that is never UTF-8 (0xFF) somewhere in the JSON header: flipping bits
+        # instead could leave valid JSON (a digit of a timestamp), i.e. no poison at all.
         start, end = _header_span(value)
         position = rng.randrange(start, end)
-        flipped = bytes([value[position] ^ rng.choice((0x01, 0x20, 0x80, 0xFF))])
-        return PoisonRecord(topic, kind, key, value[:position] + flipped + value[position + 1 :])
+        return PoisonRecord(topic, kind, key, value[:position] + b"\xff" + value[position + 1 :])
     if kind == "huge_value":
         return PoisonRecord(topic, kind, key, value[:16] + rng.randbytes(HUGE_BYTES))
     if kind == "none_value":

@@ -7,10 +7,15 @@ import json
 import time
 from collections import Counter
 
+import numpy as np
+import pytest
+
 from services.fuzz.http_cases import CATEGORIES, Device, Fixture, draw_examples, generate
 from services.fuzz.poison import KINDS, STAGES, Template, poison_set
 from services.fuzz.rawhttp import RawResponse
 from services.fuzz.tally import Tally, judge, kafka_mismatch
+from shared.errors import SchemaError
+from shared.messages.raw import RawPacket
 
 PROBLEM = {"content-type": "application/problem+json; charset=utf-8"}
 FIXTURE = Fixture(
@@ -84,3 +89,16 @@ def test_poison_covers_every_kind_on_every_topic() -> None:
     assert {k for _, kinds_ in STAGES for k in kinds_} == set(KINDS)
     other = [r for r in records if r.kind == "other_schema" and r.topic == "raw"]
     assert other and other[0].value == templates["windows"].value
+
+
+def test_a_corrupt_header_never_decodes() -> None:
+    packet = RawPacket(
+        "dev", 3, 1_767_225_600.0, 50.0, np.zeros((50, 6)), received_at=1_767_225_601.0
+    )
+    templates = {"raw": Template(b"dev", packet.to_bytes(), b"")}
+    records = poison_set(templates, b"x", per_kind=200, seed=5, kinds=("corrupt_header",))
+    assert len(records) == 200
+    for record in records:
+        assert record.value is not None
+        with pytest.raises(SchemaError):
+            RawPacket.from_bytes(record.value)

@@ -44,7 +44,7 @@ def poison(fuzz_setup: FuzzSetup) -> TopicsResult:
         lambda: {name: s.running() for name, s in pipeline.services.items()},
         per_kind=1,
         seed=1,
-        wait_s=30.0,
+        wait_s=20.0,
     )
 
 
