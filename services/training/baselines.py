@@ -7,7 +7,7 @@ the same raw windows the neural models get. They are fitted on the training subj
 and scored on the test subjects with :func:`shared.classification.classification_report`,
 so their figures sit next to the neural models' on equal terms.
 
-This module imports without TensorFlow: Keras is imported only inside the LSTM functions.
+This module imports without TensorFlow: Keras is imported only inside the LSTM builder.
 """
 
 from __future__ import annotations
@@ -323,7 +323,10 @@ def run_classical_baselines(
 
 
 def build_lstm_baseline() -> keras.Model:
-    """The paper's plain LSTM: LSTM(100) → Dropout(0.5) → Dense(100, relu) → Dense(6)."""
+    """The paper's plain LSTM: LSTM(100) → Dropout(0.5) → Dense(100, relu) → Dense(6).
+
+    Trained like the other neural models (``harstream train``'s recipes,
+    :class:`services.training.train.TrainConfig` kind ``lstm``)."""
     import keras
     from keras import layers
 
@@ -333,42 +336,3 @@ def build_lstm_baseline() -> keras.Model:
     x = layers.Dense(100, activation="relu")(x)
     probs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
     return keras.Model(window, probs, name="lstm_baseline")
-
-
-def run_lstm_baseline(sets: Mapping[str, WindowSet], seed: int, epochs: int = 30) -> BaselineResult:
-    """Train the LSTM baseline on the train split, stopping early on the validation split
-    (patience 6, best weights restored); score it on the test split.
-
-    Adam 1e-3, batch 64, sparse categorical cross-entropy, ``keras.utils.set_random_seed``.
-    """
-    import keras
-
-    train, validation, test = sets["train"], sets["validation"], sets["test"]
-    keras.utils.set_random_seed(seed)
-    model = build_lstm_baseline()
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=6, restore_best_weights=True)
-    started = time.perf_counter()
-    model.fit(
-        train.x,
-        train.y,
-        validation_data=(validation.x, validation.y),
-        epochs=epochs,
-        batch_size=64,
-        callbacks=[stop],
-        shuffle=True,
-        verbose=2,
-    )
-    fit_seconds = time.perf_counter() - started
-    predicted = np.argmax(model.predict(test.x, batch_size=256, verbose=0), axis=1)
-    report = classification_report(test.y, predicted, ACTIVITIES)
-    result = BaselineResult.from_report("LSTM", seed, report, fit_seconds)
-    logger.info(
-        "LSTM (seed %d): accuracy %.4f, macro F1 %.4f, fit %.1f s",
-        seed, result.accuracy, result.f1, fit_seconds,
-    )  # fmt: skip
-    return result

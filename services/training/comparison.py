@@ -33,7 +33,15 @@ PAPER_FIGURES: dict[str, tuple[float, float | None, float | None, float | None]]
     "LSTM": (87.0, None, None, None),
     "Extra Trees": (87.13, None, None, None),
     "CNN-LSTM-GRU (paper)": (91.8, 91.7, 90.25, 90.47),
-    "harstream CNN (ours)": (None, None, None, None),  # type: ignore[dict-item]
+    "harstream CNN (v1, ours)": (None, None, None, None),  # type: ignore[dict-item]
+    "harstream hybrid (ours)": (None, None, None, None),  # type: ignore[dict-item]
+}
+#: The neural rows: table name → model kind, each trained over every seed.
+DEEP_ROWS: dict[str, str] = {
+    "LSTM": "lstm",
+    "CNN-LSTM-GRU (paper)": "paper",
+    "harstream CNN (v1, ours)": "cnn",
+    "harstream hybrid (ours)": "harstream",
 }
 
 Row = dict[str, float | int | str]
@@ -81,15 +89,14 @@ def _paper(value: float | None) -> str:
 
 
 def run_comparison(cache: HaptCache, seeds: Sequence[int], runs_dir: Path) -> str:
-    from services.training.baselines import run_classical_baselines, run_lstm_baseline
+    from services.training.baselines import run_classical_baselines
 
     started = time.perf_counter()
     sets = dict(build_window_sets(cache.load()))
     rows: dict[str, list[Row]] = {}
     for result in run_classical_baselines(sets, seeds):
         rows.setdefault(result.name, []).append(_baseline_row(result))
-    rows["LSTM"] = [_baseline_row(run_lstm_baseline(sets, seed=seeds[0]))]
-    for kind, name in (("paper", "CNN-LSTM-GRU (paper)"), ("harstream", "harstream CNN (ours)")):
+    for name, kind in DEEP_ROWS.items():
         rows[name] = [_deep_row(cache, kind, seed, runs_dir, sets["test"]) for seed in seeds]
     return render_table(rows, sets, seeds, time.perf_counter() - started)
 

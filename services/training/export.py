@@ -51,8 +51,14 @@ def export_saved_model(
     card: dict[str, Any],
     preprocessing: PreprocessingConfig,
     version: int | None = None,
+    throughput_seconds: float | None = None,
 ) -> Path:
-    """Write ``model`` as ``<base>/<version>/`` (next free version by default)."""
+    """Write ``model`` as ``<base>/<version>/`` (next free version by default).
+
+    ``throughput_seconds``: also measure the written signature's windows/s
+    (:func:`services.training.throughput.measure_signature`, that many seconds per round)
+    and put the figures in the model card.
+    """
     import keras
     import tensorflow as tf
 
@@ -103,6 +109,10 @@ def export_saved_model(
         },
         "preprocessing": {**preprocessing.to_dict(), "fingerprint": preprocessing.fingerprint},
     }
+    if throughput_seconds:
+        from services.training.throughput import measure_signature
+
+        card["throughput"] = measure_signature(staging, seconds=throughput_seconds)
     (staging / MODEL_CARD_JSON).write_text(json.dumps(card, indent=1))
     (staging / "MODEL_CARD.md").write_text(render_model_card(card))
     # TF Serving polls the base path: it must never see a half-written version
@@ -115,12 +125,80 @@ def read_model_card(version_dir: Path) -> dict[str, Any]:
     return dict(json.loads((version_dir / MODEL_CARD_JSON).read_text()))
 
 
+def _confusion_table(metrics: dict[str, Any]) -> list[str]:
+    labels = metrics["labels"]
+    short = [name.replace("WALKING_", "WALK_").title() for name in labels]
+    lines = [
+        "| true \\ predicted | " + " | ".join(short) + " | recall |",
+        "|---|" + "---:|" * (len(labels) + 1),
+    ]
+    for name, label, row in zip(short, labels, metrics["confusion_matrix"], strict=True):
+        recall = metrics["per_class"][label]["recall"]
+        lines.append(f"| {name} | " + " | ".join(map(str, row)) + f" | {recall:.1%} |")
+    return lines
+
+
+def _per_class_table(metrics: dict[str, Any]) -> list[str]:
+    lines = ["| class | precision | recall | F1 | windows |", "|---|---:|---:|---:|---:|"]
+    for label, scores in metrics["per_class"].items():
+        lines.append(
+            f"| {label} | {scores['precision']:.2%} | {scores['recall']:.2%} | "
+            f"{scores['f1']:.2%} | {scores['support']} |"
+        )
+    return lines
+
+
+def _recipe(config: dict[str, Any]) -> str:
+    """The training recipe of a run's config in words."""
+    optimiser = (
+        f"AdamW (weight decay {config['weight_decay']:g})"
+        if config.get("weight_decay") or config.get("ema")
+        else "Adam"
+    )
+    if config.get("ema"):
+        optimiser += ", weights averaged (EMA 0.99) for validation and export"
+    schedule = {
+        "constant": f"constant learning rate {config['learning_rate']:g}",
+        "plateau": f"learning rate {config['learning_rate']:g}, halved after 4 epochs "
+        "without a better validation loss",
+        "cosine": f"learning rate {config['learning_rate']:g} with {config['warmup_epochs']} "
+        "warm-up epochs, cosine decay to 0",
+    }[config.get("schedule", "constant")]
+    selection = {
+        "val_loss": "the epoch of lowest validation loss",
+        "val_accuracy": "the epoch of highest validation accuracy (ties: lower loss)",
+        "last": "the last epoch's",
+    }[config.get("selection", "val_loss")]
+    parts = [
+        f"{optimiser}; {schedule}; batch {config['batch_size']}; at most "
+        f"{config['epochs']} epochs"
+        + (
+            f", stopped after {config['patience']} without a better one"
+            if config["patience"]
+            else ""
+        ),
+        f"gradient clipping at global norm {config['clipnorm']:g}"
+        if config.get("clipnorm")
+        else "no gradient clipping",
+        f"training windows every {config['train_step']} samples",
+        f"weights kept: {selection}",
+    ]
+    if config.get("label_smoothing"):
+        parts.append(f"label smoothing {config['label_smoothing']:g}")
+    if config.get("mixup"):
+        parts.append(f"mixup Beta({config['mixup']:g}, {config['mixup']:g})")
+    if config.get("kind") in ("harstream", "cnn"):
+        parts.append(f"random rotation ±{config['max_degrees']:g}° and scale ±10 % in training")
+    return "; ".join(parts) + f"; seed {config['seed']} (deterministic TensorFlow kernels)."
+
+
 def render_model_card(card: dict[str, Any]) -> str:
     pre = card["preprocessing"]
     lines = [
         f"# Model card: {card.get('name', 'har')} version {card['version']}",
         "",
         f"**Architecture:** {card.get('architecture', '?')}",
+        "",
         f"**Trained by:** `{card.get('training_command', '?')}`",
         "",
         "## Intended use",
@@ -142,12 +220,44 @@ def render_model_card(card: dict[str, Any]) -> str:
         "",
         "## Metrics",
     ]
-    for split, metrics in card.get("metrics", {}).items():
+    metrics = card.get("metrics", {})
+    for split, figures in metrics.items():
         lines.append(
-            f"- {split}: accuracy {metrics['accuracy']:.4f}, macro-F1 "
-            f"{metrics['macro_avg']['f1']:.4f} on {metrics['samples']} windows"
+            f"- {split}: accuracy {figures['accuracy']:.2%}, macro-F1 "
+            f"{figures['macro_avg']['f1']:.2%} on {figures['samples']} windows"
         )
-    if "training" in card:
-        lines += ["", "## Training", "```json", json.dumps(card["training"], indent=1), "```"]
+    for split, figures in metrics.items():
+        if "confusion_matrix" in figures:
+            lines += ["", f"### {split.title()} subjects", "", *_per_class_table(figures), ""]
+            lines += _confusion_table(figures)
+    training = card.get("training")
+    if training:
+        lines += ["", "## Training"]
+        if "config" in training:
+            lines += ["", _recipe(training["config"])]
+        if "train_seconds" in training:
+            lines += [
+                "",
+                f"Kept epoch {training.get('best_epoch')} of {training.get('epochs_run')}; "
+                f"{training['train_seconds']:.0f} s of training on "
+                f"{training.get('train_windows')} windows.",
+            ]
+        lines += ["", "```json", json.dumps(training, indent=1), "```"]
+    throughput = card.get("throughput")
+    if throughput:
+        lines += [
+            "",
+            "## Throughput",
+            "",
+            f"{throughput['method']}; {throughput['cpus']} CPUs ({throughput['machine']}), "
+            f"load average {throughput['load_average_1min']} while measuring.",
+            "",
+            "| batch | windows/s | p50 ms/batch |",
+            "|---:|---:|---:|",
+        ]
+        for batch, row in throughput["batches"].items():
+            lines.append(
+                f"| {batch} | {row['windows_per_second']:,} | {row['p50_ms_per_batch']:.2f} |"
+            )
     lines += ["", "## Limitations", card.get("limitations", ""), ""]
     return "\n".join(lines)

@@ -1,8 +1,12 @@
-"""The two model architectures: the paper's CNN-LSTM-GRU and harstream's own.
+"""The model architectures: the paper's CNN-LSTM-GRU, harstream's hybrid and its earlier CNN.
 
-Both take a raw window ``(batch, 128, 9)`` named ``window`` (channels as in
-``shared.dsp.CHANNELS``) and output 6 class probabilities, so either can be exported for
+All take a raw window ``(batch, 128, 9)`` named ``window`` (channels as in
+``shared.dsp.CHANNELS``) and output 6 class probabilities, so any of them can be exported for
 TF Serving and served by the same worker.
+
+- ``paper``: the CNN-LSTM-GRU of the paper, layer for layer;
+- ``harstream``: harstream's hybrid (convolutions → GRU → attention), served by default;
+- ``cnn``: harstream's earlier pure CNN (``models/har/1``), kept to reproduce that version.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from keras import layers, ops
 
 from shared.activities import NUM_CLASSES
 
-ModelKind = Literal["paper", "harstream"]
 WINDOW_SHAPE = (128, 9)
 INPUT_NAME = "window"
 
@@ -93,12 +96,23 @@ class RandomOrientation(layers.Layer):
 class WindowStatistics(layers.Layer):
     """Per-window summary: mean and standard deviation of every channel, and the direction
     of gravity (mean total acceleration, normalised): posture is in that direction, which
-    separates sitting from standing far better than the motion does."""
+    separates sitting from standing far better than the motion does.
+
+    ``gravity=False`` leaves the direction out (means and log spreads only)."""
+
+    def __init__(self, gravity: bool = True, **kwargs: object):
+        super().__init__(**kwargs)
+        self.gravity = gravity
+
+    def get_config(self) -> dict[str, object]:
+        return {**super().get_config(), "gravity": self.gravity}
 
     def call(self, inputs):  # type: ignore[no-untyped-def]
         mean = ops.mean(inputs, axis=1)
         # log scale: a still person sways by milli-g, a walking one by tenths of a g
         log_std = ops.log(ops.std(inputs, axis=1) + 1e-4)
+        if not self.gravity:
+            return ops.concatenate([mean, log_std], axis=-1)
         gravity = ops.mean(inputs[:, :, 6:9] - inputs[:, :, 0:3], axis=1)
         direction = gravity / (ops.norm(gravity, axis=-1, keepdims=True) + 1e-6)
         return ops.concatenate([mean, log_std, direction], axis=-1)
@@ -114,7 +128,7 @@ class InstanceStandardise(layers.Layer):
         return centred / (ops.std(inputs, axis=1, keepdims=True) + 1e-3)
 
 
-def build_harstream_model(
+def build_cnn_model(
     channel_mean: np.ndarray,
     channel_std: np.ndarray,
     width: int = 64,
@@ -123,8 +137,8 @@ def build_harstream_model(
     max_degrees: float = 15.0,
     instance_branch: bool = True,
 ) -> keras.Model:
-    """harstream's model: a compact 1-D CNN over the normalised window, joined with
-    window statistics that carry the orientation of gravity.
+    """harstream's earlier model (``models/har/1``): a compact 1-D CNN over the normalised
+    window, joined with window statistics that carry the orientation of gravity.
 
     ``channel_mean``/``channel_std`` (9,) are the training set's, baked into the model so it
     is served on raw windows.
@@ -157,3 +171,158 @@ def build_harstream_model(
     x = layers.Dropout(dropout)(x)
     probs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
     return keras.Model(window, probs, name="harstream_cnn")
+
+
+@keras.saving.register_keras_serializable(package="harstream")
+class GravityTrajectory(layers.Layer):
+    """Where gravity points in each quarter of the window and how far it turns across it.
+
+    Gravity is ``total_acc - body_acc`` (the preprocessing's 0.3 Hz low-pass). The tilt of a
+    waist-worn phone is what tells sitting (pelvis tipped back) from standing; a direction
+    that is still turning says the wearer changed posture a moment ago, when the causal
+    gravity filter has not settled yet and the mean direction alone misleads.
+    Output: 4 unit vectors (12), first-to-last change (3), angle turned (rad, 1), mean
+    gravity magnitude (g, 1).
+    """
+
+    def call(self, inputs):  # type: ignore[no-untyped-def]
+        gravity = inputs[:, :, 6:9] - inputs[:, :, 0:3]
+        quarters = ops.mean(ops.reshape(gravity, (-1, 4, WINDOW_SHAPE[0] // 4, 3)), axis=2)
+        directions = quarters / (ops.norm(quarters, axis=-1, keepdims=True) + 1e-6)
+        first, last = directions[:, 0, :], directions[:, -1, :]
+        # atan2(|a × b|, a · b): exact near 0, where arccos of a rounded cosine is not
+        turned = ops.arctan2(
+            ops.norm(ops.cross(first, last), axis=-1), ops.sum(first * last, axis=-1)
+        )[:, None]
+        magnitude = ops.mean(ops.norm(gravity, axis=-1), axis=1)[:, None]
+        return ops.concatenate(
+            [ops.reshape(directions, (-1, 12)), last - first, turned, magnitude], axis=-1
+        )
+
+
+@keras.saving.register_keras_serializable(package="harstream")
+class AttentionPooling(layers.Layer):
+    """Softmax attention over time: a learned score per step, the weighted mean of the steps.
+
+    Lets the classifier look at the few steps where a still posture shows itself (a shift
+    of weight, a sway) instead of averaging them away.
+    """
+
+    def build(self, input_shape):  # type: ignore[no-untyped-def]
+        self.score = layers.Dense(1, name="score")
+        self.score.build(input_shape)
+        super().build(input_shape)
+
+    def call(self, inputs):  # type: ignore[no-untyped-def]
+        weights = ops.softmax(self.score(inputs), axis=1)
+        return ops.sum(weights * inputs, axis=1)
+
+    def compute_output_shape(self, input_shape):  # type: ignore[no-untyped-def]
+        return (input_shape[0], input_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="harstream")
+class LogBandEnergy(layers.Layer):
+    """Log spectral energy of every channel in five bands (0-1, 1-3, 3-6, 6-12, 12-25 Hz).
+
+    Standing sways: the body turns a little about the vertical (gyro x of an upright
+    phone), at 0.1-3 Hz and milli-rad/s, where a seated body is still. On a log scale those
+    energies differ by a constant between people instead of by a factor.
+    """
+
+    BANDS_HZ = ((0.0, 1.0), (1.0, 3.0), (3.0, 6.0), (6.0, 12.0), (12.0, 25.01))
+
+    def __init__(self, sample_rate_hz: float = 50.0, **kwargs: object):
+        super().__init__(**kwargs)
+        self.sample_rate_hz = sample_rate_hz
+        freqs = np.fft.rfftfreq(WINDOW_SHAPE[0], d=1.0 / sample_rate_hz)
+        masks = np.stack([(freqs >= lo) & (freqs < hi) for lo, hi in self.BANDS_HZ], axis=1)
+        masks[0, :] = False  # not the mean
+        # one-sided spectrum: every bin but DC and Nyquist stands for two, so that the bands
+        # add up to the channel's variance
+        self.masks = (
+            masks.astype("float32")
+            * np.where((freqs > 0) & (freqs < sample_rate_hz / 2), 2.0, 1.0).astype("float32")[
+                :, None
+            ]
+        )
+
+    def call(self, inputs):  # type: ignore[no-untyped-def]
+        centred = inputs - ops.mean(inputs, axis=1, keepdims=True)
+        real, imag = ops.rfft(ops.transpose(centred, (0, 2, 1)))
+        power = (ops.square(real) + ops.square(imag)) / float(WINDOW_SHAPE[0] ** 2)
+        bands = ops.matmul(power, ops.convert_to_tensor(self.masks))  # (batch, 9, 5)
+        return ops.reshape(ops.log(bands + 1e-8), (-1, WINDOW_SHAPE[1] * len(self.BANDS_HZ)))
+
+    def get_config(self) -> dict[str, object]:
+        return {**super().get_config(), "sample_rate_hz": self.sample_rate_hz}
+
+
+def _conv_block(x, filters: int, kernel: int, pool: int):  # type: ignore[no-untyped-def]
+    x = layers.Conv1D(filters, kernel, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    return layers.MaxPooling1D(pool)(x) if pool > 1 else x
+
+
+def build_hybrid_model(
+    channel_mean: np.ndarray,
+    channel_std: np.ndarray,
+    width: int = 64,
+    recurrent: Literal["gru", "lstm"] = "gru",
+    recurrent_units: int = 64,
+    bidirectional: bool = False,
+    attention: bool = True,
+    multiscale: bool = True,
+    dropout: float = 0.3,
+    augment: bool = True,
+    max_degrees: float = 10.0,
+    gravity_features: bool = True,
+    spectral_features: bool = False,
+) -> keras.Model:
+    """harstream's hybrid: a convolutional front end, a recurrent temporal block and
+    attention, joined with window statistics and the gravity trajectory.
+
+    The front end reads the normalised window beside each window scaled by its own spread
+    (:class:`InstanceStandardise`); with ``multiscale`` its first layer has kernels of 3, 7
+    and 15 samples (60 ms to 0.3 s: a footstep's impact to a sway) side by side. Three poolings
+    leave 16 steps of 160 ms for the recurrent block, so it costs little per window.
+    ``channel_mean``/``channel_std`` (9,) are the training set's, baked into the model.
+    """
+    window = keras.Input(shape=WINDOW_SHAPE, name=INPUT_NAME)
+    raw = RandomOrientation(max_degrees=max_degrees, name="augment")(window) if augment else window
+    parts = [WindowStatistics(gravity=gravity_features, name="window_statistics")(raw)]
+    if gravity_features:
+        parts.append(GravityTrajectory(name="gravity_trajectory")(raw))
+    if spectral_features:
+        parts.append(LogBandEnergy(name="band_energy")(raw))
+    stats = layers.Concatenate(name="statistics")(parts) if len(parts) > 1 else parts[0]
+    stats = layers.Normalization(name="stats_norm")(stats)
+    x = layers.Normalization(
+        axis=-1, mean=channel_mean, variance=np.square(channel_std), name="normalise"
+    )(raw)
+    x = layers.Concatenate()([x, InstanceStandardise(name="instance_standardise")(raw)])
+    if multiscale:
+        x = layers.Concatenate()(
+            [layers.Conv1D(width // 2, k, padding="same", use_bias=False)(x) for k in (3, 7, 15)]
+        )
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling1D(2)(x)
+    else:
+        x = _conv_block(x, width, 7, 2)
+    x = _conv_block(x, width, 5, 2)
+    x = _conv_block(x, 2 * width, 3, 2)
+    cell = layers.GRU if recurrent == "gru" else layers.LSTM
+    rnn = cell(recurrent_units, return_sequences=True)
+    seq = layers.Bidirectional(rnn)(x) if bidirectional else rnn(x)
+    pooled = [AttentionPooling(name="attention")(seq)] if attention else []
+    pooled += [layers.GlobalAveragePooling1D()(seq), seq[:, -1, :]]
+    x = layers.Concatenate()(pooled)
+    s = layers.Dense(32, activation="relu")(stats)
+    x = layers.Concatenate()([x, s])
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dropout(dropout)(x)
+    probs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    return keras.Model(window, probs, name="harstream_hybrid")

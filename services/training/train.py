@@ -1,4 +1,4 @@
-"""Training: deterministic seeds, early stopping on the validation subjects, saved history.
+"""Training: deterministic seeds, checkpoints chosen on the validation subjects, saved history.
 
 Checkpoints are chosen on the validation subjects (training subjects held out); the test
 subjects are never looked at here.
@@ -8,49 +8,87 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
-from services.training.models import ModelKind
+from shared.activities import NUM_CLASSES
 from shared.dataset import WindowSet
 from shared.dsp import PreprocessingConfig
 
 logger = logging.getLogger(__name__)
 
+#: ``paper``: the paper's CNN-LSTM-GRU; ``lstm``: its plain LSTM baseline; ``harstream``: our
+#: hybrid (served); ``cnn``: our earlier CNN (``models/har/1``). See services.training.models.
+ModelKind = Literal["paper", "lstm", "harstream", "cnn"]
+MODEL_KINDS: tuple[ModelKind, ...] = ("paper", "lstm", "harstream", "cnn")
+Schedule = Literal["constant", "plateau", "cosine"]
+Selection = Literal["val_loss", "val_accuracy", "last"]
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters; the defaults are the ones the committed models were trained with.
-
-    The paper states none of optimiser, batch or epochs: for ``paper`` we use Adam (1e-3),
-    batch 64, at most 50 epochs, early stopping on validation loss (patience 10).
-    """
+    """Hyper-parameters; :meth:`default_for` gives the recipe each committed model used."""
 
     kind: ModelKind
     seed: int = 0
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 1e-3
+    #: Early stopping after this many epochs without a better ``selection`` figure; 0: never.
     patience: int = 10
     #: Step between training windows (samples); 64 = UCI's. Smaller: overlapping windows
     #: as augmentation. Validation and test always use the stream's step.
     train_step: int = 64
-    #: harstream model only: random rotation (degrees) / scaling during training.
+    #: harstream/cnn only: random rotation (degrees) / scaling during training.
     max_degrees: float = 10.0
     width: int = 64
-    #: harstream model only: AdamW weight decay, and validation/checkpoints on an exponential
-    #: moving average of the weights (steadier across seeds than the raw weights).
+    #: AdamW weight decay, and validation/checkpoints on an exponential moving average of
+    #: the weights (steadier across seeds than the raw weights).
     weight_decay: float = 0.0
     ema: bool = False
+    #: ``constant``; ``plateau`` (halve after 4 epochs without a better validation loss);
+    #: ``cosine`` (linear warm-up over ``warmup_epochs``, then cosine decay to 0 at ``epochs``).
+    schedule: Schedule = "constant"
+    warmup_epochs: int = 0
+    #: Gradient clipping by global norm (None: none).
+    clipnorm: float | None = None
+    label_smoothing: float = 0.0
+    #: Mixup's Beta(α, α) parameter (0: no mixup).
+    mixup: float = 0.0
+    #: Which epoch's weights are kept: best validation loss, best validation accuracy (ties:
+    #: lower loss), or the last epoch's.
+    selection: Selection = "val_loss"
+    #: harstream (hybrid) only: the temporal block.
+    recurrent: Literal["gru", "lstm"] = "gru"
+    recurrent_units: int = 64
+    attention: bool = True
+    multiscale: bool = True
+    dropout: float = 0.3
+    gravity_features: bool = True
+    spectral_features: bool = False
 
     @classmethod
     def default_for(cls, kind: ModelKind, seed: int = 0) -> TrainConfig:
-        if kind == "paper":
-            return cls(kind="paper", seed=seed)
+        if kind in ("paper", "lstm"):
+            return cls(kind=kind, seed=seed)
+        if kind == "cnn":  # models/har/1
+            return cls(
+                kind="cnn",
+                seed=seed,
+                epochs=60,
+                patience=12,
+                train_step=32,
+                weight_decay=0.01,
+                ema=True,
+                schedule="plateau",
+            )
         return cls(
             kind="harstream",
             seed=seed,
@@ -59,7 +97,13 @@ class TrainConfig:
             train_step=32,
             weight_decay=0.01,
             ema=True,
+            schedule="plateau",
         )
+
+    @property
+    def soft_targets(self) -> bool:
+        """Trained on probability vectors (one-hot, smoothed or mixed) rather than indices."""
+        return self.label_smoothing > 0 or self.mixup > 0
 
 
 @dataclass
@@ -104,28 +148,156 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(config: TrainConfig, train: WindowSet) -> object:
-    from services.training.models import (
-        WindowStatistics,
-        build_harstream_model,
-        build_paper_model,
-    )
+    """The model of ``config.kind``, its input normalisation fitted on ``train``."""
+    import keras
+
+    from services.training.models import build_cnn_model, build_hybrid_model, build_paper_model
 
     if config.kind == "paper":
         return build_paper_model()
+    if config.kind == "lstm":
+        from services.training.baselines import build_lstm_baseline
+
+        return build_lstm_baseline()
     flat = train.x.reshape(-1, train.x.shape[-1])
-    model = build_harstream_model(
-        flat.mean(axis=0), flat.std(axis=0), width=config.width, max_degrees=config.max_degrees
-    )
-    statistics = np.asarray(WindowStatistics()(train.x))
-    model.get_layer("stats_norm").adapt(statistics)
+    mean, std = flat.mean(axis=0), flat.std(axis=0)
+    if config.kind == "cnn":
+        model = build_cnn_model(mean, std, width=config.width, max_degrees=config.max_degrees)
+    else:
+        model = build_hybrid_model(
+            mean,
+            std,
+            width=config.width,
+            recurrent=config.recurrent,
+            recurrent_units=config.recurrent_units,
+            attention=config.attention,
+            multiscale=config.multiscale,
+            dropout=config.dropout,
+            max_degrees=config.max_degrees,
+            gravity_features=config.gravity_features,
+            spectral_features=config.spectral_features,
+        )
+    # the window statistics of the training set (augmentation is off outside training)
+    norm = model.get_layer("stats_norm")
+    statistics = keras.Model(model.inputs, norm.input).predict(train.x, batch_size=512, verbose=0)
+    norm.adapt(statistics)
     return model
 
 
-def train_model(
-    config: TrainConfig, train: WindowSet, validation: WindowSet, verbose: int = 1
-) -> TrainResult:
-    """Fit ``config.kind`` on ``train``; keep the weights of the best validation loss.
+def one_hot(y: npt.NDArray[np.int64], smoothing: float = 0.0) -> npt.NDArray[np.float32]:
+    """Class indices → probability rows, with label smoothing ``smoothing`` spread evenly."""
+    rows = np.full((len(y), NUM_CLASSES), smoothing / NUM_CLASSES, dtype=np.float32)
+    rows[np.arange(len(y)), y] += 1.0 - smoothing
+    return rows
 
+
+def mixup_batch(
+    x: npt.NDArray[np.float32],
+    targets: npt.NDArray[np.float32],
+    alpha: float,
+    rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Mixup (Zhang et al. 2018): each window blended with another of the batch, its target
+    likewise; the weight of the window itself is kept ≥ 0.5 so the mix stays its own."""
+    lam = rng.beta(alpha, alpha, size=len(x)).astype(np.float32)
+    lam = np.maximum(lam, 1.0 - lam)
+    partner = rng.permutation(len(x))
+    mixed_x = lam[:, None, None] * x + (1.0 - lam[:, None, None]) * x[partner]
+    mixed_t = lam[:, None] * targets + (1.0 - lam[:, None]) * targets[partner]
+    return mixed_x.astype(np.float32), mixed_t.astype(np.float32)
+
+
+def _batches(config: TrainConfig, x: npt.NDArray[np.float32], targets: npt.NDArray[Any]) -> Any:
+    """A Keras PyDataset: shuffled batches (a seeded numpy generator, so runs repeat), mixed
+    when ``config.mixup``."""
+    import keras
+
+    class Batches(keras.utils.PyDataset):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(config.seed)
+            self.order = self.rng.permutation(len(x))
+
+        def __len__(self) -> int:
+            return math.ceil(len(x) / config.batch_size)
+
+        def __getitem__(self, index: int) -> tuple[Any, Any]:
+            rows = self.order[index * config.batch_size : (index + 1) * config.batch_size]
+            if config.mixup > 0:
+                return mixup_batch(x[rows], targets[rows], config.mixup, self.rng)
+            return x[rows], targets[rows]
+
+        def on_epoch_end(self) -> None:
+            self.order = self.rng.permutation(len(x))
+
+    return Batches()
+
+
+def _optimizer(config: TrainConfig, steps_per_epoch: int) -> Any:
+    import keras
+
+    learning_rate: Any = config.learning_rate
+    if config.schedule == "cosine":
+        warmup = config.warmup_epochs * steps_per_epoch
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=config.learning_rate if warmup == 0 else 0.0,
+            decay_steps=(config.epochs - config.warmup_epochs) * steps_per_epoch,
+            warmup_target=config.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    if config.weight_decay or config.ema:
+        return keras.optimizers.AdamW(
+            learning_rate,
+            weight_decay=config.weight_decay,
+            use_ema=config.ema,
+            ema_momentum=0.99,
+            clipnorm=config.clipnorm,
+        )
+    return keras.optimizers.Adam(learning_rate, clipnorm=config.clipnorm)
+
+
+def _keep_best(config: TrainConfig) -> Any:
+    """Callback: keeps the weights of the selected epoch and stops early after ``patience``
+    epochs without a better one. Validation accuracy moves in steps of one window (1/1287):
+    ties go to the lower validation loss."""
+    import keras
+
+    class KeepBest(keras.callbacks.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.best: tuple[float, float] | None = None
+            self.best_epoch = 0
+            self.weights: list[Any] | None = None
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            logs = logs or {}
+            if config.selection == "val_accuracy":
+                key = (-logs["val_accuracy"], logs["val_loss"])
+            else:
+                key = (logs["val_loss"], 0.0)
+            if config.selection == "last" or self.best is None or key < self.best:
+                self.best, self.best_epoch = key, epoch + 1
+                self.weights = self.model.get_weights()
+            elif config.patience and epoch + 1 - self.best_epoch >= config.patience:
+                self.model.stop_training = True
+
+        def on_train_end(self, logs: dict[str, float] | None = None) -> None:
+            if self.weights is not None:
+                self.model.set_weights(self.weights)
+
+    return KeepBest()
+
+
+def train_model(
+    config: TrainConfig,
+    train: WindowSet,
+    validation: WindowSet,
+    verbose: int = 1,
+    teacher: npt.NDArray[np.float32] | None = None,
+) -> TrainResult:
+    """Fit ``config.kind`` on ``train``; keep the weights ``config.selection`` chooses.
+
+    ``teacher``: (len(train), 6) probabilities to learn instead of the labels (distillation).
     ``verbose=1`` shows Keras' progress bar per epoch.
     """
     import keras
@@ -133,28 +305,19 @@ def train_model(
     seed_everything(config.seed)
     model = build_model(config, train)
     assert isinstance(model, keras.Model)
-    if config.weight_decay or config.ema:
-        optimizer: keras.optimizers.Optimizer = keras.optimizers.AdamW(
-            config.learning_rate,
-            weight_decay=config.weight_decay,
-            use_ema=config.ema,
-            ema_momentum=0.99,
-        )
-    else:
-        optimizer = keras.optimizers.Adam(config.learning_rate)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    soft = config.soft_targets or teacher is not None
     model.compile(
-        optimizer=optimizer,
-        loss="sparse_categorical_crossentropy",
+        optimizer=_optimizer(config, steps_per_epoch),
+        loss="categorical_crossentropy" if soft else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.patience, restore_best_weights=True
-        )
-    ]
+    keep_best = _keep_best(config)
+    callbacks: list[keras.callbacks.Callback] = [keep_best]
     if config.ema:
+        # first: the EMA weights are swapped in before the others see the epoch's end
         callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    if config.kind == "harstream":
+    if config.schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=4)
         )
@@ -166,24 +329,38 @@ def train_model(
         len(validation),
     )
     started = time.perf_counter()
-    fitted = model.fit(
-        train.x,
-        train.y,
-        validation_data=(validation.x, validation.y),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        callbacks=callbacks,
-        shuffle=True,
-        verbose=verbose,
-    )
+    if soft:
+        targets = (
+            teacher.astype(np.float32)
+            if teacher is not None
+            else one_hot(train.y, config.label_smoothing)
+        )
+        val_targets = one_hot(validation.y)
+        fitted = model.fit(
+            _batches(config, train.x, targets),
+            validation_data=(validation.x, val_targets),
+            epochs=config.epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    else:
+        fitted = model.fit(
+            train.x,
+            train.y,
+            validation_data=(validation.x, validation.y),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            callbacks=callbacks,
+            shuffle=True,
+            verbose=verbose,
+        )
     seconds = time.perf_counter() - started
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
-    best_epoch = int(np.argmin(history["val_loss"])) + 1
     return TrainResult(
         model=model,
         config=config,
         history=history,
-        best_epoch=best_epoch,
+        best_epoch=keep_best.best_epoch,
         seconds=seconds,
         train_windows=len(train),
         validation_windows=len(validation),
