@@ -19,10 +19,12 @@ counters. :meth:`StreamProcessor.process_batch` advances many devices by a batch
   with newer samples) reset the same way.
 * **Rates other than 50 Hz** are resampled (:mod:`services.preprocess.resample`).
 
-Timeline: sample index ``i`` stands for device time ``origin_time + i / 50``. The first
-packet received starts index 0 at its ``first_sample_time`` (packets with lower seqs that
-arrive after it are late: dropped as duplicates); a window's ``start_index`` is the
-timeline index of its first sample. Feeding a 50 Hz recording in order in any packet sizes
+Timeline: sample index ``i`` stands for device time ``origin_time + i / 50``. The device's
+first packet starts index 0 at its ``first_sample_time``; the reorder buffer covers it like
+any other: seq 0 starts the device at once, a first packet with a higher seq waits for the
+lower ones (at most ``reorder_max_packets`` later packets; lower seqs arriving after that
+are late: dropped as duplicates). A window's ``start_index`` is the timeline index of its
+first sample. Feeding a 50 Hz recording in order in any packet sizes
 gives windows bit-identical to ``StreamingPreprocessor().process`` over the whole recording,
 at the same start indices.
 
@@ -412,11 +414,13 @@ class _Planner:
         self.events.append(StreamEvent(kind, self.device_id, seq, detail))
 
     def offer(self, packet: RawPacket) -> None:
+        # A device that has not started yet expects seq 0 (``last_seq`` is -1): its first
+        # packet, if not seq 0, waits in the reorder buffer like any packet ahead of a missing
+        # one, so lower seqs still arriving go first. Devices number from 0 (ingest accepts
+        # any seq >= 0; the demo and the simulator start at 0); one that starts higher is
+        # started by the buffer overflowing, reorder_max_packets packets later: a delay,
+        # not a gap (nothing is reset, no data dropped).
         s = self.stream
-        if not s.started:
-            self._feed(packet)
-            self._drain()
-            return
         buffered = any(p.seq == packet.seq for p in self.pending)
         if buffered or packet.seq <= s.last_seq:
             if not buffered and packet.first_sample_time > s.last_sample_time:

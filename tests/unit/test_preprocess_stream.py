@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -100,6 +101,42 @@ def test_any_packet_sizes_give_the_offline_windows_bit_for_bit(sizes: list[int],
     assert len({w.window_id for w in windows}) == len(windows)
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(1, 150), min_size=1, max_size=40),
+    n=st.integers(0, 1500),
+    buffer=st.integers(0, 6),
+    order=st.randoms(use_true_random=False),
+)
+def test_any_packetisation_and_reordering_within_the_buffer_give_the_offline_windows(
+    sizes: list[int], n: int, buffer: int, order: random.Random
+) -> None:
+    """Packets shuffled within blocks of reorder_max_packets + 1 (from the very first, so
+    the device's first packet may arrive late too), fed in batches of random sizes:
+    the offline windows bit for bit, same ids, nothing dropped."""
+    samples = imu(n + 1)
+    packets = packetize(samples, sizes)
+    arrived: list[RawPacket] = []
+    for start in range(0, len(packets), buffer + 1):
+        block = packets[start : start + buffer + 1]
+        order.shuffle(block)
+        arrived += block
+    processor = StreamProcessor(StreamConfig(reorder_max_packets=buffer))
+    stream, windows, events = None, [], []
+    i = 0
+    while i < len(arrived):
+        step = order.randint(1, 7)
+        result = processor.process_batch(
+            {"dev-1": stream} if stream else {}, arrived[i : i + step], now=2000.0
+        )
+        stream, i = result.streams["dev-1"], i + step
+        windows += result.windows
+        events += [e.kind for e in result.events]
+    assert set(events) <= {EventKind.REORDERED}
+    assert_same(windows, offline(samples))
+    assert stream is not None and stream.pending == () and stream.last_seq == len(packets) - 1
+
+
 def test_window_fields() -> None:
     samples = imu(64 * 6)
     packets = packetize(samples, 50)
@@ -117,11 +154,64 @@ def test_window_fields() -> None:
     assert stream.next_index == len(samples) and stream.last_seq == len(packets) - 1
 
 
-def test_a_first_packet_with_any_seq_starts_the_stream() -> None:
+def test_a_first_packet_with_a_higher_seq_waits_in_the_reorder_buffer_then_starts() -> None:
+    """A device numbering from 1234 (nothing lost before it): its packets wait for seq 0
+    until the buffer overflows, then it starts at 1234: the offline windows, no gap."""
     samples = imu(600)
-    _, windows, events = feed(packetize(samples, 50, seq0=1234))
-    assert events == []
+    packets = packetize(samples, 50, seq0=1234)
+    stream, windows, events = feed(packets[:4])
+    assert windows == [] and [p.seq for p in stream.pending] == [1234, 1235, 1236, 1237]
+    assert not stream.started  # still waiting for lower seqs
+    stream, more, events_after = feed(packets[4:], stream=stream)
+    assert_same(windows + more, offline(samples))
+    assert set(events + events_after) == {EventKind.REORDERED}
+    assert stream.counters.gaps == 0 and stream.counters.resets == 0
+    # Without a reorder buffer the first packet starts the device at once, whatever its seq.
+    _, windows, events = feed(packets, StreamProcessor(StreamConfig(reorder_max_packets=0)))
+    assert_same(windows, offline(samples)) and events == []
+
+
+def test_seq_0_starts_a_device_at_once() -> None:
+    samples = imu(200)
+    stream, windows, events = feed(packetize(samples, 50)[:3])
+    assert stream.started and stream.last_seq == 2 and stream.pending == () and events == []
+    assert [w.start_index for w in windows] == [0]
+
+
+@pytest.mark.parametrize("late", [1, 2, 4])
+def test_a_first_packet_arriving_after_later_ones_is_not_lost(late: int) -> None:
+    """Issue 8, item 6: the device's first packet (seq 0) arrives after ``late`` later ones
+    (the first two swapped, for ``late=1``): the same windows, same ids, as in order."""
+    samples = imu(1000)
+    packets = packetize(samples, 50)
+    swapped = [*packets[1 : late + 1], packets[0], *packets[late + 1 :]]
+    stream, windows, events = feed(swapped)
+    in_order = feed(packets)[1]
+    assert [w.window_id for w in windows] == [w.window_id for w in in_order]
     assert_same(windows, offline(samples))
+    assert windows[0].start_time == T0
+    assert EventKind.DUPLICATE not in events and EventKind.GAP not in events
+    assert events.count(EventKind.REORDERED) == late and stream.counters.packets == 20
+    # The same in one batch (the worker's micro-batch), for many devices at once.
+    batch = [RawPacket(f"d{k}", p.seq, p.first_sample_time, p.sample_rate_hz, p.samples,
+                       p.received_at) for k in range(3) for p in swapped]  # fmt: skip
+    result = StreamProcessor().process_batch({}, batch, now=2000.0)
+    for k in range(3):
+        mine = [w for w in result.windows if w.device_id == f"d{k}"]
+        assert_same(mine, offline(samples))
+
+
+def test_a_first_packet_later_than_the_buffer_is_too_late() -> None:
+    """Bounded: once reorder_max_packets later packets wait, the lowest starts the device;
+    the first packet turning up after that is a duplicate (as for any given-up packet)."""
+    samples = imu(1000)
+    packets = packetize(samples, 50)
+    processor = StreamProcessor(StreamConfig(reorder_max_packets=2))
+    stream, windows, events = feed([*packets[1:4], packets[0], *packets[4:]], processor)
+    assert events.count(EventKind.DUPLICATE) == 1 and EventKind.GAP not in events
+    assert stream.counters.duplicates == 1 and stream.counters.gaps == 0
+    assert windows[0].start_time == T0 + 1.0  # the device started at seq 1
+    assert_same(windows, offline(samples[50:]))
 
 
 # --- duplicates and reordering -------------------------------------------------------------
@@ -149,9 +239,9 @@ def test_reordering_within_the_buffer_gives_the_in_order_windows() -> None:
     packets = packetize(samples, 30)
     shuffled = list(packets)
     rng = np.random.default_rng(3)
-    # Permute blocks of 5 (at most 4 ahead), after the first (the first packet received
-    # starts the device's timeline, so earlier seqs would be too late).
-    for start in range(5, len(shuffled) - 5, 5):
+    # Permute blocks of 5 (at most 4 ahead), the first block included: the reorder buffer
+    # covers the device's first packet too.
+    for start in range(0, len(shuffled) - 5, 5):
         block = shuffled[start : start + 5]
         shuffled[start : start + 5] = [block[i] for i in rng.permutation(5)]
     shuffled.insert(8, shuffled[9])  # and a duplicate of a buffered packet
