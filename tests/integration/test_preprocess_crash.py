@@ -326,7 +326,9 @@ def run_probe_worker() -> None:
     commit that ran ahead. With ``HARSTREAM_PROBE_COMMIT_AHEAD=n``, the first commit that
     covers ``HARSTREAM_PROBE_AHEAD_FROM`` messages in all puts each raw offset ``n`` messages
     further than faust asked (what a commit running ahead of the state does,
-    deterministically) and the process kills itself right after it."""
+    deterministically) and the process kills itself right after it.
+    ``HARSTREAM_PROBE_WITHOUT_FIX=1`` takes item 5's fix out (no wait for the changelog
+    acknowledgements, no rewind after recovery), to measure what it prevents."""
     from faust.streams import current_event
     from faust.tables.base import Collection
     from faust.transport.drivers import aiokafka as driver
@@ -361,6 +363,17 @@ def run_probe_worker() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return done
 
+    if os.environ.get("HARSTREAM_PROBE_WITHOUT_FIX"):
+        from services.preprocess import app, faust_internals
+
+        async def no_wait(self: Any, timeout_s: float) -> None:
+            self._pending.clear()
+
+        async def no_rewind(*args: Any) -> list[Any]:
+            return []
+
+        faust_internals.ChangelogAcks.wait = no_wait  # type: ignore[method-assign]
+        app.rewind_to_restored_state = no_rewind  # type: ignore[assignment]
     Collection.send_changelog = probed_send  # type: ignore[method-assign]
     driver.Consumer._commit = probed_commit  # type: ignore[method-assign]
     sys.argv = ["harstream preprocess"]
@@ -371,14 +384,16 @@ class ProbeWorker(Worker):
     """:class:`Worker` running :func:`run_probe_worker`."""
 
     def __init__(self, settings: PreprocessSettings, log: Path, probe_log: Path,
-                 kill_on_race: bool = False, commit_ahead: tuple[int, int] = (0, 0)
-                 ) -> None:  # fmt: skip
+                 kill_on_race: bool = False, commit_ahead: tuple[int, int] = (0, 0),
+                 without_fix: bool = False) -> None:  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("HARSTREAM_")}
         values = settings.model_dump(mode="json")
         env.update({f"HARSTREAM_PREPROCESS_{k.upper()}": str(v) for k, v in values.items()})
         env["HARSTREAM_PROBE_LOG"] = str(probe_log)
         if kill_on_race:
             env["HARSTREAM_PROBE_KILL"] = "1"
+        if without_fix:
+            env["HARSTREAM_PROBE_WITHOUT_FIX"] = "1"
         if commit_ahead[0]:
             env["HARSTREAM_PROBE_COMMIT_AHEAD"] = str(commit_ahead[0])
             env["HARSTREAM_PROBE_AHEAD_FROM"] = str(commit_ahead[1])
@@ -418,6 +433,7 @@ def kill_round(broker: EmbeddedBroker, workdir: Path, rng: random.Random, *,
                devices: int = 24, packets: int = 60, rate: float = 240.0,
                max_delay_s: float | None = None, stall_ms: float = 0,
                probe_kill: bool = True, restart: str | None = "same",
+               without_fix: bool = False,
                log: Callable[[str], None] = print) -> Round:  # fmt: skip
     """One round on fresh topics and group: a fleet streams; the probe worker is killed at a
     random moment (or by itself right after a commit that ran ahead of its changelog); the
@@ -438,7 +454,9 @@ def kill_round(broker: EmbeddedBroker, workdir: Path, rng: random.Random, *,
     create_topics(settings)
     fleet = Fleet(devices, packets, seed=rng.randrange(1 << 30))
     probe_log = workdir / unique / "probe.jsonl"
-    worker = ProbeWorker(settings, workdir / unique / "worker.log", probe_log, probe_kill)
+    worker = ProbeWorker(
+        settings, workdir / unique / "worker.log", probe_log, probe_kill, without_fix=without_fix
+    )
     producing = PacedProducer(settings, fleet, rate)
     producing.start()
     deadline = time.monotonic() + 60
@@ -485,10 +503,12 @@ def kill_round(broker: EmbeddedBroker, workdir: Path, rng: random.Random, *,
     if restart is None:
         return result
     data_dir = settings.data_dir if restart == "same" else workdir / unique / "disk-2"
-    worker = Worker(
-        settings.model_copy(update={"data_dir": data_dir, "metrics_port": free_port()}),
-        workdir / unique / "worker.log",
-    )
+    again = settings.model_copy(update={"data_dir": data_dir, "metrics_port": free_port()})
+    if without_fix:  # the restarted worker too (its rewind would repair the damage)
+        probe_log = workdir / unique / "probe-2.jsonl"
+        worker = ProbeWorker(again, workdir / unique / "worker.log", probe_log, without_fix=True)
+    else:
+        worker = Worker(again, workdir / unique / "worker.log")
     try:
         sent = {
             key.decode(): RawPacket.from_bytes(value).seq
@@ -539,6 +559,7 @@ def run_rounds(args: argparse.Namespace) -> None:
                     stall_ms=args.stall_ms,
                     probe_kill=not args.no_probe_kill,
                     restart=None if args.restart == "none" else args.restart,
+                    without_fix=args.without_fix,
                 )
             )
     print(
@@ -650,6 +671,9 @@ def main() -> None:
     )
     rounds.add_argument(
         "--no-probe-kill", action="store_true", help="only random kills, none after a race"
+    )
+    rounds.add_argument(
+        "--without-fix", action="store_true", help="the killed worker runs without item 5's fix"
     )
     args = parser.parse_args()
     if args.command == "probe-worker":
