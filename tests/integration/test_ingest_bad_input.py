@@ -56,7 +56,7 @@ async def serve(settings: IngestSettings, registry: SqliteRegistry) -> AsyncIter
 
 
 def metric(client: Client, name: str, **labels: str) -> float:
-    service = client.server.app[SERVICE_KEY]  # type: ignore[union-attr]
+    service = client.server.app[SERVICE_KEY]  # type: ignore[attr-defined]
     value = service.metrics_registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
 

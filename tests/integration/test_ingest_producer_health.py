@@ -80,6 +80,22 @@ async def serve(
         yield client
 
 
+def pause(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until every one of its threads is stopped: a request sent
+    before that could still be answered."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while True:
+        states = [
+            stat.read_text().rpartition(")")[2].split()[0]
+            for stat in Path(f"/proc/{pid}/task").glob("*/stat")
+        ]
+        if states and all(state in ("T", "t") for state in states):
+            return
+        assert time.monotonic() < deadline, states
+        time.sleep(0.01)
+
+
 def sender_threads() -> int:
     return sum(1 for t in threading.enumerate() if t.name == SENDER_THREAD and t.is_alive())
 
@@ -103,9 +119,9 @@ def test_ingest_recovers_by_itself_after_a_30s_broker_pause(
 
     async def scenario() -> None:
         async with serve(settings, registry) as client:
-            service = client.server.app[SERVICE_KEY]  # type: ignore[union-attr]
+            service = client.server.app[SERVICE_KEY]  # type: ignore[attr-defined]
             assert await post(client, 0) == 202
-            os.kill(pid, signal.SIGSTOP)
+            pause(pid)
             try:
                 # Devices keep sending during the pause, one packet a second each: every one
                 # is refused within the produce timeout, and readiness says why.
@@ -185,7 +201,7 @@ def test_sigterm_with_the_broker_paused_exits_0_within_the_shutdown_timeout(
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         assert http("POST", f"{base}/v1/packets", packet("dev", 0), token) == 202
-        os.kill(pid, signal.SIGSTOP)
+        pause(pid)
         # records stuck in the producer: the shutdown must not wait for them forever
         for seq in (1, 2):
             assert http("POST", f"{base}/v1/packets", packet("dev", seq), token) == 503
