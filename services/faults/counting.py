@@ -415,8 +415,13 @@ def _pipeline_check(obs: Observations, raised: int, stalls: int) -> Check:
 
 
 def _windows_issue(faults: Iterable[FaultRecord]) -> str | None:
-    if any(f.fault.target == "preprocess" and f.fault.kind is FaultKind.KILL for f in faults):
-        return "item 5 (preprocess state restored behind the committed offsets after kill -9)"
+    moved = sorted({f.fault.label for f in faults if f.fault.target == "preprocess"})
+    if moved:
+        return (
+            "item 5 (preprocess state restored behind the committed offsets; here after "
+            + ", ".join(moved)
+            + ")"
+        )
     return None
 
 

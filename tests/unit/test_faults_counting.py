@@ -47,6 +47,11 @@ def test_lost_windows_fail_and_name_item_5_after_a_preprocess_kill() -> None:
     check = result.check(c.WINDOWS_LOST)
     assert not check.passed
     assert check.known_issue is not None and check.known_issue.startswith("item 5")
+    assert "after kill -9 preprocess" in check.known_issue
+    moved = replace(obs, faults=[fault(20, FaultKind.JOIN, "preprocess")])
+    assert "after preprocess-2 joins" in str(c.count(moved).check(c.WINDOWS_LOST).known_issue)
+    elsewhere = replace(obs, faults=[fault(20, FaultKind.KILL, "inference")])
+    assert c.count(elsewhere).check(c.WINDOWS_LOST).known_issue is None
 
 
 def test_duplicate_predictions_are_allowed_but_differing_duplicates_are_not() -> None:
