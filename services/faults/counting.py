@@ -346,20 +346,21 @@ def _offline_checks(obs: Observations, alerts: dict[str, tuple[str, str, float]]
             by_device[device_id].append((alert_id, opened_at))
     for d in obs.devices:
         stopped = d.last_attempt_at if d.last_attempt_at is not None else float("-inf")
-        opened_at = dict(by_device.get(d.device_id, [])).__getitem__
-        while_sending = [a for a, opened in by_device.get(d.device_id, []) if opened < stopped]
-        after = [a for a, opened in by_device.get(d.device_id, []) if not opened < stopped]
-        tally.false_ids.extend(while_sending)
+        mine = by_device.get(d.device_id, [])
+        while_sending = [(a, opened) for a, opened in mine if opened < stopped]
+        after = [a for a, opened in mine if not opened < stopped]
+        tally.false_ids.extend(a for a, _ in while_sending)
         if d.role is Role.SILENT:
             tally.expected += 1
             tally.raised += bool(after)
             if not after:
-                # A false DEVICE_OFFLINE earlier resolved and started the type's cooldown.
+                # A false DEVICE_OFFLINE earlier may have resolved and started the cooldown.
+                first_false = min((opened for _, opened in while_sending), default=None)
                 tally.missed.append(
-                    f"{d.device_id} (after a false one at "
-                    f"{min(opened_at(a) for a in while_sending) - obs.started_at:.1f} s)"
-                    if while_sending
-                    else d.device_id
+                    d.device_id
+                    if first_false is None
+                    else f"{d.device_id} (after a false one at "
+                    f"{first_false - obs.started_at:.1f} s)"
                 )
                 assert d.at_s is not None
                 if _alerting_fault_between(obs.faults, d.at_s, d.at_s + obs.offline_after_s + 5):
@@ -372,7 +373,7 @@ def _offline_checks(obs: Observations, alerts: dict[str, tuple[str, str, float]]
 
 
 def _when(obs: Observations, moments: Iterable[float]) -> str:
-    """ "; opened 80.1-80.4 s after the start, after pause broker 10 s at 78.7 s"."""
+    """When alerts opened, relative to the start and to the fault before them."""
     rel = sorted(t - obs.started_at for t in moments if math.isfinite(t))
     if not rel:
         return ""
