@@ -21,25 +21,16 @@ from services.faults.counting import ScenarioResult
 from services.faults.report import RunInfo, render
 from services.faults.runner import run_scenario
 from services.faults.schedule import short_schedule
+from shared.data.cache import HaptCache
 from shared.data.splits import TEST_SUBJECTS
 
 pytestmark = pytest.mark.integration
 
-#: Checks a known, not yet fixed bug can fail (intermittently): remove when the fix lands.
-ITEM_5 = pytest.mark.xfail(
-    reason=(
-        "issue 8 item 5: after kill -9 of preprocess on the same disk the restored state can "
-        "be behind the committed raw offsets (packets never windowed, windows off the "
-        "device's 64-sample grid; seen once in 9 kills); fix not in yet"
-    ),
-    strict=False,
-)
-
 
 @pytest.fixture(scope="module")
 def run(
-    hapt_cache, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[ScenarioResult, str]]:  # type: ignore[no-untyped-def]
+    hapt_cache: HaptCache, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ScenarioResult, str]]:
     seed = int(os.environ.get("HARSTREAM_FAULTS_SEED") or random.SystemRandom().randrange(1, 10**6))
     (plan,) = short_schedule(seed)
     workdir: Path = tmp_path_factory.mktemp("faults")
@@ -77,14 +68,12 @@ def test_every_accepted_packet_is_on_the_raw_topic(run: tuple[ScenarioResult, st
     _assert(run, c.PACKETS)
 
 
-@ITEM_5
 def test_no_window_is_lost(run: tuple[ScenarioResult, str]) -> None:
     result, report = run
     assert result.windows_expected > 1000, report
     _assert(run, c.WINDOWS_LOST)
 
 
-@ITEM_5
 def test_duplicate_windows_are_identical_and_none_is_off_the_grid(
     run: tuple[ScenarioResult, str],
 ) -> None:
