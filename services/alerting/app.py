@@ -60,7 +60,7 @@ from services.alerting.store import (
     open_store,
 )
 from services.alerting.webhooks import WebhookDispatcher
-from services.common.dead_letters import is_too_large, without_value
+from services.common.dead_letters import can_shrink, is_too_large, without_value
 from services.common.kafka import dead_letter
 from services.common.shutdown import stop_quietly
 from shared.errors import HarstreamError, SchemaError
@@ -73,6 +73,7 @@ from shared.messages import (
     Prediction,
     RawPacket,
 )
+from shared.messages.codec import check_key
 
 logger = logging.getLogger(__name__)
 
@@ -318,6 +319,9 @@ class AlertingService:
             key, value = record.key, record.value
             try:
                 prediction = Prediction.from_bytes(value)
+                # Keyed otherwise, it sits in another device's partition: its owner would
+                # judge it without the device's state (and leave it when a rebalance moves it).
+                check_key(key, prediction.device_id)
                 steps = self.fleet.observe(prediction, now)
             except Exception as exc:  # bad input (or a bug) never stops the worker
                 if not isinstance(exc, HarstreamError):
@@ -351,7 +355,9 @@ class AlertingService:
             except SchemaError:
                 self.metrics.raw_skipped.inc()
                 continue
-            if record.key != header.device_id.encode(errors="surrogatepass"):
+            try:
+                check_key(record.key, header.device_id)
+            except SchemaError:
                 self.metrics.raw_skipped.inc()
                 continue
             # A clock ahead of ours must not keep a device "online" into the future.
@@ -374,7 +380,7 @@ class AlertingService:
                 await self._producer.send_and_wait(topic, letter.to_bytes(), key=letter.key)
                 return
             except KafkaError as exc:
-                if is_too_large(exc) and letter.value is not None:
+                if is_too_large(exc) and can_shrink(letter):
                     logger.error(
                         "dead letter of %s[%d]@%d too large to produce (%s); producing it "
                         "without the source value",

@@ -31,15 +31,33 @@ def is_too_large(error: BaseException) -> bool:
     return isinstance(error, TOO_LARGE_ERRORS)
 
 
+#: A source key longer than this is left out with the value (keys are device ids: short).
+MAX_KEPT_KEY_BYTES = 1024
+
+
+def can_shrink(letter: DeadLetter) -> bool:
+    """Whether :func:`without_value` would make ``letter`` smaller."""
+    return letter.value is not None or (
+        letter.key is not None and len(letter.key) > MAX_KEPT_KEY_BYTES
+    )
+
+
 def without_value(letter: DeadLetter, error: BaseException) -> DeadLetter:
-    """``letter`` without the source value, the value's size and ``error`` in the reason."""
+    """``letter`` without the source value (and without a source key too long to be a
+    device id), their sizes and ``error`` in the reason. Produce it keyed by its ``key``."""
     size = len(letter.value) if letter.value is not None else 0
+    key = letter.key
+    left_out = f"source value of {size} bytes"
+    if key is not None and len(key) > MAX_KEPT_KEY_BYTES:
+        left_out += f" and source key of {len(key)} bytes"
+        key = None
     return replace(
         letter,
         value=None,
+        key=key,
         reason=(
-            f"{letter.reason} [source value of {size} bytes left out: the dead letter was "
-            f"too large to produce ({type(error).__name__}); read it from "
+            f"{letter.reason} [{left_out} left out: the dead letter was too large to produce "
+            f"({type(error).__name__}); read it from "
             f"{letter.source_topic}[{letter.source_partition}]@{letter.source_offset}]"
         ),
     )

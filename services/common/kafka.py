@@ -57,6 +57,11 @@ def create_topics(settings: StreamSettings, timeout_s: float = 30.0) -> list[str
     return created
 
 
+#: Longest reason kept in a dead letter: enough for any message of ours, and bounded, so
+#: an exception that quotes its input cannot make the dead letter too large to produce.
+MAX_REASON_CHARS = 1000
+
+
 def dead_letter(
     service: str,
     error: BaseException,
@@ -67,9 +72,12 @@ def dead_letter(
     value: bytes | None,
 ) -> DeadLetter:
     """The dead-letter record of a message that failed with ``error``."""
+    reason = str(error) or type(error).__name__
+    if len(reason) > MAX_REASON_CHARS:
+        reason = f"{reason[:MAX_REASON_CHARS]}… [{len(reason)} characters]"
     return DeadLetter(
         service=service,
-        reason=str(error) or type(error).__name__,
+        reason=reason,
         error_type=type(error).__name__,
         source_topic=topic,
         source_partition=partition,

@@ -262,7 +262,7 @@ class InferenceWorker:
                 letter.source_offset, exc,
             )  # fmt: skip
             smaller = without_value(letter, exc)
-            await (await self._producer.send(topic, smaller.to_bytes(), key=key))
+            await (await self._producer.send(topic, smaller.to_bytes(), key=smaller.key))
 
     async def _commit(self, result: BatchResult) -> None:
         assigned = self._consumer.assignment()

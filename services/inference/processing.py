@@ -21,6 +21,7 @@ from services.inference.results import batch_predictions, validate_window
 from services.inference.retry import BackoffPolicy, concerns_whole_model
 from shared.errors import SchemaError
 from shared.messages import Prediction, WindowMessage
+from shared.messages.codec import check_key
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def decode(
         if value is None:
             raise SchemaError("empty record (no value)")
         window = WindowMessage.from_bytes(value)
+        check_key(key, window.device_id)
         validate_window(window)
     except (SchemaError, InferenceError) as exc:
         return Consumed(topic, partition, offset, key, value, None, exc)

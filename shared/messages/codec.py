@@ -46,7 +46,7 @@ def decode_frame(
     except (ValueError, RecursionError, TypeError) as exc:
         # ValueError covers UnicodeDecodeError, JSONDecodeError and ints over Python's
         # 4,300-digit limit; RecursionError comes from deeply nested arrays.
-        raise SchemaError(f"header is not JSON: {exc!r}") from exc
+        raise SchemaError(f"header is not JSON: {describe(exc)}") from exc
     if not isinstance(header, dict):
         raise SchemaError("header is not a JSON object")
     return version, header, view[end:]
@@ -63,7 +63,7 @@ def decode_json(data: bytes, schema: str, versions: tuple[int, ...]) -> dict[str
     try:
         body = _loads(data)
     except (ValueError, RecursionError, TypeError) as exc:
-        raise SchemaError(f"not JSON: {exc!r}") from exc
+        raise SchemaError(f"not JSON: {describe(exc)}") from exc
     if not isinstance(body, dict):
         raise SchemaError("not a JSON object")
     if body.get("schema") != schema:
@@ -71,6 +71,22 @@ def decode_json(data: bytes, schema: str, versions: tuple[int, ...]) -> dict[str
     if body.get("v") not in versions:
         raise SchemaError(f"version {body.get('v')!r} of {schema} is not one of {versions}")
     return body
+
+
+def describe(exc: BaseException) -> str:
+    """A decoding error in a few words, never with the input in it: the repr of a
+    ``UnicodeDecodeError`` holds the whole message (megabytes, in a dead letter's reason)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"invalid UTF-8 at byte {exc.start} ({exc.reason})"
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+def check_key(key: bytes | None, device_id: str) -> None:
+    """Every harstream message is keyed by its device id, so a device's records stay in one
+    partition and one worker owns its state. :class:`SchemaError` for any other key."""
+    if key != device_id.encode(errors="surrogatepass"):
+        shown = key[:80] if key is not None else None
+        raise SchemaError(f"message key {shown!r} is not the device id {device_id[:80]!r}")
 
 
 def _reject_constant(name: str) -> float:

@@ -413,11 +413,20 @@ async def _garbage(settings: AlertingSettings) -> None:
             wrong_key,
             good,
         ]
+        # Predictions keyed other than by their device sit in another device's partition:
+        # dead letters, never judged.
+        ok = prediction(0, "WALKING", WALKING, device="dev-ok").to_bytes()
+        garbage += [
+            ("predictions", b"dev-other", ok),
+            ("predictions", b"\xff\xfedev-ok", ok),
+            ("predictions", b"dev-ok", ok),
+        ]
         await asyncio.to_thread(_produce, settings, garbage)
         await _until(lambda: _all_committed(settings), "all committed")
-        assert (
-            service.registry.get_sample_value("harstream_alerting_raw_records_skipped_total") == 4
-        )
+        sample = service.registry.get_sample_value
+        assert sample("harstream_alerting_raw_records_skipped_total") == 4
+        assert sample("harstream_dead_letters_total", {"error_type": "SchemaError"}) == 2
+        assert sample("harstream_alerting_predictions_total") == 1
         assert set(service.fleet.devices) == {"dev-ok"}
         assert service.failure is None
     finally:

@@ -15,7 +15,7 @@ from services.alerting.app import AlertingService
 from services.alerting.settings import AlertingSettings
 from services.common.kafka import dead_letter
 from shared.errors import SchemaError
-from shared.messages import Alert, AlertState, AlertType, DeadLetter, Severity
+from shared.messages import Alert, AlertState, AlertType, DeadLetter, Prediction, Severity
 
 SETTINGS = AlertingSettings(topic_prefix="unit")
 
@@ -81,3 +81,28 @@ def test_a_dead_letter_too_large_goes_without_the_value() -> None:
     got = DeadLetter.from_bytes(sent)
     assert topic == SETTINGS.topics.dlq and got.value is None and got.key == b"k"
     assert (got.source_partition, got.source_offset) == (2, 7) and "3000 bytes" in got.reason
+
+
+def test_a_poison_whose_error_quotes_it_still_fits_a_dead_letter() -> None:
+    """The fuzz run's 3.2 MB non-UTF-8 prediction: its decoding error used to carry the whole
+    value in the reason, so even the value-less dead letter was too large, forever."""
+    producer = FakeProducer(max_bytes=6000)
+    service = _service(FakeStore(0), producer)
+    value = b"\xff" * 3_200_000
+    try:
+        Prediction.from_bytes(value)
+    except SchemaError as exc:
+        error = exc
+    letter = dead_letter("alerting", error, "p", 2, 7, b"k" * 5000, value)
+    assert len(letter.reason) < 300
+    asyncio.run(service._send_dead_letter(letter))
+    [(_, sent)] = producer.sent
+    got = DeadLetter.from_bytes(sent)
+    assert got.value is None and got.key is None  # a 5,000-byte key is no device id
+    assert "source key of 5000 bytes" in got.reason and "invalid UTF-8" in got.reason
+
+
+def test_dead_letter_reasons_are_bounded() -> None:
+    letter = dead_letter("alerting", ValueError("x" * 100_000), "p", 0, 1, None, b"v")
+    assert len(letter.reason) < 1100
+    assert letter.reason.endswith("[100000 characters]")

@@ -27,6 +27,7 @@ from services.inference.processing import (
 )
 from services.inference.retry import BackoffPolicy
 from shared.errors import SchemaError
+from shared.messages import WindowMessage
 from tests.unit.inference_helpers import FakeModel, make_window, probabilities_of, unavailable
 
 FAST = BackoffPolicy(initial_s=0.001, max_s=0.002)
@@ -44,9 +45,17 @@ class Observer:
         self.retries.append(code)
 
 
+def _key(value: bytes | None) -> bytes:
+    """Records are keyed by their device id (garbage gets any key)."""
+    try:
+        return WindowMessage.from_bytes(value).device_id.encode()  # type: ignore[arg-type]
+    except SchemaError:
+        return b"dev-1"
+
+
 def _batch(values: list[bytes | None], enqueued_at: float = 0.0) -> list[Queued[Consumed]]:
     return [
-        Queued(decode("windows", i % 2, 10 + i, b"k", value), enqueued_at)
+        Queued(decode("windows", i % 2, 10 + i, _key(value), value), enqueued_at)
         for i, value in enumerate(values)
     ]
 
@@ -64,17 +73,26 @@ def _processor(model: FakeModel, observer: Observer | None = None) -> BatchProce
 
 
 def test_decode_keeps_failures_instead_of_raising() -> None:
-    good = decode("t", 0, 1, b"k", make_window().to_bytes())
+    good = decode("t", 0, 1, b"dev-1", make_window().to_bytes())
     assert good.window is not None and good.error is None
-    garbage = decode("t", 0, 2, b"k", b"not a window")
+    garbage = decode("t", 0, 2, b"dev-1", b"not a window")
     assert garbage.window is None and isinstance(garbage.error, SchemaError)
-    empty = decode("t", 0, 3, b"k", None)
+    empty = decode("t", 0, 3, b"dev-1", None)
     assert isinstance(empty.error, SchemaError)
     nan = make_window()
     data = nan.data.copy()
     data[0, 0] = np.inf
     object.__setattr__(nan, "data", data)
-    assert isinstance(decode("t", 0, 4, None, nan.to_bytes()).error, InvalidWindowError)
+    assert isinstance(decode("t", 0, 4, b"dev-1", nan.to_bytes()).error, InvalidWindowError)
+
+
+@pytest.mark.parametrize("key", [None, b"dev-2", b"\xff\xfedev-1", b"dev-1 "])
+def test_a_window_keyed_other_than_by_its_device_is_refused(key: bytes | None) -> None:
+    """Its partition would be another device's: dead-lettered, never predicted."""
+    refused = decode("t", 0, 1, key, make_window(device="dev-1").to_bytes())
+    assert refused.window is None
+    assert isinstance(refused.error, SchemaError)
+    assert "is not the device id" in str(refused.error)
 
 
 def test_batch_of_good_windows_gives_one_prediction_each_in_order() -> None:
