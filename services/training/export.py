@@ -148,7 +148,7 @@ def _per_class_table(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _recipe(config: dict[str, Any]) -> str:
+def describe_recipe(config: dict[str, Any]) -> str:
     """The training recipe of a run's config in words."""
     optimiser = (
         f"AdamW (weight decay {config['weight_decay']:g})"
@@ -234,7 +234,7 @@ def render_model_card(card: dict[str, Any]) -> str:
     if training:
         lines += ["", "## Training"]
         if "config" in training:
-            lines += ["", _recipe(training["config"])]
+            lines += ["", describe_recipe(training["config"])]
         if "train_seconds" in training:
             lines += [
                 "",

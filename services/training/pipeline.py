@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from services.training.train import TrainConfig, TrainResult, train_model
+from services.training.train import TrainConfig, TrainResult, train_distilled
 from shared.data.cache import HaptCache
 from shared.data.splits import TEST_SUBJECTS, TRAIN_SUBJECTS, VALIDATION_SUBJECTS
 from shared.dataset import WindowSet, build_window_sets
@@ -70,7 +70,7 @@ def train_run(
     if epochs is not None:
         config = replace(config, epochs=epochs)
     sets = window_sets(cache, config)
-    return train_model(config, sets["train"], sets["validation"], verbose=verbose), sets
+    return train_distilled(config, sets["train"], sets["validation"], verbose=verbose), sets
 
 
 def scores(result: TrainResult, sets: dict[str, WindowSet]) -> dict[str, Any]:
@@ -85,10 +85,17 @@ def scores(result: TrainResult, sets: dict[str, WindowSet]) -> dict[str, Any]:
     return out
 
 
-def test_row(seed: int, seconds: float, best_epoch: int, test: dict[str, Any]) -> dict[str, Any]:
+def test_row(
+    seed: int,
+    seconds: float,
+    best_epoch: int,
+    test: dict[str, Any],
+    validation_accuracy: float | None = None,
+) -> dict[str, Any]:
     """The figures the comparison table needs from one run (``test``: a report's to_dict())."""
     return {
         "seed": seed,
+        "validation_accuracy": validation_accuracy,
         "accuracy": test["accuracy"],
         "precision": test["macro_avg"]["precision"],
         "recall": test["macro_avg"]["recall"],
@@ -113,7 +120,13 @@ def train_and_save(
         s: {"accuracy": m["accuracy"], "macro_f1": m["macro_avg"]["f1"]}  # type: ignore[index]
         for s, m in metrics.items()
     }
-    result.extra["test_report"] = test_row(seed, result.seconds, result.best_epoch, metrics["test"])
+    result.extra["test_report"] = test_row(
+        seed,
+        result.seconds,
+        result.best_epoch,
+        metrics["test"],
+        metrics["validation"]["accuracy"],
+    )
     run_dir = runs_dir / f"{kind}-seed{seed}"
     result.save(run_dir)
     summary: dict[str, Any] = {"run_dir": str(run_dir), **result.summary()}

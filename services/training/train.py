@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +73,9 @@ class TrainConfig:
     dropout: float = 0.3
     gravity_features: bool = True
     spectral_features: bool = False
+    #: Distillation: train this many teachers (same recipe, seeds ``1000 * seed + 1..n``) and
+    #: fit the model to their averaged probabilities instead of the labels (0: no teachers).
+    teachers: int = 0
 
     @classmethod
     def default_for(cls, kind: ModelKind, seed: int = 0) -> TrainConfig:
@@ -99,6 +102,12 @@ class TrainConfig:
             ema=True,
             schedule="plateau",
         )
+
+    def teacher_configs(self) -> list[TrainConfig]:
+        return [
+            replace(self, seed=1000 * self.seed + i, teachers=0)
+            for i in range(1, self.teachers + 1)
+        ]
 
     @property
     def soft_targets(self) -> bool:
@@ -366,3 +375,36 @@ def train_model(
         validation_windows=len(validation),
         extra={"preprocessing": PreprocessingConfig().to_dict()},
     )
+
+
+def train_distilled(
+    config: TrainConfig, train: WindowSet, validation: WindowSet, verbose: int = 1
+) -> TrainResult:
+    """:func:`train_model`, after ``config.teachers`` teachers when there are any.
+
+    The teachers' averaged probabilities on the training windows become the targets; every
+    teacher is chosen on the validation subjects like any model. The result's ``extra``
+    holds each teacher's and the ensemble's validation accuracy.
+    """
+    if not config.teachers:
+        return train_model(config, train, validation, verbose=verbose)
+    started = time.perf_counter()
+    soft = np.zeros((len(train), NUM_CLASSES), np.float32)
+    validation_probs = np.zeros((len(validation), NUM_CLASSES), np.float32)
+    teachers: list[dict[str, object]] = []
+    for teacher_config in config.teacher_configs():
+        teacher = train_model(teacher_config, train, validation, verbose=verbose)
+        model: Any = teacher.model
+        soft += model.predict(train.x, batch_size=512, verbose=0) / config.teachers
+        probs = model.predict(validation.x, batch_size=512, verbose=0)
+        validation_probs += probs / config.teachers
+        accuracy = float((probs.argmax(axis=1) == validation.y).mean())
+        teachers.append({"seed": teacher_config.seed, "validation_accuracy": accuracy})
+        logger.info("teacher seed %d: validation accuracy %.4f", teacher_config.seed, accuracy)
+    ensemble = float((validation_probs.argmax(axis=1) == validation.y).mean())
+    logger.info("teacher ensemble: validation accuracy %.4f", ensemble)
+    student = train_model(config, train, validation, verbose=verbose, teacher=soft)
+    student.seconds = time.perf_counter() - started  # teachers included: the whole recipe
+    student.extra["teachers"] = teachers
+    student.extra["teacher_ensemble_validation_accuracy"] = ensemble
+    return student

@@ -105,3 +105,33 @@ def test_model_card_shows_confusion_matrix_recipe_and_throughput() -> None:
     assert "seed 2 (deterministic" in text
     assert "| 64 | 12,345 | 5.10 |" in text
     assert "Kept epoch 9 of 30" in text
+
+
+def test_comparison_table_has_means_per_seed_rows_and_recipes() -> None:
+    from services.training.comparison import DEEP_ROWS, render_table
+
+    def row(seed: int, accuracy: float) -> dict[str, float | int | str]:
+        return {
+            "seed": seed,
+            "validation_accuracy": accuracy - 0.01,
+            "accuracy": accuracy,
+            "precision": accuracy,
+            "recall": accuracy,
+            "f1": accuracy,
+            "seconds": 10.0,
+            "best_epoch": 7,
+        }
+
+    rows = {
+        "KNN": [{"seed": 0, "accuracy": 0.9, "precision": 0.9, "recall": 0.9, "f1": 0.9,
+                 "seconds": 0.0}],
+        "CNN-LSTM-GRU (paper)": [row(0, 0.92), row(1, 0.93), row(2, 0.94)],
+    }  # fmt: skip
+    sizes = {"train": range(5), "validation": range(2), "test": range(3)}
+    table = render_table(rows, sizes, [0, 1, 2], 120.0)
+    assert "| CNN-LSTM-GRU (paper) | 91.8 | 91.7 / 90.25 / 90.47 | 93.00 ± 1.00 |" in table
+    assert "| KNN | 85 | – | 90.00 |" in table
+    assert "| CNN-LSTM-GRU (paper) | 1 | 92.00 | 93.00 | 93.00 | 7 | 10 |" in table
+    for kind in DEEP_ROWS.values():
+        assert f"(`{kind}`)" in table
+    assert "seeds 0, 1, 2 (deterministic" in table
