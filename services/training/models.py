@@ -223,7 +223,8 @@ class AttentionPooling(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="harstream")
 class LogBandEnergy(layers.Layer):
-    """Log spectral energy of every channel in five bands (0-1, 1-3, 3-6, 6-12, 12-25 Hz).
+    """Log spectral energy of every channel in five bands (0-1, 1-3, 3-6, 6-12, 12-25 Hz):
+    ``(batch, 128, channels)`` → ``(batch, 5 × channels)``.
 
     Standing sways: the body turns a little about the vertical (gyro x of an upright
     phone), at 0.1-3 Hz and milli-rad/s, where a seated body is still. On a log scale those
@@ -252,10 +253,33 @@ class LogBandEnergy(layers.Layer):
         real, imag = ops.rfft(ops.transpose(centred, (0, 2, 1)))
         power = (ops.square(real) + ops.square(imag)) / float(WINDOW_SHAPE[0] ** 2)
         bands = ops.matmul(power, ops.convert_to_tensor(self.masks))  # (batch, 9, 5)
-        return ops.reshape(ops.log(bands + 1e-8), (-1, WINDOW_SHAPE[1] * len(self.BANDS_HZ)))
+        return ops.reshape(ops.log(bands + 1e-8), (-1, inputs.shape[-1] * len(self.BANDS_HZ)))
 
     def get_config(self) -> dict[str, object]:
         return {**super().get_config(), "sample_rate_hz": self.sample_rate_hz}
+
+
+@keras.saving.register_keras_serializable(package="harstream")
+class GravityFrame(layers.Layer):
+    """The motion in the wearer's frame instead of the phone's: body acceleration along
+    gravity and across it, and the turn rate about gravity (yaw) and across it (tilt).
+
+    These do not change when the phone sits rotated on the belt, unlike the raw axes and
+    the tilt itself, which differ from wearer to wearer: a standing body's yaw sway is the
+    same signal whichever way the phone faces.
+    Output channels: vertical body acc (g), horizontal body acc (g), yaw rate (rad/s),
+    tilt rate (rad/s).
+    """
+
+    def call(self, inputs):  # type: ignore[no-untyped-def]
+        body, gyro = inputs[:, :, 0:3], inputs[:, :, 3:6]
+        gravity = inputs[:, :, 6:9] - body
+        up = gravity / (ops.norm(gravity, axis=-1, keepdims=True) + 1e-6)
+        vertical = ops.sum(body * up, axis=-1, keepdims=True)
+        horizontal = ops.norm(body - vertical * up, axis=-1, keepdims=True)
+        yaw = ops.sum(gyro * up, axis=-1, keepdims=True)
+        tilt = ops.norm(gyro - yaw * up, axis=-1, keepdims=True)
+        return ops.concatenate([vertical, horizontal, yaw, tilt], axis=-1)
 
 
 def _conv_block(x, filters: int, kernel: int, pool: int):  # type: ignore[no-untyped-def]
@@ -279,6 +303,7 @@ def build_hybrid_model(
     max_degrees: float = 10.0,
     gravity_features: bool = True,
     spectral_features: bool = False,
+    gravity_frame: bool = False,
 ) -> keras.Model:
     """harstream's hybrid: a convolutional front end, a recurrent temporal block and
     attention, joined with window statistics and the gravity trajectory.
@@ -296,12 +321,18 @@ def build_hybrid_model(
         parts.append(GravityTrajectory(name="gravity_trajectory")(raw))
     if spectral_features:
         parts.append(LogBandEnergy(name="band_energy")(raw))
+    frame = GravityFrame(name="gravity_frame")(raw) if gravity_frame else None
+    if frame is not None:
+        parts.append(LogBandEnergy(name="frame_band_energy")(frame))
     stats = layers.Concatenate(name="statistics")(parts) if len(parts) > 1 else parts[0]
     stats = layers.Normalization(name="stats_norm")(stats)
     x = layers.Normalization(
         axis=-1, mean=channel_mean, variance=np.square(channel_std), name="normalise"
     )(raw)
-    x = layers.Concatenate()([x, InstanceStandardise(name="instance_standardise")(raw)])
+    inputs = [x, InstanceStandardise(name="instance_standardise")(raw)]
+    if frame is not None:
+        inputs.append(layers.Normalization(name="frame_norm")(frame))
+    x = layers.Concatenate()(inputs)
     if multiscale:
         x = layers.Concatenate()(
             [layers.Conv1D(width // 2, k, padding="same", use_bias=False)(x) for k in (3, 7, 15)]

@@ -73,6 +73,7 @@ class TrainConfig:
     dropout: float = 0.3
     gravity_features: bool = True
     spectral_features: bool = False
+    gravity_frame: bool = False
     #: Distillation: train this many teachers (same recipe, seeds ``1000 * seed + 1..n``) and
     #: fit the model to their averaged probabilities instead of the labels (0: no teachers).
     teachers: int = 0
@@ -185,11 +186,17 @@ def build_model(config: TrainConfig, train: WindowSet) -> object:
             max_degrees=config.max_degrees,
             gravity_features=config.gravity_features,
             spectral_features=config.spectral_features,
+            gravity_frame=config.gravity_frame,
         )
-    # the window statistics of the training set (augmentation is off outside training)
-    norm = model.get_layer("stats_norm")
-    statistics = keras.Model(model.inputs, norm.input).predict(train.x, batch_size=512, verbose=0)
-    norm.adapt(statistics)
+    # scales of the window statistics (and motion in the gravity frame) on the training set;
+    # augmentation is off outside training
+    for name in ("stats_norm", "frame_norm"):
+        if name in {layer.name for layer in model.layers}:
+            norm = model.get_layer(name)
+            values = keras.Model(model.inputs, norm.input).predict(
+                train.x, batch_size=512, verbose=0
+            )
+            norm.adapt(values)
     return model
 
 

@@ -47,6 +47,30 @@ def test_gravity_trajectory_follows_a_turning_device() -> None:
     assert out[15] == pytest.approx(np.arccos(quarters[0] @ quarters[3]), abs=1e-3)
 
 
+def test_gravity_frame_separates_yaw_from_tilt_whichever_way_the_phone_faces() -> None:
+    from scipy.spatial.transform import Rotation
+
+    from services.training.models import GravityFrame
+
+    t = np.arange(128) / RATE_HZ
+    windows = _still(np.array([0.0, -1.0, 0.0]), n=1)
+    windows[0, :, 4] = 0.02 * np.sin(2 * np.pi * 0.5 * t)  # turning about gravity (yaw)
+    windows[0, :, 3] = 0.01  # and tipping about x (tilt)
+    windows[0, :, 1] = -0.1 * np.sin(2 * np.pi * 2 * t)  # bouncing along gravity
+    windows[0, :, 7] += windows[0, :, 1]
+    out = np.asarray(GravityFrame()(windows))[0]
+    np.testing.assert_allclose(out[:, 0], 0.1 * np.sin(2 * np.pi * 2 * t), atol=1e-5)
+    np.testing.assert_allclose(out[:, 1], 0.0, atol=1e-5)  # nothing across gravity
+    np.testing.assert_allclose(out[:, 2], -windows[0, :, 4], atol=1e-6)  # up is -y
+    np.testing.assert_allclose(out[:, 3], 0.01, atol=1e-6)
+    # the same motion with the phone turned any way on the belt: the same four channels
+    rotation = Rotation.from_euler("xyz", [30, -70, 120], degrees=True).as_matrix()
+    turned = np.concatenate([windows[0, :, i : i + 3] @ rotation.T for i in (0, 3, 6)], axis=1)
+    np.testing.assert_allclose(
+        np.asarray(GravityFrame()(turned[None].astype(np.float32)))[0], out, atol=1e-5
+    )
+
+
 def test_band_energy_puts_a_sine_in_its_band() -> None:
     from services.training.models import LogBandEnergy
 
