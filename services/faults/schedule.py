@@ -230,7 +230,7 @@ def _kill_rounds(rng: random.Random, target: str) -> ScenarioPlan:
                 in_fall,
                 FaultKind.KILL,
                 target,
-                why=f"{in_fall - impact:.1f} s after the fall's impact (confirmation pending)",
+                why=f"{in_fall - impact:.1f} s after the fall's impact, confirmation pending",
             ),
             Fault(
                 after_silence,
