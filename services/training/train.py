@@ -62,6 +62,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     #: Mixup's Beta(α, α) parameter (0: no mixup).
     mixup: float = 0.0
+    #: Random rotation (degrees) and ±10 % scale of every training window in the input
+    #: pipeline, for architectures without an augmentation layer (paper, lstm).
+    data_rotation: float = 0.0
     #: Which epoch's weights are kept: best validation loss, best validation accuracy (ties:
     #: lower loss), or the last epoch's.
     selection: Selection = "val_loss"
@@ -114,6 +117,11 @@ class TrainConfig:
     def soft_targets(self) -> bool:
         """Trained on probability vectors (one-hot, smoothed or mixed) rather than indices."""
         return self.label_smoothing > 0 or self.mixup > 0
+
+    @property
+    def batch_pipeline(self) -> bool:
+        """Batches made by :func:`_batches` (mixed or rotated) rather than by Keras."""
+        return self.soft_targets or self.data_rotation > 0
 
 
 @dataclass
@@ -223,9 +231,27 @@ def mixup_batch(
     return mixed_x.astype(np.float32), mixed_t.astype(np.float32)
 
 
+def rotate_batch(
+    x: npt.NDArray[np.float32], max_degrees: float, rng: np.random.Generator, max_scale: float = 0.1
+) -> npt.NDArray[np.float32]:
+    """Every window's three sensors turned by one random rotation (axis uniform on the
+    sphere, angle uniform in ±``max_degrees``) and scaled by 1 ± ``max_scale``: a phone worn
+    a little differently. Same as :class:`services.training.models.RandomOrientation`."""
+    axis = rng.normal(size=(len(x), 3))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True) + 1e-12
+    angle = rng.uniform(-1.0, 1.0, size=(len(x), 1, 1)) * np.radians(max_degrees)
+    k = np.zeros((len(x), 3, 3))
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k -= k.transpose(0, 2, 1)
+    rotation = np.eye(3) + np.sin(angle) * k + (1.0 - np.cos(angle)) * (k @ k)
+    scale = 1.0 + rng.uniform(-max_scale, max_scale, size=(len(x), 1, 1))
+    turned = [x[:, :, i : i + 3] @ rotation.transpose(0, 2, 1) for i in (0, 3, 6)]
+    return (np.concatenate(turned, axis=2) * scale).astype(np.float32)
+
+
 def _batches(config: TrainConfig, x: npt.NDArray[np.float32], targets: npt.NDArray[Any]) -> Any:
-    """A Keras PyDataset: shuffled batches (a seeded numpy generator, so runs repeat), mixed
-    when ``config.mixup``."""
+    """A Keras PyDataset: shuffled batches (a seeded numpy generator, so runs repeat), rotated
+    when ``config.data_rotation``, mixed when ``config.mixup``."""
     import keras
 
     class Batches(keras.utils.PyDataset):  # type: ignore[misc]
@@ -239,9 +265,12 @@ def _batches(config: TrainConfig, x: npt.NDArray[np.float32], targets: npt.NDArr
 
         def __getitem__(self, index: int) -> tuple[Any, Any]:
             rows = self.order[index * config.batch_size : (index + 1) * config.batch_size]
+            batch, batch_targets = x[rows], targets[rows]
+            if config.data_rotation > 0:
+                batch = rotate_batch(batch, config.data_rotation, self.rng)
             if config.mixup > 0:
-                return mixup_batch(x[rows], targets[rows], config.mixup, self.rng)
-            return x[rows], targets[rows]
+                return mixup_batch(batch, batch_targets, config.mixup, self.rng)
+            return batch, batch_targets
 
         def on_epoch_end(self) -> None:
             self.order = self.rng.permutation(len(x))
@@ -323,6 +352,7 @@ def train_model(
     assert isinstance(model, keras.Model)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     soft = config.soft_targets or teacher is not None
+    pipeline = config.batch_pipeline or teacher is not None
     model.compile(
         optimizer=_optimizer(config, steps_per_epoch),
         loss="categorical_crossentropy" if soft else "sparse_categorical_crossentropy",
@@ -345,13 +375,13 @@ def train_model(
         len(validation),
     )
     started = time.perf_counter()
-    if soft:
-        targets = (
-            teacher.astype(np.float32)
-            if teacher is not None
-            else one_hot(train.y, config.label_smoothing)
-        )
-        val_targets = one_hot(validation.y)
+    if pipeline:
+        targets: npt.NDArray[Any] = train.y
+        val_targets: npt.NDArray[Any] = validation.y
+        if teacher is not None:
+            targets, val_targets = teacher.astype(np.float32), one_hot(validation.y)
+        elif soft:
+            targets, val_targets = one_hot(train.y, config.label_smoothing), one_hot(validation.y)
         fitted = model.fit(
             _batches(config, train.x, targets),
             validation_data=(validation.x, val_targets),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from services.training.export import render_model_card
-from services.training.train import MODEL_KINDS, TrainConfig, mixup_batch, one_hot
+from services.training.train import MODEL_KINDS, TrainConfig, mixup_batch, one_hot, rotate_batch
 from shared.activities import ACTIVITIES, NUM_CLASSES
 from shared.classification import classification_report
 from shared.dsp import PreprocessingConfig
@@ -53,6 +53,26 @@ def test_mixup_keeps_each_window_dominant_and_targets_mixed_alike() -> None:
         mixed_t, lam[:, None] * targets + (1 - lam[:, None]) * targets[partner], rtol=1e-6
     )
     assert not np.allclose(mixed_x, x)
+
+
+def test_rotation_turns_all_three_sensors_alike_within_the_bound() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 128, 9)).astype(np.float32)
+    same = rotate_batch(x, 0.0, np.random.default_rng(1), max_scale=0.0)
+    np.testing.assert_allclose(same, x, atol=1e-6)
+    turned = rotate_batch(x, 20.0, np.random.default_rng(1), max_scale=0.0)
+    for first in (0, 3, 6):  # lengths kept, angles within 20°
+        a, b = x[:, :, first : first + 3], turned[:, :, first : first + 3]
+        np.testing.assert_allclose(np.linalg.norm(b, axis=2), np.linalg.norm(a, axis=2), rtol=1e-4)
+        cosine = (a * b).sum(axis=2) / np.linalg.norm(a, axis=2) / np.linalg.norm(b, axis=2)
+        assert np.degrees(np.arccos(np.clip(cosine, -1, 1))).max() <= 20.0 + 1e-3
+    # one rotation per window: the angle between two sensors of a window is unchanged
+    dot = lambda w: (w[:, :, 0:3] * w[:, :, 6:9]).sum(axis=2)  # noqa: E731
+    np.testing.assert_allclose(dot(turned), dot(x), rtol=1e-3, atol=1e-4)
+    assert not np.allclose(turned, x)
+    scaled = rotate_batch(x, 0.0, np.random.default_rng(1), max_scale=0.1)
+    ratio = np.linalg.norm(scaled, axis=2) / np.linalg.norm(x, axis=2)
+    assert ((ratio > 0.9 - 1e-5) & (ratio < 1.1 + 1e-5)).all()
 
 
 def test_every_kind_has_a_recipe() -> None:
