@@ -15,6 +15,7 @@ WINDOWS_VERSION = 1
 PREDICTIONS_VERSION = 1
 ALERTS_VERSION = 1
 DLQ_VERSION = 1
+HEARTBEATS_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -48,5 +49,12 @@ class Topics:
         """Messages no worker could decode or process, with the reason and their origin."""
         return f"{self.prefix}.dlq.v{DLQ_VERSION}"
 
+    @property
+    def heartbeats(self) -> str:
+        """Ingest's proof that it can write: one record per partition per second (no key;
+        partition *p* stands for raw partition *p*). Alerting counts a device's silence only
+        while they flow, so a broker or ingest outage never looks like devices going offline."""
+        return f"{self.prefix}.heartbeats.v{HEARTBEATS_VERSION}"
+
     def all(self) -> tuple[str, ...]:
-        return (self.raw, self.windows, self.predictions, self.alerts, self.dlq)
+        return (self.raw, self.windows, self.predictions, self.alerts, self.dlq, self.heartbeats)

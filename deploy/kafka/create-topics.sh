@@ -31,6 +31,8 @@ create "$PREFIX.predictions.v1" --config "retention.ms=$((7 * day))"
 create "$PREFIX.alerts.v1" --config "retention.ms=$((30 * day))"
 # Dead letters wait for a human: keep them a month.
 create "$PREFIX.dlq.v1" --config "retention.ms=$((30 * day))"
+# Ingest's heartbeats (alerting counts device silence only while they flow): an hour.
+create "$PREFIX.heartbeats.v1" --config "retention.ms=3600000"
 # The preprocess worker's device-state table (faust changelog): compacted, the latest state
 # per device is all a restarting worker needs. Faust expects its partitions to equal the
 # source topic's.

@@ -1,9 +1,11 @@
 """The alerting worker: predictions and raw topics → alert rules → store, alerts topic, webhooks.
 
-It reads two co-partitioned topics in one consumer group: predictions (the activity rules)
-and the raw topic (device liveness: who sent a packet, and when ingest accepted it; only the
-frame header is decoded). Range assignment gives partition ``p`` of both topics to the same
-worker, so one worker owns everything about a device.
+It reads three co-partitioned topics in one consumer group: predictions (the activity
+rules), the raw topic (device liveness: who sent a packet, and when ingest accepted it; only
+the frame header is decoded) and ingest's heartbeats (each partition's pipeline clock: a
+device's silence counts only while ingest could write, :mod:`services.alerting.liveness`).
+Range assignment gives partition ``p`` of every topic to the same worker, so one worker owns
+everything about a device.
 
 Per batch: decode (bad predictions → DLQ), run the device monitors, store the transitions
 (with history and webhook outbox rows) AND the monitor snapshots of every device the batch
@@ -16,9 +18,9 @@ confirmation, a device that fell silent, lying and inactivity timers and cooldow
 continue.
 
 A tick task runs the wall-clock rules every ``tick_interval_s``: DEVICE_OFFLINE for devices
-of partitions whose raw topic has been read to its end (a worker catching up must not see
-every device as silent), and the pipeline-stall rule (:mod:`services.alerting.stall`) on the
-worker that owns partition 0.
+of partitions whose raw topic has been read to its end by a recent fetch (a worker catching
+up, or cut off from the broker, must not see every device as silent), and the
+pipeline-stall rule (:mod:`services.alerting.stall`) on the worker that owns partition 0.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from services.alerting.api import create_app
 from services.alerting.lifecycle import AlertNotFoundError, AlertTransition
 from services.alerting.lifecycle import acknowledge as acknowledge_step
 from services.alerting.lifecycle import resolve as resolve_step
+from services.alerting.liveness import PartitionClock
 from services.alerting.metrics import AlertingMetrics, create
 from services.alerting.monitor import FleetMonitor, SnapshotError
 from services.alerting.settings import AlertingSettings
@@ -70,6 +73,7 @@ from shared.messages import (
     AlertState,
     AlertType,
     DeadLetter,
+    Heartbeat,
     Prediction,
     RawPacket,
 )
@@ -78,6 +82,9 @@ from shared.messages.codec import check_key
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: A partition whose last fetch is older than this (seconds) is not judged for silence: the
+#: worker may be cut off from the broker (aiokafka fetches every fetch_max_wait at most).
+FETCH_FRESH_S = 5.0
 
 SERVICE = "alerting"
 #: Stored alert events published per round; rounds repeat until the backlog is empty.
@@ -125,6 +132,9 @@ class AlertingService:
         #: The worker owning partition 0 judges the pipeline-stall rule (one alert, not one
         #: per worker).
         self._pipeline_owner = False
+        #: Pipeline clock of each owned partition, and those changed since the last store.
+        self._clocks: dict[int, PartitionClock] = {}
+        self._clocks_changed: set[int] = set()
         self._publish_backlog = False
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -181,17 +191,20 @@ class AlertingService:
             # keys, same partition counts); round robin would split a device's two topics.
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
-        self._consumer.subscribe([s.topics.predictions, s.topics.raw], listener=_Rebalance(self))
+        self._consumer.subscribe(
+            [s.topics.predictions, s.topics.raw, s.topics.heartbeats], listener=_Rebalance(self)
+        )
         await self._consumer.start()
         self._tasks += [
             asyncio.create_task(self._consume_loop(), name="alerting-consume"),
             asyncio.create_task(self._tick_loop(), name="alerting-tick"),
         ]
         logger.info(
-            "alerting: consuming %s and %s (group %s) on %s, alerts to %s, DLQ %s, HTTP on "
+            "alerting: consuming %s, %s and %s (group %s) on %s, alerts to %s, DLQ %s, HTTP on "
             "%s:%d, store %s, %d webhook URL(s)",
             s.topics.predictions,
             s.topics.raw,
+            s.topics.heartbeats,
             s.group_id,
             s.kafka_bootstrap_servers,
             s.topics.alerts,
@@ -273,6 +286,7 @@ class AlertingService:
         offsets: dict[TopicPartition, int] = {}
         touched: set[str] = set()
         raw_topic = self.settings.topics.raw
+        heartbeats_topic = self.settings.topics.heartbeats
         async with self._lock:
             # Records fetched before a rebalance took their partition away belong to the new
             # owner now (which restored the stored snapshots): leave them to it.
@@ -282,6 +296,8 @@ class AlertingService:
                     continue
                 if tp.topic == raw_topic:
                     transitions.extend(self._traffic(tp, records, now, touched))
+                elif tp.topic == heartbeats_topic:
+                    self._heartbeats(tp, records, now)
                 else:
                     transitions.extend(self._predictions(tp, records, now, touched, dead))
                 offsets[tp] = records[-1].offset + 1
@@ -368,6 +384,21 @@ class AlertingService:
             touched.add(header.device_id)
         return transitions
 
+    def _heartbeats(
+        self, tp: TopicPartition, records: list[ConsumerRecord[Any, Any]], now: float
+    ) -> None:
+        clock = self._clocks.setdefault(
+            tp.partition, PartitionClock(self.settings.rules.heartbeat_max_gap_s)
+        )
+        for record in records:
+            try:
+                beat = Heartbeat.from_bytes(record.value)
+            except SchemaError:
+                self.metrics.heartbeats_skipped.inc()
+                continue
+            clock.heartbeat(min(beat.sent_at, now))
+        self._clocks_changed.add(tp.partition)
+
     async def _send_dead_letter(self, letter: DeadLetter) -> None:
         """Send, retrying while Kafka is unavailable: a dead letter is never dropped. One too
         large for the producer or broker goes without the source value (retrying it could
@@ -416,9 +447,14 @@ class AlertingService:
     async def _tick(self) -> None:
         async with self._lock:
             now = time.time()
-            raw_read, both_read = await self._partitions_read_to_end()
-            devices = [d for d, p in self._device_partition.items() if p in raw_read]
-            steps = self.fleet.tick(now, devices)
+            raw_read, both_read = await self._partitions_read_to_end(now)
+            by_partition: dict[int, list[str]] = {}
+            for device, partition in self._device_partition.items():
+                if partition in raw_read:
+                    by_partition.setdefault(partition, []).append(device)
+            steps = []
+            for partition, devices in by_partition.items():
+                steps += self.fleet.tick(now, devices, self._clocks.get(partition))
             if self._pipeline_owner:
                 steps += self.pipeline.judge(now, both_read)
             await self._persist(steps, [s.alert.device_id for s in steps], retry=True)
@@ -426,15 +462,20 @@ class AlertingService:
                 await self._publish_pending()
         self._update_gauges()
 
-    async def _partitions_read_to_end(self) -> tuple[set[int], set[int]]:
+    async def _partitions_read_to_end(self, now: float) -> tuple[set[int], set[int]]:
         """Owned partitions whose raw topic, and those whose raw AND predictions topics, this
-        worker has read up to the end (as of the last fetch)."""
+        worker has read up to the end, as of a fetch at most FETCH_FRESH_S old."""
         assert self._consumer is not None
         topics = self.settings.topics
         read: dict[str, set[int]] = {topics.raw: set(), topics.predictions: set()}
         for tp in self._consumer.assignment():
+            if tp.topic not in read:
+                continue
             end = self._consumer.highwater(tp)
-            if end is None:  # nothing fetched yet
+            polled_ms = self._consumer.last_poll_timestamp(tp)
+            if end is None or polled_ms is None:  # nothing fetched yet
+                continue
+            if now - polled_ms / 1000 > FETCH_FRESH_S:  # cut off from the broker?
                 continue
             position = self._next_offset.get(tp)
             if position is None:
@@ -463,15 +504,21 @@ class AlertingService:
             for device_id, state in self.fleet.snapshots(devices).items()
             if device_id in self._device_partition
         ]
-        if not transitions and not snapshots:
+        clocks = {p: self._clocks[p].to_dict() for p in self._clocks_changed if p in self._clocks}
+        if not transitions and not snapshots and not clocks:
             return
         assert self.store is not None
         delay = 0.5
         while True:
             try:
                 await asyncio.to_thread(
-                    self.store.record, transitions, self.settings.webhook_url_list, snapshots
+                    self.store.record,
+                    transitions,
+                    self.settings.webhook_url_list,
+                    snapshots,
+                    clocks,
                 )
+                self._clocks_changed.clear()
                 break
             except StoreError as exc:
                 if not retry or self._stop.is_set():
@@ -546,6 +593,9 @@ class AlertingService:
                 del self._device_partition[device]
             self.pipeline.revoked(partitions)
             self._partitions -= partitions
+            for partition in partitions:
+                self._clocks.pop(partition, None)
+                self._clocks_changed.discard(partition)
             for tp in revoked:
                 self._next_offset.pop(tp, None)
         self.metrics.partitions_assigned.set(len(self._partitions))
@@ -562,19 +612,22 @@ class AlertingService:
         topics = self.settings.topics
         by_topic = {
             topic: {tp.partition for tp in assigned if tp.topic == topic}
-            for topic in (topics.predictions, topics.raw)
+            for topic in (topics.predictions, topics.raw, topics.heartbeats)
         }
-        if by_topic[topics.predictions] != by_topic[topics.raw]:
+        if len({frozenset(p) for p in by_topic.values()}) > 1:
             logger.error(
-                "partitions of %s %s and of %s %s differ: are the topics' partition counts "
+                "partitions assigned per topic differ (%s): are the topics' partition counts "
                 "equal? DEVICE_OFFLINE and rules may be judged by different workers",
-                topics.predictions,
-                sorted(by_topic[topics.predictions]),
-                topics.raw,
-                sorted(by_topic[topics.raw]),
+                {t: sorted(p) for t, p in by_topic.items()},
             )
-        partitions = by_topic[topics.predictions] | by_topic[topics.raw]
+        partitions = set().union(*by_topic.values())
         stored = await self._load_devices(partitions)
+        store = self.store
+        assert store is not None
+        clocks = await self._retry_store(
+            f"restore the clocks of partitions {sorted(partitions)}",
+            lambda: store.clocks(partitions),
+        )
         pipeline_alerts = []
         owner = 0 in by_topic[topics.predictions]
         if owner:
@@ -592,6 +645,12 @@ class AlertingService:
                     logger.warning("%s; continuing from its open alerts", exc)
             self._partitions |= partitions
             self._pipeline_owner = owner
+            gap = self.settings.rules.heartbeat_max_gap_s
+            for partition in partitions:
+                try:
+                    self._clocks[partition] = PartitionClock.from_dict(clocks[partition], gap)
+                except (KeyError, TypeError, ValueError):  # never stored, or unusable
+                    self._clocks[partition] = PartitionClock(gap)
             self.pipeline.assigned(partitions, time.time())
             for alert in pipeline_alerts:
                 self.pipeline.load(alert)

@@ -30,6 +30,8 @@ class AlertingMetrics(NamedTuple):
     events_published: Counter
     #: Raw-topic records not counted as device traffic (not a raw frame, or keyed wrongly).
     raw_skipped: Counter
+    #: Heartbeats-topic records that are not heartbeats.
+    heartbeats_skipped: Counter
     #: How far predictions lag behind device traffic, in ingest time (worst owned partition).
     pipeline_delay: Gauge
     #: Partitions (of predictions and raw alike) this worker owns.
@@ -99,6 +101,11 @@ def create(registry: CollectorRegistry) -> AlertingMetrics:
             "harstream_alerting_raw_records_skipped_total",
             "Raw-topic records not counted as device traffic (not a raw frame, or keyed "
             "other than by their device id; preprocess dead-letters them).",
+            registry=registry,
+        ),
+        heartbeats_skipped=Counter(
+            "harstream_alerting_heartbeats_skipped_total",
+            "Records of the heartbeats topic that are not heartbeats (ignored).",
             registry=registry,
         ),
         pipeline_delay=Gauge(

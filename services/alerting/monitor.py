@@ -54,6 +54,7 @@ from services.alerting.lifecycle import (
     open_alert,
     resolve,
 )
+from services.alerting.liveness import PartitionClock
 from services.alerting.rules import (
     LAYING,
     UPRIGHT_ACTIVITIES,
@@ -187,18 +188,24 @@ class DeviceMonitor:
             )
         ]
 
-    def tick(self, now_wall: float) -> list[AlertTransition]:
-        """Wall-clock rules (DEVICE_OFFLINE), run even when no message arrives. The caller
-        runs it only once it has read the device's traffic up to now (else a consumer
-        catching up after a restart would see every device as silent)."""
+    def tick(self, now_wall: float, clock: PartitionClock | None = None) -> list[AlertTransition]:
+        """Wall-clock rules (DEVICE_OFFLINE), run even when no message arrives.
+
+        With its partition's ``clock`` (:mod:`services.alerting.liveness`) silence counts only
+        while the pipeline could take the device's data. Without one (or before its first
+        heartbeat) silence is wall-clock time. Either way the caller runs this only once it
+        has read the device's traffic up to now (else a consumer catching up after a restart
+        would see every device as silent)."""
         if self.last_traffic_wall is None:
             return []
-        silent_s = now_wall - self.last_traffic_wall
+        silent_s = clock.silence_since(self.last_traffic_wall) if clock is not None else None
+        if silent_s is None:
+            silent_s = now_wall - self.last_traffic_wall
         if silent_s < self.rules.offline_after_s:
             return []
         opened = self._open(
             AlertType.DEVICE_OFFLINE,
-            f"no data for {silent_s:.0f} s",
+            f"no data for {now_wall - self.last_traffic_wall:.0f} s",
             now_wall,
             None,
             {"last_seen_at": self.last_traffic_wall, "last_end_time": self.last_end_time},
@@ -560,9 +567,13 @@ class FleetMonitor:
         return self.monitor(device_id).traffic(at_wall, now_wall)
 
     def tick(
-        self, now_wall: float, device_ids: Iterable[str] | None = None
+        self,
+        now_wall: float,
+        device_ids: Iterable[str] | None = None,
+        clock: PartitionClock | None = None,
     ) -> list[AlertTransition]:
-        """Wall-clock rules of ``device_ids`` (default: every device)."""
+        """Wall-clock rules of ``device_ids`` (default: every device), all of one partition
+        with its ``clock`` (see :meth:`DeviceMonitor.tick`)."""
         out: list[AlertTransition] = []
         devices = (
             self.devices.values()
@@ -570,7 +581,7 @@ class FleetMonitor:
             else [d for i in device_ids if (d := self.devices.get(i)) is not None]
         )
         for device in devices:
-            out.extend(device.tick(now_wall))
+            out.extend(device.tick(now_wall, clock))
         return out
 
     def take_duplicates(self) -> int:

@@ -107,6 +107,15 @@ class AlertRules(BaseModel):
             "inference outage is a pipeline stall, not a fleet of offline devices."
         ),
     )
+    heartbeat_max_gap_s: float = Field(
+        3.0,
+        gt=0,
+        description=(
+            "Longest gap between two ingest heartbeats (sent every second) that counts towards "
+            "a device's silence: a broker or ingest outage of any length adds at most this, so "
+            "devices get their whole offline_after_s to resend once the pipeline is back."
+        ),
+    )
     pipeline_stall_s: float = Field(
         60.0,
         gt=0,

@@ -20,7 +20,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -76,12 +76,16 @@ class AlertStore(Protocol):
         transitions: Sequence[AlertTransition],
         webhook_urls: Sequence[str],
         snapshots: Sequence[DeviceSnapshot] = (),
+        clocks: Mapping[int, dict[str, Any]] | None = None,
     ) -> None:
-        """Store alerts' new state, their history, their webhook deliveries and the given
-        device snapshots atomically."""
+        """Store alerts' new state, their history, their webhook deliveries, the given
+        device snapshots and partition clocks (:mod:`services.alerting.liveness`) atomically."""
 
     def devices(self, partitions: Collection[int]) -> list[StoredDevice]:
         """Snapshots and open/acknowledged alerts of the devices of ``partitions``."""
+
+    def clocks(self, partitions: Collection[int]) -> dict[int, dict[str, Any]]:
+        """Stored partition clocks of ``partitions`` (those never stored are missing)."""
 
     def get(self, alert_id: str) -> Alert | None: ...
 
@@ -170,6 +174,11 @@ CREATE TABLE IF NOT EXISTS device_state (
     updated_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS device_state_partition ON device_state (kafka_partition);
+CREATE TABLE IF NOT EXISTS partition_clock (
+    kafka_partition INTEGER PRIMARY KEY,
+    clock TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
 """
 
 _ALERT_COLUMNS = (
@@ -237,13 +246,23 @@ class _SqlStore:
         transitions: Sequence[AlertTransition],
         webhook_urls: Sequence[str],
         snapshots: Sequence[DeviceSnapshot] = (),
+        clocks: Mapping[int, dict[str, Any]] | None = None,
     ) -> None:
-        if not transitions and not snapshots:
+        if not transitions and not snapshots and not clocks:
             return
         q = self._q
         now = time.time()
 
         def work(cur: Any) -> None:
+            if clocks:
+                cur.executemany(
+                    q(
+                        "INSERT INTO partition_clock (kafka_partition, clock, updated_at) "
+                        "VALUES (?,?,?) ON CONFLICT (kafka_partition) DO UPDATE SET "
+                        "clock = excluded.clock, updated_at = excluded.updated_at"
+                    ),
+                    [(p, json.dumps(c, separators=(",", ":")), now) for p, c in clocks.items()],
+                )
             if snapshots:
                 cur.executemany(
                     q(
@@ -336,6 +355,24 @@ class _SqlStore:
                 StoredDevice(d, int(p), _state_from_text(state), alerts.get(d, []))
                 for d, p, state in rows
             ]
+
+        return self._run(work)
+
+    def clocks(self, partitions: Collection[int]) -> dict[int, dict[str, Any]]:
+        wanted = sorted({int(p) for p in partitions})
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+
+        def work(cur: Any) -> dict[int, dict[str, Any]]:
+            cur.execute(
+                self._q(
+                    "SELECT kafka_partition, clock FROM partition_clock "
+                    f"WHERE kafka_partition IN ({marks})"
+                ),
+                tuple(wanted),
+            )
+            return {int(p): _state_from_text(c) for p, c in cur.fetchall()}
 
         return self._run(work)
 

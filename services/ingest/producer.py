@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +43,7 @@ from services.common.kafka import BrokerUnavailableError
 from services.inference.retry import BackoffPolicy
 from services.ingest.health import ProducerHealth, Verdict
 from services.ingest.settings import IngestSettings
+from shared.messages import Heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +202,10 @@ class KafkaPacketSink:
         self._replace_not_before = 0.0
         self._last_error = "not connected yet"
         self._supervisor: asyncio.Task[None] | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
+        #: Heartbeats acknowledged, and heartbeat rounds that failed.
+        self.heartbeats_sent = 0
+        self.heartbeat_failures = 0
         self._admin: Any = None
         # Probes have a worker of their own, so a slow probe never delays a send.
         self._probe_worker = _DaemonWorker("ingest-probe")
@@ -252,6 +259,58 @@ class KafkaPacketSink:
     async def start(self) -> None:
         if self._supervisor is None:
             self._supervisor = asyncio.create_task(self._supervise(), name="kafka-producer")
+        if self._heartbeats is None and self.settings.heartbeat_interval_s > 0:
+            self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeats")
+
+    async def _heartbeat_loop(self) -> None:
+        """One heartbeat per partition of the heartbeats topic every ``heartbeat_interval_s``,
+        through the producer that sends packets: a heartbeat written proves packets could be
+        written when it was stamped (see :mod:`shared.messages.heartbeat`).
+
+        The next heartbeat is stamped only once the previous round is acknowledged or failed
+        for good (or its producer was replaced): a round stuck in a paused broker is written
+        when the broker resumes, and it must be the only one stamped before the outage —
+        heartbeats stamped during it and written late would tell alerting that the pipeline
+        could take data all along, and devices would look silent."""
+        interval = self.settings.heartbeat_interval_s
+        topic = self.settings.topics.heartbeats
+        source = f"ingest@{socket.gethostname()}:{os.getpid()}"
+        loop = asyncio.get_running_loop()
+        partitions: tuple[_Producer, list[int]] | None = None
+        next_at = time.monotonic()
+        while True:
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            producer = self._current
+            if producer is None:
+                continue
+            try:
+                if partitions is None or partitions[0] is not producer:
+                    found = await loop.run_in_executor(
+                        producer.worker, producer.client.partitions_for, topic
+                    )
+                    if not found:
+                        raise BrokerUnavailableError(f"topic {topic} has no partitions (yet)")
+                    partitions = (producer, sorted(found))
+                value = Heartbeat(source, time.time()).to_bytes()
+                round_ = [
+                    await self._submit(producer, topic, None, value, p) for p in partitions[1]
+                ]
+            except (BrokerUnavailableError, KafkaError) as exc:
+                self.heartbeat_failures += 1
+                logger.debug("heartbeat not written: %s", exc)
+                continue
+            pending: set[asyncio.Future[float]] = set(round_)
+            while pending and self._current is producer:
+                _, pending = await asyncio.wait(pending, timeout=SUPERVISE_INTERVAL_S)
+            acked = sum(1 for f in round_ if f.done() and not f.cancelled() and not f.exception())
+            self.heartbeats_sent += acked
+            if acked < len(round_):
+                # Packets meet the same outage and answer 503; the readiness probe says why.
+                self.heartbeat_failures += 1
+                logger.debug("heartbeats: %d of %d acknowledged", acked, len(round_))
+            # A late round does not make up for lost time with a burst.
+            next_at = max(next_at, time.monotonic())
 
     async def _supervise(self) -> None:
         failures = 0
@@ -347,10 +406,11 @@ class KafkaPacketSink:
     async def close(self, deadline: float | None = None) -> None:
         if deadline is None:
             deadline = time.monotonic() + self.settings.shutdown_timeout_s
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
-            self._supervisor = None
+        for task in (self._heartbeats, self._supervisor):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._heartbeats = self._supervisor = None
         for task in self._retiring.values():
             task.cancel()
         await asyncio.gather(*self._retiring.values(), return_exceptions=True)
@@ -380,6 +440,36 @@ class KafkaPacketSink:
         producer = self._current
         if producer is None:
             raise BrokerUnavailableError(f"Kafka producer {self._last_error}")
+        return await self._send(producer, self.topic, key, value)
+
+    async def _send(
+        self,
+        producer: _Producer,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+    ) -> float:
+        try:
+            async with asyncio.timeout(self.settings.produce_timeout_s):
+                return await (await self._submit(producer, topic, key, value))
+        except TimeoutError as exc:
+            raise BrokerUnavailableError(
+                f"Kafka did not acknowledge within {self.settings.produce_timeout_s:g} s"
+            ) from exc
+        except KafkaError as exc:
+            raise BrokerUnavailableError(f"Kafka refused the record: {exc}") from exc
+
+    async def _submit(
+        self,
+        producer: _Producer,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None = None,
+    ) -> asyncio.Future[float]:
+        """Hand one record to ``producer``; the future resolves with the seconds to its
+        acknowledgement, or with the delivery error. Raises ``KafkaError`` if the producer
+        refuses it at once (metadata or buffer space missing within max_block_ms)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[float] = loop.create_future()
         started = time.perf_counter()
@@ -391,22 +481,17 @@ class KafkaPacketSink:
             loop.call_soon_threadsafe(self._on_failed, producer, done, exc)
 
         def submit() -> None:
-            future = producer.client.send(self.topic, key=key, value=value)
+            if partition is None:
+                future = producer.client.send(topic, key=key, value=value)
+            else:
+                future = producer.client.send(topic, key=key, value=value, partition=partition)
             # Scheduled before the callbacks can be: the loop runs these in order.
             loop.call_soon_threadsafe(producer.sent, time.monotonic())
             future.add_callback(acked)
             future.add_errback(failed)
 
-        try:
-            async with asyncio.timeout(self.settings.produce_timeout_s):
-                await loop.run_in_executor(producer.worker, submit)
-                return await done
-        except TimeoutError as exc:
-            raise BrokerUnavailableError(
-                f"Kafka did not acknowledge within {self.settings.produce_timeout_s:g} s"
-            ) from exc
-        except KafkaError as exc:
-            raise BrokerUnavailableError(f"Kafka refused the record: {exc}") from exc
+        await loop.run_in_executor(producer.worker, submit)
+        return done
 
     def _on_acked(self, producer: _Producer, done: asyncio.Future[float], ack_s: float) -> None:
         producer.completed(time.monotonic(), acked=True)

@@ -86,6 +86,15 @@ class IngestSettings(StreamSettings):
             "(seconds)."
         ),
     )
+    heartbeat_interval_s: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "How often ingest writes a heartbeat to every partition of the heartbeats topic "
+            "(seconds; 0: never). Alerting counts a device's silence only while heartbeats "
+            "flow, so a broker or ingest outage does not raise DEVICE_OFFLINE for the fleet."
+        ),
+    )
     broker_retry_after_s: int = Field(
         5, ge=1, description="Retry-After (seconds) sent with 503 when Kafka is unavailable."
     )

@@ -4,6 +4,7 @@ predictions, alerts and dead letters are small JSON documents with a schema tag.
 from shared.features import MotionFeatures
 from shared.messages.alerts import PIPELINE_SCOPE, Alert, AlertState, AlertType, Severity
 from shared.messages.dead_letter import DeadLetter
+from shared.messages.heartbeat import Heartbeat
 from shared.messages.predictions import Prediction
 from shared.messages.raw import RawHeader, RawPacket
 from shared.messages.windows import WindowMessage, window_id
@@ -14,6 +15,7 @@ __all__ = [
     "AlertState",
     "AlertType",
     "DeadLetter",
+    "Heartbeat",
     "MotionFeatures",
     "Prediction",
     "RawHeader",

@@ -9,6 +9,7 @@ the worker runs as ``harstream alerting`` (a real process, killed with SIGKILL) 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,10 @@ from prometheus_client import CollectorRegistry
 
 from services.alerting.app import AlertingService
 from services.alerting.settings import AlertingSettings
-from services.common.broker import free_port
+from services.common.broker import EmbeddedBroker, free_port
+from services.common.kafka import BrokerUnavailableError, create_topics
+from services.ingest.producer import KafkaPacketSink
+from services.ingest.settings import IngestSettings
 from shared.messages import PIPELINE_SCOPE, AlertType, RawPacket
 from tests.unit.alerting_helpers import IMPACT, LYING_STILL, STEP_S, WALKING, prediction
 
@@ -111,9 +115,10 @@ def _all_committed(settings: AlertingSettings) -> bool:
         enable_auto_commit=False,
     )
     try:
+        topics = settings.topics
         tps = [
             TopicPartition(topic, p)
-            for topic in (settings.topics.predictions, settings.topics.raw)
+            for topic in (topics.predictions, topics.raw, topics.heartbeats)
             for p in range(settings.topic_partitions)
         ]
         ends = consumer.end_offsets(tps)
@@ -431,3 +436,84 @@ async def _garbage(settings: AlertingSettings) -> None:
         assert service.failure is None
     finally:
         await service.stop()
+
+
+def test_a_broker_pause_does_not_take_devices_that_keep_sending_offline(
+    tmp_path: Path, unique_id: str
+) -> None:
+    """The fault suite's finding: a 30 s broker pause opened DEVICE_OFFLINE for devices that
+    kept sending. Here: a private broker paused for 3× the offline threshold, ingest's real
+    producer (with its heartbeats) and devices that resend after every refusal, as they do
+    after a 503."""
+    broker = EmbeddedBroker(log_path=tmp_path / "broker.log").start()
+    try:
+        asyncio.run(_broker_pause(broker, tmp_path, unique_id))
+    finally:
+        broker.stop()
+
+
+async def _broker_pause(broker: EmbeddedBroker, tmp_path: Path, unique_id: str) -> None:
+    common: dict[str, Any] = {
+        "kafka_bootstrap_servers": broker.bootstrap_servers,
+        "kafka_profile": "tansu",
+        "topic_prefix": f"pause-{unique_id}",
+        "topic_partitions": 2,
+    }
+    settings = AlertingSettings(
+        **common,
+        group_id=f"alerting-{unique_id}",
+        auto_offset_reset="earliest",
+        host="127.0.0.1",
+        port=0,
+        store_url=f"sqlite:///{tmp_path / 'alerts.db'}",
+        tick_interval_s=0.2,
+        rules={"offline_after_s": 5.0},
+    )
+    create_topics(settings)
+    sink = KafkaPacketSink(IngestSettings(**common, produce_timeout_s=1.0))
+    service = AlertingService(settings, CollectorRegistry())
+    devices = [f"dev-{i}" for i in range(6)]
+    sending = set(devices)
+    stop = asyncio.Event()
+
+    async def device(name: str) -> None:
+        seq = 0
+        while not stop.is_set():
+            if name in sending:
+                packet = RawPacket(name, seq, 1.7e9 + seq, 50.0, np.zeros((50, 6)), time.time())
+                with contextlib.suppress(BrokerUnavailableError):  # a 503: resend later
+                    await sink.send(name.encode(), packet.to_bytes())
+                    seq += 1
+            await asyncio.sleep(0.5)
+
+    await sink.start()
+    await service.start()
+    tasks = [asyncio.create_task(device(d)) for d in devices]
+    store = service.store
+    assert store is not None
+    try:
+        await _until(lambda: service.fleet.devices_tracked == len(devices), "devices tracked")
+        await _until(lambda: sink.heartbeats_sent > 0, "heartbeats written")
+        await asyncio.sleep(3.0)  # a few seconds of normal traffic and heartbeats
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(15.0)  # the outage itself: 3× the offline threshold
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        # Devices resend, the producer recovers (or is replaced): traffic flows again.
+        sent = sink.heartbeats_sent
+        await _until(lambda: sink.heartbeats_sent > sent, "heartbeats again", 60)
+        await asyncio.sleep(8.0)  # longer than the threshold, with the pipeline back
+        assert store.list_alerts(kind=AlertType.DEVICE_OFFLINE) == []
+        # A device that really stops is still seen going offline.
+        sending.discard("dev-0")
+        (offline,) = await _until(
+            lambda: store.list_alerts(kind=AlertType.DEVICE_OFFLINE), "dev-0 offline", 30
+        )
+        assert offline.device_id == "dev-0"
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await service.stop()
+        await sink.close()

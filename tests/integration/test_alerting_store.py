@@ -140,6 +140,16 @@ def test_device_snapshots_are_stored_with_the_transitions_and_loaded_by_partitio
     assert store.devices([9]) == []
 
 
+def test_partition_clocks_are_stored_and_loaded(store: AlertStore) -> None:
+    store.record([], [], (), {0: {"active": 12.5, "heartbeat_at": 99.0}, 3: {"active": 0.0}})
+    store.record([], [], (), {0: {"active": 13.5, "heartbeat_at": 100.0}})
+    assert store.clocks([0, 1, 3]) == {
+        0: {"active": 13.5, "heartbeat_at": 100.0},
+        3: {"active": 0.0},
+    }
+    assert store.clocks([]) == {}
+
+
 def test_a_failed_transaction_stores_neither_alerts_nor_snapshots(store: AlertStore) -> None:
     good = open_alert("dev-1", AlertType.FALL_SUSPECTED, "impact", 100.0, {})
     # The second transition fails after the snapshot and the first alert were written.

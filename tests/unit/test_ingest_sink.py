@@ -16,6 +16,7 @@ from kafka.errors import KafkaTimeoutError
 from services.common.kafka import BrokerUnavailableError
 from services.ingest.producer import BACKOFF, KafkaPacketSink
 from services.ingest.settings import IngestSettings
+from shared.messages import Heartbeat
 
 
 class FakeFuture:
@@ -52,7 +53,8 @@ class FakeProducer:
             FakeProducer.failures_left -= 1
             raise KafkaTimeoutError("Unable to bootstrap")
         self.config = config
-        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self.partitions_sent: list[int | None] = []
         self.flushed = self.closed = False
         self.close_timeout: float | None = None
         self.ack_delay_s = (
@@ -61,11 +63,14 @@ class FakeProducer:
         FakeProducer.instances.append(self)
 
     def partitions_for(self, topic: str) -> set[int]:
-        return {0}
+        return {0, 1, 2} if topic.endswith("heartbeats.v1") else {0}
 
-    def send(self, topic: str, key: bytes, value: bytes) -> FakeFuture:
+    def send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> FakeFuture:
         assert threading.current_thread() is not threading.main_thread()  # off the loop
         self.sent.append((topic, key, value))
+        self.partitions_sent.append(partition)
         return FakeFuture(self.ack_delay_s, FakeProducer.error)
 
     def flush(self, timeout: float) -> None:
@@ -109,7 +114,13 @@ def reset() -> None:
 
 
 def sink(**overrides: Any) -> KafkaPacketSink:
-    settings = IngestSettings(topic_prefix="t", produce_timeout_s=0.3, **overrides)
+    values: dict[str, Any] = {
+        "topic_prefix": "t",
+        "produce_timeout_s": 0.3,
+        "heartbeat_interval_s": 0.0,  # tests of heartbeats turn them on
+        **overrides,
+    }
+    settings = IngestSettings(**values)
     return KafkaPacketSink(settings, producer_factory=FakeProducer, admin_factory=FakeAdmin)
 
 
@@ -293,5 +304,74 @@ def test_close_is_bounded_by_the_deadline() -> None:
         # the stuck close runs on a daemon thread: it cannot hold the interpreter at exit
         workers = [t for t in threading.enumerate() if t.name.startswith("ingest-producer")]
         assert workers and all(t.daemon for t in workers)
+
+    asyncio.run(scenario())
+
+
+def test_heartbeats_go_to_every_partition_of_their_topic_through_the_producer() -> None:
+    async def scenario() -> None:
+        s = sink(heartbeat_interval_s=0.05)
+        await connected(s)
+        deadline = time.monotonic() + 5
+        while s.heartbeats_sent < 6:
+            assert time.monotonic() < deadline, "no heartbeats"
+            await asyncio.sleep(0.01)
+        await s.close()
+        (producer,) = FakeProducer.instances
+        beats = [
+            (Heartbeat.from_bytes(value), partition)
+            for (topic, key, value), partition in zip(
+                producer.sent, producer.partitions_sent, strict=True
+            )
+            if topic == "t.heartbeats.v1" and key is None
+        ]
+        assert len(beats) >= 6
+        assert {p for _, p in beats[:3]} == {0, 1, 2}
+        assert all(b.source.startswith("ingest@") for b, _ in beats)
+        assert s.heartbeat_failures == 0
+
+    asyncio.run(scenario())
+
+
+def test_heartbeats_that_fail_are_counted_and_do_not_stop() -> None:
+    async def scenario() -> None:
+        FakeProducer.ack_delay_s = None  # never acknowledged
+        s = sink(heartbeat_interval_s=0.05, produce_timeout_s=0.1)
+        await connected(s)
+        deadline = time.monotonic() + 5
+        while s.heartbeat_failures < 2:
+            assert time.monotonic() < deadline, "failures not counted"
+            await asyncio.sleep(0.01)
+        await s.close(time.monotonic() + 0.5)
+        assert s.heartbeats_sent == 0
+
+    asyncio.run(scenario())
+
+
+def test_no_heartbeat_is_stamped_while_the_previous_round_may_still_be_written() -> None:
+    """A round stuck in a paused broker is written when it resumes: heartbeats stamped in the
+    meantime would be written late too and claim the pipeline worked during the outage."""
+
+    async def scenario() -> None:
+        # Acknowledgements come later than the produce timeout: requests answer 503, but
+        # the records are still written.
+        FakeProducer.ack_delay_s = 0.6
+        s = sink(heartbeat_interval_s=0.05, produce_timeout_s=0.4)
+        await connected(s)
+        deadline = time.monotonic() + 5
+        while s.heartbeats_sent < 3:
+            assert time.monotonic() < deadline, "no heartbeats"
+            await asyncio.sleep(0.01)
+        await s.close()
+        for producer in FakeProducer.instances:
+            stamps = sorted(
+                {
+                    Heartbeat.from_bytes(value).sent_at
+                    for topic, _, value in producer.sent
+                    if topic == "t.heartbeats.v1"
+                }
+            )
+            # One round per acknowledgement (0.6 s), not one per produce timeout (0.4 s).
+            assert all(b - a >= 0.55 for a, b in itertools.pairwise(stamps)), stamps
 
     asyncio.run(scenario())

@@ -20,6 +20,7 @@ from shared.messages import (
     AlertState,
     AlertType,
     DeadLetter,
+    Heartbeat,
     Prediction,
     RawPacket,
     Severity,
@@ -349,4 +350,18 @@ def test_motion_features_of_still_and_impact() -> None:
 def test_topics_are_versioned_and_prefixed() -> None:
     topics = Topics("site-a")
     assert topics.windows == "site-a.windows.v1"
-    assert len(set(topics.all())) == 5
+    assert topics.heartbeats == "site-a.heartbeats.v1"
+    assert len(set(topics.all())) == 6
+
+
+def test_heartbeat_round_trip_and_hostile_bytes() -> None:
+    beat = Heartbeat("ingest@host:1", 1_700_000_000.5)
+    assert Heartbeat.from_bytes(beat.to_bytes()) == beat
+    for bad in (
+        b"",
+        b"{}",
+        b'{"schema":"harstream.heartbeat","v":1,"source":1,"sent_at":0}',
+        RawPacket("d", 0, 0.0, 50.0, np.zeros((1, 6)), 0.0).to_bytes(),
+    ):
+        with pytest.raises(SchemaError):
+            Heartbeat.from_bytes(bad)
