@@ -426,9 +426,14 @@ async def _garbage(settings: AlertingSettings) -> None:
             ("predictions", b"\xff\xfedev-ok", ok),
             ("predictions", b"dev-ok", ok),
         ]
+        # Junk on the heartbeats topic is skipped and counted: it proves nothing.
+        heartbeats = settings.topics.heartbeats
+        garbage += [(heartbeats, None, b"junk"), (heartbeats, b"k", b'{"schema":"x"}')]  # type: ignore[list-item]
         await asyncio.to_thread(_produce, settings, garbage)
         await _until(lambda: _all_committed(settings), "all committed")
         sample = service.registry.get_sample_value
+        assert sample("harstream_alerting_heartbeats_skipped_total") == 2
+        assert not any(c.running for c in service._clocks.values())
         assert sample("harstream_alerting_raw_records_skipped_total") == 4
         assert sample("harstream_dead_letters_total", {"error_type": "SchemaError"}) == 2
         assert sample("harstream_alerting_predictions_total") == 1
