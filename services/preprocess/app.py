@@ -70,6 +70,7 @@ from services.preprocess.faust_internals import (
     ChangelogAcks,
     commit_offsets,
     committed_offsets,
+    fetch_only_active_partitions,
     in_partition_of,
     shorten_fetch_wait,
 )
@@ -184,7 +185,8 @@ def create_app(
     registry: CollectorRegistry,
     config: PreprocessingConfig | None = None,
 ) -> faust.App:
-    """The faust app with its table and agent. Run it with :func:`run_worker`."""
+    """The faust app with its table and agent (run by faust's Worker, see cli.py)."""
+    fetch_only_active_partitions()
     if settings.kafka_profile == "tansu":
         shorten_fetch_wait(settings.fetch_max_wait_ms)
     app = faust.App(
@@ -253,13 +255,14 @@ async def rewind_to_restored_state(
 ) -> list[Rewind]:
     """After a recovery: where the group's committed offset of a raw partition is ahead of
     the position the restored table holds, commit that position, so the packets the restored
-    state does not cover are read again instead of skipped (:mod:`.positions`). Returns the
-    partitions moved back.
+    state does not cover are read again instead of skipped (:mod:`.positions`); where nothing
+    is committed yet, commit the position too, so faust's seeks back to the committed offset
+    have somewhere to go. Returns the partitions whose committed offset was set.
 
-    With the changelog acknowledged before every batch is (module docstring) this finds
-    nothing; it is there for whatever else restores less than was committed (a recovery cut
-    short by a wrong high-water mark, an offset committed by another tool, a faust upgrade
-    that changes its commit path)."""
+    With the changelog acknowledged before every batch is (module docstring) no committed
+    offset is ever ahead; that branch is there for whatever else restores less than was
+    committed (a recovery cut short by a wrong high-water mark, an offset committed by another
+    tool, a faust upgrade that changes its commit path)."""
     committed = await committed_offsets(consumer)
     raw = {tp.partition: offset for tp, offset in committed.items() if tp.topic == raw_topic}
     restored: dict[int, int] = {}
@@ -275,21 +278,28 @@ async def rewind_to_restored_state(
     if not moves:
         return []
     for move in moves:
-        logger.warning(
-            "raw partition %d: committed offset %d is ahead of the restored device states "
-            "(they cover up to %d): committing %d so %d messages are read again",
-            move.partition,
-            move.committed,
-            move.restored,
-            move.restored,
-            move.packets,
-        )
+        if move.committed is None:
+            logger.info(
+                "raw partition %d: nothing committed yet; committing the restored position %d",
+                move.partition,
+                move.restored,
+            )
+        else:
+            logger.warning(
+                "raw partition %d: committed offset %d is ahead of the restored device states "
+                "(they cover up to %d): committing %d so %d messages are read again",
+                move.partition,
+                move.committed,
+                move.restored,
+                move.restored,
+                move.packets,
+            )
     tps = {tp.partition: tp for tp in committed if tp.topic == raw_topic}
     if await commit_offsets(consumer, {tps[m.partition]: m.restored for m in moves}):
         metrics.rewound.inc(sum(m.packets for m in moves))
     else:
         # Refused when another rebalance has started: its recovery calls this again.
-        logger.warning("moving the committed offsets back was refused (rebalancing?)")
+        logger.warning("committing the restored positions was refused (rebalancing?)")
     return moves
 
 

@@ -13,9 +13,10 @@ recovery cut short by a wrong high-water mark).
 After recovery the worker compares each restored position with the group's committed offset
 of that raw partition. A committed offset *ahead* of the position means packets the restored
 state never saw would be skipped (lost windows, a gap); the worker commits the position
-instead, so those packets are read again. Reading a packet again is safe: one the state
-already covers is dropped by its sequence number, any other gives the same windows with the
-same ids (at-least-once, idempotent by window id).
+instead, so those packets are read again. Where nothing is committed yet it commits the
+position too, so that every later seek back to the committed offset has one. Reading a
+packet again is safe: one the state already covers is dropped by its sequence number, any
+other gives the same windows with the same ids (at-least-once, idempotent by window id).
 """
 
 from __future__ import annotations
@@ -59,27 +60,33 @@ def decode_position(data: bytes) -> int:
 
 
 class Rewind(NamedTuple):
-    """A raw partition whose committed offset is ahead of the restored state."""
+    """A raw partition whose committed offset must be set to the restored position."""
 
     partition: int
-    #: The group's committed offset (first offset it would read).
-    committed: int
-    #: The restored position: where reading must start again.
+    #: The group's committed offset (first offset it would read); None if nothing committed.
+    committed: int | None
+    #: The restored position: where reading must start.
     restored: int
 
     @property
     def packets(self) -> int:
         """Raw messages read again (at most: some may already be deleted by retention)."""
-        return self.committed - self.restored
+        return 0 if self.committed is None else self.committed - self.restored
 
 
 def rewinds(committed: Mapping[int, int | None], restored: Mapping[int, int]) -> list[Rewind]:
-    """Partitions to move back: those whose committed offset is ahead of the restored
-    position. A partition without a committed offset starts from the oldest packet anyway
-    (``auto_offset_reset=earliest``); one without a position has no state to protect (its
-    devices restart from scratch or are duplicates either way)."""
+    """Partitions whose committed offset must become the restored position:
+
+    * committed *ahead* of the position: the packets in between would be skipped;
+    * *nothing* committed: faust would start at the oldest packet, but it also drops records
+      it fetched at the wrong moment and repairs that only by seeking back to the committed
+      offset (see ``faust_internals.fetch_only_active_partitions``): with nothing committed,
+      nothing to seek back to.
+
+    A partition without a position has no state to protect (its devices start from scratch
+    or are duplicates either way)."""
     return [
         Rewind(partition, offset, restored[partition])
         for partition, offset in sorted(committed.items())
-        if offset is not None and partition in restored and offset > restored[partition]
+        if partition in restored and (offset is None or offset > restored[partition])
     ]

@@ -17,12 +17,14 @@ a gap.
   and can kill itself right after such a commit: the worst moment.
 * ``python -m tests.integration.test_preprocess_crash rounds --rounds 10`` runs kill rounds
   (a fleet streaming, the worker killed at a random moment, the audit, a restart that must
-  produce every window bit-equal to the offline core) and prints the counts.
+  produce every window bit-equal to the offline core) and prints the counts; ``throughput``
+  measures what the fix costs (a backlog worked off with and without it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -36,10 +38,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
+import rocksdict
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from services.common.broker import EmbeddedBroker, free_port, wait_for_port
@@ -109,27 +112,43 @@ class PacedProducer(threading.Thread):
         super().__init__(daemon=True)
         self.settings, self.fleet, self.rate = settings, fleet, rate
         self._halt = threading.Event()
+        #: Sends that failed (the raw topic then lacks those packets: not the worker's loss).
+        self.failed = 0
 
     def run(self) -> None:
-        producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, linger_ms=5)
-        started, sent = time.monotonic(), 0
+        # Not kafka-python's default idempotent producer: after the broker stalls it can stop
+        # getting acknowledgements for minutes (shared/notes/tansu.md), and its packets then
+        # land after those sent later by another producer, as out-of-order packets would.
+        # One request in flight keeps the order through retries.
+        producer = KafkaProducer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            linger_ms=5,
+            enable_idempotence=False,
+            max_in_flight_requests_per_connection=1,
+        )
+        started, futures = time.monotonic(), []
         try:
             for seq in range(self.fleet.packets):
                 for device in self.fleet.ids:
                     if self._halt.is_set():
                         return
                     value = self.fleet.packet(device, seq).to_bytes()
-                    producer.send(self.settings.topics.raw, key=device.encode(), value=value)
-                    sent += 1
+                    futures.append(
+                        producer.send(self.settings.topics.raw, key=device.encode(), value=value)
+                    )
                     # Pacing the load (not waiting for a result): sleep while ahead of it.
-                    self._halt.wait(max(0.0, started + sent / self.rate - time.monotonic()))
+                    ahead = started + len(futures) / self.rate - time.monotonic()
+                    self._halt.wait(max(0.0, ahead))
         finally:
             producer.flush()
             producer.close()
+            self.failed = sum(1 for f in futures if f.failed())
 
     def stop(self) -> None:
+        """Stop sending; every packet sent so far is on the topic (or failed) on return."""
         self._halt.set()
-        self.join(30)
+        self.join(60)
+        assert not self.is_alive(), "the test's producer is still flushing after 60 s"
 
 
 class BrokerStalls(threading.Thread):
@@ -207,23 +226,31 @@ def new_disk_view(changelog: Records) -> dict[bytes, bytes]:
 def same_disk_view(data_dir: Path, changelog: Records) -> dict[bytes, bytes]:
     """The table a worker restarted on ``data_dir`` restores: the local RocksDB partitions,
     then the changelog records after each partition's persisted offset replayed over them."""
-    import rocksdict  # type: ignore[import-untyped]
-
     table: dict[bytes, bytes] = {}
     for partition, records in changelog.items():
         persisted = -1
         for path in data_dir.rglob(f"{TABLE}-{partition}.db"):
             db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
             try:
-                for key, value in db.items():
+                for key, value in db.items():  # raw mode: bytes keys and values
                     if key == FAUST_OFFSET_KEY:
                         persisted = int(value)
                     else:
-                        table[key] = value
+                        table[cast(bytes, key)] = cast(bytes, value)
             finally:
                 db.close()
         table.update({key: value for offset, key, value in records if offset > persisted})
     return table
+
+
+def raw_disorder(raw: Records) -> dict[str, list[int]]:
+    """Devices whose packets are not on the raw topic as seq 0, 1, 2, ... in offset order
+    (a send that failed, or was reordered by a retry): their seqs as found."""
+    seqs: dict[str, list[int]] = {}
+    for records in raw.values():
+        for _, key, value in sorted(records):
+            seqs.setdefault(key.decode(), []).append(RawPacket.from_bytes(value).seq)
+    return {d: found for d, found in seqs.items() if found != list(range(len(found)))}
 
 
 @dataclass
@@ -327,8 +354,10 @@ def run_probe_worker() -> None:
     covers ``HARSTREAM_PROBE_AHEAD_FROM`` messages in all puts each raw offset ``n`` messages
     further than faust asked (what a commit running ahead of the state does,
     deterministically) and the process kills itself right after it.
-    ``HARSTREAM_PROBE_WITHOUT_FIX=1`` takes item 5's fix out (no wait for the changelog
-    acknowledgements, no rewind after recovery), to measure what it prevents."""
+    ``HARSTREAM_PROBE_KILL_BEFORE_COMMIT=1`` kills it at its first commit, before the commit:
+    a crash with nothing committed. ``HARSTREAM_PROBE_WITHOUT_FIX=1`` takes item 5's fix out
+    (no wait for the changelog acknowledgements, no positions committed after recovery, faust's
+    fetch of its live partition set), to measure what it prevents."""
     from faust.streams import current_event
     from faust.tables.base import Collection
     from faust.transport.drivers import aiokafka as driver
@@ -337,6 +366,7 @@ def run_probe_worker() -> None:
 
     log_path, kill = os.environ["HARSTREAM_PROBE_LOG"], os.environ.get("HARSTREAM_PROBE_KILL")
     skip = int(os.environ.get("HARSTREAM_PROBE_COMMIT_AHEAD", "0"))
+    kill_first = os.environ.get("HARSTREAM_PROBE_KILL_BEFORE_COMMIT")
     skip_from = int(os.environ.get("HARSTREAM_PROBE_AHEAD_FROM", "0"))
     sent: list[tuple[Any, int, int]] = []  # (future, raw partition, raw offset)
     send_changelog, faust_commit = Collection.send_changelog, driver.Consumer._commit
@@ -352,6 +382,8 @@ def run_probe_worker() -> None:
         raw = {tp.partition: o for tp, o in offsets.items() if tp.topic.endswith(".raw.v1")}
         sent[:] = [s for s in sent if not s[0].done()]
         ahead = sum(1 for _, p, o in sent if p in raw and o < raw[p])
+        if kill_first and raw:
+            os.kill(os.getpid(), signal.SIGKILL)
         skipping = skip and sum(raw.values()) >= skip_from
         if skipping:
             offsets = {tp: o + skip if tp.partition in raw else o for tp, o in offsets.items()}
@@ -374,6 +406,20 @@ def run_probe_worker() -> None:
 
         faust_internals.ChangelogAcks.wait = no_wait  # type: ignore[method-assign]
         app.rewind_to_restored_state = no_rewind  # type: ignore[assignment]
+        app.fetch_only_active_partitions = lambda: None  # type: ignore[assignment]
+    if os.environ.get("HARSTREAM_PROBE_TRACE_OFFSETS"):  # where each partition starts
+        import logging
+
+        class Positions(logging.Filter):
+            def filter(self, record: logging.LogRecord) -> bool:
+                text = record.getMessage()
+                return "offset" in text.lower() or "seek" in text.lower()
+
+        aiokafka_log = logging.getLogger("aiokafka")
+        aiokafka_log.setLevel(logging.DEBUG)
+        handler = logging.StreamHandler()
+        handler.addFilter(Positions())
+        aiokafka_log.addHandler(handler)
     Collection.send_changelog = probed_send  # type: ignore[method-assign]
     driver.Consumer._commit = probed_commit  # type: ignore[method-assign]
     sys.argv = ["harstream preprocess"]
@@ -385,7 +431,8 @@ class ProbeWorker(Worker):
 
     def __init__(self, settings: PreprocessSettings, log: Path, probe_log: Path,
                  kill_on_race: bool = False, commit_ahead: tuple[int, int] = (0, 0),
-                 without_fix: bool = False) -> None:  # fmt: skip
+                 without_fix: bool = False, trace_offsets: bool = False,
+                 kill_before_commit: bool = False) -> None:  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("HARSTREAM_")}
         values = settings.model_dump(mode="json")
         env.update({f"HARSTREAM_PREPROCESS_{k.upper()}": str(v) for k, v in values.items()})
@@ -394,6 +441,11 @@ class ProbeWorker(Worker):
             env["HARSTREAM_PROBE_KILL"] = "1"
         if without_fix:
             env["HARSTREAM_PROBE_WITHOUT_FIX"] = "1"
+        if kill_before_commit:
+            env["HARSTREAM_PROBE_KILL_BEFORE_COMMIT"] = "1"
+        if trace_offsets:
+            env["HARSTREAM_PROBE_TRACE_OFFSETS"] = "1"
+            env["DEVLOG"] = "1"  # mode's developer log: faust's seeks and dropped messages
         if commit_ahead[0]:
             env["HARSTREAM_PROBE_COMMIT_AHEAD"] = str(commit_ahead[0])
             env["HARSTREAM_PROBE_AHEAD_FROM"] = str(commit_ahead[1])
@@ -426,6 +478,8 @@ class Round:
     commits: int
     racing_commits: int
     killed_by_probe: bool
+    #: Devices whose packets the test's producer did not get onto the raw topic in order.
+    raw_disorder: dict[str, list[int]] = field(default_factory=dict)
     windows: WindowCheck | None = None
 
 
@@ -454,7 +508,7 @@ def kill_round(broker: EmbeddedBroker, workdir: Path, rng: random.Random, *,
     create_topics(settings)
     fleet = Fleet(devices, packets, seed=rng.randrange(1 << 30))
     probe_log = workdir / unique / "probe.jsonl"
-    worker = ProbeWorker(
+    worker: Worker = ProbeWorker(
         settings, workdir / unique / "worker.log", probe_log, probe_kill, without_fix=without_fix
     )
     producing = PacedProducer(settings, fleet, rate)
@@ -491,7 +545,13 @@ def kill_round(broker: EmbeddedBroker, workdir: Path, rng: random.Random, *,
         commits=len(commits),
         racing_commits=sum(1 for c in commits if c["ahead"]),
         killed_by_probe=killed_by_probe,
+        raw_disorder=raw_disorder(raw),
     )
+    if result.raw_disorder or producing.failed:
+        log(
+            f"the test's producer: {producing.failed} sends failed, packets out of order or "
+            f"missing on the raw topic for {sorted(result.raw_disorder)}"
+        )
     log(
         f"killed {'by the probe after a racing commit' if killed_by_probe else 'at random'} "
         f"({delay:.1f} s): {result.commits} commits, {result.racing_commits} ahead of the "
@@ -504,11 +564,15 @@ def kill_round(broker: EmbeddedBroker, workdir: Path, rng: random.Random, *,
         return result
     data_dir = settings.data_dir if restart == "same" else workdir / unique / "disk-2"
     again = settings.model_copy(update={"data_dir": data_dir, "metrics_port": free_port()})
-    if without_fix:  # the restarted worker too (its rewind would repair the damage)
-        probe_log = workdir / unique / "probe-2.jsonl"
-        worker = ProbeWorker(again, workdir / unique / "worker.log", probe_log, without_fix=True)
-    else:
-        worker = Worker(again, workdir / unique / "worker.log")
+    # Without the fix, the restarted worker too (its rewind would repair the damage).
+    probe_log = workdir / unique / "probe-2.jsonl"
+    worker = ProbeWorker(
+        again,
+        workdir / unique / "worker-2.log",
+        probe_log,
+        without_fix=without_fix,
+        trace_offsets=True,
+    )
     try:
         sent = {
             key.decode(): RawPacket.from_bytes(value).seq
@@ -541,8 +605,9 @@ def _exits_within(worker: Worker, seconds: float) -> bool:
 def run_rounds(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
     rounds: list[Round] = []
+    kept = contextlib.nullcontext(tempfile.mkdtemp(dir=args.keep)) if args.keep else None
     with (
-        tempfile.TemporaryDirectory() as tmp,
+        kept or tempfile.TemporaryDirectory() as tmp,
         EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker,
     ):
         for i in range(args.rounds):
@@ -580,6 +645,69 @@ def run_rounds(args: argparse.Namespace) -> None:
         )
 
 
+def run_throughput(args: argparse.Namespace) -> None:
+    """What waiting for the changelog acknowledgements costs: the worker works off a backlog
+    of ``devices * packets`` packets, with and without item 5's fix (alternating runs); the
+    windows per second from the first packet processed to the last window produced, and the
+    mean batch time (``harstream_preprocess_batch_seconds``)."""
+    fleet = Fleet(args.devices, args.packets, seed=1)
+    windows = sum(len(fleet.expected(d)) for d in fleet.ids)
+    figures: dict[str, list[tuple[float, float, float]]] = {"with the fix": [],
+                                                            "without": []}  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker,
+    ):
+        for run in range(args.repeats * 2):
+            without_fix = run % 2 == 1
+            unique = uuid.uuid4().hex[:10]
+            settings = PreprocessSettings(
+                kafka_bootstrap_servers=broker.bootstrap_servers,
+                kafka_profile=args.profile,
+                topic_prefix=f"tp-{unique}",
+                topic_partitions=4,
+                app_id=f"pp-{unique}",
+                data_dir=Path(tmp) / unique,
+                metrics_host="127.0.0.1",
+                metrics_port=free_port(),
+            )
+            create_topics(settings)
+            send(settings, fleet, range(fleet.packets))
+            worker = ProbeWorker(
+                settings, Path(tmp) / f"{unique}.log", Path(tmp) / f"{unique}.jsonl",
+                without_fix=without_fix,
+            )  # fmt: skip
+            try:
+                deadline = time.monotonic() + 600
+                while worker.metric("harstream_preprocess_packets_total") == 0:
+                    assert time.monotonic() < deadline, worker.tail()
+                    time.sleep(0.01)
+                started = time.monotonic()
+                while worker.metric("harstream_windows_emitted_total") < windows:
+                    assert time.monotonic() < deadline, worker.tail()
+                    time.sleep(0.01)  # polling the worker's progress
+                seconds = time.monotonic() - started
+                batches = worker.metric("harstream_preprocess_batch_seconds_count")
+                batch_s = worker.metric("harstream_preprocess_batch_seconds_sum") / batches
+            finally:
+                worker.stop()
+            name = "without" if without_fix else "with the fix"
+            figures[name].append((windows / seconds, batch_s, fleet.packets * args.devices
+                                  / batches))  # fmt: skip
+            print(
+                f"{name:>12}: {windows} windows in {seconds:.2f} s = {windows / seconds:,.0f} "
+                f"windows/s; {batches:.0f} batches, mean {batch_s * 1000:.1f} ms",
+                flush=True,
+            )
+    for name, runs in figures.items():
+        rates = sorted(r for r, _, _ in runs)
+        times = sorted(b * 1000 for _, b, _ in runs)
+        print(
+            f"{name:>12}: {rates[0]:,.0f}-{rates[-1]:,.0f} windows/s, mean batch "
+            f"{times[0]:.1f}-{times[-1]:.1f} ms ({len(runs)} runs, {args.profile} profile)"
+        )
+
+
 # --- tests ---------------------------------------------------------------------------------
 
 
@@ -608,7 +736,7 @@ def test_a_committed_offset_ahead_of_the_restored_state_is_moved_back(
     fleet = Fleet(devices=6, packets=40, seed=8)
     send(settings, fleet, range(20))
     probe_log = tmp_path / "probe.jsonl"
-    worker = ProbeWorker(settings, tmp_path / "w.log", probe_log, commit_ahead=(10, 6 * 20))
+    worker: Worker = ProbeWorker(settings, tmp_path / "w.log", probe_log, commit_ahead=(10, 6 * 20))
     assert worker.process.wait(60) == -signal.SIGKILL, worker.tail()
     last = probe_commits(probe_log)[-1]
     assert last["done"] and sum(last["raw"].values()) == 6 * 20 + 10 * len(last["raw"]), last
@@ -626,6 +754,34 @@ def test_a_committed_offset_ahead_of_the_restored_state_is_moved_back(
     assert worker.metric("harstream_preprocess_gaps_total") == 0
     assert worker.metric("harstream_preprocess_rewound_messages_total") == 10 * len(last["raw"])
     assert "is ahead of the restored device states" in worker.tail()
+    assert worker.stop() == 0
+
+
+@pytest.mark.parametrize("new_disk", [True, False], ids=["new-disk", "same-disk"])
+def test_a_restart_with_nothing_committed_reads_every_packet_the_state_does_not_cover(
+    crash_settings: PreprocessSettings, tmp_path: Path, new_disk: bool
+) -> None:
+    """The worker dies at its first commit, before it: device states in the changelog,
+    nothing committed. Then a backlog arrives and the worker restarts. faust (0.15) drops the
+    records it prefetched while the table recovery ends and repairs that only by seeking back
+    to the committed offset: with none, the backlog was skipped (4 of 8 such restarts on a new
+    disk lost it). Every window must arrive, bit-equal to the offline core."""
+    settings = crash_settings
+    fleet = Fleet(devices=40, packets=60, seed=9)
+    send(settings, fleet, range(20))
+    probe_log = tmp_path / "probe.jsonl"
+    worker: Worker = ProbeWorker(settings, tmp_path / "w.log", probe_log, kill_before_commit=True)
+    assert worker.process.wait(60) == -signal.SIGKILL, worker.tail()
+    assert set(committed_offsets(settings).values()) == {None}
+    send(settings, fleet, range(20, 60))  # a backlog the restored states do not cover
+    data_dir = tmp_path / "disk-2" if new_disk else settings.data_dir
+    worker = Worker(
+        settings.model_copy(update={"data_dir": data_dir, "metrics_port": free_port()}),
+        tmp_path / "w.log",
+    )
+    check = check_windows(settings, fleet, timeout_s=120)
+    assert (check.lost, check.wrong) == (0, 0), (check, worker.tail())
+    assert worker.metric("harstream_preprocess_gaps_total") == 0
     assert worker.stop() == 0
 
 
@@ -675,11 +831,19 @@ def main() -> None:
     rounds.add_argument(
         "--without-fix", action="store_true", help="the killed worker runs without item 5's fix"
     )
+    rounds.add_argument("--keep", default=None, help="keep the logs and disks under this path")
+    throughput = commands.add_parser("throughput", help="cost of the changelog wait")
+    throughput.add_argument("--devices", type=int, default=100)
+    throughput.add_argument("--packets", type=int, default=60, help="per device")
+    throughput.add_argument("--repeats", type=int, default=3)
+    throughput.add_argument("--profile", choices=["tansu", "apache"], default="tansu")
     args = parser.parse_args()
     if args.command == "probe-worker":
         run_probe_worker()
-    else:
+    elif args.command == "rounds":
         run_rounds(args)
+    else:
+        run_throughput(args)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from services.preprocess.faust_internals import (
     bounded_worker,
     commit_offsets,
     committed_offsets,
+    fetch_only_active_partitions,
     in_partition_of,
     shorten_fetch_wait,
 )
@@ -138,6 +139,53 @@ def test_the_consumer_reads_and_commits_explicit_offsets(app: faust.App) -> None
     assert committed == {TP("raw", 0): 12, TP("raw", 1): None}
     assert asyncio.run(commit_offsets(consumer, {TP("raw", 0): 3}))
     assert delegate.calls == [("seek_to_committed", None), ("commit", {TP("raw", 0): 3})]
+
+
+def test_fetches_ask_for_a_snapshot_of_the_active_partitions(app: faust.App) -> None:
+    """The bug: aiokafka returns every partition's records for an empty partition set, and
+    faust passes its live set of active partitions (emptied when a recovery ends)."""
+    from aiokafka.consumer.fetcher import Fetcher
+
+    assert "if partitions and tp not in partitions:" in inspect.getsource(Fetcher.fetched_records)
+    consumer = app.consumer
+    consumer._active_partitions = {TP("raw", 0)}
+    assert consumer._get_active_partitions() is consumer._active_partitions  # live, not a copy
+    assert "self._get_active_partitions()" in inspect.getsource(type(consumer)._wait_next_records)
+    assert "self._thread.getmany(active_partitions" in inspect.getsource(type(consumer)._getmany)
+
+    class Thread:
+        """Stands for faust's AIOKafkaConsumerThread around the patched getmany."""
+
+        def __init__(self) -> None:
+            self.asked: list[Any] = []
+
+        def _ensure_consumer(self) -> Any:
+            class Consumer:
+                _max_poll_records = 500
+
+            return Consumer()
+
+        async def _fetch_records(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("call_thread stands in for it")
+
+        async def call_thread(self, fn: Any, consumer: Any, partitions: Any, **kw: Any) -> Any:
+            self.asked.append(partitions)
+            return {"records": partitions}
+
+    original = driver.AIOKafkaConsumerThread.getmany
+    try:
+        fetch_only_active_partitions()
+        fetch_only_active_partitions()  # idempotent
+        getmany = driver.AIOKafkaConsumerThread.getmany
+        thread = Thread()
+        live = {TP("raw", 0), TP("raw", 1)}
+        assert asyncio.run(getmany(thread, live, 1.0)) == {"records": live}
+        assert thread.asked[0] == live and thread.asked[0] is not live  # a snapshot
+        assert asyncio.run(getmany(thread, set(), 1.0)) == {}  # not "every partition"
+        assert asyncio.run(getmany(thread, None, 1.0)) == {"records": None}  # client-only
+        assert len(thread.asked) == 2
+    finally:
+        driver.AIOKafkaConsumerThread.getmany = original  # type: ignore[method-assign]
 
 
 def test_shorten_fetch_wait_reaches_the_aiokafka_consumer(app: faust.App) -> None:

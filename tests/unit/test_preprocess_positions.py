@@ -50,9 +50,10 @@ def test_negative_positions_cannot_be_written() -> None:
         encode_position(-1)
 
 
-def test_only_partitions_committed_ahead_of_their_restored_position_move_back() -> None:
-    committed = {0: 120, 1: 50, 2: None, 3: 9, 4: 70}
+def test_partitions_committed_ahead_of_or_without_a_commit_get_the_restored_position() -> None:
+    committed = {0: 120, 1: 50, 2: None, 3: 9, 4: 70, 5: None}
     restored = {0: 100, 1: 60, 2: 5, 4: 70}
-    assert rewinds(committed, restored) == [Rewind(0, 120, 100)]
-    assert rewinds(committed, restored)[0].packets == 20
+    moves = rewinds(committed, restored)
+    assert moves == [Rewind(0, 120, 100), Rewind(2, None, 5)]
+    assert [m.packets for m in moves] == [20, 0]  # nothing committed: nothing read again
     assert rewinds({}, restored) == [] and rewinds(committed, {}) == []

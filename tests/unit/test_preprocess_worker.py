@@ -472,7 +472,7 @@ def test_recovery_moves_a_committed_offset_back_to_the_restored_position() -> No
         {
             TP(raw, 0): 120,  # ahead of the restored states (100): read 20 again
             TP(raw, 1): 50,  # behind them: packets dropped by seq, nothing to do
-            TP(raw, 2): None,  # nothing committed: starts at the oldest packet anyway
+            TP(raw, 2): None,  # nothing committed: the position becomes the committed offset
             TP(raw, 3): 9,  # no position restored (state of an older version)
             TP(changelog, 0): None,
         }
@@ -484,10 +484,13 @@ def test_recovery_moves_a_committed_offset_back_to_the_restored_position() -> No
     }
     registry = CollectorRegistry()
     moves = asyncio.run(rewind_to_restored_state(consumer, table, raw, metrics.create(registry)))
-    assert [(m.partition, m.committed, m.restored, m.packets) for m in moves] == [(0, 120, 100, 20)]
-    assert consumer.commits == [{TP(raw, 0): 100}]
+    assert [(m.partition, m.committed, m.restored, m.packets) for m in moves] == [
+        (0, 120, 100, 20),
+        (2, None, 5, 0),
+    ]
+    assert consumer.commits == [{TP(raw, 0): 100, TP(raw, 2): 5}]
     assert registry.get_sample_value("harstream_preprocess_rewound_messages_total") == 20
-    # Nothing ahead any more: the next recovery commits nothing.
+    # Nothing ahead or missing any more: the next recovery commits nothing.
     assert asyncio.run(rewind_to_restored_state(consumer, table, raw, metrics.create(
         CollectorRegistry()))) == []  # fmt: skip
     assert len(consumer.commits) == 1
