@@ -35,6 +35,35 @@ def is_too_large(error: BaseException) -> bool:
 MAX_KEPT_KEY_BYTES = 1024
 
 
+#: A dead letter larger than this is produced without its source value from the start: it
+#: stays well under the producers' 1 MB request limit and Kafka's default message.max.bytes,
+#: and the value can still be read from its source topic/partition/offset.
+MAX_DEAD_LETTER_BYTES = 512 * 1024
+
+
+class DeadLetterTooLargeError(Exception):
+    """A dead letter's encoding exceeds :data:`MAX_DEAD_LETTER_BYTES`."""
+
+
+def fitted(letter: DeadLetter) -> DeadLetter:
+    """``letter``, or :func:`without_value` of it if its encoding is too large to produce."""
+    size = len(letter.to_bytes())
+    if size <= MAX_DEAD_LETTER_BYTES or not can_shrink(letter):
+        return letter
+    return without_value(letter, DeadLetterTooLargeError(f"{size} bytes > {MAX_DEAD_LETTER_BYTES}"))
+
+
+def size_error(error: BaseException) -> BaseException | None:
+    """The too-large error ``error`` is or was raised from, if any (faust wraps aiokafka's
+    errors in its ``ProducerSendError``)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if is_too_large(seen):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def can_shrink(letter: DeadLetter) -> bool:
     """Whether :func:`without_value` would make ``letter`` smaller."""
     return letter.value is not None or (

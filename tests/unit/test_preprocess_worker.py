@@ -11,6 +11,7 @@ from typing import NoReturn
 
 import numpy as np
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 from faust.streams import current_event
 from faust.types import TP
 from prometheus_client import CollectorRegistry
@@ -504,3 +505,63 @@ def test_a_refused_rewind_is_not_counted() -> None:
     moves = asyncio.run(rewind_to_restored_state(consumer, table, raw, metrics.create(registry)))
     assert len(moves) == 1 and consumer.commits == [{TP(raw, 0): 4}]
     assert registry.get_sample_value("harstream_preprocess_rewound_messages_total") == 0
+
+
+class _SizeLimitedTopic(_Topic):
+    """Refuses values over ``limit`` bytes the way faust wraps aiokafka's size error."""
+
+    def __init__(self, name: str, log: _Log, limit: int) -> None:
+        super().__init__(name, log)
+        self.limit = limit
+
+    async def send(self, key: bytes, value: bytes) -> asyncio.Future[None]:
+        if len(value) > self.limit:
+            raise RuntimeError("Error while sending") from MessageSizeTooLargeError()
+        return await super().send(key, value)
+
+
+def _huge_raw_batch() -> list[_Event]:
+    good = _packets("a", 3)
+    return [
+        _Event(b"a", good[0].to_bytes(), 0, 0),
+        _Event(b"a", b"\xff" * 900_000, 0, 1),  # the fuzz suite's 900 KB raw poison
+        *[_Event(b"a", p.to_bytes(), 0, 2 + i) for i, p in enumerate(good[1:])],
+    ]
+
+
+def test_a_huge_poison_is_dead_lettered_without_its_value_not_fatal() -> None:
+    """Its dead letter (~1.2 MB of base64) was too large to produce: not retriable, so the
+    worker exited with 70, and again after every restart."""
+    log = _Log()
+    handler, table, _, fatal = _handler_with(log, _Topic("windows", log))
+    asyncio.run(handler.handle(_huge_raw_batch()))
+    assert fatal == []
+    (letter,) = [DeadLetter.from_bytes(e[3]) for e in log if e[0] == "send" and e[1] == "dlq"]
+    assert letter.value is None and letter.source_offset == 1
+    assert "source value of 900000 bytes left out" in letter.reason
+    assert DeviceStream.from_bytes(table[b"a"], PreprocessingConfig()).last_seq == 2
+
+
+def test_a_broker_limit_below_ours_shrinks_the_dead_letters_and_goes_on() -> None:
+    log = _Log()
+    registry = CollectorRegistry()
+    table = _Table(log)
+    handler = BatchHandler(
+        StreamProcessor(StreamConfig()),
+        table,
+        _Topic("windows", log),  # type: ignore[arg-type]
+        _SizeLimitedTopic("dlq", log, limit=10_000),  # type: ignore[arg-type]
+        metrics.create(registry),
+        changelog=_Changelog(log),
+        changelog_timeout_s=30.0,
+    )
+    good = _packets("a", 2)
+    events = [
+        _Event(b"a", good[0].to_bytes(), 0, 0),
+        _Event(b"a", b"\xff" * 50_000, 0, 1),  # under our limit, over the broker's
+        _Event(b"a", good[1].to_bytes(), 0, 2),
+    ]
+    asyncio.run(handler.handle(events))
+    (letter,) = [DeadLetter.from_bytes(e[3]) for e in log if e[0] == "send" and e[1] == "dlq"]
+    assert letter.value is None and "MessageSizeTooLargeError" in letter.reason
+    assert DeviceStream.from_bytes(table[b"a"], PreprocessingConfig()).last_seq == 1
