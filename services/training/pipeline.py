@@ -144,9 +144,10 @@ def export_run(
     model: Any = None,
     metrics: dict[str, Any] | None = None,
     sets: dict[str, WindowSet] | None = None,
+    version: int | None = None,
 ) -> Path:
-    """Export a saved run (``runs/<kind>-seed<k>``) as the next version under ``export_base``,
-    with its model card and training history."""
+    """Export a saved run (``runs/<kind>-seed<k>``) as ``version`` (default: the next one)
+    under ``export_base``, with its model card and training history."""
     from services.training.export import export_saved_model
 
     summary = json.loads((run_dir / "run.json").read_text())
@@ -185,13 +186,19 @@ def export_run(
         "training": summary,
         "metrics": metrics,
         "limitations": (
-            "Trained on 21 adults aged 19-48 with the phone on the waist; other "
+            "Trained on 17 adults aged 19-48 (4 more chose the checkpoint) with the phone on "
+            "the waist; other "
             "placements (wrist, pocket), elderly gait and falls were not in the data. "
             "Sitting and standing are the classes it confuses most."
         ),
     }
     target = export_saved_model(
-        model, export_base, card, PreprocessingConfig(), throughput_seconds=THROUGHPUT_SECONDS
+        model,
+        export_base,
+        card,
+        PreprocessingConfig(),
+        version=version,
+        throughput_seconds=THROUGHPUT_SECONDS,
     )
     (target / "history.json").write_text(json.dumps(history))
     return target
