@@ -123,6 +123,8 @@ class AlertingService:
         self.failure: BaseException | None = None
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
+        #: Set while every assigned partition's devices are restored.
+        self._restored = asyncio.Event()
         #: Partition of every device this worker tracks (the same in both topics).
         self._device_partition: dict[str, int] = {}
         #: Partitions this worker owns (of both topics), and the next offset it will handle
@@ -287,12 +289,20 @@ class AlertingService:
         touched: set[str] = set()
         raw_topic = self.settings.topics.raw
         heartbeats_topic = self.settings.topics.heartbeats
+        # aiokafka sets a new assignment, and may fetch for it, before it awaits our
+        # on_partitions_assigned: nothing is judged before its devices are restored.
+        await self._restored.wait()
         async with self._lock:
-            # Records fetched before a rebalance took their partition away belong to the new
-            # owner now (which restored the stored snapshots): leave them to it.
             owned = self._consumer.assignment()
             for tp, records in batches.items():
                 if tp not in owned:
+                    # Fetched before a rebalance took the partition away: the new owner, which
+                    # restored the stored snapshots, reads them from the committed offset.
+                    continue
+                if tp.partition not in self._partitions:
+                    # Assigned, but its devices are not restored yet (a rebalance under way):
+                    # read it again once they are.
+                    self._consumer.seek(tp, records[0].offset)
                     continue
                 if tp.topic == raw_topic:
                     transitions.extend(self._traffic(tp, records, now, touched))
@@ -585,6 +595,7 @@ class AlertingService:
     async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Stop tracking the devices of ``revoked`` partitions. The lock waits for the batch
         in hand: its snapshots are stored before the next owner reads them."""
+        self._restored.clear()
         async with self._lock:
             partitions = {tp.partition for tp in revoked}
             gone = [d for d, p in self._device_partition.items() if p in partitions]
@@ -655,6 +666,7 @@ class AlertingService:
             for alert in pipeline_alerts:
                 self.pipeline.load(alert)
         self.metrics.partitions_assigned.set(len(self._partitions))
+        self._restored.set()
         logger.info(
             "partitions %s assigned: restored %d device(s) (%d unusable snapshot(s)), "
             "%d open alert(s)%s",

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from services.alerting.app import AlertingService
 from services.alerting.settings import AlertingSettings
+from services.alerting.store import open_store
 from services.common.broker import EmbeddedBroker, free_port
 from services.common.kafka import BrokerUnavailableError, create_topics
 from services.ingest.producer import KafkaPacketSink
@@ -522,3 +523,57 @@ async def _broker_pause(broker: EmbeddedBroker, tmp_path: Path, unique_id: str) 
         await asyncio.gather(*tasks)
         await service.stop()
         await sink.close()
+
+
+class _SlowRestore:
+    """An alert store whose device restore takes a while (a busy database)."""
+
+    def __init__(self, store: Any, delay_s: float) -> None:
+        self._store, self._delay_s = store, delay_s
+
+    def devices(self, partitions: Any) -> Any:
+        time.sleep(self._delay_s)
+        return self._store.devices(partitions)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_nothing_is_judged_before_its_devices_are_restored(
+    stream_settings: Callable[..., AlertingSettings], tmp_path: Path
+) -> None:
+    """aiokafka sets a new assignment (and fetches for it) before it awaits the rebalance
+    listener: with a slow restore, a replay used to be judged from scratch and the fall
+    opened a second time (seen once under load in the full suite)."""
+    asyncio.run(_slow_restore(stream_settings, tmp_path))
+
+
+async def _slow_restore(stream_settings: Callable[..., AlertingSettings], tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'alerts.db'}"
+    first = _settings(stream_settings, url)
+    await asyncio.to_thread(_produce, first, _fall_windows("dev-7", 0, FALL_END))
+    service = AlertingService(first, CollectorRegistry())
+    await service.start()
+    try:
+        store = service.store
+        assert store is not None
+        await _until(lambda: store.list_alerts(kind=AlertType.FALL_SUSPECTED), "the fall")
+    finally:
+        await service.stop()
+    # A new group replays everything: a superset of what a crash before its commit replays.
+    again = _settings(stream_settings, url)
+    slow = _SlowRestore(open_store(url), delay_s=3.0)
+    restarted = AlertingService(again, CollectorRegistry(), store=slow)  # type: ignore[arg-type]
+    await restarted.start()
+    try:
+        predictions = "harstream_alerting_predictions_total"
+        await _until(
+            lambda: restarted.registry.get_sample_value(predictions) == FALL_END, "replayed"
+        )
+        assert len(slow.list_alerts(kind=AlertType.FALL_SUSPECTED)) == 1
+        assert (
+            restarted.registry.get_sample_value("harstream_alerting_duplicate_predictions_total")
+            == FALL_END
+        )
+    finally:
+        await restarted.stop()
