@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import signal
 import sys
 import tempfile
@@ -50,9 +49,7 @@ def register_devices(registry_url: str, device_ids: list[str]) -> dict[str, str]
     try:
         tokens = {}
         for device_id in device_ids:
-            token = secrets.token_urlsafe(32)
-            registry.add(device_id, token=token, label="simulated")
-            tokens[device_id] = token
+            _, tokens[device_id] = registry.add(device_id, label="simulated")
         return tokens
     finally:
         registry.close()

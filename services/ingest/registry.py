@@ -3,8 +3,9 @@
 One interface (:class:`DeviceRegistry`) and two stores: SQLite (embedded default, stdlib,
 WAL so the CLI and the running service can use the same file at once) and PostgreSQL
 (psycopg 3). Both create their table on first use and keep only SHA-256 hashes of tokens
-(see :mod:`services.ingest.tokens`). The calls are blocking: the service runs them in a
-thread executor and caches the answers for ``token_cache_ttl_s``.
+(see :mod:`services.ingest.tokens`); the SQLite file is created 0600. The calls are
+blocking: the service runs them in a thread executor and caches the answers for
+``token_cache_ttl_s``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
+from services.common.files import create_private_sqlite
 from services.ingest.errors import (
     DeviceExistsError,
     InvalidDeviceError,
@@ -97,8 +99,9 @@ def _check_new_device(device_id: str, token: str | None) -> str:
 
 def _matching(record: DeviceRecord | None, token: str) -> DeviceRecord | None:
     # The lookup is by hash equality in the store; re-check in constant time so the
-    # answer never depends on a store's collation or comparison quirks.
-    if record is not None and verify_token(token, record.token_hash):
+    # answer never depends on a store's collation or comparison quirks. A miss compares
+    # against a dummy, so found and not found cost the same.
+    if verify_token(token, None if record is None else record.token_hash):
         return record
     return None
 
@@ -142,7 +145,7 @@ class SqliteRegistry:
         return conn
 
     def _create_schema(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_private_sqlite(self.path)  # token hashes: readable by us only
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
         try:
             # WAL: readers (the service) never block the writer (the CLI) and vice versa.
