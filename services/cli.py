@@ -40,6 +40,7 @@ _SERVICE_COMMANDS = {
     "inference": "services.inference.cli:inference",
     "modelserver": "services.modelserver.cli:modelserver",
     "alerting": "services.alerting.cli:alerting",
+    "operators": "services.alerting.operators_cli:operators",
 }
 
 

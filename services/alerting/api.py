@@ -1,13 +1,27 @@
 """HTTP API of the alerting service (aiohttp).
 
+Every ``/v1`` endpoint needs an operator (:mod:`services.common.operators`):
+``Authorization: Bearer hso_...`` (an API key from ``harstream operators add``) or HTTP Basic
+``name:password``. No or a bad credential: 401 with ``WWW-Authenticate`` (the same answer
+for an unknown operator and a wrong secret); a role without the permission: 403.
+
 * ``GET /v1/alerts?state=open|acknowledged|resolved&type=FALL_SUSPECTED&device_id=&limit=100``
-  newest first, ``{"alerts": [...]}``
-* ``GET /v1/alerts/{alert_id}``
-* ``POST /v1/alerts/{alert_id}/ack`` body ``{"by": "nurse-ana"}``: 200 with the alert
-  (acknowledging twice is a no-op), 404 unknown, 409 already resolved
-* ``POST /v1/alerts/{alert_id}/resolve`` body ``{"by": "nurse-ana"}``: 200, 404, 409
+  newest first, ``{"alerts": [...]}`` (viewer)
+* ``GET /v1/alerts/{alert_id}`` (viewer)
+* ``GET /v1/alerts/{alert_id}/history``: ``{"alert_id", "events": [{"event", "at",
+  "operator", "note"}]}``, oldest first; ``operator`` is null for the rules' own steps (viewer)
+* ``POST /v1/alerts/{alert_id}/ack``, optional body ``{"note": "on my way"}``: 200 with the
+  alert, ``acknowledged_by`` = the authenticated operator (acknowledging twice is a no-op),
+  404 unknown, 409 already resolved (carer)
+* ``POST /v1/alerts/{alert_id}/resolve``, optional ``{"note": ...}``: 200, 404, 409 (carer)
 * ``GET /healthz`` (process up), ``GET /readyz`` (consumer has partitions and the store
-  answers), ``GET /metrics`` (Prometheus)
+  answers): open, for orchestrators.
+* ``GET /metrics``: open, for Prometheus. It holds counts only (no alert contents, no device
+  ids); keep it off public networks (k8s NetworkPolicy: from Prometheus only).
+
+Who acts is the authenticated operator. A ``by`` field in the body (the pre-authentication
+API) is refused with 400 rather than ignored: a client that believes it records a name must
+learn that it does not.
 
 Errors are ``application/problem+json`` (RFC 9457).
 """
@@ -15,21 +29,42 @@ Errors are ``application/problem+json`` (RFC 9457).
 from __future__ import annotations
 
 import json
+import logging
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from services.alerting.lifecycle import AlertNotFoundError, InvalidTransitionError
+from services.alerting.store import HistoryEntry
+from services.common.operators import Identity, Permission
 from shared.errors import HarstreamError
 from shared.messages import Alert, AlertState, AlertType
 
+logger = logging.getLogger(__name__)
+
 MAX_LIMIT = 1000
-#: Matched with fullmatch: ``$`` would also accept a trailing newline.
-_ACTOR = re.compile(r"[\w.@+:-][\w .@+:-]{0,127}")
+MAX_NOTE = 500
 #: ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
 _LIMIT = re.compile(r"[0-9]{1,6}")
+#: Both schemes the API takes; clients pick one.
+WWW_AUTHENTICATE = 'Bearer realm="harstream", Basic realm="harstream", charset="UTF-8"'
+#: Open to anyone who reaches the port: orchestrator probes and Prometheus.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+#: What each endpoint needs; a route missing here needs admin (deny by default).
+PERMISSIONS: dict[tuple[str, str], Permission] = {
+    ("GET", "/v1/alerts"): Permission.ALERTS_READ,
+    ("GET", "/v1/alerts/{alert_id}"): Permission.ALERTS_READ,
+    ("GET", "/v1/alerts/{alert_id}/history"): Permission.ALERTS_READ,
+    ("POST", "/v1/alerts/{alert_id}/ack"): Permission.ALERTS_ACT,
+    ("POST", "/v1/alerts/{alert_id}/resolve"): Permission.ALERTS_ACT,
+}
+_PERMISSION_WORDS = {
+    Permission.ALERTS_READ: "read alerts",
+    Permission.ALERTS_ACT: "acknowledge or resolve alerts",
+}
 
 
 class AlertingBackend(Protocol):
@@ -45,22 +80,30 @@ class AlertingBackend(Protocol):
 
     async def get_alert(self, alert_id: str) -> Alert | None: ...
 
-    async def acknowledge(self, alert_id: str, by: str) -> Alert:
+    async def history(self, alert_id: str) -> list[HistoryEntry]: ...
+
+    async def acknowledge(self, alert_id: str, operator: str, note: str | None) -> Alert:
         """Raises AlertNotFoundError or InvalidTransitionError."""
 
-    async def resolve(self, alert_id: str, by: str) -> Alert:
+    async def resolve(self, alert_id: str, operator: str, note: str | None) -> Alert:
         """Raises AlertNotFoundError or InvalidTransitionError."""
+
+    async def authenticate(self, authorization: str | None) -> Identity | None:
+        """The operator the ``Authorization`` header proves, or None."""
 
     async def readiness(self) -> dict[str, bool]: ...
 
 
-def problem(status: int, title: str, detail: str) -> web.Response:
+def problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         status=status,
         text=json.dumps(
             {"type": "about:blank", "title": title, "status": status, "detail": detail}
         ),
         content_type="application/problem+json",
+        headers=headers,
     )
 
 
@@ -88,19 +131,58 @@ def parse_limit(raw: str | None) -> int:
     return int(raw)
 
 
-def parse_actor(body: bytes) -> str:
-    """Who acts, from an ack/resolve body ``{"by": "nurse-ana"}``, or :class:`BadRequestError`."""
+def parse_note(body: bytes) -> str | None:
+    """The optional note of an ack/resolve body (empty, ``{}`` or ``{"note": "..."}``), or
+    :class:`BadRequestError`."""
+    if not body.strip():
+        return None
     try:
         # json.loads detects UTF-8/16/32 itself; the request's charset is not trusted.
         doc = json.loads(body)
     except (ValueError, RecursionError):  # bad JSON or encoding; deeply nested arrays
-        raise BadRequestError('body must be JSON like {"by": "nurse-ana"}') from None
-    by = doc.get("by") if isinstance(doc, dict) else None
-    if not isinstance(by, str) or not _ACTOR.fullmatch(by):
+        raise BadRequestError('body must be empty or JSON like {"note": "on my way"}') from None
+    if not isinstance(doc, dict):
+        raise BadRequestError('body must be empty or JSON like {"note": "on my way"}')
+    if "by" in doc:
         raise BadRequestError(
-            '"by" must name who acts: 1-128 letters, digits, spaces or . @ + : - _'
+            '"by" is not accepted: the operator who acts is the one who authenticated'
         )
-    return by
+    unknown = sorted(k for k in doc if k != "note")
+    if unknown:
+        raise BadRequestError(f"unknown field {unknown[0]!r}: the body may only carry note")
+    note = doc.get("note")
+    if note is None:
+        return None
+    if not isinstance(note, str) or len(note) > MAX_NOTE:
+        raise BadRequestError(f"note must be a string of at most {MAX_NOTE} characters")
+    if any(not c.isprintable() and c not in "\n\t" for c in note):
+        raise BadRequestError("note must not contain control characters")
+    return note or None
+
+
+def _unauthenticated() -> web.Response:
+    return problem(
+        401,
+        "Unauthenticated",
+        "an operator credential is required: Authorization: Bearer <API key> or Basic",
+        headers={"WWW-Authenticate": WWW_AUTHENTICATE},
+    )
+
+
+def _required(request: web.Request) -> Permission | None:
+    """The permission ``request``'s route needs; None for the open paths and for requests
+    no route matches (aiohttp answers those 404/405 itself)."""
+    info = request.match_info
+    if info.http_exception is not None or request.path in OPEN_PATHS:
+        return None
+    method = "GET" if request.method == "HEAD" else request.method
+    canonical = info.route.resource.canonical if info.route.resource is not None else ""
+    return PERMISSIONS.get((method, canonical), Permission.OPERATORS_MANAGE)
+
+
+def _operator(request: web.Request) -> Identity:
+    identity: Identity = request["operator"]
+    return identity
 
 
 def create_app(backend: AlertingBackend) -> web.Application:
@@ -126,17 +208,26 @@ def create_app(backend: AlertingBackend) -> web.Application:
             return problem(404, "Alert not found", f"no alert {alert_id!r}")
         return web.json_response(alert.to_dict())
 
+    @routes.get("/v1/alerts/{alert_id}/history")
+    async def history(request: web.Request) -> web.Response:
+        alert_id = request.match_info["alert_id"]
+        events = await backend.history(alert_id)
+        if not events:
+            return problem(404, "Alert not found", f"no alert {alert_id!r}")
+        return web.json_response({"alert_id": alert_id, "events": [e.to_dict() for e in events]})
+
     async def _act(request: web.Request, action: str) -> web.Response:
         alert_id = request.match_info["alert_id"]
+        operator = _operator(request).name
         try:
-            by = parse_actor(await request.read())
+            note = parse_note(await request.read())
         except BadRequestError as exc:
             return problem(400, "Bad request body", str(exc))
         try:
             if action == "ack":
-                alert = await backend.acknowledge(alert_id, by)
+                alert = await backend.acknowledge(alert_id, operator, note)
             else:
-                alert = await backend.resolve(alert_id, by)
+                alert = await backend.resolve(alert_id, operator, note)
         except AlertNotFoundError:
             return problem(404, "Alert not found", f"no alert {alert_id!r}")
         except InvalidTransitionError as exc:
@@ -180,6 +271,43 @@ def create_app(backend: AlertingBackend) -> web.Application:
             return problem(503, "Temporarily unavailable", str(exc))
         return response
 
-    app = web.Application(middlewares=[unavailable])
+    Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+    @web.middleware
+    async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
+        needed = _required(request)
+        if needed is None:
+            return await handler(request)
+        identity = await backend.authenticate(request.headers.get("Authorization"))
+        if identity is None:
+            # The header is attacker-controlled: only whether there was one is logged.
+            logger.info(
+                "refused %s %s from %s: %s",
+                request.method,
+                request.path,
+                request.remote,
+                "bad credential" if "Authorization" in request.headers else "no credential",
+            )
+            return _unauthenticated()
+        if not identity.can(needed):
+            logger.info(
+                "refused %s %s to operator %s (%s): needs %s",
+                request.method,
+                request.path,
+                identity.name,
+                identity.role.value,
+                needed.value,
+            )
+            return problem(
+                403,
+                "Forbidden",
+                f"operator {identity.name!r} ({identity.role.value}) may not "
+                f"{_PERMISSION_WORDS.get(needed, needed.value)}",
+            )
+        request["operator"] = identity
+        return await handler(request)
+
+    # unavailable outermost: a store that cannot authenticate is a 503 too.
+    app = web.Application(middlewares=[unavailable, authenticated])
     app.add_routes(routes)
     return app

@@ -47,6 +47,7 @@ from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
 from services.alerting.api import create_app
+from services.alerting.auth import Authenticator
 from services.alerting.lifecycle import AlertNotFoundError, AlertTransition
 from services.alerting.lifecycle import acknowledge as acknowledge_step
 from services.alerting.lifecycle import resolve as resolve_step
@@ -58,6 +59,7 @@ from services.alerting.stall import PipelineMonitor
 from services.alerting.store import (
     AlertStore,
     DeviceSnapshot,
+    HistoryEntry,
     StoredDevice,
     StoreError,
     open_store,
@@ -65,6 +67,7 @@ from services.alerting.store import (
 from services.alerting.webhooks import WebhookDispatcher
 from services.common.dead_letters import can_shrink, is_too_large, without_value
 from services.common.kafka import dead_letter
+from services.common.operators import Identity
 from services.common.shutdown import stop_quietly
 from shared.errors import HarstreamError, SchemaError
 from shared.messages import (
@@ -141,6 +144,7 @@ class AlertingService:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._runner: web.AppRunner | None = None
+        self._auth: Authenticator | None = None
         self._dispatcher: WebhookDispatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -173,6 +177,8 @@ class AlertingService:
         self._tasks = [
             asyncio.create_task(self._dispatcher.run(self._stop), name="alerting-webhooks")
         ]
+        self._auth = Authenticator(self.store)
+        await self._auth.prepare()
         # HTTP first: /healthz answers during the group join (3-30 s), /readyz says not yet.
         self._runner = web.AppRunner(create_app(self), access_log=None)
         await self._runner.setup()
@@ -724,28 +730,41 @@ class AlertingService:
         assert self.store is not None
         return await asyncio.to_thread(self.store.get, alert_id)
 
-    async def acknowledge(self, alert_id: str, by: str) -> Alert:
+    async def history(self, alert_id: str) -> list[HistoryEntry]:
+        assert self.store is not None
+        return await asyncio.to_thread(self.store.history, alert_id)
+
+    async def authenticate(self, authorization: str | None) -> Identity | None:
+        assert self._auth is not None
+        return await self._auth.authenticate(authorization)
+
+    async def acknowledge(self, alert_id: str, operator: str, note: str | None) -> Alert:
+        """``operator`` acknowledges (an authenticated operator's name: it is recorded in the
+        alert and, with ``note``, in its history)."""
         async with self._lock:
             alert = await self._stored(alert_id)
             now = time.time()
             if alert.device_id == PIPELINE_SCOPE:
-                step = acknowledge_step(self._current_pipeline(alert), by, now)
+                step = acknowledge_step(self._current_pipeline(alert), operator, now)
             else:
-                step = self.fleet.plan_acknowledge(alert, by, now)
+                step = self.fleet.plan_acknowledge(alert, operator, now)
             if step is None:
                 return alert
+            step = step._replace(operator=operator, note=note)
             await self._persist([step], [], retry=False)
             self._apply(step)
             return step.alert
 
-    async def resolve(self, alert_id: str, by: str) -> Alert:
+    async def resolve(self, alert_id: str, operator: str, note: str | None) -> Alert:
         async with self._lock:
             alert = await self._stored(alert_id)
             now = time.time()
             if alert.device_id == PIPELINE_SCOPE:
-                step = resolve_step(self._current_pipeline(alert), by, now, f"resolved by {by}")
+                current = self._current_pipeline(alert)
+                step = resolve_step(current, operator, now, f"resolved by {operator}")
             else:
-                step = self.fleet.plan_resolve(alert, by, now)
+                step = self.fleet.plan_resolve(alert, operator, now)
+            step = step._replace(operator=operator, note=note)
             await self._persist([step], [], retry=False)
             self._apply(step)
             # The device's cooldown started: store its snapshot too (best effort: its next

@@ -53,6 +53,11 @@ class AlertTransition(NamedTuple):
     #: The alert after the step (what is stored, published and sent to webhooks).
     alert: Alert
     event: AlertEvent
+    #: The authenticated operator who asked for the step (the audit trail); None for steps
+    #: the rules take themselves (opening, auto-resolution).
+    operator: str | None = None
+    #: The operator's note, if any.
+    note: str | None = None
 
     @property
     def idempotency_key(self) -> str:

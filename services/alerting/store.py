@@ -1,5 +1,6 @@
-"""Alert store: current alerts, their event history, the webhook outbox, and what every
-device's rules are waiting on (monitor snapshots).
+"""Alert store: current alerts, their event history (with who acted, the audit trail), the
+webhook outbox, what every device's rules are waiting on (monitor snapshots), and the
+operators who may use the alert API (:mod:`services.common.operators`).
 
 One :class:`AlertStore` protocol, two implementations: SQLite (a single worker, the default)
 and PostgreSQL (several workers, or when the care platform reads the tables). Every alert
@@ -26,6 +27,13 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from services.alerting.lifecycle import AlertTransition
+from services.common.operators import (
+    OperatorExistsError,
+    OperatorRecord,
+    RevokedOperatorError,
+    Role,
+    UnknownOperatorError,
+)
 from shared.errors import HarstreamError
 from shared.messages import Alert, AlertState, AlertType, Severity
 
@@ -70,7 +78,54 @@ class StoredDevice(NamedTuple):
     alerts: list[Alert]
 
 
-class AlertStore(Protocol):
+class HistoryEntry(NamedTuple):
+    """One step in an alert's life, as the audit trail shows it."""
+
+    #: Order of the steps (the store's event id).
+    event_id: int
+    #: ``opened``, ``acknowledged`` or ``resolved``.
+    event: str
+    #: Unix seconds.
+    at: float
+    #: The authenticated operator who asked for it; None when the rules took the step.
+    operator: str | None
+    note: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "at": self.at,
+            "operator": self.operator,
+            "note": self.note,
+        }
+
+
+class OperatorStore(Protocol):
+    """Operators as stored (the hashes, never the secrets)."""
+
+    def add_operator(self, record: OperatorRecord) -> None:
+        """Raises :class:`OperatorExistsError` if the name is taken (also when revoked)."""
+
+    def operator(self, name: str) -> OperatorRecord | None: ...
+
+    def operator_by_key(self, key_id: str) -> OperatorRecord | None:
+        """The operator whose current API key has this (public) id."""
+
+    def operators(self) -> list[OperatorRecord]:
+        """All of them, revoked ones included, by name."""
+
+    def revoke_operator(self, name: str, now: float) -> OperatorRecord:
+        """Revoke ``name`` and forget its key (idempotent); :class:`UnknownOperatorError`."""
+
+    def set_operator_key(self, name: str, key_id: str, key_hash: str, now: float) -> OperatorRecord:
+        """Replace the API key: the old one stops working with this commit."""
+
+    def set_operator_password(
+        self, name: str, password_hash: str | None, now: float
+    ) -> OperatorRecord: ...
+
+
+class AlertStore(OperatorStore, Protocol):
     def record(
         self,
         transitions: Sequence[AlertTransition],
@@ -88,6 +143,9 @@ class AlertStore(Protocol):
         """Stored partition clocks of ``partitions`` (those never stored are missing)."""
 
     def get(self, alert_id: str) -> Alert | None: ...
+
+    def history(self, alert_id: str) -> list[HistoryEntry]:
+        """The alert's steps, oldest first (empty for an unknown alert)."""
 
     def list_alerts(
         self,
@@ -179,7 +237,27 @@ CREATE TABLE IF NOT EXISTS partition_clock (
     clock TEXT NOT NULL,
     updated_at DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS operators (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    revoked_at DOUBLE PRECISION,
+    key_id TEXT UNIQUE,
+    key_hash TEXT,
+    password_hash TEXT
+);
 """
+
+#: Columns added to tables of stores created before they existed: (table, column, type).
+_ADDED_COLUMNS = (
+    ("alert_events", "operator", "TEXT"),
+    ("alert_events", "note", "TEXT"),
+)
+
+_OPERATOR_COLUMNS = (
+    "name, role, created_at, updated_at, revoked_at, key_id, key_hash, password_hash"
+)
 
 _ALERT_COLUMNS = (
     "alert_id, device_id, type, state, severity, reason, opened_at, updated_at, "
@@ -207,6 +285,19 @@ def _alert_from_row(row: Sequence[Any]) -> Alert:
         updated_at=float(row[7]),
         acknowledged_by=row[8],
         details=json.loads(row[9]),
+    )
+
+
+def _operator_from_row(row: Sequence[Any]) -> OperatorRecord:
+    return OperatorRecord(
+        name=row[0],
+        role=Role(row[1]),
+        created_at=float(row[2]),
+        updated_at=float(row[3]),
+        revoked_at=None if row[4] is None else float(row[4]),
+        key_id=row[5],
+        key_hash=row[6],
+        password_hash=row[7],
     )
 
 
@@ -299,8 +390,18 @@ class _SqlStore:
                     ),
                 )
                 cur.execute(
-                    q("INSERT INTO alert_events (alert_id, event, at, alert) VALUES (?,?,?,?)"),
-                    (a.alert_id, step.event.value, a.updated_at, json.dumps(a.to_dict())),
+                    q(
+                        "INSERT INTO alert_events (alert_id, event, at, alert, operator, note) "
+                        "VALUES (?,?,?,?,?,?)"
+                    ),
+                    (
+                        a.alert_id,
+                        step.event.value,
+                        a.updated_at,
+                        json.dumps(a.to_dict()),
+                        step.operator,
+                        step.note,
+                    ),
                 )
                 body = webhook_body(step)
                 for url in webhook_urls:
@@ -383,6 +484,19 @@ class _SqlStore:
             )
             row = cur.fetchone()
             return None if row is None else _alert_from_row(row)
+
+        return self._run(work)
+
+    def history(self, alert_id: str) -> list[HistoryEntry]:
+        def work(cur: Any) -> list[HistoryEntry]:
+            cur.execute(
+                self._q(
+                    "SELECT id, event, at, operator, note FROM alert_events WHERE alert_id = ? "
+                    "ORDER BY id"
+                ),
+                (alert_id,),
+            )
+            return [HistoryEntry(int(i), e, float(at), o, n) for i, e, at, o, n in cur.fetchall()]
 
         return self._run(work)
 
@@ -508,6 +622,91 @@ class _SqlStore:
 
         self._run(work)
 
+    # OperatorStore
+    def add_operator(self, record: OperatorRecord) -> None:
+        def work(cur: Any) -> None:
+            cur.execute(
+                self._q(
+                    f"INSERT INTO operators ({_OPERATOR_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT (name) DO NOTHING"
+                ),
+                (
+                    record.name,
+                    record.role.value,
+                    record.created_at,
+                    record.updated_at,
+                    record.revoked_at,
+                    record.key_id,
+                    record.key_hash,
+                    record.password_hash,
+                ),
+            )
+            if cur.rowcount != 1:
+                raise OperatorExistsError(f"operator {record.name!r} exists already")
+
+        self._run(work)
+
+    def _operator_where(self, cur: Any, column: str, value: str) -> OperatorRecord | None:
+        cur.execute(
+            self._q(f"SELECT {_OPERATOR_COLUMNS} FROM operators WHERE {column} = ?"), (value,)
+        )
+        row = cur.fetchone()
+        return None if row is None else _operator_from_row(row)
+
+    def operator(self, name: str) -> OperatorRecord | None:
+        return self._run(lambda cur: self._operator_where(cur, "name", name))
+
+    def operator_by_key(self, key_id: str) -> OperatorRecord | None:
+        return self._run(lambda cur: self._operator_where(cur, "key_id", key_id))
+
+    def operators(self) -> list[OperatorRecord]:
+        def work(cur: Any) -> list[OperatorRecord]:
+            cur.execute(f"SELECT {_OPERATOR_COLUMNS} FROM operators ORDER BY name")
+            return [_operator_from_row(r) for r in cur.fetchall()]
+
+        return self._run(work)
+
+    def _update_operator(
+        self, name: str, assignments: str, args: tuple[Any, ...], allow_revoked: bool = False
+    ) -> OperatorRecord:
+        def work(cur: Any) -> OperatorRecord:
+            current = self._operator_where(cur, "name", name)
+            if current is None:
+                raise UnknownOperatorError(f"no operator {name!r}")
+            if current.revoked:
+                if allow_revoked:
+                    return current
+                raise RevokedOperatorError(f"operator {name!r} is revoked")
+            cur.execute(
+                self._q(f"UPDATE operators SET {assignments} WHERE name = ?"), (*args, name)
+            )
+            updated = self._operator_where(cur, "name", name)
+            assert updated is not None
+            return updated
+
+        return self._run(work)
+
+    def revoke_operator(self, name: str, now: float) -> OperatorRecord:
+        # The key id goes too: a revoked operator's key no longer even finds the row.
+        return self._update_operator(
+            name,
+            "revoked_at = ?, updated_at = ?, key_id = NULL, key_hash = NULL, password_hash = NULL",
+            (now, now),
+            allow_revoked=True,
+        )
+
+    def set_operator_key(self, name: str, key_id: str, key_hash: str, now: float) -> OperatorRecord:
+        return self._update_operator(
+            name, "key_id = ?, key_hash = ?, updated_at = ?", (key_id, key_hash, now)
+        )
+
+    def set_operator_password(
+        self, name: str, password_hash: str | None, now: float
+    ) -> OperatorRecord:
+        return self._update_operator(
+            name, "password_hash = ?, updated_at = ?", (password_hash, now)
+        )
+
 
 class SqliteAlertStore(_SqlStore):
     """A SQLite file (``:memory:`` works too). WAL mode so API reads do not wait for writes."""
@@ -527,6 +726,11 @@ class SqliteAlertStore(_SqlStore):
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(_SCHEMA.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+            with self._conn:
+                for table, column, kind in _ADDED_COLUMNS:
+                    present = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+                    if column not in present:
+                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open SQLite alert store {path}: {exc}") from exc
 
@@ -577,6 +781,8 @@ class PostgresAlertStore(_SqlStore):
                 cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
                 cur.execute(f'SET search_path TO "{self.schema}"')
                 cur.execute(_SCHEMA.format(serial="BIGSERIAL PRIMARY KEY"))
+                for table, column, kind in _ADDED_COLUMNS:
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
         except psycopg.Error as exc:
             raise StoreError(f"cannot open PostgreSQL alert store: {exc}") from exc
         self._conn = conn

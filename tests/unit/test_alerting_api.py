@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.alerting.api import MAX_LIMIT, BadRequestError, parse_actor, parse_limit
+from services.alerting.api import MAX_LIMIT, MAX_NOTE, BadRequestError, parse_limit, parse_note
 
 
 @pytest.mark.parametrize(("raw", "expected"), [(None, 100), ("1", 1), ("0042", 42), ("1000", 1000)])
@@ -25,31 +25,38 @@ def test_limit_refused(raw: str) -> None:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        (b'{"by": "nurse-ana"}', "nurse-ana"),
-        (b'{"by": "Ana Lima@ward 3", "x": 1}', "Ana Lima@ward 3"),
-        ('{"by": "jos\u00e9"}'.encode("utf-16"), "jos\u00e9"),
+        (b"", None),
+        (b"  \n", None),
+        (b"{}", None),
+        (b'{"note": null}', None),
+        (b'{"note": ""}', None),
+        (b'{"note": "on my way"}', "on my way"),
+        (b'{"note": "line 1\\nline 2\\tx"}', "line 1\nline 2\tx"),
+        ('{"note": "jos\u00e9"}'.encode("utf-16"), "jos\u00e9"),
+        (('{"note": "' + "a" * MAX_NOTE + '"}').encode(), "a" * MAX_NOTE),
     ],
 )
-def test_actor_accepted(body: bytes, expected: str) -> None:
-    assert parse_actor(body) == expected
+def test_note_accepted(body: bytes, expected: str | None) -> None:
+    assert parse_note(body) == expected
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "why"),
     [
-        b"",
-        b"not json",
-        b"\xff\xfe\xfa",  # not UTF-8/16/32
-        b"[" * 100_000,  # RecursionError in json: this was a 500
-        b'{"by": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-        b'["nurse-ana"]',
-        b'{"by": 7}',
-        b'{"by": ""}',
-        b'{"by": "nurse-ana\\n"}',  # a trailing newline once slipped past ``$``
-        b'{"by": " leading-space"}',
-        b'{"by": "' + b"a" * 129 + b'"}',
+        (b"not json", "JSON"),
+        (b"\xff\xfe\xfa", "JSON"),  # not UTF-8/16/32
+        (b"[" * 100_000, "JSON"),  # RecursionError in json: this was a 500
+        (b'{"note": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "JSON"),
+        (b'["on my way"]', "JSON"),
+        (b'{"note": 7}', "string"),
+        (b'{"note": "bell\\u0007"}', "control"),
+        (('{"note": "' + "a" * (MAX_NOTE + 1) + '"}').encode(), "at most"),
+        # Who acts is the authenticated operator: a name in the body is refused, not ignored.
+        (b'{"by": "nurse-ana"}', '"by" is not accepted'),
+        (b'{"by": "nurse-ana", "note": "x"}', '"by" is not accepted'),
+        (b'{"notes": "x"}', "unknown field"),
     ],
 )
-def test_actor_refused(body: bytes) -> None:
-    with pytest.raises(BadRequestError):
-        parse_actor(body)
+def test_note_refused(body: bytes, why: str) -> None:
+    with pytest.raises(BadRequestError, match=why):
+        parse_note(body)
