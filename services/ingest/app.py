@@ -6,6 +6,13 @@ of aiohttp's own HTTP parser too, see :mod:`services.ingest.server`). The checks
 cheapest first, so unauthenticated or oversized requests are refused before their body is
 read. A 503 (not acknowledged in time) is at-least-once: the record may still reach the
 topic, and the device's retry of the same seq is dropped downstream as a duplicate.
+
+Before anything else, a source address that failed authentication more than its bucket
+allows (``auth_failure_burst``, refilled at ``auth_failure_rate_per_s``) is answered 429:
+a token-guessing flood costs one dictionary lookup per request and cannot starve devices
+with valid tokens (``python -m benchmarks.auth_flood`` measures it). Every credential
+failure (unknown token, a token naming another device) gets the same 401 body, so the
+answers do not tell which device ids are registered.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from services.common.kafka import BrokerUnavailableError
 from services.ingest import metrics as ingest_metrics
 from services.ingest.cache import TtlCache
+from services.ingest.clientaddr import client_address, limit_key, parse_networks
 from services.ingest.decompress import GzipError, GzipTooLarge, gunzip
 from services.ingest.errors import RegistryUnavailableError
 from services.ingest.problems import problem_response
@@ -37,7 +45,7 @@ from services.ingest.registry import DeviceRecord, DeviceRegistry, open_registry
 from services.ingest.schemas import docs_html, openapi_document
 from services.ingest.server import ProblemAppRunner, serve_until_signalled
 from services.ingest.settings import IngestSettings
-from services.ingest.tokens import bearer_token, hash_token
+from services.ingest.tokens import bearer_token, check_token_strength, hash_token
 from services.ingest.validation import (
     DEVICE_ID_RE,
     FieldError,
@@ -57,6 +65,12 @@ ACTIVE_WINDOW_S = 60.0
 BROKER_WARNING_INTERVAL_S = 10.0
 #: Kept from the shutdown budget for what follows the app's cleanup (interpreter exit).
 EXIT_MARGIN_S = 0.5
+#: The one answer to every credential that does not authenticate the packet's device.
+INVALID_CREDENTIALS = (
+    "invalid device credentials: the token is unknown, or does not belong to the device "
+    "named in the packet"
+)
+INVALID_TOKEN_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="harstream", error="invalid_token"'}
 
 
 class ClientDisconnected(Exception):
@@ -116,6 +130,12 @@ class IngestService:
         self.limiter = RateLimiter(
             settings.rate_limit_samples_per_s, settings.rate_limit_burst_samples, monotonic
         )
+        # Failed authentications per source address (see the module docstring).
+        self.auth_failures = RateLimiter(
+            settings.auth_failure_rate_per_s, settings.auth_failure_burst, monotonic
+        )
+        self._trusted_proxies = parse_networks(settings.trusted_proxies)
+        self._weak_tokens_warned: set[str] = set()
         # Token hash → record (None: unknown token, cached too so a token-guessing client
         # cannot make every request hit the store).
         self._tokens: TtlCache[str, DeviceRecord | None] = TtlCache(
@@ -150,7 +170,43 @@ class IngestService:
         if not hit:
             record = await self._registry_call(self.registry.find_by_token, token)
             self._tokens.put(key, record)
+            if record is not None:
+                self._flag_weak_token(record.device_id, token)
         return record
+
+    def _flag_weak_token(self, device_id: str, token: str) -> None:
+        # Tokens registered before custom tokens needed 256 bits still work; their owner
+        # learns here (once per device and process) that they should be rotated.
+        if device_id in self._weak_tokens_warned:
+            return
+        problem = check_token_strength(token)
+        if problem is not None:
+            self._weak_tokens_warned.add(device_id)
+            logger.warning(
+                "device %s authenticates with a weak custom token (%s): register a new one "
+                "(`harstream devices revoke` then `add`)",
+                device_id,
+                problem.split(" (")[0],
+            )
+
+    # -- failed authentications per source address --------------------------------------------
+
+    def source_key(self, request: web.BaseRequest) -> str:
+        """The rate-limit key of the request's client (see services.ingest.clientaddr)."""
+        header = self.settings.client_ip_header
+        forwarded = request.headers.get(header) if header else None
+        return limit_key(client_address(request.remote, forwarded, self._trusted_proxies))
+
+    def _unauthenticated(
+        self, source: str, detail: str, headers: dict[str, str] | None = None
+    ) -> Rejection:
+        self.auth_failures.acquire(source, 1)
+        return Rejection(
+            401,
+            Reason.UNAUTHENTICATED,
+            detail,
+            headers=headers or {"WWW-Authenticate": 'Bearer realm="harstream"'},
+        )
 
     # -- POST /v1/packets ---------------------------------------------------------------------
 
@@ -195,6 +251,16 @@ class IngestService:
 
     async def _accept(self, request: web.Request) -> web.Response:
         settings = self.settings
+        source = self.source_key(request)
+        gate = self.auth_failures.check(source)
+        if not gate.allowed:
+            retry_after = str(max(1, math.ceil(min(gate.retry_after_s, 3600))))
+            raise Rejection(
+                429,
+                Reason.AUTH_RATE_LIMITED,
+                f"too many failed authentications from this address; retry in {retry_after} s",
+                headers={"Retry-After": retry_after, "Connection": "close"},
+            )
         content_type = request.content_type
         if content_type != "application/json" and not (
             content_type.startswith("application/") and content_type.endswith("+json")
@@ -220,23 +286,16 @@ class IngestService:
         header = request.headers.get("Authorization")
         token = bearer_token(header)
         if token is None:
-            raise Rejection(
-                401,
-                Reason.UNAUTHENTICATED,
+            raise self._unauthenticated(
+                source,
                 "missing 'Authorization: Bearer <device token>' header"
                 if not header
                 else "malformed Authorization header: expected 'Bearer <device token>', the "
                 "token in printable ASCII",
-                headers={"WWW-Authenticate": 'Bearer realm="harstream"'},
             )
         device = await self._device_for_token(token)
         if device is None:
-            raise Rejection(
-                401,
-                Reason.UNAUTHENTICATED,
-                "unknown device token",
-                headers={"WWW-Authenticate": 'Bearer realm="harstream", error="invalid_token"'},
-            )
+            raise self._unauthenticated(source, INVALID_CREDENTIALS, INVALID_TOKEN_CHALLENGE)
         if device.revoked:
             raise Rejection(403, Reason.FORBIDDEN, f"device {device.device_id!r} is revoked")
 
@@ -256,14 +315,15 @@ class IngestService:
                 400, Reason.MALFORMED, f"body is not valid JSON: {str(exc)[:200]}"
             ) from None
         claimed = body.get("device_id") if isinstance(body, dict) else None
-        # Only a well-formed id can name another registered device; anything else (a lone
-        # surrogate from a "\ud800" escape, say) is the packet's own 422 below.
+        # Only a well-formed id can name another device; anything else (a lone surrogate
+        # from a "\ud800" escape, say) is the packet's own 422 below. Whether the other id
+        # is registered is not looked up: the answer is the unknown token's, word for word.
         if (
             isinstance(claimed, str)
             and claimed != device.device_id
             and DEVICE_ID_RE.fullmatch(claimed)
         ):
-            await self._reject_other_device(claimed)
+            raise self._unauthenticated(source, INVALID_CREDENTIALS, INVALID_TOKEN_CHALLENGE)
 
         result = validate_packet(
             body, settings.limits, self._clock(), self.progress.last(device.device_id)
@@ -384,12 +444,6 @@ class IngestService:
         except GzipError as exc:
             raise Rejection(400, Reason.MALFORMED, f"body is not valid gzip: {exc}") from None
 
-    async def _reject_other_device(self, claimed: str) -> None:
-        other = await self._registry_call(self.registry.get, claimed)
-        if other is None:
-            raise Rejection(401, Reason.UNAUTHENTICATED, f"unknown device {claimed[:64]!r}")
-        raise Rejection(403, Reason.FORBIDDEN, f"the token does not belong to device {claimed!r}")
-
     # -- operational endpoints ----------------------------------------------------------------
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -462,6 +516,10 @@ class IngestService:
         """aiohttp's HTTP parser refused a request (see services.ingest.server)."""
         self.metrics.http_refusals.labels(reason=reason).inc()
 
+    def connection_limited(self, limit: str) -> None:
+        """A connection was closed or refused by a listener limit (services.ingest.server)."""
+        self.metrics.connection_limits.labels(limit=limit).inc()
+
 
 SERVICE_KEY = web.AppKey("ingest", IngestService)
 
@@ -521,15 +579,22 @@ def create_app(
 
 
 def make_runner(app: web.Application, settings: IngestSettings, **kwargs: Any) -> web.AppRunner:
-    """The runner serving ``app``: problem documents for aiohttp's own refusals,
-    :data:`SERVER_OPTIONS`, and half the shutdown budget for in-flight requests (the other
-    half closes the producer)."""
+    """The runner serving ``app``: problem documents for aiohttp's own refusals, the
+    listener limits of ``settings``, :data:`SERVER_OPTIONS`, and half the shutdown budget
+    for in-flight requests (the other half closes the producer)."""
     options: dict[str, Any] = {
         **SERVER_OPTIONS,
         "shutdown_timeout": settings.shutdown_timeout_s / 2,
         **kwargs,
     }
-    return ProblemAppRunner(app, on_refusal=app[SERVICE_KEY].refused_by_parser, **options)
+    service = app[SERVICE_KEY]
+    return ProblemAppRunner(
+        app,
+        on_refusal=service.refused_by_parser,
+        limits=settings.listener_limits,
+        on_limit=service.connection_limited,
+        **options,
+    )
 
 
 def run(settings: IngestSettings) -> None:

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.ingest.server import LIMIT_REASONS
 from services.ingest.validation import Reason
 
 # HTTP request latency: a healthy request is a few ms (parse + validate + Kafka ack on a
@@ -32,6 +33,7 @@ class IngestMetrics(NamedTuple):
     devices_active: Gauge
     clock_corrections: Counter
     http_refusals: Counter
+    connection_limits: Counter
 
 
 class _ReplacementsCollector(Collector):
@@ -105,6 +107,13 @@ def create(
             ["reason"],
             registry=registry,
         ),
+        connection_limits=Counter(
+            "harstream_ingest_connection_limits_total",
+            "Connections closed or refused by a listener limit: header_timeout, body_timeout, "
+            "idle_timeout (keep-alive), over_capacity (max_connections).",
+            ["limit"],
+            registry=registry,
+        ),
     )
     metrics.devices_active.set_function(active_devices)
     for reason in Reason:  # every series exists from the start, so rate() sees the first one
@@ -113,4 +122,6 @@ def create(
         metrics.request_seconds.labels(outcome=outcome)
     for refusal in HTTP_REFUSAL_REASONS:
         metrics.http_refusals.labels(reason=refusal)
+    for limit in LIMIT_REASONS:
+        metrics.connection_limits.labels(limit=limit)
     return metrics

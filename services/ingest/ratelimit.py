@@ -1,4 +1,5 @@
-"""Per-device token buckets on samples per second. Pure: the clock is injected."""
+"""Token buckets keyed by device (samples per second) or by source address (failed
+authentications per second). Pure: the clock is injected."""
 
 from __future__ import annotations
 
@@ -32,6 +33,15 @@ class TokenBucket:
             return math.inf
         return (n - self.tokens) / self.rate
 
+    def wait(self, n: float, now: float) -> float:
+        """Seconds until ``n`` tokens could be taken (0.0: now); takes nothing."""
+        self._refill(now)
+        if n <= self.tokens:
+            return 0.0
+        if n > self.burst:
+            return math.inf
+        return (n - self.tokens) / self.rate
+
     def give_back(self, n: float, now: float) -> None:
         self._refill(now)
         self.tokens = min(self.burst, self.tokens + n)
@@ -49,7 +59,7 @@ class Decision:
 
 
 class RateLimiter:
-    """One token bucket per key (device id), created full on first use.
+    """One token bucket per key (device id, source address), created full on first use.
 
     Buckets that have refilled completely are equivalent to new ones, so they are dropped
     when the table grows past ``max_keys``: memory stays bounded by the active devices.
@@ -85,6 +95,17 @@ class RateLimiter:
     def acquire(self, key: str, n: float) -> Decision:
         now = self._clock()
         wait = self._bucket(key, now).take(n, now)
+        return Decision(allowed=wait == 0.0, retry_after_s=wait)
+
+    def check(self, key: str, n: float = 1.0) -> Decision:
+        """Whether ``acquire(key, n)`` would pass now, taking nothing; an unknown key (a full
+        bucket) is not stored, so checking costs no memory."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return Decision(
+                allowed=n <= self.burst, retry_after_s=0.0 if n <= self.burst else math.inf
+            )
+        wait = bucket.wait(n, self._clock())
         return Decision(allowed=wait == 0.0, retry_after_s=wait)
 
     def refund(self, key: str, n: float) -> None:

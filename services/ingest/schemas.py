@@ -126,8 +126,11 @@ PACKET_PROBLEMS: dict[int, str] = {
         "fine), or an HTTP request the server cannot parse (bad Content-Length, header "
         "line over 8 KB, broken chunked encoding, unknown method) (reason malformed)."
     ),
-    401: "Missing or unknown bearer token, or unknown device (reason unauthenticated).",
-    403: "The device is revoked, or the token belongs to another device (reason forbidden).",
+    401: (
+        "Missing or unknown bearer token, or a token that does not belong to the device named "
+        "in the packet (reason unauthenticated; one body for all invalid credentials)."
+    ),
+    403: "The device is revoked (reason forbidden).",
     413: "Body (compressed or decompressed) larger than max_body_bytes (reason too_large).",
     415: "Content-Type is not application/json, or an unsupported Content-Encoding.",
     422: (
@@ -137,7 +140,11 @@ PACKET_PROBLEMS: dict[int, str] = {
         "first_sample_time before 2000 or too far in the future (bad_timestamp), bad device "
         "id (including lone surrogates) or seq (invalid_field)."
     ),
-    429: "The device exceeded its samples/s rate limit; retry after Retry-After seconds.",
+    429: (
+        "The device exceeded its samples/s rate limit (reason rate_limited), or its address "
+        "failed authentication too often (reason auth_rate_limited); retry after "
+        "Retry-After seconds."
+    ),
     500: "Unexpected server error (logged); retry later.",
     503: (
         "Kafka did not acknowledge within produce_timeout_s or cannot be reached, or the "

@@ -10,25 +10,94 @@ aiohttp#3287 is open), so :class:`ProblemRequestHandler` overrides ``handle_erro
 ``web.Server`` (``_loop`` and ``_kwargs``, the arguments it builds its ``RequestHandler``
 with); ``tests/integration/test_ingest_service.py::test_parser_refusals_are_problems``
 sends each kind of garbage over a raw socket and fails if an aiohttp upgrade changes them.
+
+The same handler bounds every connection before authentication, which aiohttp itself does
+not (its only clock is the keep-alive timeout, and a request whose headers or body trickle
+in holds a socket and a task forever): see :class:`ListenerLimits`. The phase tracking reads
+two more internals, ``_messages`` (the parsed requests waiting for the handler) and
+``_request_count``; ``tests/integration/test_security_listeners.py`` trickles headers and
+bodies and fails if they stop meaning what they mean here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError
 
-from services.ingest.problems import problem_response
+from services.ingest.problems import PROBLEM_CONTENT_TYPE, TITLES, problem_response
+from services.ingest.schemas import PROBLEM_TYPE_PREFIX
 
 logger = logging.getLogger(__name__)
 
 #: Called with the problem's reason each time the parser's refusal is answered.
 RefusalHook = Callable[[str], None]
+#: Called with the limit's name each time a connection is closed or refused by a limit
+#: (``header_timeout``, ``body_timeout``, ``idle_timeout``, ``over_capacity``).
+LimitHook = Callable[[str], None]
+
+#: The names :data:`LimitHook` is called with.
+LIMIT_REASONS = ("header_timeout", "body_timeout", "idle_timeout", "over_capacity")
+
+
+@dataclass(frozen=True)
+class ListenerLimits:
+    """What one connection may hold before (and between) requests.
+
+    - ``header_timeout_s``: from the connection's start, or from the first byte of a later
+      request, until its headers are complete (slowloris: headers sent a byte at a time);
+    - ``body_timeout_s``: from the end of the headers until the whole body has arrived (a
+      slow body holds a handler and a socket just as long);
+    - ``keepalive_timeout_s``: how long a connection may sit idle between requests;
+    - ``max_connections``: connections served at once; one more is answered 503 at once,
+      without reading it, and closed (file descriptors stay bounded under a flood).
+
+    The time a handler spends on a complete request (waiting for Kafka, say) is not
+    limited here: the handler has its own timeouts.
+    """
+
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keepalive_timeout_s: float = 15.0
+    max_connections: int = 1000
+
+
+def raw_problem(status: int, reason: str, detail: str, headers: dict[str, str]) -> bytes:
+    """A complete HTTP/1.1 problem response that closes the connection, as bytes: written
+    straight to a transport when no handler runs (over capacity, or a request timed out)."""
+    body = json.dumps(
+        {
+            "type": PROBLEM_TYPE_PREFIX + reason,
+            "title": TITLES.get(status, "Error"),
+            "status": status,
+            "detail": detail,
+            "reason": reason,
+            "errors": [],
+        }
+    ).encode()
+    lines = [
+        f"HTTP/1.1 {status} {TITLES.get(status, 'Error')}",
+        f"Content-Type: {PROBLEM_CONTENT_TYPE}",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
+
+
+OVER_CAPACITY = raw_problem(
+    503,
+    "over_capacity",
+    "the server has too many open connections; retry later",
+    {"Retry-After": "1"},
+)
 
 #: Longest parser message quoted in a problem's detail (it can quote the offending line).
 MAX_DETAIL_CHARS = 160
@@ -41,11 +110,138 @@ def _summary(exc: BaseException | None, message: str | None) -> str:
 
 
 class ProblemRequestHandler(web.RequestHandler):
-    """aiohttp's connection handler, answering its own refusals with problem documents."""
+    """aiohttp's connection handler, answering its own refusals with problem documents and
+    holding each connection to :class:`ListenerLimits`.
 
-    def __init__(self, manager: web.Server, *, on_refusal: RefusalHook, **kwargs: Any) -> None:
+    A connection is in one of three phases: ``head`` (waiting for a request's headers, or
+    idle between requests), ``body`` (headers read, body still arriving) or ``busy`` (a
+    complete request with the handler). One timer per connection closes it when the
+    deadline of its phase passes; ``busy`` has none.
+    """
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        on_refusal: RefusalHook,
+        limits: ListenerLimits | None = None,
+        on_limit: LimitHook | None = None,
+        **kwargs: Any,
+    ) -> None:
+        limits = limits or ListenerLimits()
+        # aiohttp's own keep-alive timer then agrees with ours.
+        kwargs["keepalive_timeout"] = limits.keepalive_timeout_s
         super().__init__(manager, **kwargs)
         self._on_refusal = on_refusal
+        self._limits = limits
+        self._on_limit = on_limit or (lambda _reason: None)
+        self._over_capacity = False
+        self._phase = "head"
+        self._head_started = False  # a byte of the awaited request has arrived
+        self._served = 0  # requests answered on this connection
+        self._body: Any = None  # the payload (StreamReader) of the request in ``body``
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- limits ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        manager = self._manager
+        if manager is not None and len(manager.connections) >= self._limits.max_connections:
+            # Not registered with the manager and no task started: the answer costs one
+            # write, and the file descriptor is released as soon as it is flushed.
+            self._over_capacity = True
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(OVER_CAPACITY)
+            transport.close()
+            self._on_limit("over_capacity")
+            return
+        super().connection_made(transport)
+        self._arm(self._loop.time() + self._limits.header_timeout_s)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        if self._over_capacity:
+            return
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._over_capacity:
+            return
+        before = self._request_count
+        super().data_received(data)
+        if self._phase == "body" and self._body is not None and self._body.is_eof():
+            self._busy()
+        if self._phase != "head":
+            return
+        if self._request_count > before and self._messages:
+            self._start(self._messages[-1][1])
+        elif data and not self._head_started:
+            self._head_started = True
+            self._arm(min(self._deadline, self._loop.time() + self._limits.header_timeout_s))
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        result = await super().finish_response(request, resp, start_time)
+        self._served += 1
+        if self._messages:  # pipelined: the next request is parsed already
+            self._start(self._messages[0][1])
+        else:
+            self._phase = "head"
+            self._head_started = False
+            self._arm(self._loop.time() + self._limits.keepalive_timeout_s)
+        return result
+
+    def _start(self, payload: Any) -> None:
+        """A request's headers are complete: its body has ``body_timeout_s`` to arrive."""
+        if payload.is_eof():
+            self._busy()
+            return
+        self._phase = "body"
+        self._body = payload
+        self._arm(self._loop.time() + self._limits.body_timeout_s)
+
+    def _busy(self) -> None:
+        self._phase = "busy"
+        self._body = None
+        self._disarm()
+
+    def _arm(self, deadline: float) -> None:
+        self._disarm()
+        self._deadline = deadline
+        self._timer = self._loop.call_at(deadline, self._expired)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._phase == "busy" or self.transport is None:
+            return
+        if self._phase == "body":
+            reason, detail = (
+                "body_timeout",
+                (f"the request body did not arrive within {self._limits.body_timeout_s:g} s"),
+            )
+        elif self._head_started or self._served == 0:
+            reason, detail = (
+                "header_timeout",
+                (f"the request headers did not arrive within {self._limits.header_timeout_s:g} s"),
+            )
+        else:
+            reason, detail = "idle_timeout", ""
+        logger.debug("closing a connection from %s: %s", self.peername, reason)
+        self._on_limit(reason)
+        if detail:
+            # Nothing has been written for this request yet (its handler, if any, is still
+            # waiting for the body): a 408 tells an honest slow client what happened.
+            self.transport.write(raw_problem(408, reason, detail, {}))
+        self.force_close()
+
+    # -- aiohttp's own refusals -----------------------------------------------------------------
 
     def handle_error(
         self,
@@ -78,32 +274,60 @@ class ProblemRequestHandler(web.RequestHandler):
 
 
 class _ProblemServer(web.Server):
-    def __init__(self, *args: Any, on_refusal: RefusalHook, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        on_refusal: RefusalHook,
+        limits: ListenerLimits,
+        on_limit: LimitHook | None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._on_refusal = on_refusal
+        self._limits = limits
+        self._on_limit = on_limit
 
     def __call__(self) -> web.RequestHandler:
         return ProblemRequestHandler(
-            self, loop=self._loop, on_refusal=self._on_refusal, **self._kwargs
+            self,
+            loop=self._loop,
+            on_refusal=self._on_refusal,
+            limits=self._limits,
+            on_limit=self._on_limit,
+            **self._kwargs,
         )
 
 
 class ProblemAppRunner(web.AppRunner):
     """``web.AppRunner`` whose connections are :class:`ProblemRequestHandler`s."""
 
-    def __init__(self, app: web.Application, *, on_refusal: RefusalHook, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        on_refusal: RefusalHook,
+        limits: ListenerLimits | None = None,
+        on_limit: LimitHook | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self._on_refusal = on_refusal
+        self._limits = limits or ListenerLimits()
+        self._on_limit = on_limit
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()  # starts the app; builds aiohttp's server
+        kwargs = dict(server._kwargs)  # private: see the module docstring
+        kwargs.pop("keepalive_timeout", None)  # the limits set it
         return _ProblemServer(
             server.request_handler,
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             loop=asyncio.get_running_loop(),
             on_refusal=self._on_refusal,
-            **server._kwargs,  # private: see the module docstring
+            limits=self._limits,
+            on_limit=self._on_limit,
+            **kwargs,
         )
 
 

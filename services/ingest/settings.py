@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.ingest.clientaddr import parse_networks
+from services.ingest.server import ListenerLimits
 from services.ingest.validation import PacketLimits
 from shared.settings import StreamSettings
 from shared.xdg import harstream_dir
@@ -123,11 +125,72 @@ class IngestSettings(StreamSettings):
     access_log: bool = Field(
         False, description="Log every HTTP request (aiohttp access log); noisy under load."
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Longest time a request's headers may take to arrive, from the connection's start "
+            "or the request's first byte (seconds); the connection is then closed (slowloris)."
+        ),
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Longest time a request's body may take to arrive after its headers (seconds); "
+            "the connection is then answered 408 and closed."
+        ),
+    )
+    keepalive_timeout_s: float = Field(
+        15.0, gt=0, description="How long an idle keep-alive connection stays open (seconds)."
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "Most connections served at once; one more is answered 503 without being read and "
+            "closed. Keep it below the process's open-file limit (ulimit -n)."
+        ),
+    )
+    auth_failure_rate_per_s: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "Failed authentications allowed per source address and second (token bucket): "
+            "past the burst, requests from that address get 429 before any token lookup."
+        ),
+    )
+    auth_failure_burst: int = Field(
+        20,
+        ge=1,
+        description="Failed authentications a source address may make at once before 429s.",
+    )
+    client_ip_header: str = Field(
+        "",
+        description=(
+            "Header carrying the client's address when ingest sits behind a proxy, e.g. "
+            "'X-Forwarded-For' (empty: the peer address is the client). Honoured only for "
+            "requests from trusted_proxies."
+        ),
+    )
+    trusted_proxies: str = Field(
+        "",
+        description=(
+            "Comma-separated addresses or networks (CIDR) of the proxies whose "
+            "client_ip_header is believed, e.g. '10.0.0.0/8'."
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> IngestSettings:
         if self.min_sample_rate_hz > self.max_sample_rate_hz:
             raise ValueError("min_sample_rate_hz must not exceed max_sample_rate_hz")
+        if self.client_ip_header and not self.trusted_proxies:
+            raise ValueError(
+                "client_ip_header needs trusted_proxies: believed from any peer, the header "
+                "would let every client choose the address it is rate-limited as"
+            )
+        parse_networks(self.trusted_proxies)  # raises ValueError on a bad address
         if self.rate_limit_burst_samples < self.max_samples:
             raise ValueError(
                 "rate_limit_burst_samples must be at least max_samples, or the largest "
@@ -144,4 +207,13 @@ class IngestSettings(StreamSettings):
             min_sample_rate_hz=self.min_sample_rate_hz,
             max_sample_rate_hz=self.max_sample_rate_hz,
             max_future_skew_s=self.max_future_skew_s,
+        )
+
+    @property
+    def listener_limits(self) -> ListenerLimits:
+        return ListenerLimits(
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            keepalive_timeout_s=self.keepalive_timeout_s,
+            max_connections=self.max_connections,
         )

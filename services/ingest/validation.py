@@ -62,6 +62,8 @@ class Reason(StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     FORBIDDEN = "forbidden"
     RATE_LIMITED = "rate_limited"
+    #: Too many failed authentications from the request's source address.
+    AUTH_RATE_LIMITED = "auth_rate_limited"
     BROKER_UNAVAILABLE = "broker_unavailable"
     REGISTRY_UNAVAILABLE = "registry_unavailable"
     #: The client closed the connection before its body was read (nobody gets the answer).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_devices_cli_add_list_revoke(tmp_path: Path) -> None:
     token = added.output.split("token: ")[1].strip()
     assert SqliteRegistry(tmp_path / "devices.db").find_by_token(token) is not None
 
-    given = "g" * 40
+    given = secrets.token_hex(32)
     as_json = runner.invoke(
         cli, ["devices", "--registry", url, "add", "w-2", "--token", given, "--json"]
     )

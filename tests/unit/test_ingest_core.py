@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import secrets
 
 import pytest
 from pydantic import ValidationError
@@ -14,8 +16,11 @@ from services.ingest.ratelimit import RateLimiter, TokenBucket
 from services.ingest.schemas import PACKET_PROBLEMS, Packet, openapi_document
 from services.ingest.settings import IngestSettings, default_registry_url
 from services.ingest.tokens import (
+    MIN_TOKEN_BITS,
     bearer_token,
     check_token_format,
+    check_token_strength,
+    estimated_bits,
     generate_token,
     hash_token,
     verify_token,
@@ -257,3 +262,35 @@ def test_schema_example_passes_the_validator() -> None:
     Packet.model_validate(example)
     result = validate_packet(example, PacketLimits(), now=example["first_sample_time"], last=None)
     assert isinstance(result, ValidPacket)
+
+
+# -- token strength (custom tokens are stored as unsalted SHA-256) ---------------------------
+
+
+def test_generated_and_encoded_random_tokens_pass_the_entropy_bar() -> None:
+    # hex and base64 encodings of 32 random bytes: what a scripted setup would give
+    for _ in range(200):
+        assert estimated_bits(secrets.token_hex(32)) >= MIN_TOKEN_BITS
+        assert check_token_format(base64.b64encode(secrets.token_bytes(32)).decode()) is None
+        assert check_token_strength(generate_token()) is None
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        "t" * 40,
+        "password1234" * 5,
+        "correct-horse-battery-staple-correct-horse",
+        secrets.token_urlsafe(24),  # 192 bits: long enough for the old 32-character rule
+        "0123456789" * 6,
+    ],
+)
+def test_weak_custom_tokens_are_refused(weak: str) -> None:
+    assert estimated_bits(weak) < MIN_TOKEN_BITS
+    problem = check_token_format(weak)
+    assert problem is not None and "256 bits" in problem
+
+
+def test_verify_against_no_hash_is_false_and_still_compares() -> None:
+    assert not verify_token(generate_token(), None)
+    assert not verify_token("", None)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
+import stat
 import threading
 from pathlib import Path
 
@@ -36,7 +38,7 @@ def test_add_lookup_and_token_stored_only_as_hash(registry: SqliteRegistry) -> N
 
 
 def test_given_token(registry: SqliteRegistry) -> None:
-    token = "t" * 40
+    token = secrets.token_hex(32)
     record, returned = registry.add("d1", token=token)
     assert returned == token
     assert registry.find_by_token(token) == record
@@ -44,6 +46,27 @@ def test_given_token(registry: SqliteRegistry) -> None:
         registry.add("d2", token=token)
     with pytest.raises(InvalidDeviceError):
         registry.add("d3", token="short")
+    # long enough, printable, but guessable: refused, since only its SHA-256 is stored
+    for weak in ("t" * 40, "password1234" * 5, "correct-horse-battery-staple-correct-horse"):
+        with pytest.raises(InvalidDeviceError, match="256 bits"):
+            registry.add("d4", token=weak)
+    assert registry.get("d4") is None
+
+
+def test_database_file_is_private(registry: SqliteRegistry) -> None:
+    registry.add("d1")
+    files = [p for p in registry.path.parent.iterdir() if p.name.startswith("devices.db")]
+    assert registry.path in files
+    for path in files:  # the database and its WAL and shared-memory files
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_existing_world_readable_database_is_tightened(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    SqliteRegistry(path).add("d1")
+    path.chmod(0o644)  # as created by an older version, under umask 022
+    SqliteRegistry(path).list()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 def test_duplicate_and_invalid_ids(registry: SqliteRegistry) -> None:
