@@ -67,6 +67,7 @@ from services.alerting.store import (
 from services.alerting.webhooks import WebhookDispatcher
 from services.common.dead_letters import can_shrink, is_too_large, without_value
 from services.common.kafka import dead_letter
+from services.common.kafka_clients import aiokafka_kwargs
 from services.common.operators import Identity
 from services.common.shutdown import stop_quietly
 from shared.errors import HarstreamError, SchemaError
@@ -156,10 +157,12 @@ class AlertingService:
             self.store = await asyncio.to_thread(open_store, s.store_url, s.store_schema)
         await self._refresh_open_gauge()
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers,
-            client_id=f"harstream-{SERVICE}",
-            acks="all",  # not enable_idempotence: the local Tansu broker rejects it
-            linger_ms=5,
+            **aiokafka_kwargs(
+                s,
+                client_id=f"harstream-{SERVICE}",
+                acks="all",  # not enable_idempotence: the local Tansu broker rejects it
+                linger_ms=5,
+            )
         )
         await self._producer.start()
         await self._publish_pending()
@@ -186,18 +189,20 @@ class AlertingService:
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            group_id=s.group_id,
-            client_id=f"harstream-{SERVICE}",
-            enable_auto_commit=False,
-            auto_offset_reset=s.auto_offset_reset,
-            session_timeout_ms=int(s.group_session_timeout_s * 1000),
-            heartbeat_interval_ms=int(s.group_heartbeat_interval_s * 1000),
-            fetch_max_wait_ms=s.fetch_max_wait_ms,
-            max_poll_records=s.max_batch_records,
-            # Partition p of predictions and of raw to the same worker (co-partitioned: same
-            # keys, same partition counts); round robin would split a device's two topics.
-            partition_assignment_strategy=(RangePartitionAssignor,),
+            **aiokafka_kwargs(
+                s,
+                group_id=s.group_id,
+                client_id=f"harstream-{SERVICE}",
+                enable_auto_commit=False,
+                auto_offset_reset=s.auto_offset_reset,
+                session_timeout_ms=int(s.group_session_timeout_s * 1000),
+                heartbeat_interval_ms=int(s.group_heartbeat_interval_s * 1000),
+                fetch_max_wait_ms=s.fetch_max_wait_ms,
+                max_poll_records=s.max_batch_records,
+                # Partition p of predictions and of raw to the same worker (co-partitioned:
+                # same keys, same partition counts); round robin would split a device's topics.
+                partition_assignment_strategy=(RangePartitionAssignor,),
+            )
         )
         self._consumer.subscribe(
             [s.topics.predictions, s.topics.raw, s.topics.heartbeats], listener=_Rebalance(self)

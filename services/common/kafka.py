@@ -9,6 +9,7 @@ from kafka import KafkaAdminClient  # type: ignore[import-untyped]
 from kafka.admin import NewTopic  # type: ignore[import-untyped]
 from kafka.errors import KafkaError, TopicAlreadyExistsError  # type: ignore[import-untyped]
 
+from services.common.kafka_clients import describe, kafka_python_kwargs
 from shared.errors import HarstreamError
 from shared.messages import DeadLetter
 from shared.settings import StreamSettings
@@ -27,14 +28,12 @@ def create_topics(settings: StreamSettings, timeout_s: float = 30.0) -> list[str
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=settings.bootstrap_servers, client_id="harstream-admin"
-            )
+            admin = KafkaAdminClient(**kafka_python_kwargs(settings, client_id="harstream-admin"))
             break
         except KafkaError as exc:
             if time.monotonic() > deadline:
                 raise BrokerUnavailableError(
-                    f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}"
+                    f"cannot reach Kafka at {describe(settings)}: {exc}"
                 ) from exc
             time.sleep(0.5)
     created = []

@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
 from services.common.kafka import BrokerUnavailableError
+from services.common.kafka_clients import aiokafka_kwargs
 from services.demo.tally import DemoTally
 from shared.errors import SchemaError
 from shared.messages import Alert, Prediction
@@ -21,11 +22,13 @@ logger = logging.getLogger(__name__)
 async def follow(settings: StreamSettings, tally: DemoTally, stop: asyncio.Event) -> None:
     topics = settings.topics
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        group_id=None,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        **aiokafka_kwargs(
+            settings,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            group_id=None,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        )
     )
     await consumer.start()
     try:

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition as AioTopicPartition  # type: ignore[import-untyped]
 from kafka import KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
+from services.common.kafka_clients import aiokafka_kwargs, kafka_python_kwargs
 from services.faults.records import (
     AlertRecord,
     PredictionRecord,
@@ -76,10 +77,12 @@ def _read_topic(
     settings: StreamSettings, topic: str, idle_s: float, timeout_s: float
 ) -> list[bytes]:
     consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        group_id=None,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
+        **kafka_python_kwargs(
+            settings,
+            enable_auto_commit=False,
+            group_id=None,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
     )
     try:
         partitions = [
@@ -118,11 +121,13 @@ class Watch:
 async def watch(settings: StreamSettings, state: Watch, stop: asyncio.Event) -> None:
     topics = settings.topics
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        group_id=None,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        **aiokafka_kwargs(
+            settings,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            group_id=None,
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        )
     )
     await consumer.start()
     try:

@@ -27,6 +27,7 @@ import requests
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # type: ignore[import-untyped]
 from kafka.errors import KafkaError  # type: ignore[import-untyped]
 
+from services.common.kafka_clients import kafka_python_kwargs
 from services.fuzz.http_cases import (
     CATEGORIES,
     WEIGHTS,
@@ -49,6 +50,7 @@ from services.ingest.registry import SqliteRegistry
 from shared.messages import DeadLetter
 from shared.messages.raw import RawPacket
 from shared.messages.windows import WindowMessage
+from shared.settings import StreamSettings
 from shared.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,12 @@ class Target:
     topics: Topics
     #: The ingest service's device registry (SQLite file shared with it).
     registry_path: Path
+    #: How to reach Kafka (TLS, SASL); None: plaintext to ``bootstrap_servers``.
+    kafka: StreamSettings | None = None
+
+    @property
+    def kafka_settings(self) -> StreamSettings:
+        return self.kafka or StreamSettings(kafka_bootstrap_servers=self.bootstrap_servers)
 
     @property
     def ingest_url(self) -> str:
@@ -239,7 +247,7 @@ def _schemathesis(
 
 
 def read_topic(
-    bootstrap_servers: str,
+    kafka: StreamSettings,
     topic: str,
     expected: int = 0,
     quiet_s: float = 2.0,
@@ -250,7 +258,7 @@ def read_topic(
     kept and nothing new came for ``quiet_s`` (end offsets are not trusted: the local
     broker reports them wrong for multi-record batches)."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, consumer_timeout_ms=500
+        **kafka_python_kwargs(kafka, enable_auto_commit=False, consumer_timeout_ms=500)
     )
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
@@ -336,7 +344,7 @@ def fuzz_http(
     tally.add(outcome)
     result.health = health
     records = read_topic(
-        target.bootstrap_servers, target.topics.raw, expected=sum(tally.accepted.values())
+        target.kafka_settings, target.topics.raw, expected=sum(tally.accepted.values())
     )
     result.on_topic = _raw_seqs(records)
     result.refused_records, result.missing_records = kafka_mismatch(tally.accepted, result.on_topic)
@@ -403,13 +411,11 @@ def send_valid_traffic(target: Target, device: Device, seconds: float, seq0: int
     return accepted
 
 
-def wait_for_records(bootstrap_servers: str, topic: str, key: bytes, timeout_s: float) -> list[Any]:
+def wait_for_records(kafka: StreamSettings, topic: str, key: bytes, timeout_s: float) -> list[Any]:
     """Records of ``topic`` keyed ``key``, once at least one is there (or the time is up)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        records = read_topic(
-            bootstrap_servers, topic, quiet_s=0.5, timeout_s=5.0, keep=lambda r: r.key == key
-        )
+        records = read_topic(kafka, topic, quiet_s=0.5, timeout_s=5.0, keep=lambda r: r.key == key)
         if records or time.monotonic() > deadline:
             return records
 
@@ -420,7 +426,7 @@ def templates_from_stream(target: Target, key: bytes, timeout_s: float) -> dict[
     found: dict[str, Template] = {}
     topics = target.topics
     for topic in (topics.raw, topics.windows, topics.predictions):
-        records = wait_for_records(target.bootstrap_servers, topic, key, timeout_s)
+        records = wait_for_records(target.kafka_settings, topic, key, timeout_s)
         if not records:
             raise RuntimeError(f"no record keyed {key!r} on {topic}: the pipeline does not flow")
         value = records[0].value
@@ -438,10 +444,12 @@ def templates_from_stream(target: Target, key: bytes, timeout_s: float) -> dict[
 
 def _produce(target: Target, stage: str, records: list[PoisonRecord], result: TopicsResult) -> None:
     producer = KafkaProducer(
-        bootstrap_servers=target.bootstrap_servers,
-        acks="all",
-        max_request_size=2 * 1024 * 1024,
-        client_id="harstream-fuzz",
+        **kafka_python_kwargs(
+            target.kafka_settings,
+            acks="all",
+            max_request_size=2 * 1024 * 1024,
+            client_id="harstream-fuzz",
+        )
     )
     try:
         for record in records:
@@ -471,7 +479,7 @@ def _collect_dead_letters(
         result.dlq_by_topic.clear()
         result.dlq_by_service.clear()
         for record in read_topic(
-            target.bootstrap_servers, target.topics.dlq, quiet_s=1.0, timeout_s=10.0
+            target.kafka_settings, target.topics.dlq, quiet_s=1.0, timeout_s=10.0
         ):
             letter = DeadLetter.from_bytes(record.value)
             result.dlq_by_topic[letter.source_topic] += 1
@@ -503,7 +511,7 @@ def fuzz_topics(
     key = before.device_id.encode()
     templates = templates_from_stream(target, key, wait_s)
     result.predictions_before = len(
-        wait_for_records(target.bootstrap_servers, target.topics.predictions, key, wait_s)
+        wait_for_records(target.kafka_settings, target.topics.predictions, key, wait_s)
     )
     other_key = fx.devices[2].device_id.encode()
     for stage, kinds in STAGES:
@@ -515,7 +523,7 @@ def fuzz_topics(
     send_valid_traffic(target, after, 12.0)
     result.predictions_after = len(
         wait_for_records(
-            target.bootstrap_servers, target.topics.predictions, after.device_id.encode(), wait_s
+            target.kafka_settings, target.topics.predictions, after.device_id.encode(), wait_s
         )
     )
     result.seconds = time.monotonic() - started

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from services.common.dead_letters import is_too_large, without_value
 from services.common.kafka import BrokerUnavailableError, dead_letter
+from services.common.kafka_clients import aiokafka_kwargs
 from services.common.shutdown import stop_quietly
 from services.inference.batching import MicroBatcher
 from services.inference.client import GrpcModelClient
@@ -319,14 +320,16 @@ async def _unless_stopped(coro: Coroutine[Any, Any, T], stop: asyncio.Event) -> 
 
 def _consumer(settings: InferenceSettings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=settings.group_id,
-        client_id=f"harstream-{SERVICE}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=int(settings.group_session_timeout_s * 1000),
-        heartbeat_interval_ms=int(settings.group_heartbeat_interval_s * 1000),
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        **aiokafka_kwargs(
+            settings,
+            group_id=settings.group_id,
+            client_id=f"harstream-{SERVICE}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(settings.group_session_timeout_s * 1000),
+            heartbeat_interval_ms=int(settings.group_heartbeat_interval_s * 1000),
+            fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        )
     )
 
 
@@ -334,11 +337,13 @@ def _producer(settings: InferenceSettings) -> AIOKafkaProducer:
     # acks=all without idempotence: aiokafka's idempotent producer fails on the local broker
     # (InitProducerId); duplicates are already possible (at-least-once) and carry window ids.
     return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        client_id=f"harstream-{SERVICE}",
-        acks="all",
-        enable_idempotence=False,
-        linger_ms=0,
+        **aiokafka_kwargs(
+            settings,
+            client_id=f"harstream-{SERVICE}",
+            acks="all",
+            enable_idempotence=False,
+            linger_ms=0,
+        )
     )
 
 

@@ -40,6 +40,7 @@ from kafka import KafkaAdminClient, KafkaProducer  # type: ignore[import-untyped
 from kafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from services.common.kafka import BrokerUnavailableError
+from services.common.kafka_clients import kafka_python_kwargs
 from services.inference.retry import BackoffPolicy
 from services.ingest.health import ProducerHealth, Verdict
 from services.ingest.settings import IngestSettings
@@ -223,28 +224,28 @@ class KafkaPacketSink:
 
     def _config(self) -> dict[str, Any]:
         timeout_ms = int(self.settings.produce_timeout_s * 1000)
-        return {
-            "bootstrap_servers": self.settings.bootstrap_servers,
-            "client_id": "harstream-ingest",
-            "acks": "all",
-            "enable_idempotence": True,
+        return kafka_python_kwargs(
+            self.settings,
+            client_id="harstream-ingest",
+            acks="all",
+            enable_idempotence=True,
             # A request waits at most produce_timeout_s; send() must not block the producer
             # thread much longer than that when metadata is missing.
-            "max_block_ms": timeout_ms,
-            "request_timeout_ms": max(timeout_ms, 10_000),
+            max_block_ms=timeout_ms,
+            request_timeout_ms=max(timeout_ms, 10_000),
             # Records a client was already told failed (503) may still be delivered if Kafka
             # recovers within this: the client's retry then duplicates them, and the preprocess
             # worker drops duplicates by seq. Bounded so the buffer does not grow for minutes.
             # (A batch that expires after it was sent is also what wedges kafka-python's
             # idempotent producer: see services.ingest.health.)
-            "delivery_timeout_ms": max(2 * timeout_ms + 10_000, 30_000),
-            "bootstrap_timeout_ms": 3000,
+            delivery_timeout_ms=max(2 * timeout_ms + 10_000, 30_000),
+            bootstrap_timeout_ms=3000,
             # Topics are created by operators (or `create_topics`) with chosen partitions.
-            "allow_auto_create_topics": False,
+            allow_auto_create_topics=False,
             # No linger: concurrent requests batch up by themselves while a produce request is
             # in flight, and a lone packet is not held back (1 ms linger measured 4× the latency).
-            "linger_ms": 0,
-        }
+            linger_ms=0,
+        )
 
     def _create_client(self) -> Any:
         client = self._producer_factory(**self._config())
@@ -510,10 +511,12 @@ class KafkaPacketSink:
     def _list_topics(self) -> set[str]:
         if self._admin is None:
             self._admin = self._admin_factory(
-                bootstrap_servers=self.settings.bootstrap_servers,
-                client_id="harstream-ingest-probe",
-                request_timeout_ms=int(self.settings.readiness_timeout_s * 1000),
-                bootstrap_timeout_ms=int(self.settings.readiness_timeout_s * 1000),
+                **kafka_python_kwargs(
+                    self.settings,
+                    client_id="harstream-ingest-probe",
+                    request_timeout_ms=int(self.settings.readiness_timeout_s * 1000),
+                    bootstrap_timeout_ms=int(self.settings.readiness_timeout_s * 1000),
+                )
             )
         return set(self._admin.list_topics())
 

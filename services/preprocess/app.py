@@ -66,6 +66,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.dead_letters import can_shrink, fitted, size_error, without_value
 from services.common.kafka import dead_letter
+from services.common.kafka_clients import faust_broker_urls, faust_credentials
 from services.common.shutdown import hard_exit
 from services.preprocess.faust_internals import (
     ChangelogAcks,
@@ -192,7 +193,8 @@ def create_app(
         shorten_fetch_wait(settings.fetch_max_wait_ms)
     app = faust.App(
         settings.app_id,
-        broker=[f"kafka://{server}" for server in settings.bootstrap_servers],
+        broker=faust_broker_urls(settings),
+        broker_credentials=faust_credentials(settings),
         store=settings.store,
         # Per app id: two apps (or test runs) never share a RocksDB directory.
         datadir=str(settings.data_dir / settings.app_id),
