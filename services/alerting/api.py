@@ -61,6 +61,8 @@ PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("POST", "/v1/alerts/{alert_id}/ack"): Permission.ALERTS_ACT,
     ("POST", "/v1/alerts/{alert_id}/resolve"): Permission.ALERTS_ACT,
 }
+#: The authenticated operator of a request (set by the authentication middleware).
+OPERATOR = web.RequestKey("operator", Identity)
 _PERMISSION_WORDS = {
     Permission.ALERTS_READ: "read alerts",
     Permission.ALERTS_ACT: "acknowledge or resolve alerts",
@@ -180,11 +182,6 @@ def _required(request: web.Request) -> Permission | None:
     return PERMISSIONS.get((method, canonical), Permission.OPERATORS_MANAGE)
 
 
-def _operator(request: web.Request) -> Identity:
-    identity: Identity = request["operator"]
-    return identity
-
-
 def create_app(backend: AlertingBackend) -> web.Application:
     routes = web.RouteTableDef()
 
@@ -218,7 +215,7 @@ def create_app(backend: AlertingBackend) -> web.Application:
 
     async def _act(request: web.Request, action: str) -> web.Response:
         alert_id = request.match_info["alert_id"]
-        operator = _operator(request).name
+        operator = request[OPERATOR].name
         try:
             note = parse_note(await request.read())
         except BadRequestError as exc:
@@ -304,7 +301,7 @@ def create_app(backend: AlertingBackend) -> web.Application:
                 f"operator {identity.name!r} ({identity.role.value}) may not "
                 f"{_PERMISSION_WORDS.get(needed, needed.value)}",
             )
-        request["operator"] = identity
+        request[OPERATOR] = identity
         return await handler(request)
 
     # unavailable outermost: a store that cannot authenticate is a 503 too.

@@ -15,7 +15,7 @@ import numpy as np
 from rich.console import Console
 
 from services.demo.loadgen import DeviceCredentials, LoadStats, replay_devices
-from services.demo.pipeline import DEFAULT_MODEL_BASE, Pipeline, PipelineConfig
+from services.demo.pipeline import DEFAULT_MODEL_BASE, DEMO_OPERATOR, Pipeline, PipelineConfig
 from services.demo.replay import SimulatedDevice
 from services.demo.run import (
     DemoResult,
@@ -132,6 +132,7 @@ def demo(
         console.print(
             f"pipeline up; ingest at {pipeline.ingest_url}, alerts API at {pipeline.alerting_url}"
         )
+        _print_operator(console, pipeline)
         result = asyncio.run(
             _replay_with_ctrl_c(
                 pipeline,
@@ -148,6 +149,17 @@ def demo(
         with console.status("stopping services..."):
             pipeline.stop()
     console.print(f"logs: {workdir / 'logs'}")
+
+
+def _print_operator(console: Console, pipeline: Pipeline) -> None:
+    """How to call the alert API as the demo's operator (the key works until the demo ends)."""
+    header = pipeline.alert_api_headers()["Authorization"]
+    console.print(
+        f"operator [bold]{DEMO_OPERATOR}[/] (carer): "
+        f"curl -H '{header}' {pipeline.alerting_url}/v1/alerts",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 async def _replay_with_ctrl_c(

@@ -15,8 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from pydantic import SecretStr
+
+from services.alerting.auth import create_operator, rotate_key
+from services.alerting.store import open_store
 from services.common.broker import EmbeddedBroker, free_port
 from services.common.kafka import create_topics
+from services.common.operators import OperatorExistsError, Role
 from services.common.processes import ServiceProcess, ServiceStartError
 from services.modelserver.process import ModelServerProcess
 from shared.settings import StreamSettings
@@ -28,6 +33,8 @@ DEFAULT_MODEL_BASE = REPO_ROOT / "models" / "har"
 
 #: Services a second (third, ...) worker can be added to: they scale out per partition.
 SCALABLE = ("preprocess", "alerting")
+#: The operator the pipeline creates in its alert store (a carer: it may acknowledge).
+DEMO_OPERATOR = "demo-carer"
 #: Stop order: upstream first, so downstream can drain what is in flight before it stops.
 _STOP_ORDER = ("ingest", "preprocess", "inference", "alerting", "modelserver")
 
@@ -71,6 +78,8 @@ class Pipeline:
         self.alert_store_url = f"sqlite:///{config.workdir / 'alerts.db'}"
         self.services: dict[str, ServiceProcess] = {}
         self.settings: StreamSettings | None = None
+        #: API key of :data:`DEMO_OPERATOR` (set by :meth:`start`).
+        self.operator_key: SecretStr | None = None
         self._model_server: ModelServerProcess | None = None
         self._paused: set[str] = set()
 
@@ -101,6 +110,12 @@ class Pipeline:
                 urls[name] = self._metrics_url(name)
         return urls
 
+    def alert_api_headers(self) -> dict[str, str]:
+        """``Authorization`` of :data:`DEMO_OPERATOR` for the alert API."""
+        if self.operator_key is None:
+            raise ServiceStartError("the pipeline has not started: no operator yet")
+        return {"Authorization": f"Bearer {self.operator_key.get_secret_value()}"}
+
     def http_url(self, name: str) -> str:
         """Base URL of an alerting worker's HTTP API (``alerting``, ``alerting-2``, ...)."""
         if _kind_of(name) != "alerting":
@@ -118,6 +133,7 @@ class Pipeline:
             topic_partitions=self.config.partitions,
         )
         create_topics(self.settings)
+        self.operator_key = self._demo_operator()
         timeout = self.config.startup_timeout_s
         # The model server and the workers import TensorFlow / faust: start them all, then wait.
         self._model_server = ModelServerProcess(
@@ -245,6 +261,19 @@ class Pipeline:
             raise ValueError(f"unknown service {name}")
 
     # -- helpers -------------------------------------------------------------------------
+    def _demo_operator(self) -> SecretStr:
+        """Create :data:`DEMO_OPERATOR` in the alert store (a new key if a reused workdir
+        has it already: keys are shown once)."""
+        store = open_store(self.alert_store_url)
+        try:
+            try:
+                _, key = create_operator(store, DEMO_OPERATOR, Role.CARER)
+            except OperatorExistsError:
+                _, key = rotate_key(store, DEMO_OPERATOR)
+            return key
+        finally:
+            store.close()
+
     def _service(self, name: str) -> ServiceProcess:
         try:
             return self.services[name]

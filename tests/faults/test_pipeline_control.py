@@ -48,7 +48,10 @@ def test_a_second_alerting_worker_joins_shares_the_store_and_leaves(pipeline: Pi
     pipeline.wait_ready(name, 120)
     assert pipeline.http_url(name) != pipeline.alerting_url
     assert pipeline.services[name].env["HARSTREAM_ALERTING_STORE_URL"] == pipeline.alert_store_url
-    with urllib.request.urlopen(f"{pipeline.http_url(name)}/v1/alerts", timeout=5) as r:
+    alerts = urllib.request.Request(
+        f"{pipeline.http_url(name)}/v1/alerts", headers=pipeline.alert_api_headers()
+    )
+    with urllib.request.urlopen(alerts, timeout=5) as r:
         assert r.status == 200
     assert pipeline.remove_worker(name) == 0
     assert name not in pipeline.services

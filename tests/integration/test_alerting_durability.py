@@ -19,6 +19,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # type: ignore[i
 from prometheus_client import CollectorRegistry
 
 from services.alerting.app import AlertingService
+from services.alerting.auth import create_operator
 from services.alerting.settings import AlertingSettings
 from services.alerting.store import open_store
 from services.common.broker import EmbeddedBroker, free_port
 from services.common.kafka import BrokerUnavailableError, create_topics
+from services.common.operators import Role
 from services.ingest.producer import KafkaPacketSink
 from services.ingest.settings import IngestSettings
 from shared.messages import PIPELINE_SCOPE, AlertType, RawPacket
@@ -128,6 +131,18 @@ def _all_committed(settings: AlertingSettings) -> bool:
         consumer.close()
 
 
+@cache
+def _viewer_headers(store_url: str) -> dict[str, str]:
+    """A viewer in the store at ``store_url`` (once per store: every worker sharing it
+    knows it), as the Authorization header the alert API wants."""
+    store = open_store(store_url)
+    try:
+        _, key = create_operator(store, "durability-viewer", Role.VIEWER)
+    finally:
+        store.close()
+    return {"Authorization": f"Bearer {key.get_secret_value()}"}
+
+
 class AlertingProcess:
     """``harstream alerting`` as a child process on a free port."""
 
@@ -177,7 +192,8 @@ class AlertingProcess:
         url = f"http://127.0.0.1:{self.port}/v1/alerts?" + "&".join(
             f"{k}={v}" for k, v in query.items()
         )
-        with urllib.request.urlopen(url, timeout=5) as r:
+        request = urllib.request.Request(url, headers=_viewer_headers(self.settings.store_url))
+        with urllib.request.urlopen(request, timeout=5) as r:
             return list(json.load(r)["alerts"])
 
     def kill(self) -> None:

@@ -22,9 +22,11 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # type: ignore[i
 from prometheus_client import CollectorRegistry
 
 from services.alerting.app import AlertingService
+from services.alerting.auth import create_operator
 from services.alerting.settings import AlertingSettings
-from services.alerting.store import PostgresAlertStore
+from services.alerting.store import PostgresAlertStore, open_store
 from services.common.broker import free_port
+from services.common.operators import Role
 from shared.messages import Alert, AlertState, AlertType, DeadLetter
 from tests.unit.alerting_helpers import IMPACT, LYING_STILL, WALKING, prediction
 
@@ -147,6 +149,16 @@ async def _eventually(check: Callable[[], Any], timeout_s: float = 30.0) -> Any:
         await asyncio.sleep(0.1)
 
 
+def _operators(store_url: str, **roles: Role) -> dict[str, dict[str, str]]:
+    """Create operators ``name=role`` in the store; their Authorization headers by name."""
+    store = open_store(store_url)
+    try:
+        keys = {name: create_operator(store, name, role)[1] for name, role in roles.items()}
+    finally:
+        store.close()
+    return {n: {"Authorization": f"Bearer {k.get_secret_value()}"} for n, k in keys.items()}
+
+
 def _sample(service: AlertingService, name: str, **labels: str) -> float:
     return service.registry.get_sample_value(name, labels) or 0.0
 
@@ -162,6 +174,10 @@ async def _end_to_end(stream_settings: Callable[..., AlertingSettings], tmp_path
     settings = _settings(
         stream_settings, f"sqlite:///{tmp_path / 'alerts.db'}", webhook_urls=receiver.url
     )
+    auth = _operators(
+        settings.store_url, nurse_ana=Role.CARER, nurse_bo=Role.CARER, display=Role.VIEWER
+    )
+    ana, bo, display = auth["nurse_ana"], auth["nurse_bo"], auth["display"]
     service = AlertingService(settings, CollectorRegistry())
     await service.start()
     try:
@@ -176,7 +192,9 @@ async def _end_to_end(stream_settings: Callable[..., AlertingSettings], tmp_path
         async with aiohttp.ClientSession() as http:
 
             async def fall_alerts() -> list[dict[str, Any]]:
-                async with http.get(f"{base}/v1/alerts", params={"type": "FALL_SUSPECTED"}) as r:
+                async with http.get(
+                    f"{base}/v1/alerts", params={"type": "FALL_SUSPECTED"}, headers=display
+                ) as r:
                     assert r.status == 200
                     return list((await r.json())["alerts"])
 
@@ -210,43 +228,67 @@ async def _end_to_end(stream_settings: Callable[..., AlertingSettings], tmp_path
             assert attempts[1][1]["event"] == "opened"
             assert attempts[1][1]["alert"]["alert_id"] == alert_id
 
-            async with http.post(f"{base}/v1/alerts/{alert_id}/ack", json={"by": "nurse-ana"}) as r:
+            # Unauthenticated, and a viewer: refused, nothing changes.
+            async with http.post(f"{base}/v1/alerts/{alert_id}/ack") as r:
+                assert r.status == 401
+            async with http.post(f"{base}/v1/alerts/{alert_id}/ack", headers=display) as r:
+                assert r.status == 403
+            async with http.post(
+                f"{base}/v1/alerts/{alert_id}/ack", json={"note": "on my way"}, headers=ana
+            ) as r:
                 assert r.status == 200
                 acked = await r.json()
             assert acked["state"] == "acknowledged"
-            assert acked["acknowledged_by"] == "nurse-ana"
-            async with http.post(f"{base}/v1/alerts/{alert_id}/ack", json={"by": "nurse-bo"}) as r:
+            assert acked["acknowledged_by"] == "nurse_ana"  # who authenticated
+            async with http.post(f"{base}/v1/alerts/{alert_id}/ack", headers=bo) as r:
                 assert r.status == 200  # a second tap changes nothing
-                assert (await r.json())["acknowledged_by"] == "nurse-ana"
-            async with http.get(f"{base}/v1/alerts/{alert_id}") as r:
+                assert (await r.json())["acknowledged_by"] == "nurse_ana"
+            async with http.get(f"{base}/v1/alerts/{alert_id}", headers=display) as r:
                 assert (await r.json())["state"] == "acknowledged"
-            async with http.get(f"{base}/v1/alerts", params={"state": "acknowledged"}) as r:
+            async with http.get(
+                f"{base}/v1/alerts", params={"state": "acknowledged"}, headers=display
+            ) as r:
                 assert [a["alert_id"] for a in (await r.json())["alerts"]] == [alert_id]
 
-            async with http.post(
-                f"{base}/v1/alerts/{alert_id}/resolve", json={"by": "nurse-ana"}
-            ) as r:
+            async with http.post(f"{base}/v1/alerts/{alert_id}/resolve", headers=bo) as r:
                 assert r.status == 200
-                assert (await r.json())["state"] == "resolved"
+                resolved = await r.json()
+            assert resolved["state"] == "resolved"
+            assert resolved["details"]["resolved_by"] == "nurse_bo"
+            async with http.get(f"{base}/v1/alerts/{alert_id}/history", headers=display) as r:
+                assert r.status == 200
+                events = (await r.json())["events"]
+            assert [(e["event"], e["operator"], e["note"]) for e in events] == [
+                ("opened", None, None),
+                ("acknowledged", "nurse_ana", "on my way"),
+                ("resolved", "nurse_bo", None),
+            ]
             for action in ("ack", "resolve"):
-                async with http.post(
-                    f"{base}/v1/alerts/{alert_id}/{action}", json={"by": "nurse-ana"}
-                ) as r:
+                async with http.post(f"{base}/v1/alerts/{alert_id}/{action}", headers=ana) as r:
                     assert r.status == 409
                     assert r.content_type == "application/problem+json"
-            async with http.post(f"{base}/v1/alerts/nope/ack", json={"by": "nurse-ana"}) as r:
+            async with http.post(f"{base}/v1/alerts/nope/ack", headers=ana) as r:
                 assert r.status == 404
-            async with http.get(f"{base}/v1/alerts/nope") as r:
+            async with http.get(f"{base}/v1/alerts/nope", headers=display) as r:
                 assert r.status == 404
-            async with http.get(f"{base}/v1/alerts", params={"state": "closed"}) as r:
+            async with http.get(f"{base}/v1/alerts/nope/history", headers=display) as r:
+                assert r.status == 404
+            async with http.get(
+                f"{base}/v1/alerts", params={"state": "closed"}, headers=display
+            ) as r:
                 assert r.status == 400
                 problem = await r.json(content_type=None)
                 assert "state must be one of" in problem["detail"]
-            async with http.get(f"{base}/v1/alerts", params={"limit": "0"}) as r:
+            async with http.get(f"{base}/v1/alerts", params={"limit": "0"}, headers=display) as r:
                 assert r.status == 400
-            async with http.post(f"{base}/v1/alerts/{alert_id}/ack", data=b"{oops") as r:
+            async with http.post(
+                f"{base}/v1/alerts/{alert_id}/ack", data=b"{oops", headers=ana
+            ) as r:
                 assert r.status == 400
-            async with http.post(f"{base}/v1/alerts/{alert_id}/ack", json={"by": ""}) as r:
+            # A name in the body is refused: the operator is who authenticated.
+            async with http.post(
+                f"{base}/v1/alerts/{alert_id}/ack", json={"by": "nurse_bo"}, headers=ana
+            ) as r:
                 assert r.status == 400
 
             async with http.get(f"{base}/readyz") as r:
@@ -276,7 +318,7 @@ async def _end_to_end(stream_settings: Callable[..., AlertingSettings], tmp_path
             (alert_id, AlertState.ACKNOWLEDGED),
             (alert_id, AlertState.RESOLVED),
         ]
-        assert alerts[1].acknowledged_by == "nurse-ana"
+        assert alerts[1].acknowledged_by == "nurse_ana"
 
         dead = await asyncio.to_thread(
             _read_topic, settings, settings.topics.dlq, lambda v: len(v) >= 1, 20

@@ -137,7 +137,8 @@ def test_streaming_accuracy_over_all_test_subjects_matches_offline(
 
 def _alerts(pipeline: Pipeline, device_id: str) -> list[dict[str, object]]:
     url = f"{pipeline.alerting_url}/v1/alerts?device_id={device_id}"
-    with urllib.request.urlopen(url, timeout=5) as response:
+    request = urllib.request.Request(url, headers=pipeline.alert_api_headers())
+    with urllib.request.urlopen(request, timeout=5) as response:
         body = json.loads(response.read())
     return body["alerts"] if isinstance(body, dict) else body
 
