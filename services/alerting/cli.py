@@ -27,8 +27,11 @@ logger = logging.getLogger(__name__)
 def alerting(port: int | None, store_url: str | None, create_topics: bool) -> None:
     """Turn predictions into alerts: falls, prolonged lying, inactivity, offline devices and
     sensor faults; store them, publish them on the alerts topic, POST them to webhooks and
-    serve the alert API (GET /v1/alerts, POST /v1/alerts/{id}/ack|resolve, /healthz, /readyz,
-    /metrics).
+    serve the alert API (GET /v1/alerts, GET /v1/alerts/{id}[/history],
+    POST /v1/alerts/{id}/ack|resolve; open: /healthz, /readyz, /metrics).
+
+    The /v1 endpoints need an operator: Authorization: Bearer <API key> or HTTP Basic
+    (create one with `harstream operators add NAME --role carer`, in the same store).
 
     Configured by HARSTREAM_ALERTING_* environment variables (Kafka: ..._KAFKA_BOOTSTRAP_SERVERS,
     ..._KAFKA_PROFILE, ..._TOPIC_PREFIX; webhooks: ..._WEBHOOK_URLS; thresholds:

@@ -156,7 +156,7 @@ def _print_operator(console: Console, pipeline: Pipeline) -> None:
     header = pipeline.alert_api_headers()["Authorization"]
     console.print(
         f"operator [bold]{DEMO_OPERATOR}[/] (carer): "
-        f"curl -H '{header}' {pipeline.alerting_url}/v1/alerts",
+        f"curl -H 'Authorization: {header}' {pipeline.alerting_url}/v1/alerts",
         soft_wrap=True,
         highlight=False,
     )
