@@ -46,12 +46,27 @@ def ssl_context(settings: StreamSettings) -> ssl.SSLContext:
     return context
 
 
+class RedactedStr(str):
+    """A password the client libraries can use as a ``str`` but whose ``repr`` hides it:
+    kafka-python's admin client logs its whole configuration (password included) at DEBUG,
+    and a dict is logged through the ``repr`` of its values."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+
+def _password(settings: StreamSettings) -> RedactedStr:
+    return RedactedStr(settings.kafka_sasl_secret().get_secret_value())
+
+
 def _sasl(settings: StreamSettings) -> dict[str, Any]:
     # kafka-python and aiokafka share these names ("plain" is historical: SCRAM uses them too).
     return {
         "sasl_mechanism": settings.kafka_sasl_mechanism,
         "sasl_plain_username": settings.kafka_sasl_username,
-        "sasl_plain_password": settings.kafka_sasl_secret().get_secret_value(),
+        "sasl_plain_password": _password(settings),
     }
 
 
@@ -90,7 +105,7 @@ def faust_credentials(settings: StreamSettings) -> CredentialsT | None:
     if settings.kafka_uses_sasl:
         return faust.SASLCredentials(
             username=settings.kafka_sasl_username,
-            password=settings.kafka_sasl_secret().get_secret_value(),
+            password=_password(settings),
             ssl_context=ssl_context(settings) if settings.kafka_uses_tls else None,
             mechanism=settings.kafka_sasl_mechanism,
         )

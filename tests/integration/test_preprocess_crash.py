@@ -435,7 +435,14 @@ class ProbeWorker(Worker):
                  kill_before_commit: bool = False) -> None:  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("HARSTREAM_")}
         values = settings.model_dump(mode="json")
-        env.update({f"HARSTREAM_PREPROCESS_{k.upper()}": str(v) for k, v in values.items()})
+        # Unset fields stay unset (str(None) would be the path or user "None").
+        env.update(
+            {
+                f"HARSTREAM_PREPROCESS_{k.upper()}": str(v)
+                for k, v in values.items()
+                if v is not None
+            }
+        )
         env["HARSTREAM_PROBE_LOG"] = str(probe_log)
         if kill_on_race:
             env["HARSTREAM_PROBE_KILL"] = "1"

@@ -37,7 +37,14 @@ class Worker:
     def __init__(self, settings: PreprocessSettings, log: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("HARSTREAM_")}
         values = settings.model_dump(mode="json")
-        env.update({f"HARSTREAM_PREPROCESS_{k.upper()}": str(v) for k, v in values.items()})
+        # Unset fields stay unset (str(None) would be the path or user "None").
+        env.update(
+            {
+                f"HARSTREAM_PREPROCESS_{k.upper()}": str(v)
+                for k, v in values.items()
+                if v is not None
+            }
+        )
         self.settings = settings
         self.log = log
         with open(log, "ab") as out:
