@@ -90,7 +90,13 @@ class InferenceSettings(StreamSettings):
             "forced exit is a crash: uncommitted windows are read again (at-least-once)."
         ),
     )
-    metrics_host: str = Field("0.0.0.0", description="Bind address of the /metrics endpoint.")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description=(
+            "Bind address of the /metrics endpoint: loopback unless configured (it asks for no "
+            "credential); 0.0.0.0 where Prometheus scrapes from another host or pod."
+        ),
+    )
     metrics_port: int = Field(
         9103, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: off)."
     )

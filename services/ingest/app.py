@@ -136,8 +136,9 @@ class IngestService:
         )
         self._trusted_proxies = parse_networks(settings.trusted_proxies)
         self._weak_tokens_warned: set[str] = set()
-        # Token hash → record (None: unknown token, cached too so a token-guessing client
-        # cannot make every request hit the store).
+        self._lookups: dict[str, asyncio.Future[DeviceRecord | None]] = {}
+        # Token hash → record (None: unknown token, cached too so a client repeating a
+        # wrong token cannot make every request hit the store).
         self._tokens: TtlCache[str, DeviceRecord | None] = TtlCache(
             settings.token_cache_ttl_s, settings.token_cache_size, monotonic
         )
@@ -164,15 +165,21 @@ class IngestService:
                 f"registry did not answer within {self.settings.registry_timeout_s:g} s"
             ) from exc
 
-    async def _device_for_token(self, token: str) -> DeviceRecord | None:
-        key = hash_token(token)
-        hit, record = self._tokens.get(key)
-        if not hit:
-            record = await self._registry_call(self.registry.find_by_token, token)
-            self._tokens.put(key, record)
-            if record is not None:
-                self._flag_weak_token(record.device_id, token)
+    async def _lookup(self, key: str, token: str) -> DeviceRecord | None:
+        """The registry's answer for ``token`` (hash ``key``): concurrent requests with the
+        same token share one registry call."""
+        pending = self._lookups.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._registry_call(self.registry.find_by_token, token))
+            self._lookups[key] = pending
+            pending.add_done_callback(lambda done: self._looked_up(key, done))
+        record = await asyncio.shield(pending)
         return record
+
+    def _looked_up(self, key: str, done: asyncio.Future[DeviceRecord | None]) -> None:
+        self._lookups.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here, so an error nobody awaited is not logged
 
     def _flag_weak_token(self, device_id: str, token: str) -> None:
         # Tokens registered before custom tokens needed 256 bits still work; their owner
@@ -197,16 +204,67 @@ class IngestService:
         forwarded = request.headers.get(header) if header else None
         return limit_key(client_address(request.remote, forwarded, self._trusted_proxies))
 
-    def _unauthenticated(
-        self, source: str, detail: str, headers: dict[str, str] | None = None
-    ) -> Rejection:
-        self.auth_failures.acquire(source, 1)
-        return Rejection(
-            401,
-            Reason.UNAUTHENTICATED,
-            detail,
-            headers=headers or {"WWW-Authenticate": 'Bearer realm="harstream"'},
-        )
+    def _admit(self, source: str) -> None:
+        """Take one attempt from ``source``'s bucket, or refuse with 429. Taken before the
+        token is looked up and given back once it authenticates, so concurrent guesses
+        cannot overrun the burst while their lookups are in flight."""
+        gate = self.auth_failures.acquire(source, 1)
+        if not gate.allowed:
+            retry_after = str(max(1, math.ceil(min(gate.retry_after_s, 3600))))
+            raise Rejection(
+                429,
+                Reason.AUTH_RATE_LIMITED,
+                f"too many failed authentications from this address; retry in {retry_after} s",
+                headers={"Retry-After": retry_after},
+            )
+
+    async def _authenticate(self, request: web.Request, source: str) -> DeviceRecord:
+        """The device the request's token belongs to, or a 401 (429 once ``source`` has
+        failed too often). A token cached as a device's passes without touching the
+        address's bucket: a device with a valid token is never throttled by a flood from
+        its own address (a shared NAT or proxy)."""
+        header = request.headers.get("Authorization")
+        token = bearer_token(header)
+        if token is None:
+            self._admit(source)
+            raise Rejection(
+                401,
+                Reason.UNAUTHENTICATED,
+                "missing 'Authorization: Bearer <device token>' header"
+                if not header
+                else "malformed Authorization header: expected 'Bearer <device token>', the "
+                "token in printable ASCII",
+                headers={"WWW-Authenticate": 'Bearer realm="harstream"'},
+            )
+        key = hash_token(token)
+        hit, device = self._tokens.get(key)
+        if hit and device is not None:
+            return device
+        # Joining a lookup already in flight for the same token costs nothing more, so it
+        # takes nothing (many requests of a device whose cache entry just expired).
+        joining = not hit and key in self._lookups
+        if not joining:
+            self._admit(source)
+        if not hit:
+            try:
+                device = await self._lookup(key, token)
+            except RegistryUnavailableError:
+                if not joining:
+                    self.auth_failures.refund(source, 1)  # our failure, not the client's
+                raise
+            # None is cached too, so repeating an unknown token does not reach the store.
+            self._tokens.put(key, device)
+            if device is not None:
+                self._flag_weak_token(device.device_id, token)
+        if device is None:
+            if joining:
+                self.auth_failures.acquire(source, 1)  # still a failure of this address
+            raise Rejection(
+                401, Reason.UNAUTHENTICATED, INVALID_CREDENTIALS, headers=INVALID_TOKEN_CHALLENGE
+            )
+        if not joining:
+            self.auth_failures.refund(source, 1)
+        return device
 
     # -- POST /v1/packets ---------------------------------------------------------------------
 
@@ -251,16 +309,6 @@ class IngestService:
 
     async def _accept(self, request: web.Request) -> web.Response:
         settings = self.settings
-        source = self.source_key(request)
-        gate = self.auth_failures.check(source)
-        if not gate.allowed:
-            retry_after = str(max(1, math.ceil(min(gate.retry_after_s, 3600))))
-            raise Rejection(
-                429,
-                Reason.AUTH_RATE_LIMITED,
-                f"too many failed authentications from this address; retry in {retry_after} s",
-                headers={"Retry-After": retry_after, "Connection": "close"},
-            )
         content_type = request.content_type
         if content_type != "application/json" and not (
             content_type.startswith("application/") and content_type.endswith("+json")
@@ -283,19 +331,8 @@ class IngestService:
         if length is not None and length > settings.max_body_bytes:
             raise self._too_large(f"Content-Length {length}")
 
-        header = request.headers.get("Authorization")
-        token = bearer_token(header)
-        if token is None:
-            raise self._unauthenticated(
-                source,
-                "missing 'Authorization: Bearer <device token>' header"
-                if not header
-                else "malformed Authorization header: expected 'Bearer <device token>', the "
-                "token in printable ASCII",
-            )
-        device = await self._device_for_token(token)
-        if device is None:
-            raise self._unauthenticated(source, INVALID_CREDENTIALS, INVALID_TOKEN_CHALLENGE)
+        source = self.source_key(request)
+        device = await self._authenticate(request, source)
         if device.revoked:
             raise Rejection(403, Reason.FORBIDDEN, f"device {device.device_id!r} is revoked")
 
@@ -323,7 +360,10 @@ class IngestService:
             and claimed != device.device_id
             and DEVICE_ID_RE.fullmatch(claimed)
         ):
-            raise self._unauthenticated(source, INVALID_CREDENTIALS, INVALID_TOKEN_CHALLENGE)
+            self.auth_failures.acquire(source, 1)  # a failed authentication too
+            raise Rejection(
+                401, Reason.UNAUTHENTICATED, INVALID_CREDENTIALS, headers=INVALID_TOKEN_CHALLENGE
+            )
 
         result = validate_packet(
             body, settings.limits, self._clock(), self.progress.last(device.device_id)

@@ -33,15 +33,6 @@ class TokenBucket:
             return math.inf
         return (n - self.tokens) / self.rate
 
-    def wait(self, n: float, now: float) -> float:
-        """Seconds until ``n`` tokens could be taken (0.0: now); takes nothing."""
-        self._refill(now)
-        if n <= self.tokens:
-            return 0.0
-        if n > self.burst:
-            return math.inf
-        return (n - self.tokens) / self.rate
-
     def give_back(self, n: float, now: float) -> None:
         self._refill(now)
         self.tokens = min(self.burst, self.tokens + n)
@@ -95,17 +86,6 @@ class RateLimiter:
     def acquire(self, key: str, n: float) -> Decision:
         now = self._clock()
         wait = self._bucket(key, now).take(n, now)
-        return Decision(allowed=wait == 0.0, retry_after_s=wait)
-
-    def check(self, key: str, n: float = 1.0) -> Decision:
-        """Whether ``acquire(key, n)`` would pass now, taking nothing; an unknown key (a full
-        bucket) is not stored, so checking costs no memory."""
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            return Decision(
-                allowed=n <= self.burst, retry_after_s=0.0 if n <= self.burst else math.inf
-            )
-        wait = bucket.wait(n, self._clock())
         return Decision(allowed=wait == 0.0, retry_after_s=wait)
 
     def refund(self, key: str, n: float) -> None:

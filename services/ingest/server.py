@@ -129,8 +129,9 @@ class ProblemRequestHandler(web.RequestHandler):
         **kwargs: Any,
     ) -> None:
         limits = limits or ListenerLimits()
-        # aiohttp's own keep-alive timer then agrees with ours.
-        kwargs["keepalive_timeout"] = limits.keepalive_timeout_s
+        # aiohttp's own keep-alive timer stays as a backstop that never fires first (at the
+        # same instant it would close silently, racing the 408 of our header timeout).
+        kwargs["keepalive_timeout"] = limits.keepalive_timeout_s + limits.header_timeout_s
         super().__init__(manager, **kwargs)
         self._on_refusal = on_refusal
         self._limits = limits

@@ -32,7 +32,12 @@ logger = logging.getLogger(__name__)
     ),
 )
 @click.option(
-    "--host", default=None, help="Bind address [env HARSTREAM_MODELSERVER_HOST, default 0.0.0.0]."
+    "--host",
+    default=None,
+    help=(
+        "Bind address [env HARSTREAM_MODELSERVER_HOST, default 127.0.0.1: no credential is "
+        "asked, so 0.0.0.0 only where the network is restricted]."
+    ),
 )
 @click.option(
     "--grpc-port",

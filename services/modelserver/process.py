@@ -32,7 +32,11 @@ class ModelServerProcess:
         version_labels: str = "",
         *,
         log_path: Path,
+        extra_env: dict[str, str] | None = None,
+        host: str | None = "127.0.0.1",
     ) -> None:
+        """``host`` None: the server's default bind address (tests of that default);
+        ``extra_env``: more HARSTREAM_MODELSERVER_* settings."""
         self.base_path = base_path
         self.model_name = model_name
         self.grpc_port = grpc_port or free_port()
@@ -40,6 +44,8 @@ class ModelServerProcess:
         self.poll_interval_s = poll_interval_s
         self.version_labels = version_labels
         self.log_path = log_path
+        self.extra_env = dict(extra_env or {})
+        self.host = host
         self.service = ServiceProcess(
             "modelserver", ServiceProcess.argv_of(["modelserver"]), self.env(), log_path
         )
@@ -57,15 +63,17 @@ class ModelServerProcess:
         return self.service.pid
 
     def env(self) -> dict[str, str]:
+        host = {} if self.host is None else {"HARSTREAM_MODELSERVER_HOST": self.host}
         return {
+            **host,
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "HARSTREAM_MODELSERVER_MODEL_NAME": self.model_name,
             "HARSTREAM_MODELSERVER_MODEL_BASE_PATH": str(self.base_path),
-            "HARSTREAM_MODELSERVER_HOST": "127.0.0.1",
             "HARSTREAM_MODELSERVER_GRPC_PORT": str(self.grpc_port),
             "HARSTREAM_MODELSERVER_REST_PORT": str(self.rest_port),
             "HARSTREAM_MODELSERVER_POLL_INTERVAL_S": str(self.poll_interval_s),
             "HARSTREAM_MODELSERVER_VERSION_LABELS": self.version_labels,
+            **self.extra_env,
         }
 
     def launch(self) -> ModelServerProcess:

@@ -7,15 +7,25 @@
 - ``GET /monitoring/prometheus/metrics``: Prometheus text format.
 
 Errors answer ``{"error": "<message>"}`` with the HTTP status TF Serving uses for the code.
+
+Every connection is held to :class:`~services.modelserver.limits.RestLimits`: a body over
+the size limit is refused 413 from its Content-Length without being read; headers and
+bodies have deadlines (a reader that trickles bytes cannot hold a thread: each ``recv``
+gets only the time left, not a fresh timeout); at most ``max_connections`` threads serve at
+once, one more connection is answered 503 and closed. Refusals of these limits are
+``application/problem+json`` documents that also carry TF Serving's ``error`` member.
 """
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import re
+import socket
 import threading
+import time
 from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
 from services.modelserver.errors import Code, InvalidArgumentError, ServingError
+from services.modelserver.limits import RestLimits
 from services.modelserver.server import SIGNATURE_DEF_FIELD, ServingCore
 from services.modelserver.validation import STRING, SignatureSpec, resolve_signature
 
@@ -161,15 +172,111 @@ def content_length(header: str | None) -> int | None:
     return int(header)
 
 
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+def problem_body(status: HTTPStatus, detail: str) -> bytes:
+    """An RFC 9457 problem document that TF Serving clients can read too (``error``)."""
+    return json.dumps(
+        {
+            "type": "about:blank",
+            "title": status.phrase,
+            "status": int(status),
+            "detail": detail,
+            "error": detail,
+        }
+    ).encode()
+
+
+def raw_problem(status: HTTPStatus, detail: str, extra: str = "") -> bytes:
+    """A whole HTTP/1.1 response closing the connection, for when no handler runs."""
+    body = problem_body(status, detail)
+    head = (
+        f"HTTP/1.1 {int(status)} {status.phrase}\r\n"
+        f"Content-Type: {PROBLEM_CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: close\r\n{extra}\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+OVER_CAPACITY = raw_problem(
+    HTTPStatus.SERVICE_UNAVAILABLE,
+    "too many open connections; retry later",
+    "Retry-After: 1\r\n",
+)
+
+
+class _DeadlineSocketReader(io.RawIOBase):
+    """The socket's read side with an overall deadline: each ``recv`` may only wait for the
+    time left, so a peer sending a byte every few seconds still runs out of time (a socket
+    timeout alone restarts with every byte)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+        self.deadline = time.monotonic() + 3600.0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("read deadline passed")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
+
+
+class _LimitedServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_connections`` of them."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[_Handler], limit: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            # Answered from the accept loop without reading: a small write into a fresh
+            # socket's buffer does not block.
+            try:
+                request.sendall(OVER_CAPACITY)
+            except OSError:
+                pass
+            finally:
+                self.shutdown_request(request)
+            logger.debug("refused a REST connection from %s: over capacity", client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class RestServer:
     """Serves the REST API and metrics from a daemon thread."""
 
     def __init__(
-        self, core: ServingCore, registry: CollectorRegistry, host: str, port: int
+        self,
+        core: ServingCore,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        limits: RestLimits | None = None,
     ) -> None:
-        handler = type("Handler", (_Handler,), {"core": core, "registry": registry})
-        self._httpd = ThreadingHTTPServer((host, port), handler)
-        self._httpd.daemon_threads = True
+        limits = limits or RestLimits()
+        handler = type(
+            "Handler", (_Handler,), {"core": core, "registry": registry, "limits": limits}
+        )
+        self._httpd = _LimitedServer((host, port), handler, limits.max_connections)
         self.port = int(self._httpd.server_address[1])
         self._thread: threading.Thread | None = None
 
@@ -187,7 +294,19 @@ class RestServer:
 class _Handler(BaseHTTPRequestHandler):
     core: ServingCore
     registry: CollectorRegistry
+    limits: RestLimits
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self._reader = _DeadlineSocketReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # The wait for the next request and its headers share one deadline: an idle
+        # keep-alive connection and a slowloris one end alike.
+        self._reader.deadline = time.monotonic() + self.limits.header_timeout_s
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
@@ -223,7 +342,28 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._error(HTTPStatus.BAD_REQUEST, "Malformed request: invalid Content-Length")
             return
-        raw = self.rfile.read(length) if length else b""
+        if length > self.limits.max_body_bytes:
+            # Refused unread; the unread body makes the connection unusable.
+            self.close_connection = True
+            self._problem(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"request body of {length} bytes exceeds the limit of "
+                f"{self.limits.max_body_bytes} bytes",
+            )
+            return
+        self._reader.deadline = time.monotonic() + self.limits.body_timeout_s
+        try:
+            raw = self.rfile.read(length) if length else b""
+        except TimeoutError:
+            self.close_connection = True
+            self._problem(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"request body did not arrive within {self.limits.body_timeout_s:g} s",
+            )
+            return
+        if len(raw) < length:  # the client closed the connection mid-body
+            self.close_connection = True
+            return
         if match is None or match["verb"] != "predict" or match["metadata"]:
             self._error(HTTPStatus.NOT_FOUND, f"Malformed request: POST {self.path}")
             return
@@ -255,9 +395,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: HTTPStatus, message: str) -> None:
         self._json(status, {"error": message})
 
+    def _problem(self, status: HTTPStatus, detail: str) -> None:
+        self._send(status, problem_body(status, detail), PROBLEM_CONTENT_TYPE)
+
     def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        # Reads leave the socket timeout at whatever time was left; a writer gets its own.
+        self.connection.settimeout(self.limits.body_timeout_s)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)

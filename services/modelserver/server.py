@@ -31,6 +31,7 @@ from tensorflow_serving.apis import (
 
 from services.modelserver import metrics as metrics_module
 from services.modelserver.errors import Code, InvalidArgumentError, ServingError
+from services.modelserver.limits import RestLimits
 from services.modelserver.manager import ModelManager
 from services.modelserver.servable import Servable
 from services.modelserver.settings import ModelServerSettings
@@ -243,6 +244,28 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         )
 
 
+def grpc_options(settings: ModelServerSettings) -> list[tuple[str, int]]:
+    """Channel arguments of the gRPC server: message sizes set explicitly (gRPC's default
+    receive limit is 4 MiB, TF Serving raises it), streams per connection bounded, idle
+    connections closed."""
+    megabytes = settings.max_message_mb * 1024 * 1024
+    return [
+        ("grpc.max_receive_message_length", megabytes),
+        ("grpc.max_send_message_length", megabytes),
+        ("grpc.max_concurrent_streams", settings.grpc_max_streams_per_connection),
+        ("grpc.max_connection_idle_ms", int(settings.grpc_max_connection_idle_s * 1000)),
+    ]
+
+
+def rest_limits(settings: ModelServerSettings) -> RestLimits:
+    return RestLimits(
+        max_body_bytes=int(settings.rest_max_body_mb * 1024 * 1024),
+        header_timeout_s=settings.rest_header_timeout_s,
+        body_timeout_s=settings.rest_body_timeout_s,
+        max_connections=settings.rest_max_connections,
+    )
+
+
 class ModelServer:
     """The whole server: version poller, gRPC server and REST/metrics server.
 
@@ -267,15 +290,14 @@ class ModelServer:
         self.core = ServingCore(self.manager, metrics_module.create(self.registry))
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
-        megabytes = settings.max_message_mb * 1024 * 1024
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=settings.grpc_workers, thread_name_prefix="modelserver-grpc"
             ),
-            options=[
-                ("grpc.max_receive_message_length", megabytes),
-                ("grpc.max_send_message_length", megabytes),
-            ],
+            options=grpc_options(settings),
+            # Beyond this many calls in progress or waiting for a worker, refuse at once
+            # (RESOURCE_EXHAUSTED) rather than queue without bound.
+            maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionServicer(self.core), self._grpc
@@ -284,7 +306,9 @@ class ModelServer:
             ModelServicer(self.core), self._grpc
         )
         self.grpc_port = self._grpc.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
-        self._rest = RestServer(self.core, self.registry, settings.host, settings.rest_port)
+        self._rest = RestServer(
+            self.core, self.registry, settings.host, settings.rest_port, rest_limits(settings)
+        )
         self.rest_port = self._rest.port
 
     def _load(self, version: int, path: Any) -> Servable:

@@ -29,7 +29,13 @@ class ModelServerSettings(BaseSettings):
         DEFAULT_MODEL_BASE_PATH,
         description="Directory holding numbered SavedModel versions (<base>/<version>/).",
     )
-    host: str = Field("0.0.0.0", description="Address the gRPC and REST servers bind to.")
+    host: str = Field(
+        "127.0.0.1",
+        description=(
+            "Address the gRPC and REST servers bind to: loopback unless configured, as neither "
+            "asks for a credential (0.0.0.0 in a container whose pod network restricts it)."
+        ),
+    )
     grpc_port: int = Field(8500, ge=0, le=65535, description="gRPC port (TF Serving: --port).")
     rest_port: int = Field(
         8501, ge=0, le=65535, description="REST and metrics port (TF Serving: --rest_api_port)."
@@ -54,6 +60,49 @@ class ModelServerSettings(BaseSettings):
     )
     max_message_mb: int = Field(
         64, ge=4, description="Largest gRPC request/response accepted, in MiB."
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        64,
+        ge=1,
+        description=(
+            "gRPC calls in progress or queued at once; one more is refused RESOURCE_EXHAUSTED "
+            "at once instead of queueing without bound."
+        ),
+    )
+    grpc_max_streams_per_connection: int = Field(
+        32, ge=1, description="Concurrent gRPC calls one HTTP/2 connection may open."
+    )
+    grpc_max_connection_idle_s: float = Field(
+        300.0, gt=0, description="A gRPC connection with no call for this long is closed (s)."
+    )
+    rest_max_body_mb: float = Field(
+        16.0,
+        gt=0,
+        description=(
+            "Largest REST request body, in MiB; a larger Content-Length is answered 413 "
+            "without reading the body."
+        ),
+    )
+    rest_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Longest a REST connection may take to send a request's headers, idle keep-alive "
+            "time included (seconds); the connection is then closed."
+        ),
+    )
+    rest_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a REST request body may take to arrive (seconds): then 408.",
+    )
+    rest_max_connections: int = Field(
+        64,
+        ge=1,
+        description=(
+            "REST connections served at once (a thread each); one more is answered 503 "
+            "without being read and closed."
+        ),
     )
 
     @field_validator("version_labels")

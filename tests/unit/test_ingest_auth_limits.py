@@ -21,27 +21,29 @@ class Clock:
         return self.now
 
 
-def test_check_takes_nothing_and_stores_no_unknown_key() -> None:
-    clock = Clock()
-    limiter = RateLimiter(rate=1.0, burst=3, clock=clock)
-    for _ in range(100):
-        assert limiter.check("10.0.0.1").allowed
-    assert len(limiter) == 0  # a flood of checks from new addresses costs no memory
-
-
 def test_failures_past_the_burst_block_until_refilled() -> None:
     clock = Clock()
     limiter = RateLimiter(rate=2.0, burst=3, clock=clock)
     for _ in range(3):
-        assert limiter.check("a").allowed
-        limiter.acquire("a", 1)
-    blocked = limiter.check("a")
+        assert limiter.acquire("a", 1).allowed
+    blocked = limiter.acquire("a", 1)
     assert not blocked.allowed and blocked.retry_after_s == pytest.approx(0.5)
-    assert limiter.check("b").allowed  # another address is not affected
+    assert limiter.acquire("b", 1).allowed  # another address is not affected
     clock.now += 0.5
-    assert limiter.check("a").allowed
-    assert not limiter.check("a", 4).allowed
-    assert math.isinf(limiter.check("a", 4).retry_after_s)
+    assert limiter.acquire("a", 1).allowed
+    assert math.isinf(limiter.acquire("a", 4).retry_after_s)
+
+
+def test_attempts_that_authenticate_are_given_back() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rate=0.001, burst=2, clock=clock)
+    for _ in range(100):  # a device with a valid token: take before the lookup, refund after
+        assert limiter.acquire("10.0.0.1", 1).allowed
+        limiter.refund("10.0.0.1", 1)
+    assert limiter.acquire("10.0.0.1", 1).allowed
+    assert limiter.acquire("10.0.0.1", 1).allowed
+    assert not limiter.acquire("10.0.0.1", 1).allowed
+    assert limiter.prune(clock.now + 1e6) == 1  # full buckets are forgotten
 
 
 def test_client_address_is_the_peer_unless_a_trusted_proxy_forwards() -> None:
