@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from services.alerting.lifecycle import AlertTransition
+from services.common.files import create_private_sqlite
 from services.common.operators import (
     OperatorExistsError,
     OperatorRecord,
@@ -720,7 +721,8 @@ class SqliteAlertStore(_SqlStore):
     def __init__(self, path: str | Path) -> None:
         super().__init__()
         if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # Operator hashes and the alert history: readable by the service's user only.
+            create_private_sqlite(path)
         try:
             self._conn = sqlite3.connect(str(path), check_same_thread=False, timeout=10.0)
             self._conn.execute("PRAGMA journal_mode=WAL")

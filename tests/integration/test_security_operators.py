@@ -334,6 +334,17 @@ def test_operator_storage(api: Api) -> None:
     assert name in [r.name for r in api.store.operators()]
 
 
+def test_a_sqlite_store_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "alerts.db"
+    store = open_store(f"sqlite:///{path}")
+    try:
+        create_operator(store, "ana", Role.CARER, PASSWORD)
+        for file in (path, path.with_name("alerts.db-wal")):
+            assert file.stat().st_mode & 0o777 == 0o600, file
+    finally:
+        store.close()
+
+
 def test_secrets_appear_in_no_log(api: Api, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     alert_id = api.new_alert()
