@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,14 @@ VENV = REPO / ".venv"
 TOOLS_VENV = VENV / "checkov"
 K8S_VERSION = "1.31.0"
 OVERLAYS = ("dev", "prod")
-CRD_KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic", "ScaledObject"}
+CRD_KINDS = {
+    "Kafka",
+    "KafkaNodePool",
+    "KafkaTopic",
+    "KafkaUser",
+    "ScaledObject",
+    "TriggerAuthentication",
+}
 HARSTREAM_SERVICES = ("ingest", "preprocess", "inference", "alerting")
 INSTALL_HINT = "run deploy/tools/install-validators.sh"
 
@@ -225,10 +233,199 @@ def test_keda_replicas_never_exceed_partitions(rendered: dict[str, Any]) -> None
         assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= partitions[meta["topic"]]
         assert meta["allowIdleConsumers"] == "false"
         # KEDA runs in its own namespace: the bootstrap address must name ours.
-        assert meta["bootstrapServers"] == f"harstream-kafka-bootstrap.{namespace}.svc:9092"
+        assert meta["bootstrapServers"] == f"harstream-kafka-bootstrap.{namespace}.svc:9093"
+        # The TLS listener with SCRAM, as the describe-only lag reader.
+        assert (meta["sasl"], meta["tls"]) == ("scram_sha512", "enable")
+        assert trigger["authenticationRef"]["name"] == "kafka-lag-reader"
     hpa = _of_kind(docs, "HorizontalPodAutoscaler")
     assert [h["spec"]["scaleTargetRef"]["name"] for h in hpa] == ["ingest"]
     assert hpa[0]["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def test_kafka_listens_only_with_tls_and_scram(rendered: dict[str, Any]) -> None:
+    (kafka,) = _of_kind(rendered["docs"], "Kafka")
+    spec = kafka["spec"]
+    listeners = spec["kafka"]["listeners"]
+    assert listeners, "no listener"
+    for listener in listeners:
+        assert listener["tls"] is True, listener["name"]
+        assert listener["authentication"] == {"type": "scram-sha-512"}, listener["name"]
+        # Strimzi's generated NetworkPolicy: harstream's clients and KEDA, nobody else.
+        peers = listener["networkPolicyPeers"]
+        (pods,) = [p["podSelector"] for p in peers if "podSelector" in p]
+        (names,) = pods["matchExpressions"]
+        assert set(names["values"]) == {*HARSTREAM_SERVICES, "kafka-exporter"}
+        namespaces = [p["namespaceSelector"] for p in peers if "namespaceSelector" in p]
+        assert namespaces == [{"matchLabels": {"kubernetes.io/metadata.name": "keda"}}]
+    assert spec["kafka"]["authorization"] == {"type": "simple"}
+    assert "userOperator" in spec["entityOperator"]
+
+
+def _acls(user: dict[str, Any]) -> dict[tuple[str, str, str], set[str]]:
+    """``{(resource type, name, pattern): operations}`` of a KafkaUser."""
+    out: dict[tuple[str, str, str], set[str]] = {}
+    for acl in user["spec"]["authorization"]["acls"]:
+        r = acl["resource"]
+        key = (r["type"], r.get("name", ""), r.get("patternType", "literal"))
+        out.setdefault(key, set()).update(acl["operations"])
+    return out
+
+
+def test_each_service_is_a_kafka_user_with_only_its_own_acls(rendered: dict[str, Any]) -> None:
+    docs = rendered["docs"]
+    (kafka,) = _of_kind(docs, "Kafka")
+    users = {u["metadata"]["name"]: u for u in _of_kind(docs, "KafkaUser")}
+    t = Topics()
+
+    def topic(name: str, *ops: str) -> tuple[tuple[str, str, str], set[str]]:
+        return ("topic", name, "literal"), {*ops, "Describe"}
+
+    def group(name: str) -> tuple[tuple[str, str, str], set[str]]:
+        return ("group", name, "literal"), {"Read", "Describe"}
+
+    cluster_idempotent = (("cluster", "", "literal"), {"IdempotentWrite"})
+    faust_topics = (
+        ("topic", "harstream-preprocess-", "prefix"),
+        {"Create", "Read", "Write", "Describe", "DescribeConfigs"},
+    )
+    expected = {
+        "harstream-ingest": dict(
+            [
+                topic(t.raw, "Write"),
+                topic(t.heartbeats, "Write"),
+                topic(t.dlq, "Write"),
+                cluster_idempotent,
+            ]
+        ),
+        "harstream-preprocess": dict(
+            [
+                topic(t.raw, "Read"),
+                topic(t.windows, "Write"),
+                topic(t.dlq, "Write"),
+                group("harstream-preprocess"),
+                faust_topics,
+            ]
+        ),
+        "harstream-inference": dict(
+            [
+                topic(t.windows, "Read"),
+                topic(t.predictions, "Write"),
+                topic(t.dlq, "Write"),
+                group("harstream-inference"),
+            ]
+        ),
+        "harstream-alerting": dict(
+            [
+                topic(t.predictions, "Read"),
+                topic(t.raw, "Read"),
+                topic(t.heartbeats, "Read"),
+                topic(t.alerts, "Write"),
+                topic(t.dlq, "Write"),
+                group("harstream-alerting"),
+            ]
+        ),
+        "harstream-lag-reader": {
+            ("topic", "harstream", "prefix"): {"Describe"},
+            ("group", "harstream-", "prefix"): {"Describe"},
+            ("cluster", "", "literal"): {"Describe"},
+        },
+    }
+    assert set(users) == set(expected)
+    for name, user in users.items():
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
+        assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
+        assert _acls(user) == expected[name], name
+    # The finding this closes: a record written straight to raw skipped device checks.
+    writers_of_raw = [
+        name
+        for name, user in users.items()
+        for (kind, resource, pattern), ops in _acls(user).items()
+        if kind == "topic" and ops & {"Write", "All"} and t.raw.startswith(resource)
+    ]
+    assert writers_of_raw == ["harstream-ingest"]
+    for name in (f"harstream-{s}" for s in HARSTREAM_SERVICES):
+        assert "Write" in _acls(users[name])[("topic", t.dlq, "literal")]
+    # Every literal topic in an ACL is one of the code's topics.
+    literal = {
+        resource
+        for user in users.values()
+        for (kind, resource, pattern) in _acls(user)
+        if kind == "topic" and pattern == "literal"
+    }
+    assert literal <= set(t.all())
+
+
+def test_services_get_their_scram_secret_and_the_cluster_ca(rendered: dict[str, Any]) -> None:
+    docs = rendered["docs"]
+    env = _k8s_env(docs)
+    deployments = {d["metadata"]["name"]: d for d in _of_kind(docs, "Deployment")}
+    for service in HARSTREAM_SERVICES:
+        prefix = f"HARSTREAM_{service.upper()}_"
+        values = env[service]
+        assert values[prefix + "KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert values[prefix + "KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+        assert values[prefix + "KAFKA_SASL_USERNAME"] == f"harstream-{service}"
+        assert values[prefix + "KAFKA_BOOTSTRAP_SERVERS"].endswith(":9093")
+        assert prefix + "KAFKA_SASL_PASSWORD" not in values  # a file, never an env var
+        pod = deployments[service]["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+        password_dir = str(Path(values[prefix + "KAFKA_SASL_PASSWORD_FILE"]).parent)
+        user_secret = volumes[mounts[password_dir]]["secret"]
+        assert user_secret["secretName"] == f"harstream-{service}"
+        assert user_secret["defaultMode"] == 0o400
+        ca_dir = str(Path(values[prefix + "KAFKA_SSL_CAFILE"]).parent)
+        assert volumes[mounts[ca_dir]]["secret"]["secretName"] == "harstream-cluster-ca-cert"
+
+
+def _policies_for(docs: list[dict[str, Any]], app: str) -> list[dict[str, Any]]:
+    selected = []
+    for policy in _of_kind(docs, "NetworkPolicy"):
+        (expr,) = policy["spec"]["podSelector"]["matchExpressions"]
+        if expr["key"] == "app.kubernetes.io/name" and app in expr["values"]:
+            selected.append(policy)
+    return selected
+
+
+def _rules_for_port(policies: list[dict[str, Any]], port: int) -> list[dict[str, Any]]:
+    return [
+        rule
+        for policy in policies
+        for rule in policy["spec"]["ingress"]
+        if any(p["port"] == port for p in rule.get("ports", []))
+    ]
+
+
+def test_network_policies_open_each_listener_only_to_its_consumers(
+    rendered: dict[str, Any],
+) -> None:
+    docs = rendered["docs"]
+    for app in (*HARSTREAM_SERVICES, "tfserving", "kafka-exporter"):
+        assert _policies_for(docs, app), f"{app} pods have no NetworkPolicy"
+    # ingest: public.
+    (ingest,) = _rules_for_port(_policies_for(docs, "ingest"), 8080)
+    assert "from" not in ingest
+    # The alert API: operators, the console, Prometheus; never "from anywhere".
+    rules = _rules_for_port(_policies_for(docs, "alerting"), 8083)
+    assert rules and all(rule.get("from") for rule in rules)
+    peers = [peer for rule in rules for peer in rule["from"]]
+    keys = {
+        expr["key"]
+        for peer in peers
+        for selector in peer.values()
+        for expr in selector["matchExpressions"]
+    }
+    assert keys == {"harstream.io/console", "harstream.io/operators", "harstream.io/monitoring"}
+    # Metrics: Prometheus only.
+    for app, port in (("preprocess", 9102), ("inference", 9103), ("kafka-exporter", 9308)):
+        rules = _rules_for_port(_policies_for(docs, app), port)
+        assert rules and all(
+            peer["namespaceSelector"]["matchExpressions"][0]["key"] == "harstream.io/monitoring"
+            for rule in rules
+            for peer in rule["from"]
+        ), app
+    (grpc,) = _rules_for_port(_policies_for(docs, "tfserving"), 8500)
+    assert grpc["from"][0]["podSelector"]["matchExpressions"][0]["values"] == ["inference"]
 
 
 def test_strimzi_topics_match_the_code(rendered: dict[str, Any]) -> None:
@@ -303,6 +500,21 @@ def _k8s_env(docs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
     return env
 
 
+#: Where deployments mount files (Secrets, the Kafka CA) that the settings check exist.
+MOUNT_ROOTS = ("/etc/harstream/", "/run/secrets/")
+
+
+def _stand_in_for_mounted_file(value: str, root: Path) -> str:
+    """A file mounted in the container, e.g. the SASL password: a local stand-in, so the
+    settings' check that the file is readable can pass here."""
+    if not value.startswith(MOUNT_ROOTS):
+        return value
+    stand_in = root / value.lstrip("/")
+    stand_in.parent.mkdir(parents=True, exist_ok=True)
+    stand_in.write_text("stand-in")
+    return str(stand_in)
+
+
 def _assert_settings_accept(
     service: str, values: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -311,12 +523,12 @@ def _assert_settings_accept(
     for name in values:
         if name.startswith("HARSTREAM_"):
             assert known.get(name) == service, f"{service}: {name} is not a settings field"
-    with monkeypatch.context() as patch:
+    with monkeypatch.context() as patch, tempfile.TemporaryDirectory() as mounts:
         for name in list(os.environ):
             if name.startswith("HARSTREAM_"):
                 patch.delenv(name)
         for name, value in values.items():
-            patch.setenv(name, value)
+            patch.setenv(name, _stand_in_for_mounted_file(value, Path(mounts)))
         settings = settings_class()
     assert getattr(settings, "kafka_profile", "apache") == "apache"
 
