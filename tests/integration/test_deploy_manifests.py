@@ -466,16 +466,46 @@ def test_tfserving_config_copies_are_identical() -> None:
 # --- environment variables are settings fields --------------------------------------
 
 
-def _compose_model(docker_compose: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [docker_compose, "-f", str(REPO / "docker-compose.yml"), "config", "--format", "json"],
+def _compose_config(docker_compose: str, env_file: Path | None) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` of the repository's file, with ``env_file`` as its .env."""
+    args = ["--env-file", str(env_file)] if env_file else []
+    return subprocess.run(
+        [docker_compose, "-f", str(REPO / "docker-compose.yml"), *args, "config", "--format",
+         "json"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
         cwd=REPO,
-        env={k: v for k, v in os.environ.items() if not k.startswith("HARSTREAM_")},
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("HARSTREAM_", "KAFKA_", "POSTGRES_", "GRAFANA_"))
+        },
+    )  # fmt: skip
+
+
+def _make_env(path: Path) -> dict[str, str]:
+    """Run deploy/compose/make-env.sh into ``path``; its variables."""
+    subprocess.run(
+        ["sh", str(REPO / "deploy/compose/make-env.sh"), str(path)],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def _env_file(directory: Path) -> Path:
+    path = directory / ".env"
+    _make_env(path)
+    return path
+
+
+def _compose_model(docker_compose: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as scratch:
+        result = _compose_config(docker_compose, _env_file(Path(scratch)))
     assert result.returncode == 0, result.stderr
     model: dict[str, Any] = json.loads(result.stdout)
     return model
@@ -620,6 +650,109 @@ def test_compose_validator_rejects_a_broken_file(docker_compose: str, tmp_path: 
         check=False,
     )
     assert result.returncode != 0
+
+
+def test_compose_has_no_default_password(docker_compose: str, tmp_path: Path) -> None:
+    refused = _compose_config(docker_compose, None)
+    assert refused.returncode != 0
+    assert "make-env.sh" in refused.stderr
+    secrets = _make_env(tmp_path / ".env")
+    assert set(secrets) == {
+        "POSTGRES_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+        *(f"KAFKA_{u}_PASSWORD" for u in ("INGEST", "PREPROCESS", "INFERENCE", "ALERTING")),
+        "KAFKA_LAG_READER_PASSWORD",
+    }
+    assert len(set(secrets.values())) == len(secrets)
+    assert all(len(v) >= 40 for v in secrets.values())  # 32 random bytes, base64
+    assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
+    again = subprocess.run(
+        ["sh", str(REPO / "deploy/compose/make-env.sh"), str(tmp_path / ".env")],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert again.returncode != 0  # never overwrites the secrets the volumes were made with
+    text = (REPO / "docker-compose.yml").read_text()
+    assert ":-harstream}" not in text and "PASSWORD:-" not in text
+
+
+def test_compose_publishes_only_ingest_and_local_consoles(docker_compose: str) -> None:
+    services = _compose_model(docker_compose)["services"]
+    published = {
+        name: {(p.get("host_ip", ""), int(p["published"])) for p in service.get("ports", [])}
+        for name, service in services.items()
+        if service.get("ports")
+    }
+    assert published == {
+        "ingest": {("", 8080)},
+        "alerting": {("127.0.0.1", 8083)},
+        "grafana": {("127.0.0.1", 3000)},
+    }
+
+
+def test_compose_kafka_needs_scram_and_each_service_has_its_user(docker_compose: str) -> None:
+    services = _compose_model(docker_compose)["services"]
+    kafka = services["kafka"]["environment"]
+    listeners = dict(
+        pair.split(":", 1) for pair in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    # Every listener another container can reach authenticates; the rest are loopback.
+    for listener in kafka["KAFKA_LISTENERS"].split(","):
+        name, _, address = listener.partition("://")
+        if listeners[name] == "PLAINTEXT":
+            assert address.startswith("127.0.0.1:"), listener
+        else:
+            assert listeners[name] == "SASL_PLAINTEXT"
+    assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert "StandardAuthorizer" in kafka["KAFKA_AUTHORIZER_CLASS_NAME"]
+    assert services["kafka-init"]["network_mode"] == "service:kafka"
+    for service in HARSTREAM_SERVICES:
+        env = services[service]["environment"]
+        prefix = f"HARSTREAM_{service.upper()}_"
+        assert env[prefix + "KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+        assert env[prefix + "KAFKA_SASL_USERNAME"] == f"harstream-{service}"
+        assert env[prefix + "KAFKA_SASL_PASSWORD"]
+
+
+def test_compose_user_script_grants_each_service_only_its_topics(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.txt"
+    for tool in ("kafka-configs.sh", "kafka-acls.sh"):
+        stub = tmp_path / tool
+        stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\n')
+        stub.chmod(0o755)
+    passwords = {f"KAFKA_{u}_PASSWORD": f"pw-{u}" for u in
+                 ("INGEST", "PREPROCESS", "INFERENCE", "ALERTING", "LAG_READER")}  # fmt: skip
+    subprocess.run(
+        ["sh", str(REPO / "deploy/kafka/create-users.sh")],
+        env={"PATH": os.environ["PATH"], "KAFKA_BIN": str(tmp_path), **passwords},
+        check=True,
+        timeout=30,
+        capture_output=True,
+    )
+    lines = calls.read_text().splitlines()
+    users = [re.search(r"--entity-name (\S+)", line).group(1) for line in lines  # type: ignore[union-attr]
+             if line.startswith("kafka-configs.sh")]  # fmt: skip
+    assert users == [f"harstream-{s}" for s in (*HARSTREAM_SERVICES, "lag-reader")]
+    grants: set[tuple[str, str, str]] = set()
+    for line in lines:
+        if line.startswith("kafka-acls.sh") and "--topic" in line:
+            principal = re.search(r"User:(\S+)", line).group(1)  # type: ignore[union-attr]
+            operation = re.search(r"--operation (\S+)", line).group(1)  # type: ignore[union-attr]
+            topic = re.search(r"--topic (\S+)", line).group(1)  # type: ignore[union-attr]
+            grants.add((principal, operation, topic))
+    t = Topics()
+    assert {p for p, op, topic in grants if op == "Write" and topic == t.raw} == {
+        "harstream-ingest"
+    }
+    for service in HARSTREAM_SERVICES:
+        assert (f"harstream-{service}", "Write", t.dlq) in grants
+    assert ("harstream-inference", "Read", t.windows) in grants
+    assert ("harstream-alerting", "Write", t.alerts) in grants
+    assert not any(p == "harstream-lag-reader" and op != "Describe" for p, op, _ in grants)
+    # Passwords go to kafka-configs only, never to the ACL tool.
+    assert not any("pw-" in line for line in lines if line.startswith("kafka-acls.sh"))
 
 
 def test_topic_init_script_creates_the_codes_topics(tmp_path: Path) -> None:
