@@ -43,7 +43,7 @@ from services.ingest.progress import DeviceProgress
 from services.ingest.ratelimit import RateLimiter
 from services.ingest.registry import DeviceRecord, DeviceRegistry, open_registry, redact_url
 from services.ingest.schemas import docs_html, openapi_document
-from services.ingest.server import ProblemAppRunner, serve_until_signalled
+from services.ingest.server import ProblemAppRunner, raw_problem, serve_until_signalled
 from services.ingest.settings import IngestSettings
 from services.ingest.tokens import bearer_token, check_token_strength, hash_token
 from services.ingest.validation import (
@@ -87,8 +87,10 @@ class Rejection(Exception):
         detail: str,
         errors: tuple[FieldError, ...] = (),
         headers: dict[str, str] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(detail)
+        self.close = close
         self.status = status
         self.reason = reason
         self.detail = detail
@@ -137,6 +139,7 @@ class IngestService:
         self._trusted_proxies = parse_networks(settings.trusted_proxies)
         self._weak_tokens_warned: set[str] = set()
         self._lookups: dict[str, asyncio.Future[DeviceRecord | None]] = {}
+        self._blocked_answers: dict[int, bytes] = {}  # Retry-After → canned 429
         # Token hash → record (None: unknown token, cached too so a client repeating a
         # wrong token cannot make every request hit the store).
         self._tokens: TtlCache[str, DeviceRecord | None] = TtlCache(
@@ -211,11 +214,14 @@ class IngestService:
         gate = self.auth_failures.acquire(source, 1)
         if not gate.allowed:
             retry_after = str(max(1, math.ceil(min(gate.retry_after_s, 3600))))
+            # Closing makes the client reconnect, and a blocked address's new connections
+            # are refused at accept (screen_connection), before any HTTP is parsed.
             raise Rejection(
                 429,
                 Reason.AUTH_RATE_LIMITED,
                 f"too many failed authentications from this address; retry in {retry_after} s",
                 headers={"Retry-After": retry_after},
+                close=True,
             )
 
     async def _authenticate(self, request: web.Request, source: str) -> DeviceRecord:
@@ -283,6 +289,8 @@ class IngestService:
                 rejection.errors,
                 rejection.headers,
             )
+            if rejection.close:
+                response.force_close()
         except ClientDisconnected as exc:
             # Not our failure and nobody to answer: counted apart from `internal` (which
             # pages), logged quietly. The device retries the packet.
@@ -556,6 +564,28 @@ class IngestService:
         """aiohttp's HTTP parser refused a request (see services.ingest.server)."""
         self.metrics.http_refusals.labels(reason=reason).inc()
 
+    def screen_connection(self, peer: str) -> bytes | None:
+        """A new connection from a blocked address gets a canned 429 and is closed before
+        any of it is read (see services.ingest.server). Behind a proxy (client_ip_header)
+        the peer is the proxy, never screened: its clients are told apart per request."""
+        if self.settings.client_ip_header:
+            return None
+        wait = self.auth_failures.wait_s(limit_key(peer))
+        if wait <= 0:
+            return None
+        self.metrics.rejections.labels(reason=Reason.AUTH_RATE_LIMITED.value).inc()
+        retry_after = max(1, math.ceil(min(wait, 3600)))
+        answer = self._blocked_answers.get(retry_after)
+        if answer is None:
+            answer = raw_problem(
+                429,
+                Reason.AUTH_RATE_LIMITED.value,
+                f"too many failed authentications from this address; retry in {retry_after} s",
+                {"Retry-After": str(retry_after)},
+            )
+            self._blocked_answers[retry_after] = answer
+        return answer
+
     def connection_limited(self, limit: str) -> None:
         """A connection was closed or refused by a listener limit (services.ingest.server)."""
         self.metrics.connection_limits.labels(limit=limit).inc()
@@ -633,6 +663,7 @@ def make_runner(app: web.Application, settings: IngestSettings, **kwargs: Any) -
         on_refusal=service.refused_by_parser,
         limits=settings.listener_limits,
         on_limit=service.connection_limited,
+        screen=service.screen_connection,
         **options,
     )
 

@@ -88,6 +88,18 @@ class RateLimiter:
         wait = self._bucket(key, now).take(n, now)
         return Decision(allowed=wait == 0.0, retry_after_s=wait)
 
+    def wait_s(self, key: str, n: float = 1.0) -> float:
+        """Seconds until ``n`` tokens could be taken for ``key`` (0.0: now), taking nothing
+        and storing nothing: an unknown key has a full bucket."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0.0 if n <= self.burst else math.inf
+        now = self._clock()
+        bucket._refill(now)
+        if n <= bucket.tokens:
+            return 0.0
+        return math.inf if n > self.burst else (n - bucket.tokens) / self.rate
+
     def refund(self, key: str, n: float) -> None:
         """Give back what an acquire took, when the request failed for another reason."""
         now = self._clock()

@@ -43,6 +43,10 @@ RefusalHook = Callable[[str], None]
 #: (``header_timeout``, ``body_timeout``, ``idle_timeout``, ``over_capacity``).
 LimitHook = Callable[[str], None]
 
+#: Called with a new connection's peer address before anything is read from it: bytes to
+#: answer and close with (the address is refused), or None to serve it.
+ScreenHook = Callable[[str], bytes | None]
+
 #: The names :data:`LimitHook` is called with.
 LIMIT_REASONS = ("header_timeout", "body_timeout", "idle_timeout", "over_capacity")
 
@@ -126,6 +130,7 @@ class ProblemRequestHandler(web.RequestHandler):
         on_refusal: RefusalHook,
         limits: ListenerLimits | None = None,
         on_limit: LimitHook | None = None,
+        screen: ScreenHook | None = None,
         **kwargs: Any,
     ) -> None:
         limits = limits or ListenerLimits()
@@ -136,7 +141,8 @@ class ProblemRequestHandler(web.RequestHandler):
         self._on_refusal = on_refusal
         self._limits = limits
         self._on_limit = on_limit or (lambda _reason: None)
-        self._over_capacity = False
+        self._screen = screen
+        self._over_capacity = False  # refused at connection_made (capacity or screen)
         self._phase = "head"
         self._head_started = False  # a byte of the awaited request has arrived
         self._served = 0  # requests answered on this connection
@@ -148,14 +154,22 @@ class ProblemRequestHandler(web.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         manager = self._manager
-        if manager is not None and len(manager.connections) >= self._limits.max_connections:
-            # Not registered with the manager and no task started: the answer costs one
-            # write, and the file descriptor is released as soon as it is flushed.
+        answer = None
+        if self._screen is not None:
+            peer = transport.get_extra_info("peername")
+            answer = self._screen(str(peer[0])) if peer else None
+        if answer is None and (
+            manager is not None and len(manager.connections) >= self._limits.max_connections
+        ):
+            answer = OVER_CAPACITY
+            self._on_limit("over_capacity")
+        if answer is not None:
+            # Not registered with the manager, no parser fed, no task started: the answer
+            # costs one write, and the file descriptor goes as soon as it is flushed.
             self._over_capacity = True
             assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(OVER_CAPACITY)
+            transport.write(answer)
             transport.close()
-            self._on_limit("over_capacity")
             return
         super().connection_made(transport)
         self._arm(self._loop.time() + self._limits.header_timeout_s)
@@ -281,12 +295,14 @@ class _ProblemServer(web.Server):
         on_refusal: RefusalHook,
         limits: ListenerLimits,
         on_limit: LimitHook | None,
+        screen: ScreenHook | None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._on_refusal = on_refusal
         self._limits = limits
         self._on_limit = on_limit
+        self._screen = screen
 
     def __call__(self) -> web.RequestHandler:
         return ProblemRequestHandler(
@@ -295,6 +311,7 @@ class _ProblemServer(web.Server):
             on_refusal=self._on_refusal,
             limits=self._limits,
             on_limit=self._on_limit,
+            screen=self._screen,
             **self._kwargs,
         )
 
@@ -309,12 +326,14 @@ class ProblemAppRunner(web.AppRunner):
         on_refusal: RefusalHook,
         limits: ListenerLimits | None = None,
         on_limit: LimitHook | None = None,
+        screen: ScreenHook | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self._on_refusal = on_refusal
         self._limits = limits or ListenerLimits()
         self._on_limit = on_limit
+        self._screen = screen
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()  # starts the app; builds aiohttp's server
@@ -328,6 +347,7 @@ class ProblemAppRunner(web.AppRunner):
             on_refusal=self._on_refusal,
             limits=self._limits,
             on_limit=self._on_limit,
+            screen=self._screen,
             **kwargs,
         )
 

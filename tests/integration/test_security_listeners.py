@@ -284,11 +284,20 @@ def test_token_guessing_flood_gets_429_while_a_valid_device_keeps_getting_202(
 
             async def guess() -> None:
                 headers = auth(secrets.token_urlsafe(32))
-                async with session.post(url, json=packet("dev"), headers=headers) as response:
-                    problem = await response.json(content_type=None)
-                    results.append(
-                        (response.status, response.headers.get("Retry-After"), problem["reason"])
-                    )
+                try:
+                    async with session.post(url, json=packet("dev"), headers=headers) as response:
+                        problem = await response.json(content_type=None)
+                        results.append(
+                            (
+                                response.status,
+                                response.headers.get("Retry-After"),
+                                problem["reason"],
+                            )
+                        )
+                except aiohttp.ClientConnectionError:
+                    # A blocked address's new connection is answered 429 and closed at once;
+                    # a request already on its way then meets a reset instead of the answer.
+                    results.append((0, None, "reset"))
 
             await asyncio.gather(*(guess() for _ in range(requests)))
         return results
@@ -312,7 +321,9 @@ def test_token_guessing_flood_gets_429_while_a_valid_device_keeps_getting_202(
             assert statuses and all(s == 202 for s in statuses), statuses
             refused = [r for r in results if r[0] == 401]
             limited = [r for r in results if r[0] == 429]
-            assert len(refused) + len(limited) == 400
+            reset = [r for r in results if r[0] == 0]
+            assert len(refused) + len(limited) + len(reset) == 400, results
+            assert len(limited) > len(reset)
             # the burst, plus what the bucket refilled while the flood ran
             assert len(refused) <= 5 + elapsed * 1.0 + 1, (len(refused), elapsed)
             assert all(reason == "auth_rate_limited" and retry for _, retry, reason in limited)

@@ -80,3 +80,16 @@ def test_settings_refuse_a_client_ip_header_without_trusted_proxies() -> None:
     assert settings.trusted_proxies == "10.0.0.0/8"
     limits = IngestSettings().listener_limits
     assert (limits.header_timeout_s, limits.body_timeout_s) == (10.0, 30.0)
+
+
+def test_wait_s_reads_the_bucket_without_taking_or_storing() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rate=1.0, burst=2, clock=clock)
+    assert limiter.wait_s("new") == 0.0 and len(limiter) == 0
+    limiter.acquire("a", 1)
+    limiter.acquire("a", 1)
+    assert limiter.wait_s("a") == pytest.approx(1.0)
+    assert limiter.wait_s("a") == pytest.approx(1.0)  # asking again took nothing
+    clock.now += 1.0
+    assert limiter.wait_s("a") == 0.0
+    assert math.isinf(limiter.wait_s("a", 3))
