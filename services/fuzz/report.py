@@ -151,7 +151,10 @@ def markdown(info: RunInfo, http: HttpResult | None, topics: TopicsResult | None
         "",
         "Against the whole local pipeline (`services/demo/pipeline.py`: Tansu, model server, "
         "ingest, preprocess, inference, alerting as processes), ingest with its production "
-        "limits. Regenerate with `harstream fuzz`.",
+        "limits except the per-address limit on failed authentications, lifted so that "
+        "hostile requests reach the parser and validators (that limit answers 429 and is "
+        "tested in `tests/integration/test_security_listeners.py`). "
+        "Regenerate with `harstream fuzz`.",
         "",
     ]
     if http is not None:
