@@ -45,7 +45,13 @@ class AlertingSettings(StreamSettings):
     max_batch_records: int = Field(
         500, ge=1, description="Most predictions handled (and committed) per batch."
     )
-    host: str = Field("0.0.0.0", description="HTTP API bind address.")
+    host: str = Field(
+        "127.0.0.1",
+        description=(
+            "HTTP API bind address: loopback unless configured (k8s and docker-compose set "
+            "0.0.0.0 and limit who may connect with NetworkPolicies and published ports)."
+        ),
+    )
     port: int = Field(8083, ge=0, le=65535, description="HTTP API port (0: any free port).")
     store_url: str = Field(
         default_factory=default_store_url,

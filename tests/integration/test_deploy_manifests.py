@@ -545,6 +545,16 @@ def _stand_in_for_mounted_file(value: str, root: Path) -> str:
     return str(stand_in)
 
 
+#: Listeners other pods reach (Prometheus, operators, devices): the settings default to
+#: loopback (closed by default), so each deployment must open them explicitly.
+REACHED_LISTENERS = {
+    "ingest": "host",
+    "preprocess": "metrics_host",
+    "inference": "metrics_host",
+    "alerting": "host",
+}
+
+
 def _assert_settings_accept(
     service: str, values: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -561,6 +571,8 @@ def _assert_settings_accept(
             patch.setenv(name, _stand_in_for_mounted_file(value, Path(mounts)))
         settings = settings_class()
     assert getattr(settings, "kafka_profile", "apache") == "apache"
+    listener = REACHED_LISTENERS[service]
+    assert getattr(settings, listener) == "0.0.0.0", f"{service}: {listener} is not reachable"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

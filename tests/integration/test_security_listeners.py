@@ -394,10 +394,12 @@ def _listening(port: int) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
 
 
 def test_bind_defaults_are_loopback() -> None:
+    from services.alerting.settings import AlertingSettings
     from services.inference.settings import InferenceSettings
     from services.preprocess.settings import PreprocessSettings
 
     assert ModelServerSettings().host == "127.0.0.1"
+    assert AlertingSettings().host == "127.0.0.1"  # the alert API: operators only
     assert InferenceSettings().metrics_host == "127.0.0.1"
     assert PreprocessSettings().metrics_host == "127.0.0.1"
     assert IngestSettings().host == "0.0.0.0"  # the device-facing door stays public
