@@ -110,6 +110,14 @@ class Pipeline:
                 urls[name] = self._metrics_url(name)
         return urls
 
+    def pids(self) -> dict[str, int]:
+        """Process id of the ``broker`` and of every running service by name (for CPU and
+        memory accounting, e.g. ``benchmarks.capacity``)."""
+        pids = {name: s.pid for name, s in self.services.items() if s.running()}
+        if self.broker.pid is not None:
+            pids["broker"] = self.broker.pid
+        return pids
+
     def alert_api_headers(self) -> dict[str, str]:
         """``Authorization`` of :data:`DEMO_OPERATOR` for the alert API."""
         if self.operator_key is None:
