@@ -1,0 +1,578 @@
+"""Capacity: how many live devices the local pipeline holds on this machine (issue 10).
+
+``python -m benchmarks.capacity [--steps 100,250,500,...] [--hold-s 60] [--warmup-s 20]``
+
+Starts the local pipeline (embedded broker, model server, every service as its own
+process, 4 partitions), registers the devices in one batch, and ramps a fleet of simulated
+live devices (:mod:`services.demo.fleetgen`: one keep-alive connection and one 50-sample
+packet per device per second, real HAPT signals, phases spread over the second, in worker
+processes of their own). Each step adds devices, waits ``--warmup-s``, then holds
+``--hold-s`` and prints: offered and accepted packets/s, client latency, end-to-end p50/p99
+(from the inference histogram's bucket deltas and from the predictions' own timings read
+off the predictions topic), consumer lag per group at the start and end of the hold
+(growing or not), CPU-seconds per second and RSS of every process (load generator and this
+harness apart), memory per device, and broker records/s in and out. A step passes when p99
+≤ 1 s, nothing is rejected or given up, everything offered is accepted and no lag grows;
+the ramp stops at the first failing step (``--keep-going`` to go on). At the end the fleet
+stops, the pipeline drains and every device's accepted samples are checked against the
+windows predicted for it (lost windows). Prints the largest passing N and devices per core
+of pipeline CPU; ``--json`` and ``--plot`` write the figures and a PNG.
+
+``--profile-at N`` runs py-spy (if installed) on every service during the hold of step N
+and writes collapsed stacks to ``--profile-dir``; summarise them with
+``python -m benchmarks.capacity_profile DIR``. The sampler costs CPU: profile in a run of its
+own, not in the one whose figures you quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.capacity_stats import (
+    LAG_EDGES,
+    NOT_PIPELINE,
+    ProcStat,
+    Snapshot,
+    StepResult,
+    devices_per_core,
+    judge,
+    lags,
+    largest_passing,
+    parse_metrics,
+    parse_proc_stat,
+    step_result,
+    tracking_rss,
+    usage_of,
+)
+from services.demo.fleet import DeviceSpec
+from services.demo.fleetgen import Fleet, FleetConfig, register_fleet
+from services.demo.pipeline import Pipeline, PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STEPS = (100, 250, 500, 1000, 1500, 2500, 3500, 5000)
+SERVICES = ("broker", "modelserver", "ingest", "preprocess", "inference", "alerting")
+WINDOW_SIZE, WINDOW_STEP = 128, 64
+
+
+# -- reading the world ------------------------------------------------------------------------
+
+
+def read_proc() -> dict[int, ProcStat]:
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stats[int(entry)] = parse_proc_stat(f.read())
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+    return stats
+
+
+def scrape(urls: dict[str, str]) -> dict[str, Any]:
+    out = {}
+    for name, url in urls.items():
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                out[name] = parse_metrics(response.read().decode())
+        except OSError as exc:
+            logger.warning("metrics of %s (%s): %s", name, url, exc)
+            out[name] = {}
+    return out
+
+
+class PredictionWatch(threading.Thread):
+    """Reads the predictions topic (no consumer group) and keeps each prediction's own
+    end-to-end timing and which windows each device got."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        super().__init__(name="prediction-watch", daemon=True)
+        from kafka import KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+
+        from services.common.kafka_clients import kafka_python_kwargs
+
+        assert pipeline.settings is not None
+        topic = pipeline.settings.topics.predictions
+        self._consumer = KafkaConsumer(
+            **kafka_python_kwargs(pipeline.settings, enable_auto_commit=False, group_id=None)
+        )
+        partitions = [
+            TopicPartition(topic, p)
+            for p in sorted(self._consumer.partitions_for_topic(topic) or [])
+        ]
+        self._consumer.assign(partitions)
+        self._consumer.seek_to_beginning(*partitions)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        #: (produced_at, end-to-end seconds) in arrival order.
+        self.timings: list[tuple[float, float]] = []
+        self.windows: dict[str, set[int]] = defaultdict(set)
+        self.received = 0
+        self.undecodable = 0
+
+    def run(self) -> None:
+        from shared.errors import SchemaError
+        from shared.messages import Prediction
+
+        try:
+            while not self._done.is_set():
+                for records in self._consumer.poll(timeout_ms=200).values():
+                    for record in records:
+                        try:
+                            p = Prediction.from_bytes(record.value)
+                        except SchemaError:
+                            self.undecodable += 1
+                            continue
+                        with self._lock:
+                            self.received += 1
+                            self.timings.append((p.produced_at, p.end_to_end_s))
+                            self.windows[p.device_id].add(p.start_index)
+        finally:
+            self._consumer.close()
+
+    def latencies_between(self, t0: float, t1: float) -> list[float]:
+        with self._lock:
+            return [e2e for produced, e2e in self.timings if t0 <= produced < t1]
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(10)
+
+
+class EndOffsets:
+    """Sum of end offsets per topic. On the local broker these undercount when a batch held
+    several records (shared/notes/tansu.md): read them as a lower bound."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        from services.common.kafka_clients import kafka_python_kwargs
+
+        assert pipeline.settings is not None
+        topics = pipeline.settings.topics
+        self._consumer = KafkaConsumer(**kafka_python_kwargs(pipeline.settings, group_id=None))
+        self._partitions = {
+            topic: [
+                TopicPartition(topic, p)
+                for p in sorted(self._consumer.partitions_for_topic(topic) or [])
+            ]
+            for topic in (topics.raw, topics.windows, topics.predictions, topics.alerts)
+        }
+
+    def read(self) -> dict[str, int]:
+        return {
+            topic: sum(self._consumer.end_offsets(tps).values()) if tps else 0
+            for topic, tps in self._partitions.items()
+        }
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+@dataclass
+class Harness:
+    pipeline: Pipeline
+    fleet: Fleet
+    offsets: EndOffsets
+    ticks_per_s: float = float(os.sysconf("SC_CLK_TCK"))
+    page_size: int = os.sysconf("SC_PAGE_SIZE")
+
+    def groups(self) -> dict[str, list[int]]:
+        pids = self.pipeline.pids()
+        groups = {name: [pid] for name, pid in pids.items()}
+        groups["loadgen"] = self.fleet.pids
+        groups["harness"] = [os.getpid()]
+        return groups
+
+    def snapshot(self) -> Snapshot:
+        fleet = self.fleet.snapshot()
+        t = time.time()
+        metrics = scrape(self.pipeline.metrics_urls())
+        # Services with their helper processes; the harness without its children (the
+        # services are its children), the load generator's workers one by one.
+        usage = usage_of(
+            self.groups(),
+            read_proc(),
+            self.ticks_per_s,
+            self.page_size,
+            with_children=[n for n in self.groups() if n not in NOT_PIPELINE],
+        )
+        return Snapshot(t, fleet, metrics, usage, self.offsets.read())
+
+
+# -- the ramp -----------------------------------------------------------------------------------
+
+
+def run_step(
+    harness: Harness,
+    watch: PredictionWatch,
+    devices: int,
+    hold_s: float,
+    lag_every_s: float,
+    previous: tuple[int, int] | None,
+) -> StepResult:
+    before = harness.snapshot()
+    points: dict[str, list[tuple[float, float]]] = {g: [] for g in LAG_EDGES}
+    for group, lag in lags(before.metrics).items():
+        points[group].append((before.t, lag))
+    end = before.t + hold_s
+    while (remaining := end - time.time()) > 0:
+        time.sleep(min(lag_every_s, remaining))
+        if time.time() < end - 1.0:
+            t = time.time()
+            for group, lag in lags(scrape(harness.pipeline.metrics_urls())).items():
+                points[group].append((t, lag))
+    after = harness.snapshot()
+    for group, lag in lags(after.metrics).items():
+        points[group].append((after.t, lag))
+    return step_result(
+        devices,
+        before,
+        after,
+        points,
+        watch.latencies_between(before.t, after.t),
+        previous,
+    )
+
+
+def start_profilers(harness: Harness, seconds: float, out: Path) -> list[subprocess.Popen[bytes]]:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        logger.warning("py-spy is not installed (pip install py-spy): no profile")
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    targets = {
+        name: pids[0]
+        for name, pids in harness.groups().items()
+        if name not in ("broker", "harness") and pids
+    }
+    for name, pid in targets.items():
+        # --nonblocking: the process is never paused (the figures stay those of a running
+        # service); --subprocesses: the model server's and faust's helpers too.
+        command = [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "50",
+            "--nonblocking",
+            "--subprocesses",
+            "--format",
+            "raw",
+            "--output",
+            str(out / f"{name}.txt"),
+        ]
+        log = (out / f"{name}.log").open("wb")
+        procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def loss_after_drain(
+    fleet_accepted: dict[str, tuple[int, int]], watch: PredictionWatch
+) -> dict[str, int]:
+    """Windows the accepted samples make vs windows predicted, over devices that gave up
+    no packet (a gap changes how many windows a device makes)."""
+    expected = predicted = lost = devices = 0
+    for device_id, (samples, gave_up) in fleet_accepted.items():
+        if gave_up:
+            continue
+        devices += 1
+        want = 0 if samples < WINDOW_SIZE else (samples - WINDOW_SIZE) // WINDOW_STEP + 1
+        got = len(watch.windows.get(device_id, ()))
+        expected += want
+        predicted += got
+        lost += max(0, want - got)
+    return {"devices": devices, "expected": expected, "predicted": predicted, "lost": lost}
+
+
+def wait_drained(watch: PredictionWatch, expected: int, timeout_s: float) -> None:
+    """Until the predictions stop coming (5 s without one) or ``expected`` have come."""
+    deadline = time.monotonic() + timeout_s
+    last, last_change = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        count = sum(len(w) for w in watch.windows.values())
+        if count >= expected:
+            return
+        if count != last:
+            last, last_change = count, time.monotonic()
+        elif time.monotonic() - last_change > 5.0:
+            return
+        time.sleep(0.5)
+
+
+# -- printing -----------------------------------------------------------------------------------
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f}"
+
+
+def format_step(step: StepResult, why: list[str]) -> str:
+    lag = ", ".join(
+        f"{g.split()[0]} {t.start:.0f}→{t.end:.0f}{' GROWING' if t.growing else ''}"
+        for g, t in step.lag.items()
+    )
+    cpu = ", ".join(f"{k} {v:.2f}" for k, v in step.cpu.items())
+    rss = ", ".join(f"{k} {v:.0f}" for k, v in step.rss_mib.items())
+    within = "-" if step.e2e_within_1s is None else f"{step.e2e_within_1s:.1%}"
+    return "\n".join(
+        [
+            f"N={step.devices}: {'PASS' if not why else 'FAIL (' + '; '.join(why) + ')'}",
+            f"  packets/s offered {step.offered_per_s:.0f}, accepted {step.accepted_per_s:.0f}; "
+            f"failed {step.failed}, retries {step.retries}, timeouts {step.timeouts}, "
+            f"late {step.late}; client p50/p99 {_ms(step.client_p50_s)}/"
+            f"{_ms(step.client_p99_s)} ms",
+            f"  end-to-end p50/p99 ms: histogram {_ms(step.e2e_p50_s)}/{_ms(step.e2e_p99_s)} "
+            f"(≤1 s: {within}), predictions {_ms(step.pred_p50_s)}/{_ms(step.pred_p99_s)} "
+            f"({step.predictions} predictions, {step.windows_per_s:.0f} windows/s, "
+            f"windows/expected {step.windows_ratio or 0:.3f})",
+            f"  lag (records, start→end of hold): {lag}",
+            f"  CPU s/s: {cpu}; pipeline {step.pipeline_cpu:.2f}",
+            f"  RSS MiB: {rss}; marginal pipeline memory per device "
+            f"{'-' if step.kib_per_device is None else f'{step.kib_per_device:.1f} KiB'}",
+            f"  broker records/s in {step.broker_in_per_s:.0f} (end offsets), "
+            f"out {step.broker_out_per_s:.0f} (consumed)",
+        ]
+    )
+
+
+def markdown_table(steps: list[tuple[StepResult, list[str]]]) -> str:
+    rows = [
+        "| devices | offered/s | accepted/s | e2e p50 / p99 (hist.) ms | ≤ 1 s | e2e p50 / p99 "
+        "(pred.) ms | client p99 ms | lag growing | pipeline CPU s/s | ingest | broker | "
+        "preprocess | inference | modelserver | alerting | loadgen | KiB/device | verdict |",
+        "|---:|---:|---:|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for s, why in steps:
+        growing = ", ".join(g.split()[0] for g, t in s.lag.items() if t.growing) or "no"
+        within = "-" if s.e2e_within_1s is None else f"{s.e2e_within_1s:.1%}"
+        cpu = [f"{s.cpu.get(k, 0.0):.2f}" for k in ("ingest", "broker", "preprocess")]
+        cpu += [f"{s.cpu.get(k, 0.0):.2f}" for k in ("inference", "modelserver", "alerting")]
+        kib = "-" if s.kib_per_device is None else f"{s.kib_per_device:.0f}"
+        verdict = "pass" if not why else "fail: " + "; ".join(why)
+        rows.append(
+            f"| {s.devices} | {s.offered_per_s:.0f} | {s.accepted_per_s:.0f} | "
+            f"{_ms(s.e2e_p50_s)} / {_ms(s.e2e_p99_s)} | {within} | "
+            f"{_ms(s.pred_p50_s)} / {_ms(s.pred_p99_s)} | {_ms(s.client_p99_s)} | {growing} | "
+            f"{s.pipeline_cpu:.2f} | {' | '.join(cpu)} | {s.cpu.get('loadgen', 0.0):.2f} | "
+            f"{kib} | {verdict} |"
+        )
+    return "\n".join(rows)
+
+
+def plot(steps: list[tuple[StepResult, list[str]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = [s.devices for s, _ in steps]
+    # Steps are not evenly spaced: both panels put them at even positions, labelled with N.
+    xs = list(range(len(ns)))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 8), sharex=True)
+    for attr, label, style in (
+        ("pred_p50_s", "p50 (predictions)", "o-"),
+        ("pred_p99_s", "p99 (predictions)", "s-"),
+        ("e2e_p99_s", "p99 (histogram, interpolated)", "x--"),
+    ):
+        values = [getattr(s, attr) for s, _ in steps]
+        top.plot(xs, [float("nan") if v is None else v for v in values], style, label=label)
+    top.axhline(1.0, color="red", linewidth=0.8, linestyle=":", label="target p99 1 s")
+    top.set_yscale("log")
+    top.set_ylabel("end-to-end latency (s)")
+    top.legend(fontsize=8)
+    top.grid(True, which="both", alpha=0.3)
+    names = [n for n in (*SERVICES, "loadgen") if any(n in s.cpu for s, _ in steps)]
+    bottoms = [0.0] * len(ns)
+    for name in names:
+        values = [s.cpu.get(name, 0.0) for s, _ in steps]
+        bottom.bar(
+            xs,
+            values,
+            bottom=bottoms,
+            label=name,
+            hatch="//" if name == "loadgen" else None,
+        )
+        bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+    bottom.axhline(os.cpu_count() or 2, color="red", linewidth=0.8, linestyle=":", label="cores")
+    bottom.set_ylabel("CPU-seconds per second")
+    bottom.set_xlabel("live devices (one 50-sample packet per second each)")
+    bottom.legend(fontsize=8, ncol=4)
+    bottom.set_xticks(xs, [str(n) for n in ns])
+    fig.suptitle("harstream capacity on this machine (local pipeline, 4 partitions)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -- main -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.capacity", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--steps",
+        default=",".join(map(str, DEFAULT_STEPS)),
+        help="comma-separated device counts [%(default)s]",
+    )
+    parser.add_argument("--hold-s", type=float, default=60.0, help="steady hold per step [60]")
+    parser.add_argument(
+        "--target-hold-s",
+        type=float,
+        default=None,
+        help="hold of steps ≥ --target-devices (issue 10: ≥ 180 s at the target)",
+    )
+    parser.add_argument("--target-devices", type=int, default=2500)
+    parser.add_argument("--warmup-s", type=float, default=20.0, help="after adding devices [20]")
+    parser.add_argument("--lag-every-s", type=float, default=5.0)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="load generator processes [0: one per 2,500 devices of the last step, at least 1]",
+    )
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--keep-going", action="store_true", help="go on after a failing step")
+    parser.add_argument("--drain-s", type=float, default=120.0)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write all figures here")
+    parser.add_argument("--plot", type=Path, default=None, help="write the PNG here")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
+    parser.add_argument("--profile-at", type=int, default=None, help="py-spy during step N")
+    parser.add_argument("--profile-s", type=float, default=30.0)
+    parser.add_argument("--profile-dir", type=Path, default=Path("profiles"))
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    steps = sorted({int(s) for s in args.steps.split(",") if s.strip()})
+    if not steps or steps[0] < 1:
+        raise SystemExit("--steps: give positive device counts")
+    processes = args.processes or max(1, -(-steps[-1] // 2500))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="harstream-capacity-"))
+    # One keep-alive connection per device: lift ingest's connection cap (1,000 by default,
+    # sized for a replica behind a load balancer) above the fleet.
+    config = PipelineConfig(
+        workdir=workdir,
+        partitions=args.partitions,
+        service_env={"ingest": {"HARSTREAM_INGEST_MAX_CONNECTIONS": str(steps[-1] + 500)}},
+    )
+    results: list[tuple[StepResult, list[str]]] = []
+    started = time.time()
+    load_before = os.getloadavg()
+    print(
+        f"capacity: steps {steps}, hold {args.hold_s:g} s, warm-up {args.warmup_s:g} s, "
+        f"{processes} load generator process(es); logs in {workdir / 'logs'}",
+        flush=True,
+    )
+    with Pipeline(config) as pipeline:
+        t0 = time.monotonic()
+        specs: list[DeviceSpec] = register_fleet(pipeline.registry_url, steps[-1])
+        print(f"registered {len(specs)} devices in {time.monotonic() - t0:.2f} s", flush=True)
+        watch = PredictionWatch(pipeline)
+        watch.start()
+        with Fleet(FleetConfig(pipeline.ingest_url), processes=processes) as fleet:
+            harness = Harness(pipeline, fleet, EndOffsets(pipeline))
+            idle = harness.snapshot()
+            previous = (0, tracking_rss(idle.usage))
+            running = 0
+            for n in steps:
+                fleet.add(specs[running:n])
+                running = n
+                time.sleep(args.warmup_s)
+                hold = args.hold_s
+                if args.target_hold_s is not None and n >= args.target_devices:
+                    hold = args.target_hold_s
+                profilers = []
+                if args.profile_at == n:
+                    profilers = start_profilers(
+                        harness, min(args.profile_s, hold), args.profile_dir
+                    )
+                step = run_step(harness, watch, n, hold, args.lag_every_s, previous)
+                previous = (n, step.pipeline_rss_bytes)
+                for p in profilers:
+                    p.wait(60)
+                why = judge(step)
+                results.append((step, why))
+                print(format_step(step, why), flush=True)
+                if why and not args.keep_going:
+                    break
+            accepted = fleet.accepted()
+            final = fleet.stop()
+            harness.offsets.close()
+        expected = sum(
+            0 if s < WINDOW_SIZE else (s - WINDOW_SIZE) // WINDOW_STEP + 1
+            for s, gave_up in accepted.values()
+            if not gave_up
+        )
+        wait_drained(watch, expected, args.drain_s)
+        loss = loss_after_drain(accepted, watch)
+        watch.stop()
+    best = largest_passing(results)
+    summary = {
+        "steps": [s.to_dict() | {"why": why} for s, why in results],
+        "largest_passing": best.devices if best else None,
+        "devices_per_core": devices_per_core(best) if best else None,
+        "loss_after_drain": loss,
+        "fleet_final": final.to_dict() if final else None,
+        "undecodable_predictions": watch.undecodable,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "wall_s": time.time() - started,
+        "processes": processes,
+        "cores": os.cpu_count(),
+    }
+    print(
+        f"after drain: {loss['predicted']} of {loss['expected']} windows predicted for "
+        f"{loss['devices']} devices ({loss['lost']} lost)"
+    )
+    if best is not None:
+        dpc = devices_per_core(best)
+        print(
+            f"largest N meeting the targets: {best.devices} devices "
+            f"(pipeline CPU {best.pipeline_cpu:.2f} s/s: "
+            f"{'-' if dpc is None else f'{dpc:.0f}'} devices per core)"
+        )
+    else:
+        print("no step met the targets")
+    print(f"load average before {load_before}, after {os.getloadavg()}")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2, default=str))
+    if args.markdown:
+        args.markdown.write_text(markdown_table(results) + "\n")
+    if args.plot and results:
+        plot(results, args.plot)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # "group_id is None" per consumer
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,430 @@
+"""The fleet load generator: N live wearables against an ingest URL, at real time.
+
+Unlike :mod:`services.demo.loadgen` (a replay at any speed through one aiohttp session of
+64 connections, each request awaited in turn) this offers the load a fleet really puts on
+ingest: one keep-alive connection per device, one 50-sample packet per device per second,
+devices spread over the second (:func:`services.demo.fleet.phase_of`), in several worker
+processes (each an asyncio loop owning a slice of the devices) so the generator is not
+what limits a benchmark. HTTP/1.1 is written by hand over asyncio streams: a request is
+one pre-rendered write and a read of the answer's head, a fraction of aiohttp's client
+cost per request.
+
+A device sends its packets in order over its one connection, like a real wearable; a packet
+due while the previous one is still unanswered waits (counted ``late``). A packet that
+times out or is answered 429/5xx is sent again with the project's backoff
+(:func:`services.demo.fleet.retry_delay`), at most ``max_retries`` times, then given up
+and counted: never a retry storm, never a silent loss.
+
+The parent talks to each worker over a pipe: ``add`` devices, ``snapshot`` the counters,
+``accepted`` samples per device (loss accounting), ``stop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+from services.demo.fleet import (
+    RETRIABLE_STATUSES,
+    DeviceSpec,
+    FleetCounters,
+    ResponseError,
+    packet_body,
+    packets_due,
+    parse_response_head,
+    phase_of,
+    render_chunks,
+    retry_delay,
+)
+from services.inference.retry import BackoffPolicy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    #: Ingest base URL (``http://127.0.0.1:8080``).
+    url: str
+    packet_size: int = 50
+    sample_rate_hz: float = 50.0
+    #: HAPT subjects whose recordings the devices replay (None: the test subjects).
+    subjects: tuple[int, ...] | None = None
+    #: Longest wait for one answer before the packet counts as timed out (seconds).
+    request_timeout_s: float = 10.0
+    max_retries: int = 5
+    backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(0.2, 5.0, 2.0, 0.5))
+
+    @property
+    def period_s(self) -> float:
+        """Seconds between a device's packets (one packet's worth of samples)."""
+        return self.packet_size / self.sample_rate_hz
+
+
+# -- registration ---------------------------------------------------------------------------
+
+
+def register_fleet(registry_url: str, count: int, prefix: str = "fleet") -> list[DeviceSpec]:
+    """Register ``count`` devices ``<prefix>-00001``... with fresh tokens, in one batch.
+
+    For SQLite, one transaction (5,000 devices in well under a second; the registry's
+    ``add`` opens a connection and commits per device, ~1.3 ms each here); the registry
+    itself creates the table and is asked back for one token to prove the rows are what it
+    reads. Other stores go through ``add``."""
+    from services.ingest.registry import SqliteRegistry, open_registry  # noqa: PLC0415
+    from services.ingest.tokens import generate_token, hash_token  # noqa: PLC0415
+
+    ids = [f"{prefix}-{i + 1:05d}" for i in range(count)]
+    registry = open_registry(registry_url)
+    try:
+        if not isinstance(registry, SqliteRegistry):
+            tokens = [registry.add(device_id, label="fleet")[1] for device_id in ids]
+        else:
+            registry.ping()  # creates the table
+            tokens = [generate_token() for _ in ids]
+            now = time.time()
+            conn = sqlite3.connect(registry.path, isolation_level=None)
+            try:
+                conn.execute("BEGIN")
+                conn.executemany(
+                    "INSERT INTO devices (device_id, token_hash, label, created_at, revoked_at)"
+                    " VALUES (?, ?, 'fleet', ?, NULL)",
+                    [(d, hash_token(t), now) for d, t in zip(ids, tokens, strict=True)],
+                )
+                conn.execute("COMMIT")
+            finally:
+                conn.close()
+            if ids and registry.find_by_token(tokens[-1]) is None:
+                raise RuntimeError("the registry does not find the devices just registered")
+    finally:
+        registry.close()
+    return [DeviceSpec(i, d, t) for i, (d, t) in enumerate(zip(ids, tokens, strict=True))]
+
+
+# -- one device -----------------------------------------------------------------------------
+
+
+class _HttpConnection:
+    """One keep-alive HTTP/1.1 connection, opened on first use and after a failure."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def request(self, data: bytes) -> tuple[int, float | None]:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        assert self._reader is not None
+        # One request in flight per connection and ~6 KB each: the socket buffer takes it
+        # whole, so no drain() (a coroutine per request saved).
+        self._writer.write(data)
+        head = parse_response_head(await self._reader.readuntil(b"\r\n\r\n"))
+        if head.content_length:
+            await self._reader.readexactly(head.content_length)
+        if head.close:
+            self.close()
+        return head.status, head.retry_after
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
+
+
+@dataclass
+class _DeviceState:
+    spec: DeviceSpec
+    start: float
+    phase: float
+    accepted_samples: int = 0
+    gave_up: int = 0
+
+
+class _Worker:
+    """The devices of one worker process, on its asyncio loop."""
+
+    def __init__(self, config: FleetConfig, chunks: list[list[bytes]], seed: int) -> None:
+        self.config = config
+        self.chunks = chunks
+        self.counters = FleetCounters()
+        self.devices: list[_DeviceState] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.rng = random.Random(seed)
+        parts = urlsplit(config.url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+
+    def add(self, specs: Sequence[DeviceSpec], start_at: float) -> None:
+        for spec in specs:
+            state = _DeviceState(spec, start_at, phase_of(spec.index, self.config.period_s))
+            self.devices.append(state)
+            self.tasks.append(asyncio.create_task(self._run(state)))
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        period = self.config.period_s
+        self.counters.offered = sum(
+            packets_due(d.start, d.phase, now, period) for d in self.devices
+        )
+        return self.counters.to_dict()
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    async def _run(self, device: _DeviceState) -> None:
+        config, spec = self.config, device.spec
+        chunks = self.chunks[spec.recording(len(self.chunks))]
+        chunk = spec.first_chunk(len(chunks))
+        period = config.period_s
+        # Device clock of sample 0: the first packet is sent once its last sample is measured.
+        origin = device.start + device.phase - period
+        prefix = (
+            f"POST /v1/packets HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {spec.token}\r\nContent-Type: application/json\r\n"
+            "Content-Length: "
+        ).encode()
+        connection = _HttpConnection(self.host, self.port)
+        seq = 0
+        try:
+            while True:
+                wait = device.start + device.phase + seq * period - time.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                elif -wait > period:
+                    self.counters.late += 1
+                body = packet_body(
+                    spec.device_id,
+                    seq,
+                    origin + seq * period,
+                    config.sample_rate_hz,
+                    chunks[chunk % len(chunks)],
+                )
+                request = b"".join((prefix, str(len(body)).encode(), b"\r\n\r\n", body))
+                if await self._send(connection, request):
+                    device.accepted_samples += config.packet_size
+                else:
+                    device.gave_up += 1
+                seq += 1
+                chunk += 1
+        finally:
+            connection.close()
+
+    async def _send(self, connection: _HttpConnection, request: bytes) -> bool:
+        """Send until accepted (True) or given up (False)."""
+        counters, config = self.counters, self.config
+        attempt = 0
+        while True:
+            counters.requests += 1
+            retry_after: float | None = None
+            t0 = time.perf_counter()
+            try:
+                async with asyncio.timeout(config.request_timeout_s):
+                    status, retry_after = await connection.request(request)
+                counters.observe_latency(time.perf_counter() - t0)
+            except TimeoutError:
+                status = 0
+                counters.timeouts += 1
+                connection.close()
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ResponseError):
+                status = 0
+                counters.connection_errors += 1
+                connection.close()
+            counters.statuses[status] += 1
+            if status == 202:
+                counters.accepted += 1
+                counters.samples_accepted += config.packet_size
+                return True
+            attempt += 1
+            delay = retry_delay(
+                status, attempt, config.max_retries, config.backoff, retry_after, self.rng
+            )
+            if delay is None:
+                counters.failed[status] += 1
+                if status in RETRIABLE_STATUSES:
+                    counters.gave_up += 1
+                return False
+            counters.retries += 1
+            await asyncio.sleep(delay)
+
+
+# -- worker process -------------------------------------------------------------------------
+
+
+def _load_chunks(config: FleetConfig) -> list[list[bytes]]:
+    from shared.data.cache import HaptCache, default_cache_dir  # noqa: PLC0415
+    from shared.data.splits import TEST_SUBJECTS  # noqa: PLC0415
+
+    cache = HaptCache(default_cache_dir())
+    cache.ensure()
+    subjects = list(config.subjects) if config.subjects else list(TEST_SUBJECTS)
+    recordings = cache.load(subjects=subjects)
+    chunks = [render_chunks(r.samples, config.packet_size) for r in recordings]
+    return [c for c in chunks if c]
+
+
+def _worker_main(pipe: Connection, config: FleetConfig, seed: int) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    chunks = _load_chunks(config)
+    asyncio.run(_serve(pipe, config, chunks, seed))
+
+
+async def _serve(
+    pipe: Connection, config: FleetConfig, chunks: list[list[bytes]], seed: int
+) -> None:
+    loop = asyncio.get_running_loop()
+    commands: asyncio.Queue[Any] = asyncio.Queue()
+
+    def read_commands() -> None:
+        # Blocking reads in a thread: the loop never waits on the pipe.
+        while True:
+            try:
+                message = pipe.recv()
+            except (EOFError, OSError):
+                message = ("stop",)
+            loop.call_soon_threadsafe(commands.put_nowait, message)
+            if message[0] == "stop":
+                return
+
+    threading.Thread(target=read_commands, name="fleet-commands", daemon=True).start()
+    worker = _Worker(config, chunks, seed)
+    pipe.send(("ready", None))
+    while True:
+        command, *args = await commands.get()
+        if command == "add":
+            worker.add(args[0], args[1])
+            pipe.send(("added", len(worker.devices)))
+        elif command == "snapshot":
+            pipe.send(("snapshot", worker.snapshot()))
+        elif command == "accepted":
+            pipe.send(
+                (
+                    "accepted",
+                    {d.spec.device_id: (d.accepted_samples, d.gave_up) for d in worker.devices},
+                )
+            )
+        elif command == "stop":
+            await worker.stop()
+            with contextlib.suppress(OSError):
+                pipe.send(("stopped", worker.snapshot()))
+            return
+
+
+# -- the parent's handle ----------------------------------------------------------------------
+
+
+class Fleet:
+    """Worker processes simulating devices; ``with Fleet(config, processes=2) as fleet:``.
+
+    Device ``i`` lives in worker ``i % processes``; :meth:`add` starts devices (a ramp adds
+    more while the first keep sending)."""
+
+    def __init__(self, config: FleetConfig, processes: int = 2, start_timeout_s: float = 60.0):
+        if processes < 1:
+            raise ValueError("need at least one process")
+        self.config = config
+        self._start_timeout_s = start_timeout_s
+        # spawn: the parent may run threads (Kafka clients) that a fork would copy mid-lock.
+        context = multiprocessing.get_context("spawn")
+        self._pipes: list[Connection] = []
+        self._processes: list[multiprocessing.process.BaseProcess] = []
+        for n in range(processes):
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=_worker_main, args=(child, config, n), name=f"fleet-{n}", daemon=True
+            )
+            self._pipes.append(parent)
+            self._processes.append(process)
+        self.devices = 0
+
+    def start(self) -> Fleet:
+        for process in self._processes:
+            process.start()
+        for pipe in self._pipes:
+            self._expect(pipe, "ready", self._start_timeout_s)
+        return self
+
+    def add(self, specs: Sequence[DeviceSpec], start_at: float | None = None) -> None:
+        """Start ``specs``; their first packets are due at ``start_at`` (default: in 0.5 s)
+        plus each device's phase."""
+        start_at = time.time() + 0.5 if start_at is None else start_at
+        n = len(self._pipes)
+        for w, pipe in enumerate(self._pipes):
+            pipe.send(("add", [s for s in specs if s.index % n == w], start_at))
+        for pipe in self._pipes:
+            self._expect(pipe, "added", 30.0)
+        self.devices += len(specs)
+
+    def snapshot(self) -> FleetCounters:
+        for pipe in self._pipes:
+            pipe.send(("snapshot",))
+        return FleetCounters.total(
+            FleetCounters.from_dict(self._expect(pipe, "snapshot", 30.0)) for pipe in self._pipes
+        )
+
+    def accepted(self) -> dict[str, tuple[int, int]]:
+        """``{device_id: (samples accepted, packets given up)}``."""
+        for pipe in self._pipes:
+            pipe.send(("accepted",))
+        out: dict[str, tuple[int, int]] = {}
+        for pipe in self._pipes:
+            out.update(self._expect(pipe, "accepted", 30.0))
+        return out
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._processes if p.pid is not None]
+
+    def stop(self) -> FleetCounters | None:
+        """Stop every device; the final counters (None if a worker had already gone)."""
+        finals: list[FleetCounters] = []
+        for pipe in self._pipes:
+            with contextlib.suppress(OSError, ValueError):
+                pipe.send(("stop",))
+        for pipe in self._pipes:
+            with contextlib.suppress(OSError, EOFError, TimeoutError, RuntimeError):
+                finals.append(FleetCounters.from_dict(self._expect(pipe, "stopped", 30.0)))
+        for process in self._processes:
+            process.join(10.0)
+            if process.is_alive():
+                process.kill()
+                process.join(5.0)
+        for pipe in self._pipes:
+            pipe.close()
+        return FleetCounters.total(finals) if len(finals) == len(self._pipes) else None
+
+    def __enter__(self) -> Fleet:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _expect(self, pipe: Connection, kind: str, timeout_s: float) -> Any:
+        if not pipe.poll(timeout_s):
+            raise TimeoutError(f"fleet worker did not answer {kind!r} in {timeout_s:.0f} s")
+        got, payload = pipe.recv()
+        if got != kind:
+            raise RuntimeError(f"fleet worker answered {got!r}, expected {kind!r}")
+        return payload
