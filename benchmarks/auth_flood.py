@@ -158,6 +158,7 @@ def run_once(
             "HARSTREAM_INGEST_REGISTRY_URL": f"sqlite:///{registry_path}",
             "HARSTREAM_INGEST_HOST": "127.0.0.1",
             "HARSTREAM_INGEST_PORT": str(port),
+            "HARSTREAM_INGEST_METRICS_PORT": "0",  # not measured here; never a port clash
             **extra_env,
         }
         ingest = ServiceProcess.harstream("ingest", ["ingest"], env, run_dir)

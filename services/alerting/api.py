@@ -19,6 +19,13 @@ for an unknown operator and a wrong secret); a role without the permission: 403.
 * ``GET /metrics``: open, for Prometheus. It holds counts only (no alert contents, no device
   ids); keep it off public networks (k8s NetworkPolicy: from Prometheus only).
 
+Failed authentications are limited per source address (:mod:`services.common.authlimit`):
+past ``auth_failure_burst`` (refilled at ``auth_failure_rate_per_s``) an address gets 429
+with ``Retry-After`` before its credential is looked at, so a password-guessing flood costs
+no scrypt (~70 ms of CPU each) past its budget; valid credentials cost no budget. Bodies over
+``max_body_bytes`` get 413 before they are read; the listener's own limits (header and body
+deadlines, connection cap) are :mod:`services.common.http_server`'s.
+
 Who acts is the authenticated operator. A ``by`` field in the body (the pre-authentication
 API) is refused with 400 rather than ignored: a client that believes it records a name must
 learn that it does not.
@@ -32,6 +39,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -39,6 +47,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from services.alerting.lifecycle import AlertNotFoundError, InvalidTransitionError
 from services.alerting.store import HistoryEntry
+from services.common.authlimit import AuthFailureLimit, OverBudgetError
 from services.common.operators import Identity, Permission
 from shared.errors import HarstreamError
 from shared.messages import Alert, AlertState, AlertType
@@ -90,10 +99,23 @@ class AlertingBackend(Protocol):
     async def resolve(self, alert_id: str, operator: str, note: str | None) -> Alert:
         """Raises AlertNotFoundError or InvalidTransitionError."""
 
-    async def authenticate(self, authorization: str | None) -> Identity | None:
-        """The operator the ``Authorization`` header proves, or None."""
+    async def authenticate(
+        self, authorization: str | None, before_hashing: Callable[[], None]
+    ) -> Identity | None:
+        """The operator the ``Authorization`` header proves, or None. ``before_hashing`` is
+        called (and what it raises propagates) right before a password's scrypt."""
 
     async def readiness(self) -> dict[str, bool]: ...
+
+
+#: Title of the 429 answered to an address over its failed-authentication budget.
+AUTH_RATE_LIMITED_TITLE = "Too many failed authentications"
+#: The reason the listener's screen at accept answers such an address with.
+AUTH_RATE_LIMITED = "auth_rate_limited"
+
+
+def problem_document(status: int, title: str, detail: str) -> dict[str, object]:
+    return {"type": "about:blank", "title": title, "status": status, "detail": detail}
 
 
 def problem(
@@ -101,12 +123,27 @@ def problem(
 ) -> web.Response:
     return web.Response(
         status=status,
-        text=json.dumps(
-            {"type": "about:blank", "title": title, "status": status, "detail": detail}
-        ),
+        text=json.dumps(problem_document(status, title, detail)),
         content_type="application/problem+json",
         headers=headers,
     )
+
+
+def listener_problem(status: int, reason: str, detail: str) -> dict[str, object]:
+    """The document of an answer the listener writes itself (a parser refusal, a deadline,
+    the connection cap, a blocked address at accept): :data:`ProblemDocument` of
+    :mod:`services.common.http_server`, in this API's format."""
+    title = AUTH_RATE_LIMITED_TITLE if reason == AUTH_RATE_LIMITED else HTTPStatus(status).phrase
+    return problem_document(status, title, detail)
+
+
+def _too_large(limit: int) -> web.Response:
+    response = problem(
+        413, "Request body too large", f"the request body exceeds the limit of {limit} bytes"
+    )
+    # The rest of the body is not read: the connection cannot carry another request.
+    response.force_close()
+    return response
 
 
 def _enum_param(request: web.Request, name: str, enum: Any) -> Any:
@@ -182,7 +219,11 @@ def _required(request: web.Request) -> Permission | None:
     return PERMISSIONS.get((method, canonical), Permission.OPERATORS_MANAGE)
 
 
-def create_app(backend: AlertingBackend) -> web.Application:
+def create_app(
+    backend: AlertingBackend, auth_limit: AuthFailureLimit, max_body_bytes: int
+) -> web.Application:
+    """The API app; serve it with :class:`services.common.http_server.ProblemAppRunner`
+    (document :func:`listener_problem`) for the listener's limits."""
     routes = web.RouteTableDef()
 
     @routes.get("/v1/alerts")
@@ -220,6 +261,15 @@ def create_app(backend: AlertingBackend) -> web.Application:
             note = parse_note(await request.read())
         except BadRequestError as exc:
             return problem(400, "Bad request body", str(exc))
+        except web.HTTPRequestEntityTooLarge:  # a chunked body: no Content-Length to check
+            return _too_large(max_body_bytes)
+        except ConnectionError:
+            # The connection ended mid-body (the body deadline closed it, or the client
+            # went): nobody to answer, and no error of ours.
+            logger.debug(
+                "%s %s: connection lost before the body arrived", request.method, request.path
+            )
+            return problem(400, "Client disconnected", "the connection was lost mid-body")
         try:
             if action == "ack":
                 alert = await backend.acknowledge(alert_id, operator, note)
@@ -259,6 +309,30 @@ def create_app(backend: AlertingBackend) -> web.Application:
         )
 
     @web.middleware
+    async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
+        """Routing errors (404, 405) and unexpected exceptions as problem documents."""
+        try:
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            return problem(exc.status, exc.reason, exc.reason, headers=headers)
+        except Exception:
+            logger.exception("unexpected error on %s %s", request.method, request.path)
+            return problem(500, "Internal server error", "internal error; retry later")
+        return response
+
+    @web.middleware
+    async def bounded(request: web.Request, handler: Any) -> web.StreamResponse:
+        """A body declared over the limit is refused before anything else, unread."""
+        length = request.content_length
+        if length is not None and length > max_body_bytes:
+            return _too_large(max_body_bytes)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    @web.middleware
     async def unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
             response: web.StreamResponse = await handler(request)
@@ -275,8 +349,33 @@ def create_app(backend: AlertingBackend) -> web.Application:
         needed = _required(request)
         if needed is None:
             return await handler(request)
-        identity = await backend.authenticate(request.headers.get("Authorization"))
+        # An address over its failed-authentication budget is refused before its credential
+        # is looked at, and a password check queued for a scrypt slot looks again once it
+        # has one (services.common.authlimit). Valid credentials take nothing.
+        source = auth_limit.source(request.remote, request.headers)
+        try:
+            auth_limit.check(source)
+            identity = await backend.authenticate(
+                request.headers.get("Authorization"), lambda: auth_limit.check(source)
+            )
+        except OverBudgetError as over:
+            logger.debug(
+                "refused %s %s from %s: over its failed-authentication budget",
+                request.method,
+                request.path,
+                request.remote,
+            )
+            response = problem(
+                429,
+                AUTH_RATE_LIMITED_TITLE,
+                str(over),
+                headers={"Retry-After": str(over.retry_after)},
+            )
+            # Its next connection is answered at accept, before any HTTP is parsed.
+            response.force_close()
+            return response
         if identity is None:
+            auth_limit.failed(source)
             # The header is attacker-controlled: only whether there was one is logged.
             logger.info(
                 "refused %s %s from %s: %s",
@@ -304,7 +403,11 @@ def create_app(backend: AlertingBackend) -> web.Application:
         request[OPERATOR] = identity
         return await handler(request)
 
-    # unavailable outermost: a store that cannot authenticate is a 503 too.
-    app = web.Application(middlewares=[unavailable, authenticated])
+    # problems outermost; then the size check (cheapest, before any credential); a store
+    # that cannot authenticate is a 503 too.
+    app = web.Application(
+        middlewares=[problems, bounded, unavailable, authenticated],
+        client_max_size=max_body_bytes,
+    )
     app.add_routes(routes)
     return app

@@ -46,7 +46,7 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
-from services.alerting.api import create_app
+from services.alerting.api import AUTH_RATE_LIMITED, create_app, listener_problem
 from services.alerting.auth import Authenticator
 from services.alerting.lifecycle import AlertNotFoundError, AlertTransition
 from services.alerting.lifecycle import acknowledge as acknowledge_step
@@ -65,7 +65,9 @@ from services.alerting.store import (
     open_store,
 )
 from services.alerting.webhooks import WebhookDispatcher
+from services.common.authlimit import AuthFailureLimit
 from services.common.dead_letters import can_shrink, is_too_large, without_value
+from services.common.http_server import ProblemAppRunner, auth_screen
 from services.common.kafka import dead_letter
 from services.common.kafka_clients import aiokafka_kwargs
 from services.common.operators import Identity
@@ -93,6 +95,12 @@ FETCH_FRESH_S = 5.0
 SERVICE = "alerting"
 #: Stored alert events published per round; rounds repeat until the backlog is empty.
 PUBLISH_PAGE = 500
+
+
+def _limited(limit: str) -> None:
+    # No metric of its own yet (services.alerting.metrics); a line per closed connection at
+    # DEBUG, so a slowloris flood does not flood the log too.
+    logger.debug("alert API: a connection was closed or refused (%s)", limit)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -146,6 +154,14 @@ class AlertingService:
         self._producer: AIOKafkaProducer | None = None
         self._runner: web.AppRunner | None = None
         self._auth: Authenticator | None = None
+        #: Failed authentications per source address (see services.alerting.api).
+        self.auth_limit = AuthFailureLimit(
+            settings.auth_failure_rate_per_s,
+            settings.auth_failure_burst,
+            time.monotonic,
+            settings.client_ip_header,
+            settings.trusted_proxies,
+        )
         self._dispatcher: WebhookDispatcher | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -183,7 +199,16 @@ class AlertingService:
         self._auth = Authenticator(self.store)
         await self._auth.prepare()
         # HTTP first: /healthz answers during the group join (3-30 s), /readyz says not yet.
-        self._runner = web.AppRunner(create_app(self), access_log=None)
+        # Header/body deadlines, a connection cap, problem documents for the parser's own
+        # refusals, and an address over its failed-authentication budget refused at accept.
+        self._runner = ProblemAppRunner(
+            create_app(self, self.auth_limit, s.max_body_bytes),
+            document=listener_problem,
+            limits=s.listener_limits,
+            screen=auth_screen(self.auth_limit, listener_problem, AUTH_RATE_LIMITED),
+            on_limit=_limited,
+            access_log=None,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, s.host, s.port)
         await site.start()
@@ -739,9 +764,11 @@ class AlertingService:
         assert self.store is not None
         return await asyncio.to_thread(self.store.history, alert_id)
 
-    async def authenticate(self, authorization: str | None) -> Identity | None:
+    async def authenticate(
+        self, authorization: str | None, before_hashing: Callable[[], None]
+    ) -> Identity | None:
         assert self._auth is not None
-        return await self._auth.authenticate(authorization)
+        return await self._auth.authenticate(authorization, before_hashing)
 
     async def acknowledge(self, alert_id: str, operator: str, note: str | None) -> Alert:
         """``operator`` acknowledges (an authenticated operator's name: it is recorded in the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from pydantic import SecretStr
 
@@ -44,15 +45,22 @@ class Authenticator:
         """Compute the dummy hash now, so the first unknown name costs what later ones do."""
         await asyncio.to_thread(dummy_password_hash)
 
-    async def authenticate(self, authorization: str | None) -> Identity | None:
+    async def authenticate(
+        self, authorization: str | None, before_hashing: Callable[[], None] = lambda: None
+    ) -> Identity | None:
         """The operator an ``Authorization`` header proves, or None (answer 401).
-        :class:`~services.alerting.store.StoreError` if the store cannot answer."""
+        :class:`~services.alerting.store.StoreError` if the store cannot answer.
+
+        ``before_hashing`` is called once a password check has its slot, just before the
+        scrypt: whatever it raises is raised instead (the failed-authentication limit, so
+        guesses queued behind a flood's first ones never cost a hash)."""
         credential = parse_authorization(authorization)
         if credential is None:
             return None
         if isinstance(credential, ApiKeyCredential):
             return await asyncio.to_thread(self._check, credential)
         async with self._password_slots:
+            before_hashing()
             return await asyncio.to_thread(self._check, credential)
 
     def _check(self, credential: Credential) -> Identity | None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.alerting.rules import AlertRules
+from services.common.clientaddr import check_proxy_settings
+from services.common.http_server import ListenerLimits
 from shared.settings import StreamSettings
 from shared.xdg import harstream_dir
 
@@ -53,6 +55,72 @@ class AlertingSettings(StreamSettings):
         ),
     )
     port: int = Field(8083, ge=0, le=65535, description="HTTP API port (0: any free port).")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Alert API: longest time a request's headers may take to arrive, from the "
+            "connection's start or the request's first byte (seconds); then 408 and closed."
+        ),
+    )
+    body_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Alert API: longest time a request's body may take to arrive after its headers "
+            "(seconds; bodies are ack/resolve notes of a few hundred bytes); then 408 and closed."
+        ),
+    )
+    keepalive_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="Alert API: how long an idle keep-alive connection stays open (seconds).",
+    )
+    max_connections: int = Field(
+        256,
+        ge=1,
+        description=(
+            "Alert API: most connections served at once (operators, consoles, Prometheus); "
+            "one more is answered 503 without being read and closed."
+        ),
+    )
+    max_body_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description=(
+            "Alert API: largest request body in bytes (413 above it; refused from "
+            "Content-Length before the body is read). A note is at most 500 characters."
+        ),
+    )
+    auth_failure_rate_per_s: float = Field(
+        0.5,
+        gt=0,
+        description=(
+            "Failed operator authentications allowed per source address and second (token "
+            "bucket): past the burst, requests from that address get 429 before any "
+            "credential is checked (a Basic password check costs ~70 ms of scrypt)."
+        ),
+    )
+    auth_failure_burst: int = Field(
+        10,
+        ge=1,
+        description="Failed authentications a source address may make at once before 429s.",
+    )
+    client_ip_header: str = Field(
+        "",
+        description=(
+            "Header carrying the client's address when the alert API sits behind a proxy, "
+            "e.g. 'X-Forwarded-For' (empty: the peer address is the client). Honoured only "
+            "for requests from trusted_proxies."
+        ),
+    )
+    trusted_proxies: str = Field(
+        "",
+        description=(
+            "Comma-separated addresses or networks (CIDR) of the proxies whose "
+            "client_ip_header is believed, e.g. '10.0.0.0/8'."
+        ),
+    )
     store_url: str = Field(
         default_factory=default_store_url,
         description=(
@@ -101,6 +169,20 @@ class AlertingSettings(StreamSettings):
         default_factory=AlertRules,
         description="Alert thresholds (HARSTREAM_ALERTING_RULES__<FIELD>=...).",
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlertingSettings:
+        check_proxy_settings(self.client_ip_header, self.trusted_proxies)
+        return self
+
+    @property
+    def listener_limits(self) -> ListenerLimits:
+        return ListenerLimits(
+            header_timeout_s=self.header_timeout_s,
+            body_timeout_s=self.body_timeout_s,
+            keepalive_timeout_s=self.keepalive_timeout_s,
+            max_connections=self.max_connections,
+        )
 
     @property
     def webhook_url_list(self) -> list[str]:

@@ -70,6 +70,7 @@ class Pipeline:
             "grpc": free_port(),
             "modelserver_rest": free_port(),
             "ingest": free_port(),
+            "ingest_metrics": free_port(),
             "preprocess_metrics": free_port(),
             "inference_metrics": free_port(),
             "alerting": free_port(),
@@ -99,7 +100,7 @@ class Pipeline:
     def metrics_urls(self) -> dict[str, str]:
         """``/metrics`` of every service by name (added workers included while they run)."""
         urls = {
-            "ingest": f"{self.ingest_url}/metrics",
+            "ingest": f"http://127.0.0.1:{self.ports['ingest_metrics']}/metrics",
             "preprocess": self._metrics_url("preprocess"),
             "inference": f"http://127.0.0.1:{self.ports['inference_metrics']}/metrics",
             "alerting": f"{self.alerting_url}/metrics",
@@ -318,6 +319,9 @@ class Pipeline:
                 **self._stream_env("INGEST"),
                 "HARSTREAM_INGEST_HOST": "127.0.0.1",
                 "HARSTREAM_INGEST_PORT": port,
+                # /metrics has its own listener (not the device port).
+                "HARSTREAM_INGEST_METRICS_HOST": "127.0.0.1",
+                "HARSTREAM_INGEST_METRICS_PORT": str(self.ports["ingest_metrics"]),
                 "HARSTREAM_INGEST_REGISTRY_URL": self.registry_url,
                 # Replayed devices send up to ~50x faster than real time; the production
                 # per-device limit (800 samples/s) would throttle them.

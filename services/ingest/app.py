@@ -2,7 +2,7 @@
 
 ``POST /v1/packets`` answers 202 only after Kafka acknowledged the record; every refusal is
 an ``application/problem+json`` document naming the reason and the offending fields (those
-of aiohttp's own HTTP parser too, see :mod:`services.ingest.server`). The checks run
+of aiohttp's own HTTP parser too, see :mod:`services.common.http_server`). The checks run
 cheapest first, so unauthenticated or oversized requests are refused before their body is
 read. A 503 (not acknowledged in time) is at-least-once: the record may still reach the
 topic, and the device's retry of the same seq is dropped downstream as a duplicate.
@@ -13,11 +13,15 @@ a token-guessing flood costs one dictionary lookup per request and cannot starve
 with valid tokens (``python -m benchmarks.auth_flood`` measures it). Every credential
 failure (unknown token, a token naming another device) gets the same 401 body, so the
 answers do not tell which device ids are registered.
+
+``/metrics`` is not on the device port: a second listener (``metrics_host``:``metrics_port``,
+loopback unless configured) serves it, with the same connection limits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -31,19 +35,26 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from services.common.authlimit import AuthFailureLimit, blocked_detail
+from services.common.http_server import (
+    Listener,
+    ListenerLimits,
+    ProblemAppRunner,
+    auth_screen,
+    serve_until_signalled,
+)
 from services.common.kafka import BrokerUnavailableError
+from services.common.ratelimit import RateLimiter
 from services.ingest import metrics as ingest_metrics
 from services.ingest.cache import TtlCache
-from services.ingest.clientaddr import client_address, limit_key, parse_networks
 from services.ingest.decompress import GzipError, GzipTooLarge, gunzip
 from services.ingest.errors import RegistryUnavailableError
 from services.ingest.problems import problem_response
 from services.ingest.producer import KafkaPacketSink, PacketSink
 from services.ingest.progress import DeviceProgress
-from services.ingest.ratelimit import RateLimiter
 from services.ingest.registry import DeviceRecord, DeviceRegistry, open_registry, redact_url
 from services.ingest.schemas import docs_html, openapi_document
-from services.ingest.server import ProblemAppRunner, raw_problem, serve_until_signalled
+from services.ingest.server import problem_document
 from services.ingest.settings import IngestSettings
 from services.ingest.tokens import bearer_token, check_token_strength, hash_token
 from services.ingest.validation import (
@@ -133,13 +144,20 @@ class IngestService:
             settings.rate_limit_samples_per_s, settings.rate_limit_burst_samples, monotonic
         )
         # Failed authentications per source address (see the module docstring).
-        self.auth_failures = RateLimiter(
-            settings.auth_failure_rate_per_s, settings.auth_failure_burst, monotonic
+        self.auth_limit = AuthFailureLimit(
+            settings.auth_failure_rate_per_s,
+            settings.auth_failure_burst,
+            monotonic,
+            settings.client_ip_header,
+            settings.trusted_proxies,
         )
-        self._trusted_proxies = parse_networks(settings.trusted_proxies)
+        #: A new connection from a blocked address gets a canned 429 and is closed before
+        #: any of it is read (see services.common.http_server).
+        self.screen_connection = auth_screen(
+            self.auth_limit, problem_document, Reason.AUTH_RATE_LIMITED.value, self._screened
+        )
         self._weak_tokens_warned: set[str] = set()
         self._lookups: dict[str, asyncio.Future[DeviceRecord | None]] = {}
-        self._blocked_answers: dict[int, bytes] = {}  # Retry-After → canned 429
         # Token hash → record (None: unknown token, cached too so a client repeating a
         # wrong token cannot make every request hit the store).
         self._tokens: TtlCache[str, DeviceRecord | None] = TtlCache(
@@ -202,25 +220,22 @@ class IngestService:
     # -- failed authentications per source address --------------------------------------------
 
     def source_key(self, request: web.BaseRequest) -> str:
-        """The rate-limit key of the request's client (see services.ingest.clientaddr)."""
-        header = self.settings.client_ip_header
-        forwarded = request.headers.get(header) if header else None
-        return limit_key(client_address(request.remote, forwarded, self._trusted_proxies))
+        """The rate-limit key of the request's client (see services.common.clientaddr)."""
+        return self.auth_limit.source(request.remote, request.headers)
 
     def _admit(self, source: str) -> None:
         """Take one attempt from ``source``'s bucket, or refuse with 429. Taken before the
         token is looked up and given back once it authenticates, so concurrent guesses
         cannot overrun the burst while their lookups are in flight."""
-        gate = self.auth_failures.acquire(source, 1)
-        if not gate.allowed:
-            retry_after = str(max(1, math.ceil(min(gate.retry_after_s, 3600))))
+        retry_after = self.auth_limit.admit(source)
+        if retry_after is not None:
             # Closing makes the client reconnect, and a blocked address's new connections
             # are refused at accept (screen_connection), before any HTTP is parsed.
             raise Rejection(
                 429,
                 Reason.AUTH_RATE_LIMITED,
-                f"too many failed authentications from this address; retry in {retry_after} s",
-                headers={"Retry-After": retry_after},
+                blocked_detail(retry_after),
+                headers={"Retry-After": str(retry_after)},
                 close=True,
             )
 
@@ -256,7 +271,7 @@ class IngestService:
                 device = await self._lookup(key, token)
             except RegistryUnavailableError:
                 if not joining:
-                    self.auth_failures.refund(source, 1)  # our failure, not the client's
+                    self.auth_limit.refund(source)  # our failure, not the client's
                 raise
             # None is cached too, so repeating an unknown token does not reach the store.
             self._tokens.put(key, device)
@@ -264,12 +279,12 @@ class IngestService:
                 self._flag_weak_token(device.device_id, token)
         if device is None:
             if joining:
-                self.auth_failures.acquire(source, 1)  # still a failure of this address
+                self.auth_limit.failed(source)  # still a failure of this address
             raise Rejection(
                 401, Reason.UNAUTHENTICATED, INVALID_CREDENTIALS, headers=INVALID_TOKEN_CHALLENGE
             )
         if not joining:
-            self.auth_failures.refund(source, 1)
+            self.auth_limit.refund(source)
         return device
 
     # -- POST /v1/packets ---------------------------------------------------------------------
@@ -368,7 +383,7 @@ class IngestService:
             and claimed != device.device_id
             and DEVICE_ID_RE.fullmatch(claimed)
         ):
-            self.auth_failures.acquire(source, 1)  # a failed authentication too
+            self.auth_limit.failed(source)  # a failed authentication too
             raise Rejection(
                 401, Reason.UNAUTHENTICATED, INVALID_CREDENTIALS, headers=INVALID_TOKEN_CHALLENGE
             )
@@ -519,6 +534,7 @@ class IngestService:
         return None
 
     async def metrics_endpoint(self, _request: web.Request) -> web.Response:
+        """GET /metrics, on the metrics listener only (:func:`create_metrics_app`)."""
         return web.Response(
             body=generate_latest(self.metrics_registry),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
@@ -561,33 +577,14 @@ class IngestService:
         self._registry_pool.shutdown(wait=False, cancel_futures=True)
 
     def refused_by_parser(self, reason: str) -> None:
-        """aiohttp's HTTP parser refused a request (see services.ingest.server)."""
+        """aiohttp's HTTP parser refused a request (see services.common.http_server)."""
         self.metrics.http_refusals.labels(reason=reason).inc()
 
-    def screen_connection(self, peer: str) -> bytes | None:
-        """A new connection from a blocked address gets a canned 429 and is closed before
-        any of it is read (see services.ingest.server). Behind a proxy (client_ip_header)
-        the peer is the proxy, never screened: its clients are told apart per request."""
-        if self.settings.client_ip_header:
-            return None
-        wait = self.auth_failures.wait_s(limit_key(peer))
-        if wait <= 0:
-            return None
+    def _screened(self) -> None:
         self.metrics.rejections.labels(reason=Reason.AUTH_RATE_LIMITED.value).inc()
-        retry_after = max(1, math.ceil(min(wait, 3600)))
-        answer = self._blocked_answers.get(retry_after)
-        if answer is None:
-            answer = raw_problem(
-                429,
-                Reason.AUTH_RATE_LIMITED.value,
-                f"too many failed authentications from this address; retry in {retry_after} s",
-                {"Retry-After": str(retry_after)},
-            )
-            self._blocked_answers[retry_after] = answer
-        return answer
 
     def connection_limited(self, limit: str) -> None:
-        """A connection was closed or refused by a listener limit (services.ingest.server)."""
+        """A connection was closed or refused by a listener limit (services.common.http_server)."""
         self.metrics.connection_limits.labels(limit=limit).inc()
 
 
@@ -639,7 +636,6 @@ def create_app(
     app.router.add_post("/v1/packets", service.post_packet)
     app.router.add_get("/healthz", service.healthz)
     app.router.add_get("/readyz", service.readyz)
-    app.router.add_get("/metrics", service.metrics_endpoint)
     app.router.add_get("/openapi.json", service.openapi_endpoint)
     app.router.add_get("/docs", service.docs_endpoint)
     app.on_startup.append(service.on_startup)
@@ -648,10 +644,38 @@ def create_app(
     return app
 
 
-def make_runner(app: web.Application, settings: IngestSettings, **kwargs: Any) -> web.AppRunner:
+def create_metrics_app(app: web.Application) -> web.Application:
+    """The app of the metrics listener: GET /metrics of ``app``'s service, nothing else.
+
+    Not on the device port: the metrics name no device, but they tell a stranger the fleet's
+    size, its traffic and which refusals work; they are for Prometheus, on their own port
+    (``metrics_host``, loopback unless configured)."""
+    service = app[SERVICE_KEY]
+    metrics_app = web.Application(middlewares=[problem_middleware], client_max_size=1024)
+    metrics_app[SERVICE_KEY] = service
+    metrics_app.router.add_get("/metrics", service.metrics_endpoint)
+    return metrics_app
+
+
+#: Connections the metrics listener serves at once: Prometheus holds one per scrape (two
+#: HA replicas, a person with curl); a cap far below the device port's keeps a scrape
+#: flood from costing the devices file descriptors.
+METRICS_MAX_CONNECTIONS = 16
+#: How long the metrics listener lets a scrape in flight finish at shutdown (seconds).
+METRICS_SHUTDOWN_S = 1.0
+
+
+def make_runner(
+    app: web.Application,
+    settings: IngestSettings,
+    *,
+    limits: ListenerLimits | None = None,
+    **kwargs: Any,
+) -> web.AppRunner:
     """The runner serving ``app``: problem documents for aiohttp's own refusals, the
-    listener limits of ``settings``, :data:`SERVER_OPTIONS`, and half the shutdown budget
-    for in-flight requests (the other half closes the producer)."""
+    listener limits of ``settings`` (or ``limits``), the failed-authentication screen,
+    :data:`SERVER_OPTIONS`, and half the shutdown budget for in-flight requests (the other
+    half closes the producer)."""
     options: dict[str, Any] = {
         **SERVER_OPTIONS,
         "shutdown_timeout": settings.shutdown_timeout_s / 2,
@@ -660,11 +684,26 @@ def make_runner(app: web.Application, settings: IngestSettings, **kwargs: Any) -
     service = app[SERVICE_KEY]
     return ProblemAppRunner(
         app,
+        document=problem_document,
         on_refusal=service.refused_by_parser,
-        limits=settings.listener_limits,
+        limits=limits or settings.listener_limits,
         on_limit=service.connection_limited,
         screen=service.screen_connection,
         **options,
+    )
+
+
+def make_metrics_runner(metrics_app: web.Application, settings: IngestSettings) -> web.AppRunner:
+    """The runner of :func:`create_metrics_app`: the device port's limits, but
+    :data:`METRICS_MAX_CONNECTIONS`."""
+    return make_runner(
+        metrics_app,
+        settings,
+        limits=dataclasses.replace(
+            settings.listener_limits, max_connections=METRICS_MAX_CONNECTIONS
+        ),
+        shutdown_timeout=METRICS_SHUTDOWN_S,
+        access_log=None,
     )
 
 
@@ -681,13 +720,16 @@ def run(settings: IngestSettings) -> None:
     async def announce(_app: web.Application) -> None:
         logger.info(
             "ingest listening on http://%s:%d (POST /v1/packets → topic %s; Kafka %s, "
-            "profile %s; registry %s)",
+            "profile %s; registry %s), metrics %s",
             settings.host,
             settings.port,
             settings.topics.raw,
             settings.kafka_bootstrap_servers,
             settings.kafka_profile,
             redact_url(settings.registry_url),
+            f"on http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+            if settings.metrics_port
+            else "off (metrics_port 0)",
         )
 
     async def farewell(_app: web.Application) -> None:
@@ -698,12 +740,24 @@ def run(settings: IngestSettings) -> None:
 
     app.on_startup.append(announce)
     app.on_shutdown.append(farewell)
-    runner = make_runner(
-        app,
-        settings,
-        access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
-    )
-    asyncio.run(
-        serve_until_signalled(runner, settings.host, settings.port, app[SERVICE_KEY].begin_shutdown)
-    )
+    listeners = [
+        Listener(
+            make_runner(
+                app,
+                settings,
+                access_log=logging.getLogger("aiohttp.access") if settings.access_log else None,
+            ),
+            settings.host,
+            settings.port,
+        )
+    ]
+    if settings.metrics_port:
+        listeners.append(
+            Listener(
+                make_metrics_runner(create_metrics_app(app), settings),
+                settings.metrics_host,
+                settings.metrics_port,
+            )
+        )
+    asyncio.run(serve_until_signalled(listeners, app[SERVICE_KEY].begin_shutdown))
     logger.info("ingest stopped")

@@ -16,22 +16,33 @@ from services.ingest.settings import IngestSettings
 @click.command()
 @click.option("--host", default=None, help="Bind address [env HARSTREAM_INGEST_HOST, 0.0.0.0].")
 @click.option("--port", type=int, default=None, help="HTTP port [env HARSTREAM_INGEST_PORT, 8080].")
-def ingest(host: str | None, port: int | None) -> None:
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Prometheus /metrics port, 0 for none [env HARSTREAM_INGEST_METRICS_PORT, 9101; "
+    "bound to HARSTREAM_INGEST_METRICS_HOST, 127.0.0.1].",
+)
+def ingest(host: str | None, port: int | None, metrics_port: int | None) -> None:
     """Run the HTTP ingest service: POST /v1/packets → Kafka raw topic.
 
     Configured by HARSTREAM_INGEST_* environment variables, e.g.
     HARSTREAM_INGEST_KAFKA_BOOTSTRAP_SERVERS, HARSTREAM_INGEST_KAFKA_PROFILE,
     HARSTREAM_INGEST_TOPIC_PREFIX, HARSTREAM_INGEST_REGISTRY_URL. Also serves /healthz,
-    /readyz, /metrics, /openapi.json and /docs. SIGTERM or SIGINT stops accepting
-    connections, finishes in-flight requests and flushes the producer. Revoked devices are
-    refused within token_cache_ttl_s (default 5 s).
+    /readyz, /openapi.json and /docs; /metrics is on a listener of its own (metrics_host,
+    metrics_port). SIGTERM or SIGINT stops accepting connections, finishes in-flight
+    requests and flushes the producer. Revoked devices are refused within
+    token_cache_ttl_s (default 5 s).
     """
     from services.ingest.app import run  # noqa: PLC0415 - aiohttp/kafka only when serving
 
-    settings = IngestSettings()
-    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    if overrides:
-        settings = settings.model_copy(update=overrides)
+    overrides = {
+        k: v
+        for k, v in (("host", host), ("port", port), ("metrics_port", metrics_port))
+        if v is not None
+    }
+    # Options over the environment, validated together (metrics_port must differ from port).
+    settings = IngestSettings(**overrides)  # type: ignore[arg-type]
     run(settings)
 
 

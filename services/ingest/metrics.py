@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from services.ingest.server import LIMIT_REASONS
+from services.common.http_server import LIMIT_REASONS, REFUSAL_REASONS
 from services.ingest.validation import Reason
 
 # HTTP request latency: a healthy request is a few ms (parse + validate + Kafka ack on a
@@ -18,10 +18,6 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # Kafka acknowledgement (acks=all): sub-ms on a local broker, tens of ms across racks,
 # seconds when the cluster struggles; the same span resolves all three.
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-#: Reasons of aiohttp's own parser refusals (see services.ingest.server).
-HTTP_REFUSAL_REASONS = ("malformed", "too_large", "internal")
 
 
 class IngestMetrics(NamedTuple):
@@ -120,7 +116,7 @@ def create(
         metrics.rejections.labels(reason=reason.value)
     for outcome in ("accepted", "rejected"):
         metrics.request_seconds.labels(outcome=outcome)
-    for refusal in HTTP_REFUSAL_REASONS:
+    for refusal in REFUSAL_REASONS:  # aiohttp's own parser refusals
         metrics.http_refusals.labels(reason=refusal)
     for limit in LIMIT_REASONS:
         metrics.connection_limits.labels(limit=limit)

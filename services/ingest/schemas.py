@@ -273,18 +273,6 @@ def openapi_document(limits: PacketLimits, max_body_bytes: int, version: str) ->
                     },
                 }
             },
-            "/metrics": {
-                "get": {
-                    "operationId": "metrics",
-                    "summary": "Prometheus metrics",
-                    "responses": {
-                        "200": {
-                            "description": "Prometheus text exposition format.",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
-                    },
-                }
-            },
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",

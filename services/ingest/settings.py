@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.ingest.clientaddr import parse_networks
-from services.ingest.server import ListenerLimits
+from services.common.clientaddr import check_proxy_settings
+from services.common.http_server import ListenerLimits
 from services.ingest.validation import PacketLimits
 from shared.settings import StreamSettings
 from shared.xdg import harstream_dir
@@ -24,6 +24,17 @@ class IngestSettings(StreamSettings):
 
     host: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
     port: int = Field(8080, ge=0, le=65535, description="HTTP port (0: any free port).")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description=(
+            "Bind address of the /metrics listener (not served on the device port): loopback "
+            "unless configured (k8s and docker-compose set 0.0.0.0; only Prometheus may "
+            "connect)."
+        ),
+    )
+    metrics_port: int = Field(
+        9101, ge=0, le=65535, description="Port of the Prometheus /metrics listener (0: off)."
+    )
     registry_url: str = Field(
         default_factory=default_registry_url,
         description=(
@@ -185,12 +196,9 @@ class IngestSettings(StreamSettings):
     def _consistent(self) -> IngestSettings:
         if self.min_sample_rate_hz > self.max_sample_rate_hz:
             raise ValueError("min_sample_rate_hz must not exceed max_sample_rate_hz")
-        if self.client_ip_header and not self.trusted_proxies:
-            raise ValueError(
-                "client_ip_header needs trusted_proxies: believed from any peer, the header "
-                "would let every client choose the address it is rate-limited as"
-            )
-        parse_networks(self.trusted_proxies)  # raises ValueError on a bad address
+        check_proxy_settings(self.client_ip_header, self.trusted_proxies)
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ValueError("metrics_port must differ from port: /metrics has its own listener")
         if self.rate_limit_burst_samples < self.max_samples:
             raise ValueError(
                 "rate_limit_burst_samples must be at least max_samples, or the largest "

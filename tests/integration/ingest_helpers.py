@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestClient, TestServer
 from kafka import KafkaConsumer, TopicPartition
 
-from services.ingest.app import SERVICE_KEY, make_runner
+from services.ingest.app import SERVICE_KEY, create_metrics_app, make_runner
 from services.ingest.settings import IngestSettings
 
 
@@ -22,6 +22,14 @@ class IngestTestServer(TestServer):
     async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
         kwargs["handler_cancellation"] = False  # as web.run_app and `harstream ingest`
         return make_runner(self.app, self.app[SERVICE_KEY].settings, **kwargs)
+
+
+async def scrape(app: web.Application) -> str:
+    """The text of ``app``'s /metrics, from the metrics listener (not the device port)."""
+    async with TestClient(IngestTestServer(create_metrics_app(app))) as client:
+        response = await client.get("/metrics")
+        assert response.status == 200, await response.text()
+        return await response.text()
 
 
 def packet(

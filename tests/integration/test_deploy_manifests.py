@@ -193,6 +193,9 @@ def test_probes_use_the_services_real_endpoints(rendered: dict[str, Any]) -> Non
     ingest = main_container("ingest")
     assert ingest["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert port_of(ingest, "http") == 8080
+    assert port_of(ingest, "metrics") == 9101  # /metrics is not on the device port
+    annotations = deployments["ingest"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "9101"
     alerting = main_container("alerting")
     assert alerting["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert port_of(alerting, "http") == 8083
@@ -417,7 +420,12 @@ def test_network_policies_open_each_listener_only_to_its_consumers(
     }
     assert keys == {"harstream.io/console", "harstream.io/operators", "harstream.io/monitoring"}
     # Metrics: Prometheus only.
-    for app, port in (("preprocess", 9102), ("inference", 9103), ("kafka-exporter", 9308)):
+    for app, port in (
+        ("ingest", 9101),
+        ("preprocess", 9102),
+        ("inference", 9103),
+        ("kafka-exporter", 9308),
+    ):
         rules = _rules_for_port(_policies_for(docs, app), port)
         assert rules and all(
             peer["namespaceSelector"]["matchExpressions"][0]["key"] == "harstream.io/monitoring"
@@ -548,10 +556,10 @@ def _stand_in_for_mounted_file(value: str, root: Path) -> str:
 #: Listeners other pods reach (Prometheus, operators, devices): the settings default to
 #: loopback (closed by default), so each deployment must open them explicitly.
 REACHED_LISTENERS = {
-    "ingest": "host",
-    "preprocess": "metrics_host",
-    "inference": "metrics_host",
-    "alerting": "host",
+    "ingest": ("host", "metrics_host"),
+    "preprocess": ("metrics_host",),
+    "inference": ("metrics_host",),
+    "alerting": ("host",),
 }
 
 
@@ -571,8 +579,8 @@ def _assert_settings_accept(
             patch.setenv(name, _stand_in_for_mounted_file(value, Path(mounts)))
         settings = settings_class()
     assert getattr(settings, "kafka_profile", "apache") == "apache"
-    listener = REACHED_LISTENERS[service]
-    assert getattr(settings, listener) == "0.0.0.0", f"{service}: {listener} is not reachable"
+    for listener in REACHED_LISTENERS[service]:
+        assert getattr(settings, listener) == "0.0.0.0", f"{service}: {listener} is not reachable"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -84,6 +84,11 @@ def test_promtool_check_config_compose(tmp_path: Path) -> None:
     config = yaml.safe_load((PROM / "prometheus.yml").read_text())
     jobs = {job["job_name"] for job in config["scrape_configs"]}
     assert {"ingest", "preprocess", "inference", "alerting", "tfserving", "kafka-exporter"} <= jobs
+    # ingest's /metrics is on its metrics listener, not on the device port.
+    (ingest,) = [job for job in config["scrape_configs"] if job["job_name"] == "ingest"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    port = compose["services"]["ingest"]["environment"]["HARSTREAM_INGEST_METRICS_PORT"]
+    assert ingest["static_configs"] == [{"targets": [f"ingest:{port}"]}]
     result = _run(promtool, "check", "config", str(_with_repo_rules(config, tmp_path)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 2 rule files found" in result.stdout

@@ -52,6 +52,7 @@ def test_subprocess_serves_and_stops_cleanly_on_sigterm(
         **os.environ,
         "HARSTREAM_INGEST_HOST": "127.0.0.1",
         "HARSTREAM_INGEST_PORT": str(port),
+        "HARSTREAM_INGEST_METRICS_PORT": "0",  # (test_security_listeners covers it)
         "HARSTREAM_INGEST_REGISTRY_URL": f"sqlite:///{registry.path}",
         "HARSTREAM_INGEST_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "HARSTREAM_INGEST_KAFKA_PROFILE": "tansu",

@@ -183,6 +183,7 @@ def test_sigterm_with_the_broker_paused_exits_0_within_the_shutdown_timeout(
         **os.environ,
         "HARSTREAM_INGEST_HOST": "127.0.0.1",
         "HARSTREAM_INGEST_PORT": str(port),
+        "HARSTREAM_INGEST_METRICS_PORT": "0",
         "HARSTREAM_INGEST_REGISTRY_URL": settings.registry_url,
         "HARSTREAM_INGEST_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
         "HARSTREAM_INGEST_KAFKA_PROFILE": "tansu",

@@ -26,7 +26,7 @@ from services.ingest.errors import RegistryUnavailableError
 from services.ingest.registry import SqliteRegistry
 from services.ingest.settings import IngestSettings
 from shared.messages.raw import RawPacket
-from tests.integration.ingest_helpers import IngestTestServer, auth, packet, read_raw
+from tests.integration.ingest_helpers import IngestTestServer, auth, packet, read_raw, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +109,7 @@ def test_valid_packet_reaches_the_raw_topic_bit_exact(
             assert metric(client, "harstream_ingest_samples_total") == 100
             assert metric(client, "harstream_ingest_devices_active") == 1
             assert metric(client, "harstream_ingest_kafka_ack_seconds_count") == 2
-            text = await (await client.get("/metrics")).text()
+            text = await scrape(client.server.app)
             assert "harstream_ingest_devices_active 1.0" in text
             assert 'harstream_ingest_request_seconds_count{outcome="accepted"} 2.0' in text
 
@@ -403,8 +403,10 @@ def test_operational_endpoints(
             assert {"202", "400", "401", "403", "413", "415", "422", "429", "500", "503"} <= codes
             docs = await client.get("/docs")
             assert docs.status == 200 and "/openapi.json" in await docs.text()
-            metrics = await client.get("/metrics")
-            text = await metrics.text()
+            # /metrics is not on the device port: 404, a problem like every unknown path
+            public = await client.get("/metrics")
+            assert public.status == 404 and public.content_type == "application/problem+json"
+            text = await scrape(client.server.app)
             for name in (
                 "harstream_ingest_packets_total",
                 "harstream_ingest_samples_total",

@@ -16,6 +16,8 @@ import secrets
 import shutil
 import socket
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,6 +29,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry, start_http_server
 
+from services.common.broker import free_port
+from services.common.processes import ServiceProcess
 from services.ingest.app import SERVICE_KEY, create_app
 from services.ingest.registry import SqliteRegistry
 from services.ingest.settings import IngestSettings
@@ -336,6 +340,60 @@ def test_token_guessing_flood_gets_429_while_a_valid_device_keeps_getting_202(
     run(scenario())
 
 
+# -- ingest: /metrics on its own listener -------------------------------------------------------
+
+
+def test_ingest_serves_metrics_only_on_its_metrics_listener_bound_to_loopback(
+    make_settings: Callable[..., IngestSettings], registry: SqliteRegistry, tmp_path: Path
+) -> None:
+    """`harstream ingest` as deployed: /metrics on the device port is a 404 problem; the
+    metrics listener (no HARSTREAM_INGEST_METRICS_HOST: the default) listens on loopback
+    only and serves the counters of the device port's traffic."""
+    settings = make_settings()
+    _, token = registry.add("dev")
+    port, metrics_port = free_port(), free_port()
+    env = {
+        "HARSTREAM_INGEST_HOST": "127.0.0.1",
+        "HARSTREAM_INGEST_PORT": str(port),
+        "HARSTREAM_INGEST_METRICS_PORT": str(metrics_port),
+        "HARSTREAM_INGEST_REGISTRY_URL": settings.registry_url,
+        "HARSTREAM_INGEST_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "HARSTREAM_INGEST_KAFKA_PROFILE": "tansu",
+        "HARSTREAM_INGEST_TOPIC_PREFIX": settings.topic_prefix,
+    }
+    ingest = ServiceProcess.harstream("ingest", ["ingest"], env, tmp_path)
+    ingest.start()
+    try:
+        ingest.wait_http(f"http://127.0.0.1:{port}/readyz", 60)
+        base = f"http://127.0.0.1:{port}"
+        body = json.dumps(packet("dev")).encode()
+        request = urllib.request.Request(
+            f"{base}/v1/packets",
+            data=body,
+            headers={**auth(token), "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+        with pytest.raises(urllib.error.HTTPError) as public:
+            urllib.request.urlopen(f"{base}/metrics", timeout=10)
+        assert public.value.code == 404
+        assert public.value.headers["Content-Type"].startswith("application/problem+json")
+        assert json.loads(public.value.read())["status"] == 404
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        assert "harstream_ingest_packets_total 1.0" in text
+        assert 'harstream_ingest_request_seconds_count{outcome="accepted"} 1.0' in text
+        bound = _listening(metrics_port)
+        assert bound and all(a.is_loopback for a in bound), bound
+        # the metrics listener answers nothing else
+        with pytest.raises(urllib.error.HTTPError) as other:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/v1/packets", timeout=10)
+        assert other.value.code in (404, 405)
+    finally:
+        ingest.stop()
+
+
 # -- model server -------------------------------------------------------------------------------
 
 
@@ -403,6 +461,7 @@ def test_bind_defaults_are_loopback() -> None:
     assert InferenceSettings().metrics_host == "127.0.0.1"
     assert PreprocessSettings().metrics_host == "127.0.0.1"
     assert IngestSettings().host == "0.0.0.0"  # the device-facing door stays public
+    assert IngestSettings().metrics_host == "127.0.0.1"  # ...but not its /metrics
     for settings in (InferenceSettings(), PreprocessSettings()):
         server, thread = start_http_server(0, settings.metrics_host, CollectorRegistry())
         try:

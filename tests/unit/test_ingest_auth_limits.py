@@ -8,8 +8,8 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from services.ingest.clientaddr import client_address, limit_key, parse_networks
-from services.ingest.ratelimit import RateLimiter
+from services.common.clientaddr import client_address, limit_key, parse_networks
+from services.common.ratelimit import RateLimiter
 from services.ingest.settings import IngestSettings
 
 

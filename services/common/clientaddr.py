@@ -70,3 +70,13 @@ def limit_key(address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ip)
+
+
+def check_proxy_settings(client_ip_header: str, trusted_proxies: str) -> None:
+    """``ValueError`` unless the two settings make sense together (for settings validators)."""
+    if client_ip_header and not trusted_proxies:
+        raise ValueError(
+            "client_ip_header needs trusted_proxies: believed from any peer, the header "
+            "would let every client choose the address it is rate-limited as"
+        )
+    parse_networks(trusted_proxies)  # raises ValueError on a bad address
