@@ -31,7 +31,10 @@ def alerting(port: int | None, store_url: str | None, create_topics: bool) -> No
     POST /v1/alerts/{id}/ack|resolve; open: /healthz, /readyz, /metrics).
 
     The /v1 endpoints need an operator: Authorization: Bearer <API key> or HTTP Basic
-    (create one with `harstream operators add NAME --role carer`, in the same store).
+    (create one with `harstream operators add NAME --role carer`, in the same store). An
+    address that fails to authenticate more than ..._AUTH_FAILURE_BURST times (refilled at
+    ..._AUTH_FAILURE_RATE_PER_S) gets 429 until its budget refills; connections are held to
+    ..._HEADER_TIMEOUT_S, ..._BODY_TIMEOUT_S and ..._MAX_CONNECTIONS.
 
     Configured by HARSTREAM_ALERTING_* environment variables (Kafka: ..._KAFKA_BOOTSTRAP_SERVERS,
     ..._KAFKA_PROFILE, ..._TOPIC_PREFIX; webhooks: ..._WEBHOOK_URLS; thresholds:
