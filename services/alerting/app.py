@@ -186,7 +186,7 @@ class AlertingService:
             self.store,
             self.metrics,
             timeout_s=s.webhook_timeout_s,
-            max_attempts=s.webhook_max_attempts,
+            give_up_after_s=s.webhook_give_up_after_s,
             backoff_base_s=s.webhook_backoff_base_s,
             backoff_max_s=s.webhook_backoff_max_s,
             concurrency=s.webhook_concurrency,

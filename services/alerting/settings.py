@@ -138,14 +138,20 @@ class AlertingSettings(StreamSettings):
         description="Comma-separated URLs that receive every alert event as a JSON POST.",
     )
     webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook POST (s).")
-    webhook_max_attempts: int = Field(
-        8, ge=1, description="Attempts per webhook delivery before it is marked failed."
+    webhook_give_up_after_s: float = Field(
+        86_400.0,
+        gt=0,
+        description=(
+            "How long a webhook delivery is retried after its alert event before it is "
+            "marked failed (s): retries are bounded by time, so a receiver outage shorter "
+            "than this loses nothing."
+        ),
     )
     webhook_backoff_base_s: float = Field(
         1.0, gt=0, description="First retry delay (s); doubles per attempt, with full jitter."
     )
     webhook_backoff_max_s: float = Field(
-        300.0, gt=0, description="Longest retry delay (s), also caps a server's Retry-After."
+        60.0, gt=0, description="Longest retry delay (s), also caps a server's Retry-After."
     )
     webhook_concurrency: int = Field(8, ge=1, description="Webhook POSTs in flight at once.")
     webhook_poll_interval_s: float = Field(

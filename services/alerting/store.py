@@ -58,6 +58,8 @@ class Delivery(NamedTuple):
     body: str
     #: Attempts made so far.
     attempts: int
+    #: When the delivery was recorded (Unix time): retries stop ``give_up_after_s`` later.
+    created_at: float
 
 
 class DeviceSnapshot(NamedTuple):
@@ -573,7 +575,10 @@ class _SqlStore:
     def claim_deliveries(self, now: float, limit: int, lease_s: float) -> list[Delivery]:
         def work(cur: Any) -> list[Delivery]:
             cur.execute(self._q(self._claim_sql), (now + lease_s, now, limit))
-            rows = [Delivery(int(r[0]), r[1], r[2], r[3], int(r[4])) for r in cur.fetchall()]
+            rows = [
+                Delivery(int(r[0]), r[1], r[2], r[3], int(r[4]), float(r[5]))
+                for r in cur.fetchall()
+            ]
             return sorted(rows, key=lambda d: d.id)
 
         return self._run(work)
@@ -715,7 +720,7 @@ class SqliteAlertStore(_SqlStore):
     _claim_sql = (
         "UPDATE webhook_outbox SET next_attempt_at = ? WHERE id IN (SELECT id FROM "
         "webhook_outbox WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?) "
-        "RETURNING id, url, idempotency_key, body, attempts"
+        "RETURNING id, url, idempotency_key, body, attempts, created_at"
     )
 
     def __init__(self, path: str | Path) -> None:
@@ -761,7 +766,7 @@ class PostgresAlertStore(_SqlStore):
         "UPDATE webhook_outbox SET next_attempt_at = ? WHERE id IN (SELECT id FROM "
         "webhook_outbox WHERE status = 'pending' AND next_attempt_at <= ? "
         "ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED) "
-        "RETURNING id, url, idempotency_key, body, attempts"
+        "RETURNING id, url, idempotency_key, body, attempts, created_at"
     )
 
     def __init__(self, url: str, schema: str = "harstream_alerting") -> None:

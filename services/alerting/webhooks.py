@@ -83,7 +83,7 @@ class WebhookDispatcher:
         metrics: AlertingMetrics,
         *,
         timeout_s: float,
-        max_attempts: int,
+        give_up_after_s: float,
         backoff_base_s: float,
         backoff_max_s: float,
         concurrency: int,
@@ -92,7 +92,7 @@ class WebhookDispatcher:
         self._store = store
         self._metrics = metrics
         self._timeout_s = timeout_s
-        self._max_attempts = max_attempts
+        self._give_up_after_s = give_up_after_s
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
         self._concurrency = concurrency
@@ -177,9 +177,13 @@ class WebhookDispatcher:
         except (aiohttp.ClientError, TimeoutError) as exc:
             outcome, error = Outcome.RETRY, f"{type(exc).__name__}: {exc}"
         self._metrics.webhook_delivery_seconds.observe(time.perf_counter() - started)
-        if outcome is Outcome.RETRY and attempts >= self._max_attempts:
+        # Retries are bounded by time, not by a count: a count runs out during a receiver
+        # outage of a few minutes (8 attempts took 78 s), and a care team must get the alert
+        # when its receiver is back; only a delivery older than give_up_after_s is failed.
+        age_s = time.time() - delivery.created_at
+        if outcome is Outcome.RETRY and age_s >= self._give_up_after_s:
             outcome = Outcome.FAILED
-            error = f"gave up after {attempts} attempts: {error}"
+            error = f"gave up after {attempts} attempts over {age_s:.0f} s: {error}"
         try:
             if outcome is Outcome.RETRY:
                 delay = retry_delay(

@@ -56,7 +56,7 @@ async def _scenario(tmp_path: Path) -> None:
         store,
         metrics,
         timeout_s=1.0,
-        max_attempts=3,
+        give_up_after_s=2.5,
         backoff_base_s=0.05,
         backoff_max_s=2.0,
         concurrency=4,
@@ -76,16 +76,20 @@ async def _scenario(tmp_path: Path) -> None:
     await runner.cleanup()
 
     final = {r["url"].rsplit("/", 1)[1]: (r["status"], r["attempts"]) for r in store.deliveries()}
-    assert final == {
-        "busy": ("failed", 3),
-        "down": ("failed", 3),
-        "gone": ("failed", 1),  # a 4xx other than 408/429 is not retried
-        "closed": ("failed", 3),
+    assert {name: status for name, (status, _) in final.items()} == {
+        "busy": "failed",
+        "down": "failed",
+        "gone": "failed",
+        "closed": "failed",
     }
+    # Retried until give_up_after_s had passed; a 4xx other than 408/429 is not retried.
+    assert final["gone"][1] == 1
+    assert all(final[name][1] >= 3 for name in ("busy", "down", "closed")), final
     gaps = [b - a for a, b in zip(seen["busy"], seen["busy"][1:], strict=False)]
     assert all(gap >= 0.9 for gap in gaps), gaps  # Retry-After: 1 was honoured
-    assert len(seen["down"]) == 3
+    assert len(seen["down"]) == final["down"][1]
     assert len(seen["gone"]) == 1
+    attempts = sum(n for _, n in final.values())
 
     def sample(outcome: str) -> float:
         value = registry.get_sample_value(
@@ -94,7 +98,63 @@ async def _scenario(tmp_path: Path) -> None:
         return value or 0.0
 
     assert sample("failed") == 4
-    assert sample("retried") == 6
+    assert sample("retried") == attempts - 4
     assert sample("delivered") == 0
-    assert registry.get_sample_value("harstream_webhook_delivery_seconds_count") == 10
+    assert registry.get_sample_value("harstream_webhook_delivery_seconds_count") == attempts
+    store.close()
+
+
+def test_a_receiver_down_for_many_attempts_still_gets_the_alert(tmp_path: Path) -> None:
+    """Retries are bounded by time, not by a count: the fault suite's receiver, down 2 min,
+    lost a DEVICE_OFFLINE notification when 8 attempts had run out after 78 s."""
+    asyncio.run(_outage(tmp_path))
+
+
+async def _outage(tmp_path: Path) -> None:
+    refusals_left = 12  # more attempts than any count-based budget we ever had (8)
+    delivered = asyncio.Event()
+    keys: list[str] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        nonlocal refusals_left
+        if refusals_left > 0:
+            refusals_left -= 1
+            return web.Response(status=503)
+        keys.append(request.headers["Idempotency-Key"])
+        delivered.set()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+
+    store = SqliteAlertStore(tmp_path / "alerts.db")
+    dispatcher = WebhookDispatcher(
+        store,
+        create(CollectorRegistry()),
+        timeout_s=1.0,
+        give_up_after_s=3600.0,
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
+        concurrency=1,
+        poll_interval_s=0.01,
+    )
+    opened = open_alert("dev-1", AlertType.DEVICE_OFFLINE, "no data", time.time(), {})
+    store.record([opened], [url])
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    await asyncio.wait_for(delivered.wait(), timeout=60)
+    deadline = time.monotonic() + 10
+    while store.deliveries()[0]["status"] == "pending" and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)  # the dispatcher records the delivery after the POST
+    stop.set()
+    await task
+    await runner.cleanup()
+
+    (row,) = store.deliveries()
+    assert (row["status"], row["attempts"]) == ("delivered", 13)
+    assert keys == [f"{opened.alert.alert_id}:opened"]
     store.close()
