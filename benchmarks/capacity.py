@@ -340,7 +340,10 @@ def format_step(step: StepResult, why: list[str]) -> str:
             f"  packets/s offered {step.offered_per_s:.0f}, accepted {step.accepted_per_s:.0f}; "
             f"failed {step.failed}, retries {step.retries}, timeouts {step.timeouts}, "
             f"late {step.late}; client p50/p99 {_ms(step.client_p50_s)}/"
-            f"{_ms(step.client_p99_s)} ms",
+            f"{_ms(step.client_p99_s)} ms; answers {step.statuses}"
+            + (
+                f"; ingest rejections {step.rejections_by_reason}" if step.ingest_rejections else ""
+            ),
             f"  end-to-end p50/p99 ms: histogram {_ms(step.e2e_p50_s)}/{_ms(step.e2e_p99_s)} "
             f"(≤1 s: {within}), predictions {_ms(step.pred_p50_s)}/{_ms(step.pred_p99_s)} "
             f"({step.predictions} predictions, {step.windows_per_s:.0f} windows/s, "

@@ -197,6 +197,27 @@ class Snapshot:
     end_offsets: dict[str, int] = field(default_factory=dict)
 
 
+REJECTIONS = "harstream_ingest_rejections_total"
+
+
+def _by_label(
+    before: Snapshot, after: Snapshot, service: str, name: str, label: str
+) -> dict[str, float]:
+    """Increase of counter ``name`` per value of ``label`` between two snapshots (the
+    values that increased)."""
+
+    def values(snapshot: Snapshot) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (n, labels), v in snapshot.metrics.get(service, {}).items():
+            if n == name:
+                key = dict(labels).get(label, "")
+                out[key] = out.get(key, 0.0) + v
+        return out
+
+    old, new = values(before), values(after)
+    return {k: v - old.get(k, 0.0) for k, v in new.items() if v - old.get(k, 0.0) > 0}
+
+
 def lags(metrics: Mapping[str, Samples]) -> dict[str, float]:
     """Records produced but not yet consumed, per consumer group (see :data:`LAG_EDGES`)."""
     out = {}
@@ -255,7 +276,7 @@ class StepResult:
     accepted_per_s: float
     #: Packets given up or answered with a final error during the step (client side).
     failed: int
-    #: Ingest's own rejections during the step (by reason).
+    #: Ingest's own rejections during the step (all reasons; by reason below).
     ingest_rejections: float
     retries: int
     timeouts: int
@@ -284,6 +305,10 @@ class StepResult:
     #: Marginal pipeline memory per added device since the previous step (or since idle,
     #: for the first step) (KiB): what tracking one more device costs, start-up excluded.
     kib_per_device: float | None
+    #: The generator's answers by HTTP status during the step (0: no answer), retries
+    #: included, and ingest's rejections by reason.
+    statuses: dict[int, int] = field(default_factory=dict)
+    rejections_by_reason: dict[str, float] = field(default_factory=dict)
 
     @property
     def pipeline_cpu(self) -> float:
@@ -355,7 +380,7 @@ def step_result(
         offered_per_s=fleet.offered / dt,
         accepted_per_s=fleet.accepted / dt,
         failed=sum(fleet.failed.values()),
-        ingest_rejections=delta("ingest", "harstream_ingest_rejections_total"),
+        ingest_rejections=delta("ingest", REJECTIONS),
         retries=fleet.retries,
         timeouts=fleet.timeouts,
         late=fleet.late,
@@ -375,6 +400,8 @@ def step_result(
         broker_in_per_s=(sum(after.end_offsets.values()) - sum(before.end_offsets.values())) / dt,
         broker_out_per_s=consumed / dt,
         pipeline_rss_bytes=pipeline_rss,
+        statuses=dict(fleet.statuses),
+        rejections_by_reason=_by_label(before, after, "ingest", REJECTIONS, "reason"),
         kib_per_device=(
             (pipeline_rss - previous[1]) / (devices - previous[0]) / 1024
             if previous is not None and devices > previous[0]

@@ -1,0 +1,72 @@
+"""The capacity benchmark in a short form against the real local pipeline: two steps (20 and
+50 devices, 10 s each). Checks that its figures are consistent with each other, never how
+fast anything was (the machine is shared): accepted never exceeds offered, every accepted
+packet became the windows it makes, every process is accounted for."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.capacity import parse_args, run
+from benchmarks.capacity_stats import LAG_EDGES, NOT_PIPELINE
+
+
+def test_short_capacity_ramp_is_consistent(tmp_path: Path) -> None:
+    summary = run(
+        parse_args(
+            [
+                "--steps",
+                "20,50",
+                "--hold-s",
+                "10",
+                "--warmup-s",
+                "5",
+                "--lag-every-s",
+                "2",
+                "--keep-going",
+                "--workdir",
+                str(tmp_path / "work"),
+                "--json",
+                str(tmp_path / "capacity.json"),
+                "--plot",
+                str(tmp_path / "capacity.png"),
+                "--markdown",
+                str(tmp_path / "capacity.md"),
+            ]
+        )
+    )
+    steps = summary["steps"]
+    assert [s["devices"] for s in steps] == [20, 50]
+    for step in steps:
+        seconds = step["seconds"]
+        offered = step["offered_per_s"] * seconds
+        accepted = step["accepted_per_s"] * seconds
+        # Offered counts by schedule, accepted by answer: at most one packet per device
+        # was in flight across the hold's start.
+        assert 0 < accepted <= offered + step["devices"]
+        assert step["predictions"] > 0
+        assert step["windows_per_s"] > 0
+        assert set(step["lag"]) == set(LAG_EDGES)
+        assert step["statuses"].get(202, step["statuses"].get("202", 0)) >= accepted
+        services = {"broker", "modelserver", "ingest", "preprocess", "inference", "alerting"}
+        assert services | NOT_PIPELINE <= set(step["cpu"])
+        assert all(v >= 0 for v in step["cpu"].values())
+        assert step["pipeline_cpu"] == sum(
+            v for k, v in step["cpu"].items() if k not in NOT_PIPELINE
+        )
+        assert all(step["rss_mib"][name] > 0 for name in services)
+    # After the drain, every device's accepted samples became every window they make.
+    loss = summary["loss_after_drain"]
+    assert loss["devices"] == 50
+    assert loss["expected"] > 0
+    assert loss["lost"] == 0, loss
+    assert summary["undecodable_predictions"] == 0
+    final = summary["fleet_final"]
+    assert final is not None
+    # Every request was answered (or failed) except those in flight when the fleet stopped.
+    assert 0 <= final["requests"] - sum(final["statuses"].values()) <= 50
+    assert final["accepted"] + final["gave_up"] <= final["offered"]
+    assert json.loads((tmp_path / "capacity.json").read_text())["steps"][1]["devices"] == 50
+    assert (tmp_path / "capacity.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "capacity.md").read_text().count("\n| 50 |") == 1
