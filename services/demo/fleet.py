@@ -90,6 +90,15 @@ def packet_body(
     )
 
 
+def source_address(index: int) -> str:
+    """The loopback address device ``index`` connects from: ``127.1.x.y``, one per device
+    (62,500 before they repeat). Real wearables each have their own address; from a single
+    one, ingest's per-address limits would judge a whole fleet as one client (its gate on
+    concurrent uncached token lookups turned 25 of 150 devices joining at once away with
+    429 here). Linux answers on all of 127.0.0.0/8."""
+    return f"127.1.{(index // 250) % 250}.{index % 250 + 1}"
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     """One simulated device as its worker process receives it."""

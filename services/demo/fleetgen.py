@@ -47,6 +47,7 @@ from services.demo.fleet import (
     phase_of,
     render_chunks,
     retry_delay,
+    source_address,
 )
 from services.inference.retry import BackoffPolicy
 
@@ -64,6 +65,9 @@ class FleetConfig:
     #: Longest wait for one answer before the packet counts as timed out (seconds).
     request_timeout_s: float = 10.0
     max_retries: int = 5
+    #: Each device connects from its own loopback address (:func:`source_address`); only
+    #: for a loopback ingest URL.
+    spread_sources: bool = True
     backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(0.2, 5.0, 2.0, 0.5))
 
     @property
@@ -118,14 +122,17 @@ def register_fleet(registry_url: str, count: int, prefix: str = "fleet") -> list
 class _HttpConnection:
     """One keep-alive HTTP/1.1 connection, opened on first use and after a failure."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, source: str | None = None) -> None:
         self.host, self.port = host, port
+        self.local_addr = None if source is None else (source, 0)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
     async def request(self, data: bytes) -> tuple[int, float | None]:
         if self._writer is None:
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            self._reader, self._writer = await asyncio.open_connection(
+                self.host, self.port, local_addr=self.local_addr
+            )
         assert self._reader is not None
         # One request in flight per connection and ~6 KB each: the socket buffer takes it
         # whole, so no drain() (a coroutine per request saved).
@@ -165,6 +172,7 @@ class _Worker:
         parts = urlsplit(config.url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
+        self.spread_sources = config.spread_sources and self.host.startswith("127.")
 
     def add(self, specs: Sequence[DeviceSpec], start_at: float) -> None:
         for spec in specs:
@@ -197,7 +205,8 @@ class _Worker:
             f"Authorization: Bearer {spec.token}\r\nContent-Type: application/json\r\n"
             "Content-Length: "
         ).encode()
-        connection = _HttpConnection(self.host, self.port)
+        source = source_address(spec.index) if self.spread_sources else None
+        connection = _HttpConnection(self.host, self.port, source)
         seq = 0
         try:
             while True:

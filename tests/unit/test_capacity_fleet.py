@@ -21,6 +21,7 @@ from services.demo.fleet import (
     phase_of,
     render_chunks,
     retry_delay,
+    source_address,
 )
 from services.inference.retry import BackoffPolicy
 from services.ingest.schemas import Packet
@@ -149,3 +150,11 @@ def test_client_latency_quantiles() -> None:
     assert p999 is not None and 2.0 < p999 <= 3.5
     c.observe_latency(1e6)  # past the last bound: counted, reported at the last bound
     assert c.latency_quantile(1.0) == LATENCY_BOUNDS[-1]
+
+
+def test_each_device_connects_from_its_own_loopback_address() -> None:
+    addresses = [source_address(i) for i in range(5000)]
+    assert len(set(addresses)) == 5000
+    assert all(a.startswith("127.") for a in addresses)
+    assert all(0 <= int(part) < 255 for a in addresses for part in a.split("."))
+    assert all(a.split(".")[3] != "0" for a in addresses)  # never a network address
