@@ -45,6 +45,7 @@ from typing import Any
 from benchmarks.capacity_stats import (
     LAG_EDGES,
     NOT_PIPELINE,
+    LagTrend,
     ProcStat,
     Snapshot,
     StepResult,
@@ -462,10 +463,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="write all figures here")
     parser.add_argument("--plot", type=Path, default=None, help="write the PNG here")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="no run: judge, print and plot the steps of an earlier --json file again",
+    )
     parser.add_argument("--profile-at", type=int, default=None, help="py-spy during step N")
     parser.add_argument("--profile-s", type=float, default=30.0)
     parser.add_argument("--profile-dir", type=Path, default=Path("profiles"))
     return parser.parse_args(argv)
+
+
+def load_steps(path: Path) -> list[tuple[StepResult, list[str]]]:
+    """The steps of a ``--json`` file, judged again (by this version's rules)."""
+    steps = []
+    for data in json.loads(path.read_text())["steps"]:
+        fields = {k: v for k, v in data.items() if k not in ("why", "pipeline_cpu")}
+        fields["lag"] = {
+            group: LagTrend(t["start"], t["end"], t["growth"], t["rate_per_s"])
+            for group, t in data["lag"].items()
+        }
+        fields["statuses"] = {int(k): v for k, v in data.get("statuses", {}).items()}
+        step = StepResult(**fields)
+        steps.append((step, judge(step)))
+    return steps
+
+
+def replay(args: argparse.Namespace) -> None:
+    results = load_steps(args.from_json)
+    for step, why in results:
+        print(format_step(step, why))
+    best = largest_passing(results)
+    if best is None:
+        print("no step met the targets")
+    else:
+        dpc = devices_per_core(best)
+        print(
+            f"largest N meeting the targets: {best.devices} devices (pipeline CPU "
+            f"{best.pipeline_cpu:.2f} s/s: {'-' if dpc is None else f'{dpc:.0f}'} devices per core)"
+        )
+    if args.markdown:
+        args.markdown.write_text(markdown_table(results) + "\n")
+    if args.plot and results:
+        plot(results, args.plot)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -574,7 +615,11 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.ERROR)  # "group_id is None" per consumer
-    run(parse_args(argv))
+    args = parse_args(argv)
+    if args.from_json is not None:
+        replay(args)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":

@@ -250,9 +250,12 @@ class LagTrend:
 
     @property
     def growing(self) -> bool:
-        """More than a second's worth of records (and at least 50) gained over the hold:
-        a pipeline keeping up wobbles around a constant lag, one falling behind climbs."""
-        return self.growth > max(50.0, self.rate_per_s)
+        """More than a second's worth of records (and at least 50) gained over the hold,
+        both by the fitted trend and from the first sample to the last: a pipeline keeping
+        up wobbles around a constant lag (a burst in mid-hold tilts the fit, not the ends),
+        one falling behind climbs."""
+        tolerance = max(50.0, self.rate_per_s)
+        return self.growth > tolerance and self.end - self.start > tolerance
 
 
 def lag_trend(points: Sequence[tuple[float, float]], rate_per_s: float) -> LagTrend:

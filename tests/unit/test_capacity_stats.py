@@ -172,6 +172,10 @@ def test_lag_growing_only_past_a_seconds_worth() -> None:
     assert trend.growing
     assert not lag_trend(climbing, rate_per_s=5000).growing
     assert not lag_trend([], rate_per_s=10).growing
+    # A burst in mid-hold that was worked off: the fit tilts up, the ends agree.
+    hump = [(0.0, 0.0), (20.0, 0.0), (40.0, 3000.0), (50.0, 3000.0), (60.0, 0.0)]
+    assert lag_trend(hump, rate_per_s=80).growth > 80
+    assert not lag_trend(hump, rate_per_s=80).growing
 
 
 def _snapshot(t: float, fleet: FleetCounters, metrics: str, cpu: dict[str, float]) -> Snapshot:
