@@ -62,6 +62,7 @@ from services.ingest.validation import (
     FieldError,
     Invalid,
     Reason,
+    ValidPacket,
     validate_packet,
 )
 from shared.messages.raw import RawPacket
@@ -372,35 +373,7 @@ class IngestService:
         raw = await self._read_body(request)
         if encoding == "gzip":
             raw = self._gunzip(raw)
-        try:
-            body, exact = parse_json(raw)
-        except BodyError as exc:
-            raise Rejection(400, Reason.MALFORMED, str(exc)) from None
-        claimed = body.get("device_id") if isinstance(body, dict) else None
-        # Only a well-formed id can name another device; anything else (a lone surrogate
-        # from a "\ud800" escape, say) is the packet's own 422 below. Whether the other id
-        # is registered is not looked up: the answer is the unknown token's, word for word.
-        if (
-            isinstance(claimed, str)
-            and claimed != device.device_id
-            and DEVICE_ID_RE.fullmatch(claimed)
-        ):
-            self.auth_limit.failed(source)  # a failed authentication too
-            raise Rejection(
-                401, Reason.UNAUTHENTICATED, INVALID_CREDENTIALS, headers=INVALID_TOKEN_CHALLENGE
-            )
-
-        now = self._clock()
-        last = self.progress.last(device.device_id)
-        result = validate_packet(body, settings.limits, now, last)
-        if isinstance(result, Invalid) and not exact:
-            # Refusals are worded from the document json.loads reads (see ingest.body).
-            try:
-                result = validate_packet(parse_exact(raw), settings.limits, now, last)
-            except BodyError as exc:
-                raise Rejection(400, Reason.MALFORMED, str(exc)) from None
-        if isinstance(result, Invalid):
-            raise Rejection(result.status, result.reason, result.detail, result.errors)
+        result = self._validated(raw, device, source)
 
         n = result.num_samples
         decision = self.limiter.acquire(device.device_id, n)
@@ -456,6 +429,44 @@ class IngestService:
             content_type="application/json",
             charset="utf-8",
         )
+
+    def _validated(self, raw: bytes, device: DeviceRecord, source: str) -> ValidPacket:
+        """The packet in body ``raw`` of ``device``'s request, or the Rejection saying why
+        not. A method of its own so the parsed document (~350 objects for 50 samples) is
+        freed before the request waits for Kafka: held through the wait, every in-flight
+        request's document went through the garbage collector's generations.
+        """
+        settings = self.settings
+        try:
+            body, exact = parse_json(raw)
+        except BodyError as exc:
+            raise Rejection(400, Reason.MALFORMED, str(exc)) from None
+        claimed = body.get("device_id") if isinstance(body, dict) else None
+        # Only a well-formed id can name another device; anything else (a lone surrogate
+        # from a "\ud800" escape, say) is the packet's own 422 below. Whether the other id
+        # is registered is not looked up: the answer is the unknown token's, word for word.
+        if (
+            isinstance(claimed, str)
+            and claimed != device.device_id
+            and DEVICE_ID_RE.fullmatch(claimed)
+        ):
+            self.auth_limit.failed(source)  # a failed authentication too
+            raise Rejection(
+                401, Reason.UNAUTHENTICATED, INVALID_CREDENTIALS, headers=INVALID_TOKEN_CHALLENGE
+            )
+
+        now = self._clock()
+        last = self.progress.last(device.device_id)
+        result = validate_packet(body, settings.limits, now, last)
+        if isinstance(result, Invalid) and not exact:
+            # Refusals are worded from the document json.loads reads (see ingest.body).
+            try:
+                result = validate_packet(parse_exact(raw), settings.limits, now, last)
+            except BodyError as exc:
+                raise Rejection(400, Reason.MALFORMED, str(exc)) from None
+        if isinstance(result, Invalid):
+            raise Rejection(result.status, result.reason, result.detail, result.errors)
+        return result
 
     def _warn_broker(self, exc: BaseException) -> None:
         # One line per interval, not one per refused request, while Kafka is down.
