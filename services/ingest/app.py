@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import math
 import time
@@ -732,6 +733,23 @@ def make_metrics_runner(metrics_app: web.Application, settings: IngestSettings) 
     )
 
 
+#: Thresholds of the cyclic garbage collector in the serving process (CPython's: 700, 10,
+#: 10). Each request allocates a few hundred container objects that die with it; with the
+#: default, the young generation was collected ~200 times a second under 1,000 live
+#: devices and the collector took 0.05–0.09 CPU-seconds per second (gc callbacks in a
+#: bench_ingest run), ~10 % of ingest's CPU; with these, under 0.01. Memory is not at
+#: stake: 20,000 young objects are a few MB.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Set :data:`GC_THRESHOLDS`, and move what start-up created (modules, the app, the
+    settings) out of the collector's sight: it lives as long as the process."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run(settings: IngestSettings) -> None:
     """Serve until SIGTERM/SIGINT, then stop within shutdown_timeout_s: stop accepting
     connections, let in-flight requests finish (half the budget), give outstanding records
@@ -765,6 +783,7 @@ def run(settings: IngestSettings) -> None:
 
     app.on_startup.append(announce)
     app.on_shutdown.append(farewell)
+    tune_gc()
     listeners = [
         Listener(
             make_runner(

@@ -282,9 +282,7 @@ class KafkaPacketSink:
             bootstrap_timeout_ms=3000,
             # Topics are created by operators (or `create_topics`) with chosen partitions.
             allow_auto_create_topics=False,
-            # No linger: concurrent requests batch up by themselves while a produce request is
-            # in flight, and a lone packet is not held back (1 ms linger measured 4× the latency).
-            linger_ms=0,
+            linger_ms=self.settings.producer_linger_ms,
         )
 
     def _create_client(self) -> Any:

@@ -99,6 +99,16 @@ class IngestSettings(StreamSettings):
             "(seconds)."
         ),
     )
+    producer_linger_ms: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description=(
+            "How long the Kafka producer waits to fill a batch before sending it (ms): "
+            "records of concurrent requests share produce requests, for up to this much "
+            "more latency per packet."
+        ),
+    )
     heartbeat_interval_s: float = Field(
         1.0,
         ge=0,
