@@ -375,3 +375,80 @@ def test_no_heartbeat_is_stamped_while_the_previous_round_may_still_be_written()
             assert all(b - a >= 0.55 for a, b in itertools.pairwise(stamps)), stamps
 
     asyncio.run(scenario())
+
+
+class DoneFuture:
+    """A record kafka-python completed before the callbacks were added: it calls them at
+    once, on the thread that adds them (the producer's worker)."""
+
+    def __init__(self) -> None:
+        self.done = True
+
+    def add_callback(self, fn: Any) -> None:
+        fn("metadata")
+
+    def add_errback(self, fn: Any) -> None:
+        pass
+
+
+class InstantProducer(FakeProducer):
+    """Acknowledges every record before send() returns."""
+
+    def send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> Any:
+        super().send(topic, key, value, partition)
+        return DoneFuture()
+
+
+class RefusingProducer(FakeProducer):
+    def send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> Any:
+        raise KafkaTimeoutError("Failed to update metadata after 0.3 secs.")
+
+
+def test_concurrent_sends_share_worker_calls_and_the_health_stays_consistent() -> None:
+    async def scenario() -> None:
+        settings = IngestSettings(topic_prefix="t", produce_timeout_s=2.0, heartbeat_interval_s=0.0)
+        s = KafkaPacketSink(settings, producer_factory=InstantProducer, admin_factory=FakeAdmin)
+        await connected(s)
+        current = s._current
+        assert current is not None
+        calls = 0
+        call = current.worker.call
+
+        def counting(fn: Any) -> None:
+            nonlocal calls
+            calls += 1
+            call(fn)
+
+        current.worker.call = counting  # type: ignore[method-assign]
+        values = [f"v{i}".encode() for i in range(300)]
+        acks = await asyncio.gather(*(s.send(b"dev", v) for v in values))
+        assert len(acks) == 300 and all(a >= 0 for a in acks)
+        producer = FakeProducer.instances[0]
+        assert [v for _, _, v in producer.sent] == values  # in the order they were handed over
+        assert calls < 300  # the hand-offs were batched
+        # Acknowledged before the loop heard they were handed over, yet counted in order.
+        assert current.health.outstanding == 0 and current.health.acknowledged == 300
+        assert current.drained.is_set()
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_record_refused_at_once_is_broker_unavailable_and_never_outstanding() -> None:
+    async def scenario() -> None:
+        settings = IngestSettings(topic_prefix="t", produce_timeout_s=1.0, heartbeat_interval_s=0)
+        s = KafkaPacketSink(settings, producer_factory=RefusingProducer, admin_factory=FakeAdmin)
+        await connected(s)
+        with pytest.raises(BrokerUnavailableError, match="refused"):
+            await s.send(b"k", b"v")
+        current = s._current
+        assert current is not None
+        assert (current.health.outstanding, current.health.failed) == (0, 0)
+        assert current.drained.is_set()
+        await s.close()
+
+    asyncio.run(scenario())
