@@ -40,8 +40,9 @@ def test_short_capacity_ramp_is_consistent(tmp_path: Path) -> None:
     assert [s["devices"] for s in steps] == [20, 50]
     for step in steps:
         seconds = step["seconds"]
-        offered = step["offered_per_s"] * seconds
-        accepted = step["accepted_per_s"] * seconds
+        # Counts come back as rates: rate × seconds is a count only up to float rounding.
+        offered = round(step["offered_per_s"] * seconds)
+        accepted = round(step["accepted_per_s"] * seconds)
         # Offered counts by schedule, accepted by answer: at most one packet per device
         # was in flight across the hold's start.
         assert 0 < accepted <= offered + step["devices"]
