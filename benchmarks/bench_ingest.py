@@ -107,6 +107,7 @@ def ingest_process(
     registry_url: str,
     log: Path,
     hidden: Path | None = None,
+    max_connections: int = 1000,
 ) -> Iterator[tuple[int, str]]:
     """``harstream ingest`` run from source tree ``tree`` (its own code: ``-m`` puts the
     working directory first on sys.path), with the modules in ``hidden`` (a directory of
@@ -124,6 +125,9 @@ def ingest_process(
         "HARSTREAM_INGEST_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "HARSTREAM_INGEST_KAFKA_PROFILE": "tansu",
         "HARSTREAM_INGEST_TOPIC_PREFIX": prefix,
+        # One keep-alive connection per device: the default cap (1,000) would answer the
+        # devices beyond it 503 at once.
+        "HARSTREAM_INGEST_MAX_CONNECTIONS": str(max_connections),
     }
     with log.open("ab") as out:
         process = subprocess.Popen(
@@ -166,6 +170,7 @@ def measure(
             registry_url,
             workdir / f"ingest-{label}.log",
             workdir / "hidden" if label == "base" and args.compare_hide else None,
+            max_connections=len(devices) + 100,
         ) as (pid, url),
         Fleet(FleetConfig(url), processes=args.processes) as fleet,
     ):

@@ -282,6 +282,7 @@ class KafkaPacketSink:
             bootstrap_timeout_ms=3000,
             # Topics are created by operators (or `create_topics`) with chosen partitions.
             allow_auto_create_topics=False,
+            # Records of concurrent requests share a produce request (see the setting).
             linger_ms=self.settings.producer_linger_ms,
         )
 
