@@ -18,12 +18,12 @@ from pathlib import Path
 
 #: Leaf frames of a thread that waits rather than runs. With ``--nonblocking`` py-spy cannot
 #: always tell an idle thread, so these are dropped here: the event loop's epoll, and the
-#: queue waits of executor and producer-bridge threads (lines of Python 3.11.7 and of
-#: services/ingest/producer.py as profiled).
+#: queue waits of executor and producer-bridge threads (lines of Python 3.11.7; any line of
+#: the bridge's ``_run``, whose only blocking call is its queue wait).
 IDLE_LEAVES = re.compile(
     r"^(EpollSelector\.select|PollSelector\.select|select) \(.*selectors\.py"
     r"|^_worker \(.*concurrent/futures/thread\.py:81\)"
-    r"|^_DaemonWorker\._run \(.*services/ingest/producer\.py:107\)"
+    r"|^_DaemonWorker\._run \(.*services/ingest/producer\.py:\d+\)"  # its one loop: the queue wait
     r"|^(Condition|Event|Semaphore)\.wait \("
     r"|^(Queue|SimpleQueue)\.get \("
     r"|^Thread\.join \("
