@@ -10,7 +10,6 @@ import asyncio
 import base64
 import json
 import logging
-import statistics
 import subprocess
 import sys
 import threading
@@ -267,15 +266,8 @@ def test_basic_auth_and_an_unknown_name_answers_like_a_wrong_password(api: Api) 
     same_headers = {k: v for k, v in wrong[1].items() if k != "Date"}
     assert same_headers == {k: v for k, v in unknown[1].items() if k != "Date"}
 
-    # Timing: an unknown name costs a scrypt too (without it: ~1 ms against ~70 ms).
-    def seconds(headers: dict[str, str]) -> float:
-        t0 = time.perf_counter()
-        assert api.call("GET", "/v1/alerts", headers)[0] == 401
-        return time.perf_counter() - t0
-
-    wrong_s = statistics.median(seconds(basic(name, "x" * 12)) for _ in range(7))
-    unknown_s = statistics.median(seconds(basic("nobody-here", "x" * 12)) for _ in range(7))
-    assert unknown_s > 0.5 * wrong_s, (unknown_s, wrong_s)
+    # That an unknown name costs the same scrypt as a wrong password is counted, not timed,
+    # in tests/unit/test_operators.py (a timing here failed under a loaded CI machine).
 
 
 def test_revoke_and_rotate_by_the_cli_take_effect_at_once(api: Api) -> None:

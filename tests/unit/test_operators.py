@@ -4,11 +4,12 @@ verification of a credential against a stored operator (no store, no HTTP)."""
 from __future__ import annotations
 
 import base64
-import time
+import hashlib
 
 import pytest
 from pydantic import SecretStr
 
+from services.common import operators
 from services.common.operators import (
     SCRYPT,
     ApiKeyCredential,
@@ -214,28 +215,35 @@ def test_password_authenticates_and_fails_the_same_way() -> None:
     assert authenticate(good, no_password) is None
 
 
-def test_an_unknown_name_costs_a_scrypt_like_a_wrong_password() -> None:
+def test_an_unknown_name_costs_a_scrypt_like_a_wrong_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Timing must not tell whether a name exists: a miss verifies against a dummy hash of
-    the default cost (without it an unknown name answers in microseconds)."""
+    the default cost (without it an unknown name answers in microseconds). Counted, not
+    timed: the same scrypt work (calls and their n, r, p) for a miss as for a wrong
+    password, whatever the machine's load."""
     record, _ = new_operator("ana", Role.CARER, 1000.0, PASSWORD)  # default cost
     wrong = parse_authorization(_basic("ana:not the password"))
     unknown = parse_authorization(_basic("nobody:not the password"))
     assert wrong is not None and unknown is not None
     dummy_password_hash()  # computed once per process, before any request
 
-    def median(
-        credential: PasswordCredential | ApiKeyCredential, stored: OperatorRecord | None
-    ) -> float:
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            assert authenticate(credential, stored) is None
-            times.append(time.perf_counter() - t0)
-        return sorted(times)[2]
+    calls: list[tuple[int, int, int]] = []
+    real_scrypt = hashlib.scrypt
 
-    wrong_s, unknown_s = median(wrong, record), median(unknown, None)
-    assert unknown_s > 0.5 * wrong_s, (unknown_s, wrong_s)
-    assert unknown_s < 2.0 * wrong_s, (unknown_s, wrong_s)
+    def counting_scrypt(
+        password: bytes, *, salt: bytes, n: int, r: int, p: int, **kw: int
+    ) -> bytes:
+        calls.append((n, r, p))
+        return real_scrypt(password, salt=salt, n=n, r=r, p=p, **kw)
+
+    monkeypatch.setattr(operators.hashlib, "scrypt", counting_scrypt)
+    assert authenticate(wrong, record) is None
+    for_wrong_password = list(calls)
+    calls.clear()
+    assert authenticate(unknown, None) is None
+    assert len(for_wrong_password) == 1
+    assert calls == for_wrong_password
 
 
 def test_new_operator_checks_and_hashes() -> None:
