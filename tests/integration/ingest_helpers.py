@@ -3,15 +3,20 @@ topic."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
 
-from services.ingest.app import SERVICE_KEY, create_metrics_app, make_runner
+from services.ingest.app import SERVICE_KEY, create_app, create_metrics_app, make_runner
+from services.ingest.registry import SqliteRegistry
 from services.ingest.settings import IngestSettings
 
 
@@ -22,6 +27,31 @@ class IngestTestServer(TestServer):
     async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
         kwargs["handler_cancellation"] = False  # as web.run_app and `harstream ingest`
         return make_runner(self.app, self.app[SERVICE_KEY].settings, **kwargs)
+
+
+@asynccontextmanager
+async def serve(
+    settings: IngestSettings, registry: SqliteRegistry, wait_ready: bool = True
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """The ingest app on a test server, by default once /readyz says ready."""
+    app = create_app(settings, registry=registry, metrics_registry=CollectorRegistry())
+    async with TestClient(IngestTestServer(app)) as client:
+        if wait_ready:
+            deadline = time.monotonic() + 15
+            while True:
+                response = await client.get("/readyz")
+                if response.status == 200:
+                    break
+                assert time.monotonic() < deadline, await response.text()
+                await asyncio.sleep(0.1)
+        yield client
+
+
+def metric(client: TestClient[web.Request, web.Application], name: str, **labels: str) -> float:
+    """A sample of the served app's own metrics registry (0 before it was first counted)."""
+    service = client.server.app[SERVICE_KEY]  # type: ignore[union-attr]
+    value = service.metrics_registry.get_sample_value(name, labels)
+    return 0.0 if value is None else float(value)
 
 
 async def scrape(app: web.Application) -> str:

@@ -9,7 +9,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,16 +16,23 @@ import numpy as np
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from prometheus_client import CollectorRegistry
 
 from services.common.broker import EmbeddedBroker, free_port
 from services.common.kafka import create_topics
-from services.ingest.app import SERVICE_KEY, create_app
+from services.ingest.app import create_app
 from services.ingest.errors import RegistryUnavailableError
 from services.ingest.registry import SqliteRegistry
 from services.ingest.settings import IngestSettings
 from shared.messages.raw import RawPacket
-from tests.integration.ingest_helpers import IngestTestServer, auth, packet, read_raw, scrape
+from tests.integration.ingest_helpers import (
+    IngestTestServer,
+    auth,
+    metric,
+    packet,
+    read_raw,
+    scrape,
+    serve,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -57,29 +63,6 @@ def make_settings(
         return settings
 
     return make
-
-
-@asynccontextmanager
-async def serve(
-    settings: IngestSettings, registry: SqliteRegistry, wait_ready: bool = True
-) -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    app = create_app(settings, registry=registry, metrics_registry=CollectorRegistry())
-    async with TestClient(IngestTestServer(app)) as client:
-        if wait_ready:
-            deadline = time.monotonic() + 15
-            while True:
-                response = await client.get("/readyz")
-                if response.status == 200:
-                    break
-                assert time.monotonic() < deadline, await response.text()
-                await asyncio.sleep(0.1)
-        yield client
-
-
-def metric(client: TestClient[web.Request, web.Application], name: str, **labels: str) -> float:
-    service = client.server.app[SERVICE_KEY]  # type: ignore[union-attr]
-    value = service.metrics_registry.get_sample_value(name, labels)
-    return 0.0 if value is None else value
 
 
 def test_valid_packet_reaches_the_raw_topic_bit_exact(

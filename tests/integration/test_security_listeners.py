@@ -18,8 +18,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,13 +30,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from services.common.broker import free_port
 from services.common.processes import ServiceProcess
-from services.ingest.app import SERVICE_KEY, create_app
 from services.ingest.registry import SqliteRegistry
 from services.ingest.settings import IngestSettings
 from services.modelserver.process import ModelServerProcess
 from services.modelserver.settings import ModelServerSettings
 from tests.integration.conftest import REPO_ROOT
-from tests.integration.ingest_helpers import IngestTestServer, auth, packet
+from tests.integration.ingest_helpers import auth, metric, packet, serve
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +46,8 @@ Client = TestClient[web.Request, web.Application]
 SLACK_S = 2.0
 #: The flooding client's address: another loopback address than the device's 127.0.0.1.
 FLOOD_ADDRESS = "127.0.0.2"
+#: Connections closed or refused by a listener limit, by limit.
+LIMITS = "harstream_ingest_connection_limits_total"
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -75,29 +75,10 @@ def make_settings(
     return make
 
 
-@asynccontextmanager
-async def serve(settings: IngestSettings, registry: SqliteRegistry) -> AsyncIterator[Client]:
-    app = create_app(settings, registry=registry, metrics_registry=CollectorRegistry())
-    async with TestClient(IngestTestServer(app)) as client:
-        deadline = time.monotonic() + 15
-        while (await client.get("/readyz")).status != 200:
-            assert time.monotonic() < deadline, "ingest not ready"
-            await asyncio.sleep(0.1)
-        yield client
-
-
 def address(client: Client) -> tuple[str, int]:
     server = client.server
     assert server.port is not None
     return str(server.host), server.port
-
-
-def limit_count(client: Client, limit: str) -> float:
-    service = client.server.app[SERVICE_KEY]  # type: ignore[attr-defined]
-    value = service.metrics_registry.get_sample_value(
-        "harstream_ingest_connection_limits_total", {"limit": limit}
-    )
-    return 0.0 if value is None else float(value)
 
 
 def open_connections(client: Client) -> int:
@@ -159,7 +140,7 @@ def test_idle_and_trickling_sockets_are_closed_within_the_header_timeout(
                 assert closed_after >= settings.header_timeout_s - 0.1, closed_after
                 assert data.startswith(b"HTTP/1.1 408 "), data[:80]
                 assert b"application/problem+json" in data and b"header_timeout" in data
-            assert limit_count(client, "header_timeout") == 100
+            assert metric(client, LIMITS, limit="header_timeout") == 100
             # nothing is left open on the server's side either
             deadline = time.monotonic() + SLACK_S
             while open_connections(client) > 0:
@@ -201,7 +182,7 @@ def test_slow_bodies_are_answered_408_and_closed_within_the_body_timeout(
                 assert closed_after >= settings.body_timeout_s - 0.1, closed_after
                 assert data.startswith(b"HTTP/1.1 408 "), data[:80]
                 assert b"body_timeout" in data
-            assert limit_count(client, "body_timeout") == 50
+            assert metric(client, LIMITS, limit="body_timeout") == 50
             # an honest device on the same server is unaffected
             response = await client.post("/v1/packets", json=packet("dev"), headers=auth(token))
             assert response.status == 202, await response.text()
@@ -224,7 +205,7 @@ def test_idle_keepalive_connection_is_closed_after_its_timeout(
             data = await until_closed(reader, settings.keepalive_timeout_s + SLACK_S)
             assert time.monotonic() - answered >= settings.keepalive_timeout_s - 0.1
             assert data.startswith(b"HTTP/1.1 200 ") and b"408" not in data
-            assert limit_count(client, "idle_timeout") >= 1  # (the test client idles too)
+            assert metric(client, LIMITS, limit="idle_timeout") >= 1  # (the test client idles too)
             writer.close()
 
     run(scenario())
@@ -255,7 +236,7 @@ def test_connections_past_the_cap_get_503_unread_and_capacity_returns(
             assert head.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in head
             problem = json.loads(body)
             assert problem["status"] == 503 and problem["reason"] == "over_capacity"
-            assert limit_count(client, "over_capacity") >= 1
+            assert metric(client, LIMITS, limit="over_capacity") >= 1
             # one held connection goes away: the next one is served
             held[0][1].close()
             deadline = time.monotonic() + 5
