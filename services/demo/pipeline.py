@@ -32,7 +32,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_BASE = REPO_ROOT / "models" / "har"
 
 #: Services a second (third, ...) worker can be added to: they scale out per partition.
-SCALABLE = ("preprocess", "alerting")
+SCALABLE = ("preprocess", "inference", "alerting")
+#: Workers that may start with none running (:attr:`PipelineConfig.workers`), e.g. so a
+#: benchmark can fill a topic first and then time how fast N workers drain it.
+DEFERRABLE = ("preprocess", "inference")
 #: The operator the pipeline creates in its alert store (a carer: it may acknowledge).
 DEMO_OPERATOR = "demo-carer"
 #: Stop order: upstream first, so downstream can drain what is in flight before it stops.
@@ -49,6 +52,15 @@ class PipelineConfig:
     #: Added workers (``alerting-2``) get the env of their kind.
     service_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     startup_timeout_s: float = 120.0
+    #: Workers of a :data:`SCALABLE` kind at start (default 1 each); 0 is allowed for the
+    #: :data:`DEFERRABLE` kinds, which :meth:`Pipeline.add_worker` starts later.
+    workers: Mapping[str, int] = field(default_factory=dict)
+
+    def worker_count(self, kind: str) -> int:
+        count = self.workers.get(kind, 1)
+        if count < (0 if kind in DEFERRABLE else 1):
+            raise ValueError(f"{count} {kind} workers: the pipeline needs at least one")
+        return count
 
 
 class Pipeline:
@@ -154,13 +166,17 @@ class Pipeline:
         )
         self._model_server.service.env.update(self.config.service_env.get("modelserver", {}))
         self.services["modelserver"] = self._model_server.launch().service
-        for name in ("ingest", "preprocess", "alerting"):
-            self._spawn(name)
+        self._spawn("ingest")
+        for kind in ("preprocess", "alerting"):
+            for _ in range(self.config.worker_count(kind)):
+                self.add_worker(kind)
         self._model_server.wait_available(timeout)
         # The inference worker checks the served model at start-up, so it starts after it.
-        self._spawn("inference")
-        for name in ("ingest", "alerting", "preprocess", "inference"):
-            self.wait_ready(name, timeout)
+        for _ in range(self.config.worker_count("inference")):
+            self.add_worker("inference")
+        for name in list(self.services):
+            if name != "modelserver":
+                self.wait_ready(name, timeout)
         logger.info("pipeline up in %.1f s (logs in %s)", time.monotonic() - t0, self.logs)
         return self
 
@@ -222,16 +238,18 @@ class Pipeline:
         logger.info("%s resumed (SIGCONT)", name)
 
     def add_worker(self, kind: str) -> str:
-        """Start another worker of ``kind`` (``preprocess`` or ``alerting``) in the same
-        consumer group: its own ports and (preprocess) state directory; alerting workers
-        share the alert store. Returns its name (``preprocess-2``); does not wait."""
+        """Start another worker of ``kind`` (``preprocess``, ``inference`` or ``alerting``)
+        in the same consumer group: its own ports and (preprocess) state directory; alerting
+        workers share the alert store. Returns its name (``preprocess`` for the first,
+        then ``preprocess-2``, ...); does not wait."""
         if kind not in SCALABLE:
             raise ValueError(f"cannot add a {kind} worker (only {', '.join(SCALABLE)})")
-        n = 2
-        while f"{kind}-{n}" in self.services:
+        name, n = kind, 1
+        while name in self.services:
             n += 1
-        name = f"{kind}-{n}"
-        self.ports[_port_key(name)] = free_port()
+            name = f"{kind}-{n}"
+        if _port_key(name) not in self.ports:
+            self.ports[_port_key(name)] = free_port()
         self._spawn(name)
         return name
 
@@ -259,7 +277,7 @@ class Pipeline:
             # Windows produced before inference joined its group would wait for the join
             # (~3 s on Tansu) and show up as latency: ready once it owns its partitions.
             service.wait_metric(
-                self.metrics_urls()["inference"],
+                self.metrics_urls()[name],
                 "harstream_inference_partitions_assigned",
                 timeout_s,
             )

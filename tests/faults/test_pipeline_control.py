@@ -69,6 +69,34 @@ def test_a_second_preprocess_worker_gets_its_own_state_dir_and_port(pipeline: Pi
     assert pipeline.remove_worker(name) == 0
 
 
+def test_a_second_inference_worker_shares_the_partitions(pipeline: Pipeline) -> None:
+    name = pipeline.add_worker("inference")
+    assert name == "inference-2"
+    pipeline.wait_ready(name, 120)
+    urls = pipeline.metrics_urls()
+    assert urls[name] != urls["inference"]
+    # 2 partitions, 2 workers in one group: one each once the rebalance settles.
+    assert _assignment_becomes({w: urls[w] for w in ("inference", name)}, [1, 1])
+    assert pipeline.remove_worker(name) == 0
+    assert _assignment_becomes({"inference": urls["inference"]}, [2])
+
+
+def _assignment_becomes(urls: dict[str, str], expected: list[int], timeout_s: float = 30) -> bool:
+    """Whether the inference workers at ``urls`` come to own ``expected`` partitions each."""
+    gauge = "harstream_inference_partitions_assigned "
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        owned = []
+        for url in urls.values():
+            with urllib.request.urlopen(url, timeout=2) as response:
+                lines = response.read().decode().splitlines()
+            owned += [int(float(line.split()[-1])) for line in lines if line.startswith(gauge)]
+        if owned == expected:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def test_kill_and_restart_on_the_same_state(pipeline: Pipeline) -> None:
     before = pipeline.services["inference"].pid
     pipeline.kill("inference")
@@ -96,7 +124,7 @@ def test_pause_stops_the_process_and_resume_continues_it(pipeline: Pipeline) -> 
 
 def test_misuse_is_refused(pipeline: Pipeline) -> None:
     with pytest.raises(ValueError, match="cannot add"):
-        pipeline.add_worker("inference")
+        pipeline.add_worker("modelserver")
     with pytest.raises(ValueError, match="not an added worker"):
         pipeline.remove_worker("alerting")
     with pytest.raises(ValueError, match="no service"):
