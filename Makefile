@@ -67,9 +67,10 @@ test-integration: $(STAMP) $(TOOLS_STAMP) ## Integration tests only
 faults: $(STAMP) ## Fault-injection suite: kill/pause/rebalance the local pipeline, write reports/reliability.md (~40 min)
 	$(BIN)/harstream faults --report $(FAULTS_ARGS)
 
-bench: $(STAMP) ## Print throughput figures (preprocessing, model) and the capacity ramp (~15 min; BENCH_CAPACITY_ARGS)
+bench: $(STAMP) ## Print throughput figures (preprocessing, model), the capacity ramp and scale-out (~20 min; BENCH_CAPACITY_ARGS)
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.capacity $(BENCH_CAPACITY_ARGS)
+	$(BIN)/python -m benchmarks.scaleout
 
 clean: ## Remove caches and build artefacts (keeps .venv and models/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
