@@ -7,12 +7,23 @@ cheapest first, so unauthenticated or oversized requests are refused before thei
 read. A 503 (not acknowledged in time) is at-least-once: the record may still reach the
 topic, and the device's retry of the same seq is dropped downstream as a duplicate.
 
-Before anything else, a source address that failed authentication more than its bucket
-allows (``auth_failure_burst``, refilled at ``auth_failure_rate_per_s``) is answered 429:
-a token-guessing flood costs one dictionary lookup per request and cannot starve devices
-with valid tokens (``python -m benchmarks.auth_flood`` measures it). Every credential
-failure (unknown token, a token naming another device) gets the same 401 body, so the
-answers do not tell which device ids are registered.
+``POST /v1/packets:batch`` takes the packets of several devices from a gateway, each
+authenticated by its own device's token (:mod:`services.ingest.batch`), and answers every
+packet on its own once Kafka acknowledged all the accepted ones: 202 when all were
+accepted, else 207 with a problem document per refused packet (a packet Kafka did not
+acknowledge in time is a 503 there, never left out). Refusals of the whole request (body
+too large, not decodable, not a batch) are problem documents as above. Both endpoints take
+JSON or MessagePack bodies (:mod:`services.ingest.body`).
+
+A source address that failed authentication more than its bucket allows
+(``auth_failure_burst``, refilled at ``auth_failure_rate_per_s``) is answered 429: a
+token-guessing flood costs one dictionary lookup per request and cannot starve devices with
+valid tokens (``python -m benchmarks.auth_flood`` measures it). Only failures count: an
+address may have as many uncached token lookups in flight as it has failures left, and one
+more waits for a slot (:mod:`services.ingest.authgate`) rather than being refused, so any
+number of valid devices joining at once from one address (a NAT, a gateway) get in. Every
+credential failure (unknown token, a token naming another device) gets the same 401 body,
+so the answers do not tell which device ids are registered.
 
 ``/metrics`` is not on the device port: a second listener (``metrics_host``:``metrics_port``,
 loopback unless configured) serves it, with the same connection limits.
@@ -45,8 +56,18 @@ from services.common.http_server import (
 )
 from services.common.kafka import BrokerUnavailableError
 from services.common.ratelimit import RateLimiter
+from services.ingest import batch as batches
 from services.ingest import metrics as ingest_metrics
-from services.ingest.body import BodyError, parse_exact, parse_json
+from services.ingest.authgate import AddressBlocked, LookupGate
+from services.ingest.batch import Accepted, Refused, Result
+from services.ingest.body import (
+    ACCEPTED_TYPES,
+    BodyError,
+    BodyFormat,
+    body_format,
+    parse_body,
+    parse_exact,
+)
 from services.ingest.cache import TtlCache
 from services.ingest.decompress import GzipError, GzipTooLarge, gunzip
 from services.ingest.errors import RegistryUnavailableError
@@ -57,11 +78,17 @@ from services.ingest.registry import DeviceRecord, DeviceRegistry, open_registry
 from services.ingest.schemas import docs_html, openapi_document
 from services.ingest.server import problem_document
 from services.ingest.settings import IngestSettings
-from services.ingest.tokens import bearer_token, check_token_strength, hash_token
+from services.ingest.tokens import (
+    bearer_token,
+    check_token_strength,
+    hash_token,
+    presented_token,
+)
 from services.ingest.validation import (
     DEVICE_ID_RE,
     FieldError,
     Invalid,
+    LastAccepted,
     Reason,
     ValidPacket,
     validate_packet,
@@ -84,6 +111,15 @@ INVALID_CREDENTIALS = (
     "named in the packet"
 )
 INVALID_TOKEN_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="harstream", error="invalid_token"'}
+#: The detail of a 503 for a record Kafka did not acknowledge.
+NOT_ACKNOWLEDGED = (
+    "Kafka did not acknowledge the packet; retry later (resending the same seq is safe: "
+    "duplicates are dropped downstream)"
+)
+
+
+#: The outcome label of a request's time by its status (anything else: "rejected").
+_OUTCOMES = {202: "accepted", 207: "partial"}
 
 
 class ClientDisconnected(Exception):
@@ -109,6 +145,22 @@ class Rejection(Exception):
         self.detail = detail
         self.errors = errors
         self.headers = headers or {}
+
+
+#: A batch's answer for a device whose token does not authenticate it (unknown, malformed,
+#: another device's): one wording for all, as INVALID_CREDENTIALS.
+_INVALID = Refused(401, Reason.UNAUTHENTICATED, INVALID_CREDENTIALS)
+
+
+def _exact_packets(raw: bytes, count: int) -> list[Any]:
+    """The packets of a JSON batch as ``json.loads`` reads them (see ingest.body), or []
+    if that document is not a batch of ``count`` packets (then orjson's words stand)."""
+    try:
+        document = parse_exact(raw)
+    except BodyError:
+        return []
+    packets = document.get("packets") if isinstance(document, dict) else None
+    return packets if isinstance(packets, list) and len(packets) == count else []
 
 
 def _version() -> str:
@@ -147,6 +199,13 @@ class IngestService:
             outcome: self.metrics.request_seconds.labels(outcome=outcome)
             for outcome in ("accepted", "rejected")
         }
+        self._batch_seconds = {
+            outcome: self.metrics.batch_seconds.labels(outcome=outcome)
+            for outcome in ingest_metrics.BATCH_OUTCOMES
+        }
+        self._rejections = {
+            reason: self.metrics.rejections.labels(reason=reason.value) for reason in Reason
+        }
         self.limiter = RateLimiter(
             settings.rate_limit_samples_per_s, settings.rate_limit_burst_samples, monotonic
         )
@@ -163,6 +222,8 @@ class IngestService:
         self.screen_connection = auth_screen(
             self.auth_limit, problem_document, Reason.AUTH_RATE_LIMITED.value, self._screened
         )
+        #: Slots for uncached token lookups per address (see the module docstring).
+        self.gate = LookupGate(self.auth_limit)
         self._weak_tokens_warned: set[str] = set()
         self._tokens_checked: set[str] = set()
         self._lookups: dict[str, asyncio.Future[DeviceRecord | None]] = {}
@@ -177,7 +238,9 @@ class IngestService:
         self._clock_corrections = 0
         self._shutdown_deadline: float | None = None
         self._registry_pool = ThreadPoolExecutor(2, thread_name_prefix="ingest-registry")
-        self.openapi = openapi_document(settings.limits, settings.max_body_bytes, _version())
+        self.openapi = openapi_document(
+            settings.limits, settings.max_body_bytes, _version(), settings.max_batch_packets
+        )
         self.docs = docs_html(self.openapi)
 
     # -- registry ----------------------------------------------------------------------------
@@ -235,31 +298,69 @@ class IngestService:
         """The rate-limit key of the request's client (see services.common.clientaddr)."""
         return self.auth_limit.source(request.remote, request.headers)
 
-    def _admit(self, source: str) -> None:
-        """Take one attempt from ``source``'s bucket, or refuse with 429. Taken before the
-        token is looked up and given back once it authenticates, so concurrent guesses
-        cannot overrun the burst while their lookups are in flight."""
-        retry_after = self.auth_limit.admit(source)
+    def _blocked(self, retry_after: int) -> Rejection:
+        # Closing makes the client reconnect, and a blocked address's new connections are
+        # refused at accept (screen_connection), before any HTTP is parsed.
+        return Rejection(
+            429,
+            Reason.AUTH_RATE_LIMITED,
+            blocked_detail(retry_after),
+            headers={"Retry-After": str(retry_after)},
+            close=True,
+        )
+
+    def _count_failure(self, source: str) -> None:
+        """A credential that authenticates nothing and cost no lookup (none at all, one of
+        the wrong form, a token cached as unknown): one failure of ``source``, or the 429
+        if it has none left."""
+        retry_after = self.auth_limit.over_budget(source)
         if retry_after is not None:
-            # Closing makes the client reconnect, and a blocked address's new connections
-            # are refused at accept (screen_connection), before any HTTP is parsed.
-            raise Rejection(
-                429,
-                Reason.AUTH_RATE_LIMITED,
-                blocked_detail(retry_after),
-                headers={"Retry-After": str(retry_after)},
-                close=True,
-            )
+            raise self._blocked(retry_after)
+        self.auth_limit.failed(source)
+
+    async def _device_for_token(self, token: str, source: str) -> DeviceRecord | None:
+        """The device ``token`` belongs to (revoked or not), or None (counted as a failure
+        of ``source``). A token cached as a device's passes without touching the address's
+        budget: a device with a valid token is never throttled by a flood from its own
+        address (a shared NAT or proxy). :class:`Rejection` 429 once ``source`` has no
+        failure left; :class:`RegistryUnavailableError` if the store does not answer."""
+        key = hash_token(token)
+        hit, device = self._tokens.get(key)
+        if hit:
+            if device is None:
+                self._count_failure(source)
+            return device
+        if key in self._lookups:
+            # Joining a lookup already in flight for the same token costs nothing more, so
+            # it holds no slot (many requests of a device whose cache entry just expired).
+            device = await self._lookup(key, token)
+            if device is None:
+                self.auth_limit.failed(source)  # still a failure of this address
+            return device
+        try:
+            await self.gate.enter(source)
+        except AddressBlocked as blocked:
+            raise self._blocked(blocked.retry_after) from None
+        failed = False
+        try:
+            device = await self._lookup(key, token)
+            failed = device is None
+        finally:
+            # A store that did not answer is our failure, not the client's.
+            self.gate.leave(source, failed)
+        # None is cached too, so repeating an unknown token does not reach the store.
+        self._tokens.put(key, device)
+        if device is not None:
+            self._flag_weak_token(device.device_id, key, token)
+        return device
 
     async def _authenticate(self, request: web.Request, source: str) -> DeviceRecord:
         """The device the request's token belongs to, or a 401 (429 once ``source`` has
-        failed too often). A token cached as a device's passes without touching the
-        address's bucket: a device with a valid token is never throttled by a flood from
-        its own address (a shared NAT or proxy)."""
+        failed too often)."""
         header = request.headers.get("Authorization")
         token = bearer_token(header)
         if token is None:
-            self._admit(source)
+            self._count_failure(source)
             raise Rejection(
                 401,
                 Reason.UNAUTHENTICATED,
@@ -269,46 +370,31 @@ class IngestService:
                 "token in printable ASCII",
                 headers={"WWW-Authenticate": 'Bearer realm="harstream"'},
             )
-        key = hash_token(token)
-        hit, device = self._tokens.get(key)
-        if hit and device is not None:
-            return device
-        # Joining a lookup already in flight for the same token costs nothing more, so it
-        # takes nothing (many requests of a device whose cache entry just expired).
-        joining = not hit and key in self._lookups
-        if not joining:
-            self._admit(source)
-        if not hit:
-            try:
-                device = await self._lookup(key, token)
-            except RegistryUnavailableError:
-                if not joining:
-                    self.auth_limit.refund(source)  # our failure, not the client's
-                raise
-            # None is cached too, so repeating an unknown token does not reach the store.
-            self._tokens.put(key, device)
-            if device is not None:
-                self._flag_weak_token(device.device_id, key, token)
+        device = await self._device_for_token(token, source)
         if device is None:
-            if joining:
-                self.auth_limit.failed(source)  # still a failure of this address
             raise Rejection(
                 401, Reason.UNAUTHENTICATED, INVALID_CREDENTIALS, headers=INVALID_TOKEN_CHALLENGE
             )
-        if not joining:
-            self.auth_limit.refund(source)
         return device
 
     # -- POST /v1/packets ---------------------------------------------------------------------
 
     async def post_packet(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, self._accept, self._request_seconds)
+
+    async def _answer(
+        self,
+        request: web.Request,
+        accept: Callable[[web.Request], Awaitable[web.Response]],
+        seconds: dict[str, Any],
+    ) -> web.StreamResponse:
+        """``accept``'s answer, or the problem document of the whole request's refusal;
+        the time taken goes to ``seconds`` (histogram children by outcome)."""
         started = time.perf_counter()
-        outcome = "rejected"
         try:
-            response = await self._accept(request)
-            outcome = "accepted"
+            response = await accept(request)
         except Rejection as rejection:
-            self.metrics.rejections.labels(reason=rejection.reason.value).inc()
+            self._rejections[rejection.reason].inc()
             response = problem_response(
                 rejection.status,
                 rejection.reason.value,
@@ -322,13 +408,13 @@ class IngestService:
             # Not our failure and nobody to answer: counted apart from `internal` (which
             # pages), logged quietly. The device retries the packet.
             logger.debug("client disconnected: %s", exc)
-            self.metrics.rejections.labels(reason=Reason.CLIENT_DISCONNECTED.value).inc()
+            self._rejections[Reason.CLIENT_DISCONNECTED].inc()
             response = problem_response(
                 400, Reason.CLIENT_DISCONNECTED.value, "the client closed the connection"
             )
         except RegistryUnavailableError as exc:
             logger.warning("device registry unavailable: %s", exc)
-            self.metrics.rejections.labels(reason=Reason.REGISTRY_UNAVAILABLE.value).inc()
+            self._rejections[Reason.REGISTRY_UNAVAILABLE].inc()
             response = problem_response(
                 503,
                 Reason.REGISTRY_UNAVAILABLE.value,
@@ -336,23 +422,25 @@ class IngestService:
                 headers={"Retry-After": str(self.settings.broker_retry_after_s)},
             )
         except Exception:
-            logger.exception("unexpected error while handling a packet")
-            self.metrics.rejections.labels(reason=Reason.INTERNAL.value).inc()
+            logger.exception("unexpected error on %s %s", request.method, request.path)
+            self._rejections[Reason.INTERNAL].inc()
             response = problem_response(500, Reason.INTERNAL.value, "internal error; retry later")
-        self._request_seconds[outcome].observe(time.perf_counter() - started)
+        outcome = _OUTCOMES.get(response.status, "rejected")
+        seconds[outcome].observe(time.perf_counter() - started)
         return response
 
-    async def _accept(self, request: web.Request) -> web.Response:
-        settings = self.settings
+    def _body_headers(self, request: web.Request) -> tuple[BodyFormat, str]:
+        """The body's format and content encoding, from the headers alone (415 for ones
+        not supported, 413 for a Content-Length over the limit)."""
         content_type = request.content_type
-        if content_type != "application/json" and not (
-            content_type.startswith("application/") and content_type.endswith("+json")
-        ):
+        fmt = body_format(content_type)
+        if fmt is None:
             raise Rejection(
                 415,
                 Reason.UNSUPPORTED_MEDIA_TYPE,
-                f"Content-Type must be application/json, got {content_type!r}",
-                headers={"Accept-Post": "application/json"},
+                f"Content-Type must be application/json or application/msgpack, got "
+                f"{content_type!r}",
+                headers={"Accept-Post": ACCEPTED_TYPES},
             )
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip"):
@@ -363,8 +451,13 @@ class IngestService:
                 headers={"Accept-Encoding": "gzip"},
             )
         length = request.content_length
-        if length is not None and length > settings.max_body_bytes:
+        if length is not None and length > self.settings.max_body_bytes:
             raise self._too_large(f"Content-Length {length}")
+        return fmt, encoding
+
+    async def _accept(self, request: web.Request) -> web.Response:
+        settings = self.settings
+        fmt, encoding = self._body_headers(request)
 
         source = self.source_key(request)
         device = await self._authenticate(request, source)
@@ -374,23 +467,16 @@ class IngestService:
         raw = await self._read_body(request)
         if encoding == "gzip":
             raw = self._gunzip(raw)
-        result = self._validated(raw, device, source)
+        result = self._validated(raw, fmt, device, source)
 
         n = result.num_samples
-        decision = self.limiter.acquire(device.device_id, n)
-        if not decision.allowed:
-            retry_after = (
-                "3600"
-                if math.isinf(decision.retry_after_s)
-                else str(max(1, math.ceil(decision.retry_after_s)))
-            )
+        limited = self._rate_limited(device.device_id, n)
+        if limited is not None:
             raise Rejection(
                 429,
-                Reason.RATE_LIMITED,
-                f"device {device.device_id!r} exceeded {settings.rate_limit_samples_per_s:g} "
-                f"samples/s (burst {settings.rate_limit_burst_samples}); retry in "
-                f"{retry_after} s",
-                headers={"Retry-After": retry_after},
+                limited.reason,
+                limited.detail,
+                headers={"Retry-After": str(limited.retry_after)},
             )
 
         packet = RawPacket(
@@ -409,8 +495,7 @@ class IngestService:
             raise Rejection(
                 503,
                 Reason.BROKER_UNAVAILABLE,
-                "Kafka did not acknowledge the packet; retry later (resending the same seq is "
-                "safe: duplicates are dropped downstream)",
+                NOT_ACKNOWLEDGED,
                 headers={"Retry-After": str(settings.broker_retry_after_s)},
             ) from None
         self.metrics.kafka_ack_seconds.observe(ack_s)
@@ -431,7 +516,29 @@ class IngestService:
             charset="utf-8",
         )
 
-    def _validated(self, raw: bytes, device: DeviceRecord, source: str) -> ValidPacket:
+    def _rate_limited(self, device_id: str, samples: int) -> Refused | None:
+        """None if ``device_id`` may send ``samples`` more now (they are taken from its
+        bucket), else the 429 saying when it may."""
+        decision = self.limiter.acquire(device_id, samples)
+        if decision.allowed:
+            return None
+        retry_after = (
+            3600
+            if math.isinf(decision.retry_after_s)
+            else max(1, math.ceil(decision.retry_after_s))
+        )
+        settings = self.settings
+        return Refused(
+            429,
+            Reason.RATE_LIMITED,
+            f"device {device_id!r} exceeded {settings.rate_limit_samples_per_s:g} samples/s "
+            f"(burst {settings.rate_limit_burst_samples}); retry in {retry_after} s",
+            retry_after=retry_after,
+        )
+
+    def _validated(
+        self, raw: bytes, fmt: BodyFormat, device: DeviceRecord, source: str
+    ) -> ValidPacket:
         """The packet in body ``raw`` of ``device``'s request, or the Rejection saying why
         not. A method of its own so the parsed document (~350 objects for 50 samples) is
         freed before the request waits for Kafka: held through the wait, every in-flight
@@ -439,7 +546,7 @@ class IngestService:
         """
         settings = self.settings
         try:
-            body, exact = parse_json(raw)
+            body, exact = parse_body(raw, fmt)
         except BodyError as exc:
             raise Rejection(400, Reason.MALFORMED, str(exc)) from None
         claimed = body.get("device_id") if isinstance(body, dict) else None
@@ -468,6 +575,235 @@ class IngestService:
         if isinstance(result, Invalid):
             raise Rejection(result.status, result.reason, result.detail, result.errors)
         return result
+
+    # -- POST /v1/packets:batch ---------------------------------------------------------------
+
+    async def post_batch(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(request, self._accept_batch, self._batch_seconds)
+
+    async def _accept_batch(self, request: web.Request) -> web.Response:
+        fmt, encoding = self._body_headers(request)
+        raw = await self._read_body(request)
+        if encoding == "gzip":
+            raw = self._gunzip(raw)
+        source = self.source_key(request)
+        results, records, authenticated = await self._prepare_batch(raw, fmt, source)
+        del raw
+        if records:
+            await self._produce_batch(records, results)
+        answer = batches.answer([r for r in results if r is not None])
+        headers = {} if answer.retry_after is None else {"Retry-After": str(answer.retry_after)}
+        response = web.Response(
+            body=answer.body,
+            status=answer.status,
+            content_type="application/json",
+            charset="utf-8",
+            headers=headers,
+        )
+        if not authenticated and any(
+            isinstance(r.outcome, Refused) and r.outcome.reason is Reason.AUTH_RATE_LIMITED
+            for r in results
+            if r is not None
+        ):
+            # A batch of nothing but guesses from a blocked address: close, as for a single
+            # packet, so its next connection meets the screen at accept.
+            response.force_close()
+        return response
+
+    async def _prepare_batch(
+        self, raw: bytes, fmt: BodyFormat, source: str
+    ) -> tuple[list[Result | None], list[tuple[int, ValidPacket, bytes]], bool]:
+        """Every packet of the batch in body ``raw`` answered or made ready to send:
+        ``(results, records, authenticated)``, ``results`` holding the answer of each
+        packet refused so far (None for the ones in ``records``: index, packet, raw
+        record), ``authenticated`` whether any device authenticated. The parsed document
+        is freed when this returns, before the request waits for Kafka (see
+        :meth:`_validated`)."""
+        settings = self.settings
+        try:
+            document, exact = parse_body(raw, fmt)
+        except BodyError as exc:
+            raise Rejection(400, Reason.MALFORMED, str(exc)) from None
+        batch = batches.parse_batch(document, settings.max_batch_packets)
+        if isinstance(batch, Invalid):
+            raise Rejection(batch.status, batch.reason, batch.detail, batch.errors)
+        packets = batch.packets
+        self.metrics.batch_packets.observe(len(packets))
+        identities = [batches.identity(packet) for packet in packets]
+        devices = await self._authenticate_devices(
+            {device_id for device_id, _ in identities if device_id is not None},
+            batch.tokens,
+            source,
+        )
+        now = self._clock()
+        results: list[Result | None] = [None] * len(packets)
+        records: list[tuple[int, ValidPacket, bytes]] = []
+        first_of: dict[tuple[str, int], int] = {}
+        # The last packet per device as the batch goes: a later packet of a device is
+        # checked for a clock set back against the earlier ones of the same batch too.
+        lasts: dict[str, LastAccepted | None] = {}
+        exact_packets: list[Any] | None = None
+        for index, (packet, (device_id, seq)) in enumerate(zip(packets, identities, strict=True)):
+            if device_id is None:
+                results[index] = Result(index, None, seq, batches.unidentified(packet))
+                continue
+            device = devices[device_id]
+            if isinstance(device, Refused):
+                results[index] = Result(index, device_id, seq, device)
+                continue
+            if seq is not None:
+                first = first_of.setdefault((device_id, seq), index)
+                if first != index:
+                    refusal = batches.duplicate(device_id, seq, first)
+                    results[index] = Result(index, device_id, seq, refusal)
+                    continue
+            last = lasts[device_id] if device_id in lasts else self.progress.last(device_id)
+            result = validate_packet(packet, settings.limits, now, last)
+            if isinstance(result, Invalid) and not exact:
+                # Refusals are worded from the document json.loads reads (see ingest.body).
+                if exact_packets is None:
+                    exact_packets = _exact_packets(raw, len(packets))
+                if exact_packets:
+                    result = validate_packet(exact_packets[index], settings.limits, now, last)
+            if isinstance(result, Invalid):
+                results[index] = Result(index, device_id, seq, Refused.of(result))
+                continue
+            limited = self._rate_limited(device_id, result.num_samples)
+            if limited is not None:
+                results[index] = Result(index, device_id, seq, limited)
+                continue
+            value = RawPacket(
+                device_id=device_id,
+                seq=result.seq,
+                first_sample_time=result.first_sample_time,
+                sample_rate_hz=result.sample_rate_hz,
+                samples=result.samples,
+                received_at=self._clock(),
+            ).to_bytes()
+            records.append((index, result, value))
+            if last is None or result.seq > last.seq:
+                lasts[device_id] = LastAccepted(result.seq, result.first_sample_time)
+        for result_ in results:
+            if result_ is not None:
+                assert isinstance(result_.outcome, Refused)
+                self._rejections[result_.outcome.reason].inc()
+        authenticated = any(not isinstance(d, Refused) for d in devices.values())
+        return results, records, authenticated
+
+    async def _authenticate_devices(
+        self, device_ids: set[str], tokens: dict[Any, Any], source: str
+    ) -> dict[str, DeviceRecord | Refused]:
+        """Each device's record, or the answer for its packets: 401 (no token for it, or
+        one that does not authenticate it), 403 (revoked), 429 (``source`` has no failure
+        left), 503 (the registry did not answer). Tokens found in the cache are answered
+        at once; the others are looked up together, each holding a slot of ``source``
+        (see :mod:`services.ingest.authgate`)."""
+        devices: dict[str, DeviceRecord | Refused] = {}
+        lookups: list[tuple[str, str]] = []
+        for device_id in device_ids:
+            if device_id not in tokens:
+                devices[device_id] = self._credential_failure(
+                    source, batches.missing_token(device_id)
+                )
+                continue
+            token = presented_token(tokens[device_id])
+            if token is None:
+                devices[device_id] = self._credential_failure(source, _INVALID)
+                continue
+            hit, device = self._tokens.get(hash_token(token))
+            if hit and device is not None:
+                devices[device_id] = self._device_matches(device, device_id, source)
+            else:
+                lookups.append((device_id, token))
+        if lookups:
+            found = await asyncio.gather(
+                *(self._batch_device(device_id, token, source) for device_id, token in lookups)
+            )
+            devices.update(zip((device_id for device_id, _ in lookups), found, strict=True))
+        return devices
+
+    async def _batch_device(
+        self, device_id: str, token: str, source: str
+    ) -> DeviceRecord | Refused:
+        try:
+            device = await self._device_for_token(token, source)
+        except Rejection as rejection:  # 429: the address has no failure left
+            retry_after = int(rejection.headers.get("Retry-After", "1"))
+            return Refused(429, rejection.reason, rejection.detail, retry_after=retry_after)
+        except RegistryUnavailableError as exc:
+            logger.warning("device registry unavailable: %s", exc)
+            return Refused(
+                503,
+                Reason.REGISTRY_UNAVAILABLE,
+                "the device registry is unavailable; retry later",
+                retry_after=self.settings.broker_retry_after_s,
+            )
+        if device is None:
+            return _INVALID
+        return self._device_matches(device, device_id, source)
+
+    def _device_matches(
+        self, device: DeviceRecord, device_id: str, source: str
+    ) -> DeviceRecord | Refused:
+        """``device`` if it is ``device_id``'s own and not revoked, else the answer."""
+        if device.device_id != device_id:
+            # A token of another device: a failed authentication too, answered word for
+            # word as an unknown token.
+            self.auth_limit.failed(source)
+            return _INVALID
+        if device.revoked:
+            return Refused(403, Reason.FORBIDDEN, f"device {device_id!r} is revoked")
+        return device
+
+    def _credential_failure(self, source: str, refusal: Refused) -> Refused:
+        """``refusal`` for a device whose credential could not even be looked up (counted
+        as a failure of ``source``), or the 429 once ``source`` has none left."""
+        try:
+            self._count_failure(source)
+        except Rejection as rejection:
+            retry_after = int(rejection.headers.get("Retry-After", "1"))
+            return Refused(429, rejection.reason, rejection.detail, retry_after=retry_after)
+        return refusal
+
+    async def _produce_batch(
+        self, records: list[tuple[int, ValidPacket, bytes]], results: list[Result | None]
+    ) -> None:
+        """Send every record at once (the producer bridge batches concurrent records) and
+        answer each packet once Kafka acknowledged it or did not in time: 202, or 503 (a
+        record not acknowledged may still be written: at-least-once, as for one packet)."""
+        # Tasks start in this order, so a device's records reach the producer in batch order.
+        acks = await asyncio.gather(
+            *(self.sink.send(packet.device_id.encode(), value) for _, packet, value in records),
+            return_exceptions=True,
+        )
+        monotonic = self._monotonic()
+        for (index, packet, _), ack in zip(records, acks, strict=True):
+            outcome: Accepted | Refused
+            if isinstance(ack, BaseException):
+                self.limiter.refund(packet.device_id, packet.num_samples)
+                if isinstance(ack, BrokerUnavailableError):
+                    self._warn_broker(ack)
+                    outcome = Refused(
+                        503,
+                        Reason.BROKER_UNAVAILABLE,
+                        NOT_ACKNOWLEDGED,
+                        retry_after=self.settings.broker_retry_after_s,
+                    )
+                else:
+                    logger.error("unexpected error sending a packet of a batch", exc_info=ack)
+                    outcome = Refused(500, Reason.INTERNAL, "internal error; retry later")
+                self._rejections[outcome.reason].inc()
+            else:
+                self.metrics.kafka_ack_seconds.observe(ack)
+                self.metrics.packets.inc()
+                self.metrics.samples.inc(packet.num_samples)
+                if packet.clock_went_back_s is not None:
+                    self._clock_corrected(packet.device_id, packet.seq, packet.clock_went_back_s)
+                self.progress.accepted(
+                    packet.device_id, packet.seq, packet.first_sample_time, monotonic
+                )
+                outcome = Accepted(packet.num_samples)
+            results[index] = Result(index, packet.device_id, packet.seq, outcome)
 
     def _warn_broker(self, exc: BaseException) -> None:
         # One line per interval, not one per refused request, while Kafka is down.
@@ -660,6 +996,7 @@ def create_app(
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
     app[SERVICE_KEY] = service
     app.router.add_post("/v1/packets", service.post_packet)
+    app.router.add_post("/v1/packets:batch", service.post_batch)
     app.router.add_get("/healthz", service.healthz)
     app.router.add_get("/readyz", service.readyz)
     app.router.add_get("/openapi.json", service.openapi_endpoint)
@@ -762,7 +1099,7 @@ def run(settings: IngestSettings) -> None:
 
     async def announce(_app: web.Application) -> None:
         logger.info(
-            "ingest listening on http://%s:%d (POST /v1/packets → topic %s; Kafka %s, "
+            "ingest listening on http://%s:%d (POST /v1/packets[:batch] → topic %s; Kafka %s, "
             "profile %s; registry %s), metrics %s",
             settings.host,
             settings.port,

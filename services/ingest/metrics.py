@@ -18,6 +18,12 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 # Kafka acknowledgement (acks=all): sub-ms on a local broker, tens of ms across racks,
 # seconds when the cluster struggles; the same span resolves all three.
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Packets per batch: a phone forwards one or a few wearables, a care-home hub tens to
+# hundreds, max_batch_packets (1,000 by default) caps it.
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+#: Outcomes of a batch request: every packet accepted (202), some not (207), the whole
+#: request refused.
+BATCH_OUTCOMES = ("accepted", "partial", "rejected")
 
 
 class IngestMetrics(NamedTuple):
@@ -25,6 +31,8 @@ class IngestMetrics(NamedTuple):
     samples: Counter
     rejections: Counter
     request_seconds: Histogram
+    batch_seconds: Histogram
+    batch_packets: Histogram
     kafka_ack_seconds: Histogram
     devices_active: Gauge
     clock_corrections: Counter
@@ -68,7 +76,8 @@ def create(
         ),
         rejections=Counter(
             "harstream_ingest_rejections_total",
-            "Requests to POST /v1/packets answered with an error, by reason.",
+            "Requests to POST /v1/packets or POST /v1/packets:batch answered with an error, "
+            "and packets of a batch refused, by reason.",
             ["reason"],
             registry=registry,
         ),
@@ -77,6 +86,20 @@ def create(
             "Time to answer POST /v1/packets, by outcome (accepted, rejected).",
             ["outcome"],
             buckets=REQUEST_BUCKETS,
+            registry=registry,
+        ),
+        batch_seconds=Histogram(
+            "harstream_ingest_batch_request_seconds",
+            "Time to answer POST /v1/packets:batch, by outcome (accepted: every packet; "
+            "partial: a 207; rejected: the whole request).",
+            ["outcome"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        ),
+        batch_packets=Histogram(
+            "harstream_ingest_batch_packets",
+            "Packets per POST /v1/packets:batch request (of batches whose shape was valid).",
+            buckets=BATCH_SIZE_BUCKETS,
             registry=registry,
         ),
         kafka_ack_seconds=Histogram(
@@ -116,6 +139,8 @@ def create(
         metrics.rejections.labels(reason=reason.value)
     for outcome in ("accepted", "rejected"):
         metrics.request_seconds.labels(outcome=outcome)
+    for outcome in BATCH_OUTCOMES:
+        metrics.batch_seconds.labels(outcome=outcome)
     for refusal in REFUSAL_REASONS:  # aiohttp's own parser refusals
         metrics.http_refusals.labels(reason=refusal)
     for limit in LIMIT_REASONS:

@@ -5,27 +5,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.ingest.schemas import PROBLEM_TYPE_PREFIX
+from services.ingest.schemas import TITLES, problem_fields
 from services.ingest.validation import FieldError
 
-PROBLEM_CONTENT_TYPE = "application/problem+json"
+__all__ = ["PROBLEM_CONTENT_TYPE", "TITLES", "problem_response"]
 
-TITLES = {
-    400: "Malformed request",
-    401: "Unauthenticated",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    408: "Request timeout",
-    413: "Request body too large",
-    415: "Unsupported media type",
-    422: "Invalid packet",
-    429: "Rate limit exceeded",
-    431: "Request header fields too large",
-    500: "Internal server error",
-    503: "Service unavailable",
-    504: "Gateway timeout",
-}
+PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 
 def problem_response(
@@ -35,14 +20,9 @@ def problem_response(
     errors: tuple[FieldError, ...] = (),
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    body = {
-        "type": PROBLEM_TYPE_PREFIX + reason,
-        "title": TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-        "reason": reason,
-        "errors": [{"field": e.field, "message": e.message, "reason": e.reason} for e in errors],
-    }
     return web.json_response(
-        body, status=status, content_type=PROBLEM_CONTENT_TYPE, headers=headers
+        problem_fields(status, reason, detail, errors),
+        status=status,
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
     )

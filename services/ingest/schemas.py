@@ -1,6 +1,10 @@
 """Request and response documents of the ingest API, and the OpenAPI 3.1 document built from
 them. Pure (pydantic only).
 
+Both POST endpoints take JSON or MessagePack (:mod:`services.ingest.body`); the MessagePack
+documents are the JSON ones, except that a packet's ``samples`` may also be one ``bin`` of
+packed little-endian float32 (the ``*Msgpack`` schemas).
+
 The request model uses the same constants as :mod:`services.ingest.validation`, and its
 limits come from the running settings, so the published schema says what the service
 enforces. Validation itself is hand-written for precise, row-level error messages.
@@ -8,21 +12,58 @@ enforces. Validation itself is hand-written for precise, row-level error message
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from services.ingest.body import MSGPACK_TYPES
 from services.ingest.validation import (
     DEVICE_ID_PATTERN,
     EARLIEST_SAMPLE_TIME,
     MAX_SEQ,
+    FieldError,
     PacketLimits,
     Reason,
 )
 from shared.messages.raw import SAMPLE_WIDTH
 
 PROBLEM_TYPE_PREFIX = "urn:harstream:ingest:problem:"
+
+TITLES = {
+    400: "Malformed request",
+    401: "Unauthenticated",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    408: "Request timeout",
+    409: "Duplicate packet",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    422: "Invalid packet",
+    429: "Rate limit exceeded",
+    431: "Request header fields too large",
+    500: "Internal server error",
+    503: "Service unavailable",
+    504: "Gateway timeout",
+}
+
+
+def problem_fields(
+    status: int, reason: str, detail: str, errors: tuple[FieldError, ...] = ()
+) -> dict[str, Any]:
+    """The members of an RFC 9457 problem document (:class:`Problem`): a whole answer's
+    body, or one refused packet of a batch answer."""
+    return {
+        "type": PROBLEM_TYPE_PREFIX + reason,
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "reason": reason,
+        "errors": [{"field": e.field, "message": e.message, "reason": e.reason} for e in errors],
+    }
+
 
 Sample = Annotated[
     list[float],
@@ -77,20 +118,96 @@ class Packet(BaseModel):
     samples: list[Sample] = Field(min_length=1, description="Rows of 6 values, oldest first.")
 
 
-class PacketAccepted(BaseModel):
-    """The packet is in Kafka (acknowledged by all in-sync replicas)."""
-
-    device_id: str
-    seq: int
-    samples: int = Field(description="Number of samples accepted.")
-
-
 class ProblemError(BaseModel):
     field: str = Field(
         description="JSON path of the offending value: 'seq', 'samples[3]', 'samples[3][4]', '$'."
     )
     message: str
     reason: str = Field(description="Machine-readable reason code.")
+
+
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
+
+
+class PacketBatch(BaseModel):
+    """The packets of several devices, forwarded by a gateway; each packet is authenticated
+    by the token that tokens gives for its device_id."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "tokens": {"watch-0042": "<watch-0042's device token>"},
+                    "packets": [
+                        {
+                            "device_id": "watch-0042",
+                            "seq": 17,
+                            "first_sample_time": 1767225600.0,
+                            "sample_rate_hz": 50.0,
+                            "samples": [[0.01, -0.02, 0.99, 0.001, 0.0, -0.003]],
+                        }
+                    ],
+                }
+            ]
+        },
+    )
+
+    tokens: dict[DeviceId, str] = Field(
+        description=(
+            "Device id → that device's token (from `harstream devices add`), once per device "
+            "whatever the number of its packets. A packet whose device has no token here, or "
+            "one that does not authenticate it, is refused (401) on its own."
+        )
+    )
+    packets: list[Packet] = Field(
+        min_length=1,
+        description=(
+            "Packets of any of the devices, each exactly as POST /v1/packets takes it; a "
+            "device's packets are written in this order. A second packet with the same "
+            "device_id and seq is refused (409 duplicate) and not written twice."
+        ),
+    )
+
+
+class BatchResult(BaseModel):
+    """One packet's answer: accepted (status 202, samples), or the members of its refusal's
+    problem document (type, title, status, detail, reason, errors)."""
+
+    index: int = Field(description="The packet's position in the request's packets.")
+    device_id: str | None = Field(description="The packet's device_id, if it was one.")
+    seq: int | None = Field(description="The packet's seq, if it was an integer.")
+    status: int = Field(
+        description=(
+            "202 accepted (Kafka acknowledged it); otherwise the status the packet alone "
+            "would have got: 400, 401, 403, 409 (duplicate in this batch), 422, 429, 500, "
+            "503 (not acknowledged in time: send it again, same seq)."
+        )
+    )
+    samples: int | None = Field(None, description="Samples accepted (202 only).")
+    type: str | None = Field(None, description=f"'{PROBLEM_TYPE_PREFIX}<reason>' (refused only).")
+    title: str | None = None
+    detail: str | None = None
+    reason: str | None = Field(None, description="Machine-readable reason (refused only).")
+    errors: list[ProblemError] | None = None
+    retry_after_s: int | None = Field(
+        None, description="Seconds to wait before sending this packet again (429, 503)."
+    )
+
+
+class BatchAnswer(BaseModel):
+    """The answer to a batch, one result per packet in request order."""
+
+    accepted: int
+    refused: int
+    results: list[BatchResult]
+
+
+class PacketAccepted(BaseModel):
+    """The packet is in Kafka (acknowledged by all in-sync replicas)."""
+
+    device_id: str
+    seq: int
+    samples: int = Field(description="Number of samples accepted.")
 
 
 class Problem(BaseModel):
@@ -132,7 +249,11 @@ PACKET_PROBLEMS: dict[int, str] = {
     ),
     403: "The device is revoked (reason forbidden).",
     413: "Body (compressed or decompressed) larger than max_body_bytes (reason too_large).",
-    415: "Content-Type is not application/json, or an unsupported Content-Encoding.",
+    415: (
+        "Content-Type is neither JSON (application/json, application/*+json) nor MessagePack "
+        "(application/msgpack, application/vnd.msgpack, application/x-msgpack), or an "
+        "unsupported Content-Encoding (reason unsupported_media_type)."
+    ),
     422: (
         "Well-formed but invalid: rows not of 6 values, no samples or more than max_samples "
         "(invalid_shape), non-finite values (non_finite), |acc| or |gyro| above the physical "
@@ -156,6 +277,26 @@ PACKET_PROBLEMS: dict[int, str] = {
     ),
 }
 
+#: Every answer of POST /v1/packets:batch but 202 and 207, and when it happens: the
+#: refusals of the whole request. Each packet's own refusals are in the 207's results.
+BATCH_PROBLEMS: dict[int, str] = {
+    400: (
+        "The body is not JSON or MessagePack of its Content-Type, not an object, or its "
+        "tokens or packets are missing or of the wrong type; bad gzip; an HTTP request the "
+        "server cannot parse (reason malformed)."
+    ),
+    413: "Body (compressed or decompressed) larger than max_body_bytes (reason too_large).",
+    415: PACKET_PROBLEMS[415],
+    422: "No packets, or more than max_batch_packets (reason invalid_shape).",
+    429: (
+        "The request's address failed authentication too often (reason auth_rate_limited; "
+        "answered when a new connection arrives, before the request is read); retry after "
+        "Retry-After seconds."
+    ),
+    500: "Unexpected server error (logged); retry later.",
+    503: "Too many connections (reason over_capacity); retry after Retry-After seconds.",
+}
+
 _RETRY_AFTER = {
     "description": "Seconds to wait before retrying.",
     "schema": {"type": "integer", "minimum": 1},
@@ -176,12 +317,16 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def openapi_document(limits: PacketLimits, max_body_bytes: int, version: str) -> dict[str, Any]:
+def openapi_document(
+    limits: PacketLimits, max_body_bytes: int, version: str, max_batch_packets: int = 1000
+) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the ingest API, with the running limits filled in."""
     _, definitions = models_json_schema(
         [
             (Packet, "validation"),
+            (PacketBatch, "validation"),
             (PacketAccepted, "serialization"),
+            (BatchAnswer, "serialization"),
             (Problem, "serialization"),
             (Health, "serialization"),
             (Readiness, "serialization"),
@@ -206,6 +351,31 @@ def openapi_document(limits: PacketLimits, max_body_bytes: int, version: str) ->
         )
     ]
 
+    # MessagePack: the same documents, and samples may be packed float32 (one bin).
+    packed_samples = {
+        "type": "string",
+        "contentMediaType": "application/octet-stream",
+        "description": (
+            "MessagePack bin: the rows as little-endian float32, 6 per row (24 bytes a row), "
+            "oldest first; 1 to max_samples rows."
+        ),
+    }
+    packet_msgpack = copy.deepcopy(packet)
+    packet_msgpack["title"] = "PacketMsgpack"
+    packet_msgpack["properties"]["samples"] = {
+        "anyOf": [packet["properties"]["samples"], packed_samples],
+        "description": packet["properties"]["samples"]["description"],
+    }
+    schemas["PacketMsgpack"] = packet_msgpack
+    batch_msgpack = copy.deepcopy(schemas["PacketBatch"])
+    batch_msgpack["title"] = "PacketBatchMsgpack"
+    batch_msgpack["properties"]["packets"]["items"] = _ref("PacketMsgpack")
+    schemas["PacketBatchMsgpack"] = batch_msgpack
+    schemas["PacketBatch"]["properties"]["packets"]["maxItems"] = max_batch_packets
+    batch_msgpack["properties"]["packets"]["maxItems"] = max_batch_packets
+    msgpack_content = {media: "PacketMsgpack" for media in MSGPACK_TYPES}
+    batch_msgpack_content = {media: "PacketBatchMsgpack" for media in MSGPACK_TYPES}
+
     packet_responses: dict[str, Any] = {
         "202": {
             "description": "Accepted: Kafka acknowledged the record (acks=all).",
@@ -214,6 +384,29 @@ def openapi_document(limits: PacketLimits, max_body_bytes: int, version: str) ->
     }
     for status, description in PACKET_PROBLEMS.items():
         packet_responses[str(status)] = _problem(description, retry_after=status in (429, 503))
+    batch_responses: dict[str, Any] = {
+        "202": {
+            "description": "Every packet accepted: Kafka acknowledged each one (acks=all).",
+            "content": {"application/json": {"schema": _ref("BatchAnswer")}},
+        },
+        "207": {
+            "description": (
+                "Some packets refused (or all): one result per packet, each accepted one "
+                "acknowledged by Kafka. Retry-After: the longest of the refused packets' "
+                "retry_after_s, if any has one."
+            ),
+            "content": {"application/json": {"schema": _ref("BatchAnswer")}},
+            "headers": {"Retry-After": _RETRY_AFTER},
+        },
+    }
+    for status, description in BATCH_PROBLEMS.items():
+        batch_responses[str(status)] = _problem(description, retry_after=status in (429, 503))
+    encoding_header = {
+        "name": "Content-Encoding",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "enum": ["identity", "gzip"]},
+    }
 
     return {
         "openapi": "3.1.0",
@@ -222,9 +415,11 @@ def openapi_document(limits: PacketLimits, max_body_bytes: int, version: str) ->
             "version": version,
             "description": (
                 "Wearables post IMU packets (acc xyz in g, gyro xyz in rad/s); each accepted "
-                "packet is one record on the raw Kafka topic, keyed by device id. "
-                f"Bodies up to {max_body_bytes} bytes, optionally gzip-compressed "
-                "(Content-Encoding: gzip)."
+                "packet is one record on the raw Kafka topic, keyed by device id. Gateways "
+                "forward the packets of many devices at once (POST /v1/packets:batch), each "
+                "authenticated by its own device's token. Bodies are JSON or MessagePack "
+                "(a packet's samples then optionally packed float32), up to "
+                f"{max_body_bytes} bytes, optionally gzip-compressed (Content-Encoding: gzip)."
             ),
         },
         "paths": {
@@ -233,19 +428,38 @@ def openapi_document(limits: PacketLimits, max_body_bytes: int, version: str) ->
                     "operationId": "postPacket",
                     "summary": "Submit a packet of IMU samples",
                     "security": [{"deviceToken": []}],
-                    "parameters": [
-                        {
-                            "name": "Content-Encoding",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string", "enum": ["identity", "gzip"]},
-                        }
-                    ],
+                    "parameters": [encoding_header],
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": _ref("Packet")}},
+                        "content": {
+                            "application/json": {"schema": _ref("Packet")},
+                            **{m: {"schema": _ref(n)} for m, n in msgpack_content.items()},
+                        },
                     },
                     "responses": packet_responses,
+                }
+            },
+            "/v1/packets:batch": {
+                "post": {
+                    "operationId": "postPacketBatch",
+                    "summary": "Submit packets of several devices (a gateway)",
+                    "description": (
+                        "Each packet is authenticated by the token `tokens` gives for its "
+                        "device_id and answered on its own, after Kafka acknowledged every "
+                        "accepted packet: 202 when all were accepted, else 207 with a result "
+                        "per packet (a problem document's members for each refused one; "
+                        "resend the ones answered 429 or 503, same seq)."
+                    ),
+                    "security": [],
+                    "parameters": [encoding_header],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": _ref("PacketBatch")},
+                            **{m: {"schema": _ref(n)} for m, n in batch_msgpack_content.items()},
+                        },
+                    },
+                    "responses": batch_responses,
                 }
             },
             "/healthz": {
@@ -322,15 +536,26 @@ def docs_html(document: dict[str, Any]) -> str:
                 f"<li><code>{escape(code)}</code> {escape(answer['description'])}</li>"
                 for code, answer in operation["responses"].items()
             )
+            body = operation.get("requestBody", {}).get("content", {})
+            media = (
+                "<p>Body: " + ", ".join(f"<code>{escape(m)}</code>" for m in body) + "</p>"
+                if body
+                else ""
+            )
             rows.append(
                 f"<h2><code>{method.upper()} {escape(path)}</code></h2>"
-                f"<p>{escape(operation['summary'])}</p><ul>{codes}</ul>"
+                f"<p>{escape(operation['summary'])}</p>"
+                f"<p>{escape(operation.get('description', ''))}</p>{media}<ul>{codes}</ul>"
             )
-    packet = document["components"]["schemas"]["Packet"]["properties"]
-    fields = "".join(
-        f"<li><code>{escape(name)}</code>: {escape(spec.get('description', ''))}</li>"
-        for name, spec in packet.items()
-    )
+    schemas = document["components"]["schemas"]
+
+    def fields(name: str) -> str:
+        return "".join(
+            f"<li><code>{escape(field)}</code>: {escape(spec.get('description', ''))}</li>"
+            for field, spec in schemas[name]["properties"].items()
+        )
+
+    packed = schemas["PacketMsgpack"]["properties"]["samples"]["anyOf"][1]["description"]
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>harstream ingest API</title>"
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
@@ -338,6 +563,16 @@ def docs_html(document: dict[str, Any]) -> str:
         f"<h1>{escape(document['info']['title'])} {escape(document['info']['version'])}</h1>"
         f"<p>{escape(document['info']['description'])}</p>"
         "<p>Machine-readable spec: <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1). "
-        "Authenticate with <code>Authorization: Bearer &lt;device token&gt;</code>.</p>"
-        f"<h2>Packet fields</h2><ul>{fields}</ul>{''.join(rows)}</body></html>"
+        "A device authenticates with <code>Authorization: Bearer &lt;device token&gt;</code>; "
+        "a gateway's batch carries each device's token in <code>tokens</code>.</p>"
+        f"<h2>Packet fields</h2><ul>{fields('Packet')}</ul>"
+        "<h2>Batch fields (gateways)</h2>"
+        f"<ul>{fields('PacketBatch')}</ul>"
+        "<h2>Body formats</h2><p>JSON (<code>application/json</code>) or MessagePack "
+        "(<code>application/msgpack</code>; <code>application/vnd.msgpack</code> and "
+        "<code>application/x-msgpack</code> too), the same documents. In MessagePack a "
+        f"packet's <code>samples</code> may also be {escape(packed)} float32 holds every "
+        "value a 16-bit IMU gives exactly: the raw record holds exactly the values sent. "
+        "Answers are JSON.</p>"
+        f"{''.join(rows)}</body></html>"
     )

@@ -5,18 +5,10 @@ format of ingest's handlers (:mod:`services.ingest.problems`)."""
 
 from __future__ import annotations
 
-from services.ingest.problems import TITLES
-from services.ingest.schemas import PROBLEM_TYPE_PREFIX
+from services.ingest.schemas import problem_fields
 
 
 def problem_document(status: int, reason: str, detail: str) -> dict[str, object]:
     """Ingest's problem document for an answer the listener writes itself (no field
     errors: no handler has looked at the request)."""
-    return {
-        "type": PROBLEM_TYPE_PREFIX + reason,
-        "title": TITLES.get(status, "Error"),
-        "status": status,
-        "detail": detail,
-        "reason": reason,
-        "errors": [],
-    }
+    return problem_fields(status, reason, detail)

@@ -57,6 +57,14 @@ class IngestSettings(StreamSettings):
         ),
     )
     max_samples: int = Field(2000, ge=1, description="Most samples (rows) in one packet.")
+    max_batch_packets: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "Most packets in one POST /v1/packets:batch request (422 above it); the body is "
+            "held to max_body_bytes as well."
+        ),
+    )
     acc_limit_g: float = Field(
         16.0, gt=0, description="Largest plausible |acc| per axis (g); IMUs saturate at ±16 g."
     )

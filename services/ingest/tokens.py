@@ -119,9 +119,17 @@ def bearer_token(header: str | None) -> str | None:
     if not header:
         return None
     scheme, _, token = header.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_LENGTH:
+    if scheme.lower() != "bearer":
         return None
-    if not token.isascii() or not token.isprintable():
+    return presented_token(token.strip())
+
+
+def presented_token(value: object) -> str | None:
+    """``value`` if it can be a device token as a client presents it (a string of 1 to
+    :data:`MAX_TOKEN_LENGTH` printable ASCII characters: in a header, or in a batch's
+    ``tokens``), else None. Anything else is no token, answered like an unknown one."""
+    if type(value) is not str or not value or len(value) > MAX_TOKEN_LENGTH:
         return None
-    return token
+    if not value.isascii() or not value.isprintable():
+        return None
+    return value

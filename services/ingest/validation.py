@@ -1,4 +1,5 @@
-"""Packet validation: a parsed JSON body → a validated packet, or precise errors.
+"""Packet validation: a parsed body (JSON or MessagePack) → a validated packet, or precise
+errors.
 
 Pure: no HTTP, no Kafka. The HTTP layer maps :attr:`Invalid.status` and :attr:`Invalid.reason`
 to its answer and metrics. Checks run in phases and stop after the first phase that fails,
@@ -7,6 +8,12 @@ so a body with wrong types is not also told about its values:
 1. types (400 ``malformed``): object, required fields, JSON types, rows are arrays of numbers;
 2. shape and fields (422): device id pattern, seq range, packet size, 6 values per row;
 3. values (422): finite, physically possible, plausible sample rate and time.
+
+``samples`` is an array of rows of 6 numbers; in a MessagePack body it may instead be one
+``bin`` of packed little-endian float32, row after row (24 bytes a row). float32 holds
+every value an IMU's 16-bit converter gives exactly, and becomes float64 exactly, so the
+raw record holds exactly the values sent either way; unpacking it is one ``frombuffer``
+instead of a Python object per value.
 
 A packet whose device time starts before the device's last accepted packet although its seq
 is higher is a clock that was set back: it is accepted and reported
@@ -43,13 +50,17 @@ EARLIEST_SAMPLE_TIME = 946_684_800.0
 _MAX_EXACT_INT = 2**53
 #: Error lists are capped so a 2000-row packet of NaNs gets a short answer.
 MAX_ERRORS = 20
+#: Packed samples (MessagePack ``bin``): little-endian float32, 6 per row.
+PACKED_DTYPE = np.dtype("<f4")
+PACKED_ROW_BYTES = SAMPLE_WIDTH * PACKED_DTYPE.itemsize
 
 ACC_COLUMNS = ("acc_x", "acc_y", "acc_z")
 GYRO_COLUMNS = ("gyro_x", "gyro_y", "gyro_z")
 
 
 class Reason(StrEnum):
-    """Why a request was refused; the ``reason`` label of the rejections metric."""
+    """Why a request (or a packet of a batch) was refused; the ``reason`` label of the
+    rejections metric."""
 
     MALFORMED = "malformed"
     INVALID_FIELD = "invalid_field"
@@ -69,6 +80,8 @@ class Reason(StrEnum):
     REGISTRY_UNAVAILABLE = "registry_unavailable"
     #: The client closed the connection before its body was read (nobody gets the answer).
     CLIENT_DISCONNECTED = "client_disconnected"
+    #: A packet of a batch with the device id and seq of an earlier packet of that batch.
+    DUPLICATE = "duplicate"
     INTERNAL = "internal"
 
 
@@ -137,7 +150,7 @@ class Invalid:
 
     @property
     def status(self) -> int:
-        """400 for wrong JSON types, 422 for well-formed but invalid content."""
+        """400 for wrong types, 422 for well-formed but invalid content."""
         return 400 if self.reason is Reason.MALFORMED else 422
 
     @property
@@ -165,14 +178,17 @@ class _Errors:
 
 
 _JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number"}
-_JSON_TYPES |= {list: "array", dict: "object"}
+_JSON_TYPES |= {list: "array", dict: "object", bytes: "binary"}
 
 
-def _json_type(value: Any) -> str:
-    """How a parsed JSON value reads in an error message."""
+def describe_type(value: Any) -> str:
+    """How a parsed value reads in an error message."""
     if isinstance(value, str):
         return f"string {value[:20]!r}"
     return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+_json_type = describe_type
 
 
 def _is_number(value: Any) -> bool:
@@ -192,7 +208,7 @@ def _as_float(value: int | float) -> float | None:
 def validate_packet(
     body: Any, limits: PacketLimits, now: float, last: LastAccepted | None = None
 ) -> ValidPacket | Invalid:
-    """Check a parsed JSON body.
+    """Check a parsed body (a JSON or MessagePack document).
 
     ``now`` is the server's Unix time; ``last`` the device's last accepted packet, used to
     notice a newer packet (higher seq) that starts before it: a clock set back, reported in
@@ -224,8 +240,6 @@ def _valid_fast(  # noqa: PLR0911 - None as soon as anything is off
         type(device_id) is not str
         or type(seq) is not int
         or not 0 <= seq <= MAX_SEQ
-        or type(samples) is not list
-        or not 0 < len(samples) <= limits.max_samples
         or not DEVICE_ID_RE.fullmatch(device_id)
     ):
         return None
@@ -248,17 +262,13 @@ def _valid_fast(  # noqa: PLR0911 - None as soon as anything is off
         and EARLIEST_SAMPLE_TIME <= time_value <= now + limits.max_future_skew_s
     ):
         return None
-    if set(map(type, samples)) != {list}:
-        return None
-    kinds = set(map(type, itertools.chain.from_iterable(samples)))
-    if not kinds <= _NUMBER_TYPES:
-        return None
-    try:
-        array = np.asarray(samples, dtype=np.float64)
-    except (ValueError, OverflowError):  # ragged rows; an int beyond float64
-        return None
-    if array.shape != (len(samples), SAMPLE_WIDTH):
-        return None
+    array = _rows_fast(samples, limits) if type(samples) is list else None
+    if array is None:
+        if type(samples) is not bytes:
+            return None
+        array = _packed(samples, limits.max_samples)
+        if array is None:
+            return None
     # NaN compares false, so finite values within the limits are exactly the ones kept;
     # ints beyond 2**53 are beyond the limits too.
     if not (np.abs(array) <= _limit_row(limits)).all():
@@ -272,6 +282,31 @@ def _valid_fast(  # noqa: PLR0911 - None as soon as anything is off
 _NUMBER_TYPES = frozenset((float, int))
 
 
+def _rows_fast(samples: list[Any], limits: PacketLimits) -> npt.NDArray[np.float64] | None:
+    """Rows of 6 numbers as a float64 array, or None if anything is off."""
+    if not 0 < len(samples) <= limits.max_samples or set(map(type, samples)) != {list}:
+        return None
+    kinds = set(map(type, itertools.chain.from_iterable(samples)))
+    if not kinds <= _NUMBER_TYPES:
+        return None
+    try:
+        array = np.asarray(samples, dtype=np.float64)
+    except (ValueError, OverflowError):  # ragged rows; an int beyond float64
+        return None
+    if array.shape != (len(samples), SAMPLE_WIDTH):
+        return None
+    return array
+
+
+def _packed(samples: bytes, max_samples: int) -> npt.NDArray[np.float64] | None:
+    """Packed float32 rows as a float64 array (exact), or None if the size is not 1 to
+    ``max_samples`` whole rows."""
+    rows, rest = divmod(len(samples), PACKED_ROW_BYTES)
+    if rest or not 0 < rows <= max_samples:
+        return None
+    return np.frombuffer(samples, dtype=PACKED_DTYPE).reshape(rows, SAMPLE_WIDTH).astype(np.float64)
+
+
 def _limit_row(limits: PacketLimits) -> npt.NDArray[np.float64]:
     return np.array([limits.acc_limit_g] * 3 + [limits.gyro_limit_rad_s] * 3)
 
@@ -282,7 +317,7 @@ def _validate(  # noqa: PLR0911 - one return per validation phase
     """The reference validation: every check, every error worded (see the module docstring)."""
     if not isinstance(body, dict):
         errors = _Errors()
-        errors.add("$", f"expected a JSON object, got {_json_type(body)}", Reason.MALFORMED)
+        errors.add("$", f"expected an object, got {_json_type(body)}", Reason.MALFORMED)
         return errors.result()
 
     types = _Errors()
@@ -296,7 +331,13 @@ def _validate(  # noqa: PLR0911 - one return per validation phase
         ("seq", seq, type(seq) is int, "an integer"),
         ("first_sample_time", first_time, _is_number(first_time), "a number (Unix seconds)"),
         ("sample_rate_hz", rate, _is_number(rate), "a number (Hz)"),
-        ("samples", samples, isinstance(samples, list), "an array of [ax, ay, az, gx, gy, gz]"),
+        (
+            "samples",
+            samples,
+            isinstance(samples, list | bytes),
+            "an array of [ax, ay, az, gx, gy, gz] (or, in MessagePack, a bin of packed "
+            "little-endian float32)",
+        ),
     ):
         if name not in body:
             types.add(name, f"is required ({expected})", Reason.MALFORMED)
@@ -304,7 +345,8 @@ def _validate(  # noqa: PLR0911 - one return per validation phase
             types.add(name, f"must be {expected}, got {_json_type(value)}", Reason.MALFORMED)
     if types:
         return types.result()
-    assert isinstance(device_id, str) and isinstance(seq, int) and isinstance(samples, list)
+    assert isinstance(device_id, str) and isinstance(seq, int)
+    assert isinstance(samples, list | bytes)
     time_value = _as_float(first_time)  # type: ignore[arg-type]
     rate_value = _as_float(rate)  # type: ignore[arg-type]
 
@@ -313,6 +355,15 @@ def _validate(  # noqa: PLR0911 - one return per validation phase
         shape.add("device_id", "must be 1–64 characters of [A-Za-z0-9._:-]", Reason.INVALID_FIELD)
     if seq < 0 or seq > MAX_SEQ:
         shape.add("seq", f"must be between 0 and {MAX_SEQ}, got {seq}", Reason.INVALID_FIELD)
+    values = _Errors()
+    if isinstance(samples, bytes):
+        rows = _packed_rows(samples, limits, shape)
+        if shape:
+            return shape.result()
+        assert rows is not None
+        return _check_values(
+            device_id, seq, time_value, rate_value, rows, limits, now, last, values
+        )
     n = len(samples)
     if n == 0:
         shape.add("samples", "must hold at least one sample", Reason.INVALID_SHAPE)
@@ -327,7 +378,6 @@ def _validate(  # noqa: PLR0911 - one return per validation phase
     # One pass over the rows finds type errors (reported alone, as 400), wrong row
     # lengths and integers too large to convert.
     row_types = _Errors()
-    values = _Errors()
     for i, row in enumerate(samples):
         if type(row) is not list:
             row_types.add(
@@ -362,15 +412,54 @@ def _validate(  # noqa: PLR0911 - one return per validation phase
     if shape:
         return shape.result()
 
-    convertible = not values  # integers beyond ±2**53 were found: don't convert
+    array = None
+    if not values:  # integers beyond ±2**53 were found: don't convert
+        array = np.asarray(samples, dtype=np.float64)
+    return _check_values(device_id, seq, time_value, rate_value, array, limits, now, last, values)
+
+
+def _packed_rows(
+    samples: bytes, limits: PacketLimits, shape: _Errors
+) -> npt.NDArray[np.float64] | None:
+    """Packed float32 rows as float64, or None with the reason added to ``shape``."""
+    rows, rest = divmod(len(samples), PACKED_ROW_BYTES)
+    if rest:
+        shape.add(
+            "samples",
+            f"packed samples are {len(samples)} bytes, not whole rows of {PACKED_ROW_BYTES} "
+            f"({SAMPLE_WIDTH} little-endian float32: acc xyz in g, gyro xyz in rad/s)",
+            Reason.INVALID_SHAPE,
+        )
+    elif rows == 0:
+        shape.add("samples", "must hold at least one sample", Reason.INVALID_SHAPE)
+    elif rows > limits.max_samples:
+        shape.add(
+            "samples",
+            f"holds {rows} samples, at most {limits.max_samples} are accepted per packet",
+            Reason.INVALID_SHAPE,
+        )
+    return None if shape else _packed(samples, limits.max_samples)
+
+
+def _check_values(
+    device_id: str,
+    seq: int,
+    time_value: float | None,
+    rate_value: float | None,
+    array: npt.NDArray[np.float64] | None,
+    limits: PacketLimits,
+    now: float,
+    last: LastAccepted | None,
+    values: _Errors,
+) -> ValidPacket | Invalid:
+    """Phase 3 (values) of :func:`_validate`, for rows already read into ``array`` (None:
+    integers too large to convert were found, reported in ``values`` already)."""
     for field, value in (("first_sample_time", time_value), ("sample_rate_hz", rate_value)):
         if value is None:
             values.add(field, "is far outside any plausible range", Reason.OUT_OF_RANGE)
         elif not math.isfinite(value):
             values.add(field, "must be finite", Reason.NON_FINITE)
-    array = np.empty((0, SAMPLE_WIDTH), dtype=np.float64)
-    if convertible:
-        array = np.asarray(samples, dtype=np.float64)
+    if array is not None:
         _check_samples(array, limits, values)
     rate = math.nan if rate_value is None else rate_value  # nan: reported above
     if math.isfinite(rate) and not limits.min_sample_rate_hz <= rate <= limits.max_sample_rate_hz:
@@ -400,6 +489,7 @@ def _validate(  # noqa: PLR0911 - one return per validation phase
             went_back_s = last.first_sample_time - first_time
     if values:
         return values.result()
+    assert array is not None
     return ValidPacket(device_id, seq, first_time, rate, array, went_back_s)
 
 

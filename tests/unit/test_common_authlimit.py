@@ -11,7 +11,9 @@ from pydantic import ValidationError
 from services.alerting.api import AUTH_RATE_LIMITED, listener_problem
 from services.alerting.settings import AlertingSettings
 from services.common.authlimit import (
+    GO,
     MAX_RETRY_AFTER_S,
+    WAIT,
     AuthFailureLimit,
     OverBudgetError,
     retry_after_s,
@@ -54,13 +56,39 @@ def test_checks_that_pass_take_nothing() -> None:
         limit.check("10.0.0.1")
 
 
-def test_admit_reserves_and_refund_gives_back() -> None:
+def test_lookups_in_flight_hold_slots_and_only_failures_spend_the_budget() -> None:
     limit = AuthFailureLimit(1.0, 2, Clock())
-    assert limit.admit("a") is None
-    assert limit.admit("a") is None
-    assert limit.admit("a") == 1  # the reservations of checks in flight count
-    limit.refund("a")
-    assert limit.admit("a") is None
+    assert limit.begin("a") == GO
+    assert limit.begin("a") == GO
+    # Two lookups in flight could both fail and spend the budget: a third waits, it is
+    # not refused (devices joining together from one address all get in).
+    assert limit.begin("a") == WAIT
+    assert limit.blocked_for("a") is None  # nothing failed: new connections are served
+    limit.end("a", failed=False)
+    assert limit.in_flight("a") == 1
+    assert limit.begin("a") == GO
+    for _ in range(1000):  # any number of valid lookups cost nothing
+        limit.end("a", failed=False)
+        assert limit.begin("a") == GO
+    limit.end("a", failed=True)
+    limit.end("a", failed=True)
+    assert limit.in_flight("a") == 0
+    assert limit.begin("a") == 1  # failures spent it: 429, Retry-After 1 s
+    assert limit.over_budget("a") == 1 and limit.blocked_for("a") == 1
+    assert limit.begin("b") == GO  # other addresses are not affected
+
+
+def test_a_failure_while_others_are_in_flight_leaves_fewer_slots() -> None:
+    clock = Clock()
+    limit = AuthFailureLimit(1.0, 3, clock)
+    assert [limit.begin("a") for _ in range(4)] == [GO, GO, GO, WAIT]
+    limit.end("a", failed=True)  # two failures left, two lookups in flight: still full
+    assert limit.begin("a") == WAIT
+    limit.end("a", failed=False)
+    assert limit.begin("a") == GO
+    clock.now += 1.0  # a failure back
+    assert limit.begin("a") == GO
+    assert limit.begin("a") == WAIT
 
 
 def test_blocked_for_screens_peers_only_without_a_proxy_header() -> None:
