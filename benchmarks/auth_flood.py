@@ -132,7 +132,7 @@ def run_once(
         EmbeddedBroker,
         free_port,
     )
-    from services.common.kafka import create_topics
+    from services.common.kafka.topics import create_topics
     from services.common.processes import ServiceProcess
     from services.ingest.registry import SqliteRegistry
     from shared.settings import StreamSettings

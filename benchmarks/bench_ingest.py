@@ -46,7 +46,7 @@ from typing import Any
 from benchmarks.capacity_profile import top_frames
 from benchmarks.capacity_stats import parse_proc_stat
 from services.common.broker import EmbeddedBroker, free_port, terminate
-from services.common.kafka import create_topics
+from services.common.kafka.topics import create_topics
 from services.demo.fleet import DeviceSpec
 from services.demo.fleetgen import Fleet, FleetConfig, register_fleet
 from services.ingest.settings import IngestSettings

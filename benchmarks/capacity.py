@@ -105,7 +105,7 @@ class PredictionWatch(threading.Thread):
         super().__init__(name="prediction-watch", daemon=True)
         from kafka import KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
-        from services.common.kafka_clients import kafka_python_kwargs
+        from services.common.kafka.clients import kafka_python_kwargs
 
         assert pipeline.settings is not None
         topic = pipeline.settings.topics.predictions
@@ -162,7 +162,7 @@ class EndOffsets:
     def __init__(self, pipeline: Pipeline) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
-        from services.common.kafka_clients import kafka_python_kwargs
+        from services.common.kafka.clients import kafka_python_kwargs
 
         assert pipeline.settings is not None
         topics = pipeline.settings.topics

@@ -66,10 +66,9 @@ from services.alerting.store import (
 )
 from services.alerting.webhooks import WebhookDispatcher
 from services.common.authlimit import AuthFailureLimit
-from services.common.dead_letters import can_shrink, is_too_large, without_value
 from services.common.http_server import ProblemAppRunner, auth_screen
-from services.common.kafka import dead_letter
-from services.common.kafka_clients import aiokafka_kwargs
+from services.common.kafka.clients import aiokafka_kwargs
+from services.common.kafka.dead_letters import can_shrink, dead_letter, is_too_large, without_value
 from services.common.operators import Identity
 from services.common.shutdown import stop_quietly
 from shared.errors import HarstreamError, SchemaError

@@ -48,7 +48,7 @@ def alerting(port: int | None, store_url: str | None, create_topics: bool) -> No
         overrides["store_url"] = store_url
     settings = AlertingSettings(**overrides)  # type: ignore[arg-type]
     if create_topics:
-        from services.common.kafka import create_topics as create  # noqa: PLC0415
+        from services.common.kafka.topics import create_topics as create  # noqa: PLC0415
 
         create(settings)
     if not asyncio.run(_serve(settings)):

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 
@@ -22,6 +21,7 @@ import aiohttp
 
 from services.alerting.metrics import AlertingMetrics
 from services.alerting.store import AlertStore, Delivery, StoreError
+from services.common.kafka.backoff import BackoffPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -55,25 +55,6 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return None
 
 
-def retry_delay(
-    attempts: int,
-    base_s: float,
-    max_s: float,
-    retry_after_s: float | None = None,
-    rng: Callable[[], float] = random.random,
-) -> float:
-    """Delay before the next attempt after ``attempts`` failed ones.
-
-    Exponential (base · 2^(attempts-1), capped at max_s) with "equal jitter": a random
-    half-to-full of it, so a fleet of alerts does not retry in lockstep against a receiver
-    that just came back, yet never retries immediately.
-    """
-    if retry_after_s is not None:
-        return min(max_s, max(0.0, retry_after_s))
-    cap = min(max_s, base_s * 2.0 ** max(0, attempts - 1))
-    return cap / 2 + rng() * cap / 2
-
-
 class WebhookDispatcher:
     """Claims due deliveries from the outbox and POSTs them, never blocking the consumer."""
 
@@ -93,8 +74,13 @@ class WebhookDispatcher:
         self._metrics = metrics
         self._timeout_s = timeout_s
         self._give_up_after_s = give_up_after_s
-        self._backoff_base_s = backoff_base_s
-        self._backoff_max_s = backoff_max_s
+        # Doubling from base to max with "equal jitter" (a random half to all of each
+        # delay): a fleet of alerts does not retry in lock-step against a receiver that just
+        # came back, yet never retries at once.
+        self._backoff = BackoffPolicy(
+            initial_s=min(backoff_base_s, backoff_max_s), max_s=backoff_max_s, jitter=0.5
+        )
+        self._rng = random.Random()
         self._concurrency = concurrency
         self._poll_interval_s = poll_interval_s
         self._wake = asyncio.Event()
@@ -186,9 +172,7 @@ class WebhookDispatcher:
             error = f"gave up after {attempts} attempts over {age_s:.0f} s: {error}"
         try:
             if outcome is Outcome.RETRY:
-                delay = retry_delay(
-                    attempts, self._backoff_base_s, self._backoff_max_s, retry_after
-                )
+                delay = self._backoff.delay_or_retry_after(attempts, self._rng, retry_after)
                 await asyncio.to_thread(
                     self._store.delivery_retry, delivery.id, attempts, time.time() + delay, error
                 )

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 # The project's one backoff policy (exponential, jittered); pure, no gRPC import.
-from services.inference.retry import BackoffPolicy
+from services.common.kafka.backoff import BackoffPolicy
 
 #: 1/golden ratio: the fractional parts of i * this are as evenly spread as a sequence gets
 #: (three-distance theorem), for every prefix of it.

@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+from services.common.kafka.backoff import BackoffPolicy
 from services.demo.fleet import (
     RETRIABLE_STATUSES,
     DeviceSpec,
@@ -49,7 +50,6 @@ from services.demo.fleet import (
     retry_delay,
     source_address,
 )
-from services.inference.retry import BackoffPolicy
 
 logger = logging.getLogger(__name__)
 

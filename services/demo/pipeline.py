@@ -20,7 +20,7 @@ from pydantic import SecretStr
 from services.alerting.auth import create_operator, rotate_key
 from services.alerting.store import open_store
 from services.common.broker import EmbeddedBroker, free_port
-from services.common.kafka import create_topics
+from services.common.kafka.topics import create_topics
 from services.common.operators import OperatorExistsError, Role
 from services.common.processes import ServiceProcess, ServiceStartError
 from services.modelserver.process import ModelServerProcess

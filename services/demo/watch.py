@@ -9,8 +9,8 @@ import logging
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
-from services.common.kafka import BrokerUnavailableError
-from services.common.kafka_clients import aiokafka_kwargs
+from services.common.kafka.clients import aiokafka_consumer_kwargs
+from services.common.kafka.errors import BrokerUnavailableError
 from services.demo.tally import DemoTally
 from shared.errors import SchemaError
 from shared.messages import Alert, Prediction
@@ -22,13 +22,7 @@ logger = logging.getLogger(__name__)
 async def follow(settings: StreamSettings, tally: DemoTally, stop: asyncio.Event) -> None:
     topics = settings.topics
     consumer = AIOKafkaConsumer(
-        **aiokafka_kwargs(
-            settings,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            group_id=None,
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        )
+        **aiokafka_consumer_kwargs(settings, group_id=None, auto_offset_reset="earliest")
     )
     await consumer.start()
     try:

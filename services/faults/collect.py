@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition as AioTopicPartition  # type: ignore[import-untyped]
 from kafka import KafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
-from services.common.kafka_clients import aiokafka_kwargs, kafka_python_kwargs
+from services.common.kafka.clients import aiokafka_consumer_kwargs, kafka_python_kwargs
 from services.faults.records import (
     AlertRecord,
     PredictionRecord,
@@ -121,13 +121,7 @@ class Watch:
 async def watch(settings: StreamSettings, state: Watch, stop: asyncio.Event) -> None:
     topics = settings.topics
     consumer = AIOKafkaConsumer(
-        **aiokafka_kwargs(
-            settings,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            group_id=None,
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        )
+        **aiokafka_consumer_kwargs(settings, group_id=None, auto_offset_reset="earliest")
     )
     await consumer.start()
     try:

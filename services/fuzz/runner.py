@@ -27,7 +27,7 @@ import requests
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # type: ignore[import-untyped]
 from kafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from services.common.kafka_clients import kafka_python_kwargs
+from services.common.kafka.clients import kafka_python_kwargs
 from services.fuzz.http_cases import (
     CATEGORIES,
     WEIGHTS,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -22,9 +23,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry, Gauge
 
-from services.common.dead_letters import is_too_large, without_value
-from services.common.kafka import BrokerUnavailableError, dead_letter
-from services.common.kafka_clients import aiokafka_kwargs
+from services.common.kafka.backoff import BackoffPolicy
+from services.common.kafka.clients import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
+from services.common.kafka.dead_letters import dead_letter
+from services.common.kafka.errors import BrokerUnavailableError, SendAbandonedError
+from services.common.kafka.send import Record, send_acked
 from services.common.shutdown import stop_quietly
 from services.inference.batching import MicroBatcher
 from services.inference.client import GrpcModelClient
@@ -36,11 +39,10 @@ from services.inference.processing import (
     Consumed,
     decode,
 )
-from services.inference.retry import BackoffPolicy
 from services.inference.settings import InferenceSettings
 from services.inference.startup import check_model
 from shared.dsp import PreprocessingConfig
-from shared.messages import DeadLetter
+from shared.messages import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -199,71 +201,41 @@ class InferenceWorker:
             m.dead_letters.labels(error_type=type(error).__name__).inc()
 
     async def _publish(self, result: BatchResult) -> float:
-        """Produce the batch's predictions and dead letters and wait for every ack; on a Kafka
-        failure produce them all again (duplicates rather than loss). Returns the wall-clock
-        time (Unix seconds) when the last ack arrived."""
-        topics = self._settings.topics
+        """Produce the batch's predictions and dead letters and wait for every ack; records a
+        Kafka failure left unacknowledged go again after a backoff (duplicates rather than
+        loss). Returns the wall-clock time (Unix seconds) when the last ack arrived."""
+        topic = self._settings.topics.predictions
         letters = [
-            (
-                entry.key,
-                dead_letter(
-                    SERVICE, error, entry.topic, entry.partition, entry.offset,
-                    entry.key, entry.value,
-                ),
+            dead_letter(
+                SERVICE, error, entry.topic, entry.partition, entry.offset, entry.key, entry.value
             )
             for entry, error in result.dead_letters
-        ]  # fmt: skip
-        for _, letter in letters:
+        ]
+        for letter in letters:
             logger.warning(
                 "dead letter %s[%d]@%d: %s", letter.source_topic, letter.source_partition,
                 letter.source_offset, letter.reason,
             )  # fmt: skip
-        attempt = 0
-        while True:
-            try:
-                acks = []
-                for _, prediction in result.predictions:
-                    # produced_at as late as possible: when it leaves for the broker.
-                    stamped = replace(prediction, produced_at=time.time())
-                    acks.append(
-                        await self._producer.send(
-                            topics.predictions,
-                            stamped.to_bytes(),
-                            key=prediction.device_id.encode(),
-                        )
-                    )
-                for key, letter in letters:
-                    await self._send_dead_letter(letter, key)
-                await asyncio.gather(*acks)
-                return time.time()
-            except KafkaError as exc:
-                attempt += 1
-                delay = self._backoff.delay(attempt, self._rng)
-                logger.warning(
-                    "producing %d predictions / %d dead letters failed (%s): retry %d in %.2f s",
-                    len(result.predictions), len(result.dead_letters), exc, attempt, delay,
-                )  # fmt: skip
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                if self._stop.is_set():
-                    raise BatchAbandonedError("stopping while Kafka refused the batch") from exc
 
-    async def _send_dead_letter(self, letter: DeadLetter, key: bytes | None) -> None:
-        """Produce one dead letter and await its ack; one too large for the producer or
-        broker goes again without the source value (see services.common.dead_letters)."""
-        topic = self._settings.topics.dlq
+        def stamped(prediction: Prediction) -> Record:
+            # produced_at as late as possible: when it leaves for the broker.
+            value = replace(prediction, produced_at=time.time()).to_bytes()
+            return Record(topic, value, prediction.device_id.encode())
+
         try:
-            await (await self._producer.send(topic, letter.to_bytes(), key=key))
-        except KafkaError as exc:
-            if not is_too_large(exc):
-                raise
-            logger.error(
-                "dead letter of %s[%d]@%d too large to produce (%s); producing it without the "
-                "source value", letter.source_topic, letter.source_partition,
-                letter.source_offset, exc,
-            )  # fmt: skip
-            smaller = without_value(letter, exc)
-            await (await self._producer.send(topic, smaller.to_bytes(), key=smaller.key))
+            sent = await send_acked(
+                self._producer,
+                [functools.partial(stamped, prediction) for _, prediction in result.predictions],
+                letters,
+                dlq_topic=self._settings.topics.dlq,
+                backoff=self._backoff,
+                stop=self._stop,
+                rng=self._rng,
+                what="predictions",
+            )
+        except SendAbandonedError as exc:
+            raise BatchAbandonedError("stopping while Kafka refused the batch") from exc
+        return sent.acked_at
 
     async def _commit(self, result: BatchResult) -> None:
         assigned = self._consumer.assignment()
@@ -320,30 +292,18 @@ async def _unless_stopped(coro: Coroutine[Any, Any, T], stop: asyncio.Event) -> 
 
 def _consumer(settings: InferenceSettings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        **aiokafka_kwargs(
+        **aiokafka_consumer_kwargs(
             settings,
             group_id=settings.group_id,
             client_id=f"harstream-{SERVICE}",
-            enable_auto_commit=False,
             auto_offset_reset="earliest",
-            session_timeout_ms=int(settings.group_session_timeout_s * 1000),
-            heartbeat_interval_ms=int(settings.group_heartbeat_interval_s * 1000),
-            fetch_max_wait_ms=settings.fetch_max_wait_ms,
         )
     )
 
 
 def _producer(settings: InferenceSettings) -> AIOKafkaProducer:
-    # acks=all without idempotence: aiokafka's idempotent producer fails on the local broker
-    # (InitProducerId); duplicates are already possible (at-least-once) and carry window ids.
     return AIOKafkaProducer(
-        **aiokafka_kwargs(
-            settings,
-            client_id=f"harstream-{SERVICE}",
-            acks="all",
-            enable_idempotence=False,
-            linger_ms=0,
-        )
+        **aiokafka_producer_kwargs(settings, client_id=f"harstream-{SERVICE}", linger_ms=0)
     )
 
 

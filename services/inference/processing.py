@@ -14,11 +14,12 @@ from typing import Protocol
 
 import numpy as np
 
+from services.common.kafka.backoff import BackoffPolicy
 from services.inference.batching import Queued
 from services.inference.errors import InferenceError, ModelResponseError, ModelServerError
 from services.inference.model import ModelIO, ModelOutput, check_output
 from services.inference.results import batch_predictions, validate_window
-from services.inference.retry import BackoffPolicy, concerns_whole_model
+from services.inference.retry import concerns_whole_model
 from shared.errors import SchemaError
 from shared.messages import Prediction, WindowMessage
 from shared.messages.codec import check_key

@@ -54,7 +54,7 @@ from services.common.http_server import (
     auth_screen,
     serve_until_signalled,
 )
-from services.common.kafka import BrokerUnavailableError
+from services.common.kafka.errors import BrokerUnavailableError
 from services.common.ratelimit import RateLimiter
 from services.ingest import batch as batches
 from services.ingest import metrics as ingest_metrics

@@ -1,11 +1,12 @@
 """The raw-topic producer: kafka-python's idempotent producer (acks=all) bridged to asyncio,
 watched and replaced when it stops getting acknowledgements.
 
-aiokafka's idempotent producer fails against the local Tansu broker (see the Tansu notes),
-kafka-python's works, and it works on Apache Kafka alike. kafka-python is thread-based: its
-blocking calls (creation, ``send`` when metadata or buffer space is missing, ``close``) run
-on a worker thread of the producer's own, and its delivery callbacks come from its I/O
-thread, so they are handed to the event loop with ``call_soon_threadsafe``.
+aiokafka's idempotent producer fails against the local Tansu broker, kafka-python's works,
+and it works on Apache Kafka alike (options:
+:func:`~services.common.kafka.clients.kafka_python_producer_kwargs`). kafka-python is
+thread-based: its blocking calls (creation, ``send`` when metadata or buffer space is
+missing, ``close``) run on a worker thread of the producer's own, and its delivery callbacks
+come from its I/O thread, so they are handed to the event loop with ``call_soon_threadsafe``.
 
 A supervisor task creates the producer (retried with :data:`BACKOFF` while Kafka is down:
 the service starts and answers 503 meanwhile), probes the broker while records wait for
@@ -40,9 +41,9 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from kafka import KafkaAdminClient, KafkaProducer  # type: ignore[import-untyped]
 from kafka.errors import KafkaError  # type: ignore[import-untyped]
 
-from services.common.kafka import BrokerUnavailableError
-from services.common.kafka_clients import kafka_python_kwargs
-from services.inference.retry import BackoffPolicy
+from services.common.kafka.backoff import BackoffPolicy
+from services.common.kafka.clients import kafka_python_kwargs, kafka_python_producer_kwargs
+from services.common.kafka.errors import BrokerUnavailableError
 from services.ingest.health import ProducerHealth, Verdict
 from services.ingest.settings import IngestSettings
 from shared.messages import Heartbeat
@@ -263,25 +264,10 @@ class KafkaPacketSink:
         return self._replacements
 
     def _config(self) -> dict[str, Any]:
-        timeout_ms = int(self.settings.produce_timeout_s * 1000)
-        return kafka_python_kwargs(
+        return kafka_python_producer_kwargs(
             self.settings,
+            produce_timeout_s=self.settings.produce_timeout_s,
             client_id="harstream-ingest",
-            acks="all",
-            enable_idempotence=True,
-            # A request waits at most produce_timeout_s; send() must not block the producer
-            # thread much longer than that when metadata is missing.
-            max_block_ms=timeout_ms,
-            request_timeout_ms=max(timeout_ms, 10_000),
-            # Records a client was already told failed (503) may still be delivered if Kafka
-            # recovers within this: the client's retry then duplicates them, and the preprocess
-            # worker drops duplicates by seq. Bounded so the buffer does not grow for minutes.
-            # (A batch that expires after it was sent is also what wedges kafka-python's
-            # idempotent producer: see services.ingest.health.)
-            delivery_timeout_ms=max(2 * timeout_ms + 10_000, 30_000),
-            bootstrap_timeout_ms=3000,
-            # Topics are created by operators (or `create_topics`) with chosen partitions.
-            allow_auto_create_topics=False,
             # Records of concurrent requests share a produce request (see the setting).
             linger_ms=self.settings.producer_linger_ms,
         )

@@ -64,9 +64,14 @@ from aiokafka.errors import KafkaTimeoutError  # type: ignore[import-untyped]
 from faust.types import EventT
 from prometheus_client import CollectorRegistry
 
-from services.common.dead_letters import can_shrink, fitted, size_error, without_value
-from services.common.kafka import dead_letter
-from services.common.kafka_clients import faust_broker_urls, faust_credentials
+from services.common.kafka.clients import faust_broker_urls, faust_credentials
+from services.common.kafka.dead_letters import (
+    can_shrink,
+    dead_letter,
+    fitted,
+    size_error,
+    without_value,
+)
 from services.common.shutdown import hard_exit
 from services.preprocess.faust_internals import (
     ChangelogAcks,

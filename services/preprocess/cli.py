@@ -26,7 +26,7 @@ def preprocess() -> None:
     from faust import Worker  # noqa: PLC0415
     from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
 
-    from services.common.kafka import create_topics  # noqa: PLC0415
+    from services.common.kafka.topics import create_topics  # noqa: PLC0415
     from services.common.shutdown import ShutdownWatchdog  # noqa: PLC0415
     from services.preprocess.app import TABLE_NAME, create_app  # noqa: PLC0415
     from services.preprocess.faust_internals import bounded_worker  # noqa: PLC0415

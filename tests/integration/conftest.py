@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.common.broker import EmbeddedBroker
-from services.common.kafka import create_topics
+from services.common.kafka.topics import create_topics
 from services.modelserver.process import ModelServerProcess
 from shared.settings import StreamSettings
 

@@ -33,7 +33,8 @@ from services.alerting.auth import create_operator
 from services.alerting.settings import AlertingSettings
 from services.alerting.store import open_store
 from services.common.broker import EmbeddedBroker, free_port
-from services.common.kafka import BrokerUnavailableError, create_topics
+from services.common.kafka.errors import BrokerUnavailableError
+from services.common.kafka.topics import create_topics
 from services.common.operators import Role
 from services.ingest.producer import KafkaPacketSink
 from services.ingest.settings import IngestSettings

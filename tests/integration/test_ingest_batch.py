@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from services.common.broker import EmbeddedBroker, free_port
-from services.common.kafka import create_topics
+from services.common.kafka.topics import create_topics
 from services.ingest.registry import SqliteRegistry
 from services.ingest.settings import IngestSettings
 from shared.messages.raw import RawPacket

@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from services.common.broker import EmbeddedBroker, free_port, wait_for_port
-from services.common.kafka import create_topics
+from services.common.kafka.topics import create_topics
 from services.ingest.app import SERVICE_KEY, create_app
 from services.ingest.registry import SqliteRegistry
 from services.ingest.settings import IngestSettings

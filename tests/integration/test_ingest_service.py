@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from services.common.broker import EmbeddedBroker, free_port
-from services.common.kafka import create_topics
+from services.common.kafka.topics import create_topics
 from services.ingest.app import create_app
 from services.ingest.errors import RegistryUnavailableError
 from services.ingest.registry import SqliteRegistry

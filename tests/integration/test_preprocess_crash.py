@@ -46,7 +46,7 @@ import rocksdict
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from services.common.broker import EmbeddedBroker, free_port, wait_for_port
-from services.common.kafka import create_topics
+from services.common.kafka.topics import create_topics
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.stream import DeviceStream
 from shared.dsp import PreprocessingConfig, StreamingPreprocessor

@@ -4,7 +4,7 @@ The broker is the embedded Tansu behind :class:`~services.common.kafka_gateway.
 SecurityGateway` (TLS by OpenSSL through Python's ``ssl``, SCRAM-SHA-512/256 as Kafka does
 it), because this Tansu build can serve neither (see that module). Every client here is the
 real library (kafka-python, aiokafka, faust) configured only through
-:mod:`services.common.kafka_clients`; the services are the real ingest app and the real
+:mod:`services.common.kafka.clients`; the services are the real ingest app and the real
 ``harstream preprocess`` worker. What this cannot show: broker-side ACLs (Tansu has none;
 the KafkaUser ACLs are checked in the rendered manifests, tests/integration/
 test_deploy_manifests.py).
@@ -29,8 +29,12 @@ from kafka.errors import KafkaError  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
 from services.common.broker import EmbeddedBroker, free_port
-from services.common.kafka import create_topics
-from services.common.kafka_clients import aiokafka_kwargs, kafka_python_kwargs
+from services.common.kafka.clients import (
+    aiokafka_consumer_kwargs,
+    aiokafka_kwargs,
+    kafka_python_kwargs,
+)
+from services.common.kafka.topics import create_topics
 from services.ingest.app import create_app
 from services.ingest.registry import SqliteRegistry
 from services.ingest.settings import IngestSettings
@@ -133,12 +137,8 @@ def test_aiokafka_group_consumer_and_producer_over_sasl_ssl_scram_sha_256(
             await producer.stop()
         consumer = AIOKafkaConsumer(
             settings.topics.windows,
-            **aiokafka_kwargs(
-                settings,
-                group_id=f"g-{uuid.uuid4().hex[:8]}",
-                auto_offset_reset="earliest",
-                session_timeout_ms=int(settings.group_session_timeout_s * 1000),
-                heartbeat_interval_ms=int(settings.group_heartbeat_interval_s * 1000),
+            **aiokafka_consumer_kwargs(
+                settings, group_id=f"g-{uuid.uuid4().hex[:8]}", auto_offset_reset="earliest"
             ),
         )
         await consumer.start()

@@ -31,7 +31,7 @@ from services.alerting.lifecycle import open_alert
 from services.alerting.settings import AlertingSettings
 from services.alerting.store import AlertStore, PostgresAlertStore, open_store
 from services.common.broker import EmbeddedBroker
-from services.common.kafka import create_topics
+from services.common.kafka.topics import create_topics
 from services.common.operators import (
     OperatorExistsError,
     RevokedOperatorError,

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from services.alerting import app
 from services.alerting.app import AlertingService
 from services.alerting.settings import AlertingSettings
-from services.common.kafka import dead_letter
+from services.common.kafka.dead_letters import dead_letter
 from shared.errors import SchemaError
 from shared.messages import Alert, AlertState, AlertType, DeadLetter, Prediction, Severity
 

@@ -20,7 +20,7 @@ from services.alerting.monitor import DeviceMonitor
 from services.alerting.rules import AlertRules, smoothed_activity
 from services.alerting.settings import AlertingSettings
 from services.alerting.store import webhook_body
-from services.alerting.webhooks import Outcome, classify, parse_retry_after, retry_delay
+from services.alerting.webhooks import Outcome, classify, parse_retry_after
 from shared.messages import AlertState, AlertType, Severity
 from tests.unit.alerting_helpers import LYING_STILL, WALKING, prediction, probs
 
@@ -107,16 +107,6 @@ def test_webhook_body_shape() -> None:
     body = json.loads(webhook_body(opened))
     assert body["event"] == "opened"
     assert body["alert"] == opened.alert.to_dict()
-
-
-def test_retry_delay_grows_exponentially_with_jitter_and_caps() -> None:
-    assert retry_delay(1, 1.0, 300.0, rng=lambda: 0.0) == 0.5
-    assert retry_delay(1, 1.0, 300.0, rng=lambda: 1.0) == 1.0
-    assert retry_delay(4, 1.0, 300.0, rng=lambda: 1.0) == 8.0
-    assert retry_delay(4, 1.0, 300.0, rng=lambda: 0.0) == 4.0
-    assert retry_delay(30, 1.0, 300.0, rng=lambda: 1.0) == 300.0
-    assert retry_delay(1, 1.0, 300.0, retry_after_s=42.0) == 42.0
-    assert retry_delay(1, 1.0, 300.0, retry_after_s=9999.0) == 300.0
 
 
 def test_retry_after_header() -> None:

@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from services.common.kafka.backoff import BackoffPolicy
 from services.demo.fleet import (
     LATENCY_BOUNDS,
     DeviceSpec,
@@ -23,7 +24,6 @@ from services.demo.fleet import (
     retry_delay,
     source_address,
 )
-from services.inference.retry import BackoffPolicy
 from services.ingest.schemas import Packet
 
 

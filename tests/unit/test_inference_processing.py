@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from services.common.kafka.backoff import BackoffPolicy
 from services.inference.batching import MicroBatcher, Queued
 from services.inference.errors import (
     FingerprintMismatchError,
@@ -25,7 +26,6 @@ from services.inference.processing import (
     Consumed,
     decode,
 )
-from services.inference.retry import BackoffPolicy
 from shared.errors import SchemaError
 from shared.messages import WindowMessage
 from tests.unit.inference_helpers import FakeModel, make_window, probabilities_of, unavailable

@@ -14,12 +14,12 @@ from aiokafka import TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 from prometheus_client import CollectorRegistry
 
+from services.common.kafka.backoff import BackoffPolicy
 from services.common.shutdown import stop_quietly
 from services.inference.batching import MicroBatcher
 from services.inference.main import InferenceWorker, stop_worker
 from services.inference.metrics import create
 from services.inference.processing import BatchProcessor, Consumed
-from services.inference.retry import BackoffPolicy
 from services.inference.settings import InferenceSettings
 from shared.messages import DeadLetter, Prediction
 from tests.unit.inference_helpers import FakeModel, make_window, unavailable

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import pytest
 from kafka.errors import KafkaTimeoutError
 
-from services.common.kafka import BrokerUnavailableError
+from services.common.kafka.errors import BrokerUnavailableError
 from services.ingest.producer import BACKOFF, KafkaPacketSink
 from services.ingest.settings import IngestSettings
 from shared.messages import Heartbeat

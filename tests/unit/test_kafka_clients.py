@@ -11,7 +11,7 @@ import faust
 import pytest
 from pydantic import ValidationError
 
-from services.common.kafka_clients import (
+from services.common.kafka.clients import (
     aiokafka_kwargs,
     describe,
     faust_broker_urls,

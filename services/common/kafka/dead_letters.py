@@ -1,14 +1,20 @@
-"""Dead letters the broker refuses because of their size.
+"""Dead letters: building one from a failed message, and fitting it under the size limits.
+Pure (no I/O); :func:`services.common.kafka.send.send_acked` sends them.
 
-A dead letter carries its source record's value base64-encoded inside JSON (~1.33×), so a
-source record near the broker's size limit (``message.max.bytes``, 1 MB by default) gives a
-dead letter above it. That error is not retriable: retrying the same record forever would
-stall its partition. The worker produces the dead letter again without the value, the
-original size in the reason, and the source topic/partition/offset to fetch it from.
+A message that cannot be processed goes to the dead-letter topic with the reason; it never
+crashes a worker. A dead letter carries its source record's value base64-encoded inside
+JSON (~1.33×), so a source record near the broker's size limit (``message.max.bytes``, 1 MB
+by default) gives a dead letter above it. That error is not retriable: retrying the same
+record forever would stall its partition. So a dead letter over
+:data:`MAX_DEAD_LETTER_BYTES` is sent without the value from the start (:func:`fitted`),
+and one the broker still refuses as too large (a lower broker limit) is sent again without
+it (:func:`without_value`): the original size is in the reason, and the source
+topic/partition/offset to fetch the value from.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from aiokafka.errors import (  # type: ignore[import-untyped]
@@ -16,7 +22,40 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
     RecordListTooLargeError,
 )
 
+from services.common.kafka.errors import DeadLetterTooLargeError
 from shared.messages import DeadLetter
+
+#: Longest reason kept in a dead letter: enough for any message of ours, and bounded, so
+#: an exception that quotes its input cannot make the dead letter too large to produce.
+MAX_REASON_CHARS = 1000
+
+
+def dead_letter(
+    service: str,
+    error: BaseException,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+) -> DeadLetter:
+    """The dead letter of the message at ``topic[partition]@offset`` that failed in
+    ``service`` with ``error``; produce it keyed by its ``key``."""
+    reason = str(error) or type(error).__name__
+    if len(reason) > MAX_REASON_CHARS:
+        reason = f"{reason[:MAX_REASON_CHARS]}… [{len(reason)} characters]"
+    return DeadLetter(
+        service=service,
+        reason=reason,
+        error_type=type(error).__name__,
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        key=key,
+        value=value,
+        failed_at=time.time(),
+    )
+
 
 #: Produce errors that a smaller record avoids (client-side max_request_size check, or the
 #: broker's MESSAGE_TOO_LARGE / RECORD_LIST_TOO_LARGE).
@@ -39,10 +78,6 @@ MAX_KEPT_KEY_BYTES = 1024
 #: stays well under the producers' 1 MB request limit and Kafka's default message.max.bytes,
 #: and the value can still be read from its source topic/partition/offset.
 MAX_DEAD_LETTER_BYTES = 512 * 1024
-
-
-class DeadLetterTooLargeError(Exception):
-    """A dead letter's encoding exceeds :data:`MAX_DEAD_LETTER_BYTES`."""
 
 
 def fitted(letter: DeadLetter) -> DeadLetter:
