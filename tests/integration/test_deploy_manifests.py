@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from services.common.config_reference import SERVICES, env_var_names
+from services.config_reference import SERVICES, env_var_names
 from shared.topics import Topics
 
 pytestmark = pytest.mark.integration

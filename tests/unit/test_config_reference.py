@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from services.alerting.rules import AlertRules
-from services.common.config_reference import (
+from services.config_reference import (
     BEGIN_MARKER,
     END_MARKER,
     SERVICES,
@@ -78,7 +78,7 @@ def test_readme_reference_is_the_generated_one() -> None:
     assert block is not None, f"README.md has no {BEGIN_MARKER} ... {END_MARKER} block"
     assert block == readme_block(), (
         "README.md's configuration reference is out of date: run "
-        "`.venv/bin/python -m services.common.config_reference --write README.md`"
+        "`.venv/bin/python -m services.config_reference --write README.md`"
     )
 
 

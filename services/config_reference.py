@@ -2,9 +2,11 @@
 
 One markdown table per service (env var, type, default, description), nested models
 expanded (``HARSTREAM_ALERTING_RULES__FALL_CONFIRM_S``). Pure: imports only the settings
-classes, reads no environment. Regenerate the README section with::
+classes, reads no environment. It sits beside the services, not in ``services/common``:
+it imports every service's settings, and the common layer is what services import.
+Regenerate the README section with::
 
-    .venv/bin/python -m services.common.config_reference --write README.md
+    .venv/bin/python -m services.config_reference --write README.md
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ SERVICES: tuple[tuple[str, type[BaseSettings]], ...] = (
 
 BEGIN_MARKER = "<!-- config-reference:begin (generated: do not edit by hand) -->"
 END_MARKER = "<!-- config-reference:end -->"
-REGENERATE_COMMAND = ".venv/bin/python -m services.common.config_reference --write README.md"
+REGENERATE_COMMAND = ".venv/bin/python -m services.config_reference --write README.md"
 
 
 @dataclass(frozen=True)
