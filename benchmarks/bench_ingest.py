@@ -3,7 +3,14 @@ ingest`` process and N simulated wearables at real time (one 50-sample JSON pack
 device per second, each on its own keep-alive connection from its own loopback address).
 
 ``python -m benchmarks.bench_ingest [--devices 500,1000,2000] [--seconds 20]
-[--repeats 3] [--compare TREE] [--profile DIR]``
+[--repeats 3] [--modes device-json,gateway-msgpack,...] [--gateways 25] [--compare TREE]
+[--profile DIR]``
+
+``--modes`` runs each N in several ways, alternating them per run so all see the same
+machine load: ``device-json`` (every device posts its own JSON packets, the default),
+``device-msgpack`` (its own MessagePack packets, samples packed float32), ``gateway-json``
+and ``gateway-msgpack`` (``--gateways`` gateways forward the devices' packets as
+``POST /v1/packets:batch`` every ``--gateway-interval-s``).
 
 Per run it prints offered and accepted packets/s, ingest's CPU-seconds per second (utime +
 stime of the ingest process from ``/proc/<pid>/stat``, all its threads), µs of ingest CPU
@@ -57,9 +64,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+#: The ways the fleet can reach ingest (see the module docstring).
+MODES = ("device-json", "device-msgpack", "gateway-json", "gateway-msgpack")
+
+
 @dataclass(frozen=True)
 class RunResult:
     tree: str
+    mode: str
     devices: int
     seconds: float
     offered_per_s: float
@@ -149,6 +161,17 @@ def ingest_process(
         terminate(process, 20.0)
 
 
+def fleet_config(url: str, mode: str, args: argparse.Namespace) -> FleetConfig:
+    """The load generator's configuration for ``mode`` (one of :data:`MODES`)."""
+    how, _, body = mode.partition("-")
+    return FleetConfig(
+        url,
+        body="msgpack" if body == "msgpack" else "json",
+        gateways=args.gateways if how == "gateway" else 0,
+        gateway_interval_s=args.gateway_interval_s,
+    )
+
+
 def measure(
     tree: Path,
     label: str,
@@ -159,6 +182,7 @@ def measure(
     workdir: Path,
     args: argparse.Namespace,
     profile_to: Path | None = None,
+    mode: str = "device-json",
 ) -> RunResult:
     broker_pid = broker.pid
     assert broker_pid is not None
@@ -172,7 +196,7 @@ def measure(
             workdir / "hidden" if label == "base" and args.compare_hide else None,
             max_connections=len(devices) + 100,
         ) as (pid, url),
-        Fleet(FleetConfig(url), processes=args.processes) as fleet,
+        Fleet(fleet_config(url, mode, args), processes=args.processes) as fleet,
     ):
         fleet.add(devices)
         time.sleep(args.warmup_s)
@@ -211,6 +235,7 @@ def measure(
     accepted = counters.accepted
     return RunResult(
         tree=label,
+        mode=mode,
         devices=len(devices),
         seconds=round(dt, 1),
         offered_per_s=round(counters.offered / dt, 1),
@@ -227,7 +252,8 @@ def measure(
 
 
 _COLUMNS = (
-    ("tree", "tree", 8),
+    ("tree", "tree", 5),
+    ("mode", "mode", 16),
     ("devices", "N", 6),
     ("offered_per_s", "offered/s", 10),
     ("accepted_per_s", "accepted/s", 11),
@@ -250,14 +276,17 @@ def _header() -> str:
 
 
 def medians(results: list[RunResult]) -> list[dict[str, Any]]:
-    """One row per (tree, N): the median of every figure over the repeats."""
-    groups: dict[tuple[str, int], list[RunResult]] = {}
+    """One row per (tree, mode, N): the median of every figure over the repeats."""
+    groups: dict[tuple[str, str, int], list[RunResult]] = {}
     for result in results:
-        groups.setdefault((result.tree, result.devices), []).append(result)
+        groups.setdefault((result.tree, result.mode, result.devices), []).append(result)
     rows = []
-    for (tree, n), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        row: dict[str, Any] = {"tree": tree, "devices": n, "runs": len(runs)}
-        for key, _, _ in _COLUMNS[2:]:
+    order = {mode: i for i, mode in enumerate(MODES)}
+    for (tree, mode, n), runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][2], order.get(kv[0][1], 99), kv[0][0])
+    ):
+        row: dict[str, Any] = {"tree": tree, "mode": mode, "devices": n, "runs": len(runs)}
+        for key, _, _ in _COLUMNS[3:]:
             row[key] = round(statistics.median(getattr(r, key) for r in runs), 3)
         rows.append(row)
     return rows
@@ -275,6 +304,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--warmup-s", type=float, default=8.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--processes", type=int, default=2, help="load generator processes")
+    parser.add_argument(
+        "--modes",
+        default="device-json",
+        help=f"comma-separated, of {', '.join(MODES)} [device-json]",
+    )
+    parser.add_argument("--gateways", type=int, default=25, help="gateways in gateway-* modes")
+    parser.add_argument("--gateway-interval-s", type=float, default=1.0)
     parser.add_argument("--compare", type=Path, help="another source tree to run side by side")
     parser.add_argument(
         "--compare-hide",
@@ -287,6 +323,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     sizes = [int(n) for n in args.devices.split(",")]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if unknown := [m for m in modes if m not in MODES]:
+        parser.error(f"unknown mode(s) {unknown}: choose from {', '.join(MODES)}")
     trees: list[tuple[str, Path]] = [("new", REPO_ROOT)]
     if args.compare is not None:
         trees.insert(0, ("base", args.compare.resolve()))
@@ -311,14 +350,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             print(_header(), flush=True)
             for repeat in range(args.repeats):
                 for n in sizes:
-                    # Alternate which tree goes first, so neither always follows the other.
+                    # Alternate which tree and mode go first, so none always follows another.
                     order = trees if repeat % 2 == 0 else trees[::-1]
-                    for label, tree in order:
-                        result = measure(
-                            tree, label, specs[:n], broker, prefix, registry_url, workdir, args
-                        )
-                        results.append(result)
-                        print(_row(asdict(result)), flush=True)
+                    mode_order = modes if repeat % 2 == 0 else modes[::-1]
+                    for mode in mode_order:
+                        for label, tree in order:
+                            result = measure(
+                                tree,
+                                label,
+                                specs[:n],
+                                broker,
+                                prefix,
+                                registry_url,
+                                workdir,
+                                args,
+                                mode=mode,
+                            )
+                            results.append(result)
+                            print(_row(asdict(result)), flush=True)
             rows = medians(results)
             print(f"\nmedians of {args.repeats} run(s):")
             print(_header())
@@ -327,20 +376,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if args.profile is not None:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 for n in sizes:
-                    for label, tree in trees:
-                        out = args.profile / f"ingest-{label}-{n}.txt"
-                        measure(
-                            tree,
-                            label,
-                            specs[:n],
-                            broker,
-                            prefix,
-                            registry_url,
-                            workdir,
-                            args,
-                            profile_to=out,
-                        )
-                        _print_profile(out, f"{label}, {n} devices")
+                    for mode in modes:
+                        for label, tree in trees:
+                            out = args.profile / f"ingest-{label}-{mode}-{n}.txt"
+                            measure(
+                                tree,
+                                label,
+                                specs[:n],
+                                broker,
+                                prefix,
+                                registry_url,
+                                workdir,
+                                args,
+                                profile_to=out,
+                                mode=mode,
+                            )
+                            _print_profile(out, f"{label}, {mode}, {n} devices")
     finally:
         print(f"load average at end: {_uptime()}")
         if args.json is None:

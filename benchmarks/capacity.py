@@ -1,12 +1,16 @@
 """Capacity: how many live devices the local pipeline holds on this machine (issue 10).
 
-``python -m benchmarks.capacity [--steps 100,250,500,...] [--hold-s 60] [--warmup-s 20]``
+``python -m benchmarks.capacity [--steps 100,250,500,...] [--hold-s 60] [--warmup-s 20]
+[--body json|msgpack] [--gateways G] [--gateway-interval-s 1]``
 
 Starts the local pipeline (embedded broker, model server, every service as its own
 process, 4 partitions), registers the devices in one batch, and ramps a fleet of simulated
 live devices (:mod:`services.demo.fleetgen`: one keep-alive connection and one 50-sample
 packet per device per second, real HAPT signals, phases spread over the second, in worker
-processes of their own). Each step adds devices, waits ``--warmup-s``, then holds
+processes of their own). ``--gateways G`` has G gateways forward the devices' packets
+instead (``POST /v1/packets:batch`` every ``--gateway-interval-s``, one connection and one
+address per gateway); ``--body msgpack`` sends MessagePack (packed float32 samples) instead
+of JSON. Each step adds devices, waits ``--warmup-s``, then holds
 ``--hold-s`` and prints: offered and accepted packets/s, client latency, end-to-end p50/p99
 (from the inference histogram's bucket deltas and from the predictions' own timings read
 off the predictions topic), consumer lag per group at the start and end of the hold
@@ -27,6 +31,7 @@ own, not in the one whose figures you quote.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -472,6 +477,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="load generator processes [0: one per 2,500 devices of the last step, at least 1]",
     )
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--body", choices=("json", "msgpack"), default="json", help="request body format [json]"
+    )
+    parser.add_argument(
+        "--gateways",
+        type=int,
+        default=0,
+        help="G gateways forward the devices' packets in batches [0: every device posts]",
+    )
+    parser.add_argument(
+        "--gateway-interval-s", type=float, default=1.0, help="a gateway's batch period [1]"
+    )
     parser.add_argument("--keep-going", action="store_true", help="go on after a failing step")
     parser.add_argument("--drain-s", type=float, default=120.0)
     parser.add_argument("--workdir", type=Path, default=None)
@@ -540,9 +557,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: list[tuple[StepResult, list[str]]] = []
     started = time.time()
     load_before = os.getloadavg()
+    fleet_config = FleetConfig(
+        "",  # the pipeline's URL, once it runs
+        body=args.body,
+        gateways=args.gateways,
+        gateway_interval_s=args.gateway_interval_s,
+    )
+    mode = (
+        f"{args.gateways} gateways (a batch each every {args.gateway_interval_s:g} s)"
+        if args.gateways
+        else "every device posts its own packets"
+    )
     print(
         f"capacity: steps {steps}, hold {args.hold_s:g} s, warm-up {args.warmup_s:g} s, "
-        f"{processes} load generator process(es); logs in {workdir / 'logs'}",
+        f"{processes} load generator process(es), {mode}, {args.body} bodies; logs in "
+        f"{workdir / 'logs'}",
         flush=True,
     )
     with Pipeline(config) as pipeline:
@@ -551,7 +580,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"registered {len(specs)} devices in {time.monotonic() - t0:.2f} s", flush=True)
         watch = PredictionWatch(pipeline)
         watch.start()
-        with Fleet(FleetConfig(pipeline.ingest_url), processes=processes) as fleet:
+        config = dataclasses.replace(fleet_config, url=pipeline.ingest_url)
+        with Fleet(config, processes=processes) as fleet:
             harness = Harness(pipeline, fleet, EndOffsets(pipeline))
             idle = harness.snapshot()
             previous = (0, tracking_rss(idle.usage))
@@ -602,6 +632,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "wall_s": time.time() - started,
         "processes": processes,
         "cores": os.cpu_count(),
+        "mode": mode,
+        "body": args.body,
+        "gateways": args.gateways,
+        "gateway_interval_s": args.gateway_interval_s,
     }
     if drained:
         print(

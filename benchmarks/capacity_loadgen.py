@@ -1,14 +1,17 @@
 """Can the load generator offer the load? The fleet against a sink that answers 202 at once.
 
 ``python -m benchmarks.capacity_loadgen [--devices 5000] [--seconds 30] [--processes 2]
-[--client fleet|aiohttp]``
+[--client fleet|aiohttp] [--body json|msgpack] [--gateways G] [--gateway-interval-s 1]``
 
 Starts a sink on 127.0.0.1 (its own process, a bare asyncio protocol: reads each request
 and answers ``202`` with no work) and runs N devices against it at real time for
 ``--seconds``; prints offered vs accepted packets/s, client latency, and the CPU of the
 generator (per packet) and of the sink. ``--client aiohttp`` runs the same schedule through
 one aiohttp session in one process instead (one connection per device, as the fleet), to
-compare the two clients' CPU per request. Loopback only; bounded in time.
+compare the two clients' CPU per request. ``--gateways G`` has G gateways forward the
+devices' packets in batches (the sink then decodes each batch and answers a result per
+packet, as ingest does); ``--body msgpack`` sends MessagePack. Loopback only; bounded in
+time.
 """
 
 from __future__ import annotations
@@ -21,11 +24,27 @@ import socket
 import time
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
+import orjson
+
 from benchmarks.capacity_stats import parse_proc_stat
 from services.demo.fleet import DeviceSpec, FleetCounters, packets_due, phase_of
 from services.demo.fleetgen import Fleet, FleetConfig
 
 _ANSWER = b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+def _batch_answer(head: bytes, body: bytes) -> bytes:
+    """What ingest answers a batch whose packets all pass: a 202 result per packet."""
+    packets = (msgpack.unpackb if b"msgpack" in head else orjson.loads)(body)["packets"]
+    results = [
+        {"index": i, "device_id": None, "seq": None, "status": 202} for i in range(len(packets))
+    ]
+    answer = orjson.dumps({"accepted": len(packets), "refused": 0, "results": results})
+    return (
+        b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+        % len(answer)
+    ) + answer
 
 
 class _Sink(asyncio.Protocol):
@@ -48,9 +67,11 @@ class _Sink(asyncio.Protocol):
             length = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
             if len(self.buffer) < end + 4 + length:
                 return
+            body = self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
             assert self.transport is not None
-            self.transport.write(_ANSWER)
+            batch = head.startswith(b"post /v1/packets:batch ")
+            self.transport.write(_batch_answer(head, body) if batch else _ANSWER)
 
 
 def _sink_main(sock: socket.socket) -> None:
@@ -110,6 +131,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--client", choices=("fleet", "aiohttp"), default="fleet")
+    parser.add_argument("--body", choices=("json", "msgpack"), default="json")
+    parser.add_argument("--gateways", type=int, default=0, help="0: every device posts")
+    parser.add_argument("--gateway-interval-s", type=float, default=1.0)
     parser.add_argument(
         "--warmup-s",
         type=float,
@@ -136,7 +160,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         gen_cpu = _cpu_s(me) - cpu0
     else:
         specs = [DeviceSpec(i, f"d-{i:05d}", "x" * 43) for i in range(args.devices)]
-        with Fleet(FleetConfig(url), processes=args.processes) as fleet:
+        config = FleetConfig(
+            url,
+            body=args.body,
+            gateways=args.gateways,
+            gateway_interval_s=args.gateway_interval_s,
+        )
+        with Fleet(config, processes=args.processes) as fleet:
             pids = fleet.pids
             fleet.add(specs)
             time.sleep(args.warmup_s)
@@ -152,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sink.join(5)
     figures = {
         "client": args.client,
+        "body": args.body,
+        "gateways": args.gateways,
         "devices": args.devices,
         "processes": args.processes if args.client == "fleet" else 1,
         "seconds": round(dt, 1),
@@ -163,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "client_p99_ms": round((counters.latency_quantile(0.99) or 0) * 1000, 2),
         "generator_cpu_s_per_s": round(gen_cpu / dt, 3),
         "generator_cpu_us_per_packet": round(gen_cpu / max(counters.accepted, 1) * 1e6, 1),
+        "requests_per_s": round(counters.requests / dt, 1),
         "sink_cpu_s_per_s": round(sink_cpu / dt, 3),
     }
     for key, value in figures.items():

@@ -1,13 +1,18 @@
 """A fleet of live wearables, the pure part: when each device sends, what it sends, and the
 counters a load generator keeps (no I/O; :mod:`services.demo.fleetgen` does the sending).
 
-Each simulated device posts one packet of ``packet_size`` samples per packet period (50
-samples at 50 Hz: one packet per second), the JSON packet ingest accepts, once the packet's
-last sample has been measured. Devices are spread over the period by a low-discrepancy
-phase (:func:`phase_of`), so any first ``n`` devices of a ramp are evenly spread and never
-post on the same instant. The samples are HAPT recordings, cut into packets once
-(:func:`render_chunks`) and cycled, so the model sees real signals; a device starts at its
-own offset into its recording so devices replaying the same recording differ.
+Each simulated device produces one packet of ``packet_size`` samples per packet period (50
+samples at 50 Hz: one packet per second), the packet ingest accepts, once the packet's last
+sample has been measured: as JSON, or as MessagePack with its samples packed as float32
+(:func:`packet_msgpack`). Either every device posts its own packets, or gateways forward
+them: a gateway posts the packets of its devices that are due, every ``gateway_interval_s``,
+as one ``POST /v1/packets:batch`` (:func:`batch_body`).
+
+Devices are spread over the period by a low-discrepancy phase (:func:`phase_of`), so any
+first ``n`` devices of a ramp are evenly spread and never post on the same instant. The
+samples are HAPT recordings, cut into packets once (:func:`render_chunks`) and cycled, so
+the model sees real signals; a device starts at its own offset into its recording so
+devices replaying the same recording differ.
 """
 
 from __future__ import annotations
@@ -16,13 +21,16 @@ import bisect
 import json
 import math
 import random
+import struct
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+import msgpack  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 # The project's one backoff policy (exponential, jittered); pure, no gRPC import.
 from services.common.kafka.backoff import BackoffPolicy
@@ -90,6 +98,106 @@ def packet_body(
     )
 
 
+#: Body formats the generator can send.
+BodyKind = Literal["json", "msgpack"]
+CONTENT_TYPES: dict[str, str] = {"json": "application/json", "msgpack": "application/msgpack"}
+
+
+def render_packed_chunks(samples: npt.NDArray[np.float64], packet_size: int) -> list[bytes]:
+    """Every whole packet of a recording as packed little-endian float32 rows (what a
+    MessagePack packet carries in ``samples``), rendered once."""
+    if packet_size < 1:
+        raise ValueError("packet_size must be positive")
+    whole = len(samples) // packet_size
+    rows = np.ascontiguousarray(samples[: whole * packet_size], dtype="<f4")
+    return [rows[i * packet_size : (i + 1) * packet_size].tobytes() for i in range(whole)]
+
+
+def packet_msgpack(
+    device_id: str, seq: int, first_sample_time: float, sample_rate_hz: float, packed: bytes
+) -> bytes:
+    """The MessagePack packet (samples as packed float32, see :func:`render_packed_chunks`)."""
+    result: bytes = msgpack.packb(
+        {
+            "device_id": device_id,
+            "seq": seq,
+            "first_sample_time": first_sample_time,
+            "sample_rate_hz": sample_rate_hz,
+            "samples": packed,
+        }
+    )
+    return result
+
+
+def _msgpack_header(n: int, fix: int, code16: int) -> bytes:
+    """A MessagePack map (``fix`` 0x80, ``code16`` 0xDE) or array (0x90, 0xDC) header for
+    ``n`` entries; the 32-bit forms follow the 16-bit codes."""
+    if n < 16:
+        return bytes([fix | n])
+    if n < 2**16:
+        return bytes([code16]) + struct.pack(">H", n)
+    return bytes([code16 + 1]) + struct.pack(">I", n)
+
+
+_MSGPACK_TOKENS_KEY = msgpack.packb("tokens")
+_MSGPACK_PACKETS_KEY = msgpack.packb("packets")
+
+
+def batch_body(
+    kind: BodyKind, tokens: Sequence[tuple[str, str]], packets: Sequence[bytes]
+) -> bytes:
+    """The body of ``POST /v1/packets:batch`` with ``tokens`` (device id, token) and the
+    ``packets`` already rendered in format ``kind`` (:func:`packet_body`,
+    :func:`packet_msgpack`): concatenated, not encoded again."""
+    if kind == "json":
+        credentials = orjson.dumps(dict(tokens))
+        return b"".join((b'{"tokens":', credentials, b',"packets":[', b",".join(packets), b"]}"))
+    entries = b"".join(
+        msgpack.packb(device_id) + msgpack.packb(token) for device_id, token in tokens
+    )
+    return b"".join(
+        (
+            _msgpack_header(2, 0x80, 0xDE),
+            _MSGPACK_TOKENS_KEY,
+            _msgpack_header(len(tokens), 0x80, 0xDE),
+            entries,
+            _MSGPACK_PACKETS_KEY,
+            _msgpack_header(len(packets), 0x90, 0xDC),
+            *packets,
+        )
+    )
+
+
+@dataclass(frozen=True)
+class PacketAnswer:
+    """One packet's result in a batch answer."""
+
+    index: int
+    status: int
+    #: ``retry_after_s`` of a 429 or 503, else None.
+    retry_after: float | None
+
+
+def parse_batch_answer(body: bytes, packets: int) -> list[PacketAnswer]:
+    """The per-packet results of a 202/207 batch answer, checked to be one per packet in
+    order; :class:`ResponseError` if the body is not such an answer."""
+    try:
+        results = orjson.loads(body)["results"]
+        answers = [
+            PacketAnswer(int(r["index"]), int(r["status"]), r.get("retry_after_s")) for r in results
+        ]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise ResponseError(f"not a batch answer: {body[:120]!r}") from None
+    if [a.index for a in answers] != list(range(packets)):
+        raise ResponseError(f"a batch answer for {len(answers)} of {packets} packets")
+    return answers
+
+
+def gateway_of(index: int, gateways: int) -> int:
+    """Which gateway forwards device ``index`` (devices spread round-robin)."""
+    return index % gateways
+
+
 def source_address(index: int) -> str:
     """The loopback address device ``index`` connects from: ``127.1.x.y``, one per device
     (62,500 before they repeat). Real wearables each have their own address; from a single
@@ -122,8 +230,11 @@ class FleetCounters:
     """What the generator saw, cumulative (a step's figures are differences of two).
 
     ``offered`` counts packets by schedule (due by now), whether or not the device could
-    send them yet; ``accepted`` counts 202 answers; every other final outcome is in
-    ``failed`` by status (0: connection error or timeout after the last retry)."""
+    send them yet; ``accepted`` counts packets accepted (202 answers, or 202 results of a
+    batch); every other final outcome is in ``failed`` by status (0: connection error or
+    timeout after the last retry). Through gateways, ``requests`` and the latency count
+    batch requests, ``statuses`` every packet's answers (a batch's results, or the whole
+    batch's status for each of its packets)."""
 
     offered: int = 0
     #: Requests sent, retries included.

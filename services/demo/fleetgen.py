@@ -15,6 +15,17 @@ times out or is answered 429/5xx is sent again with the project's backoff
 (:func:`services.demo.fleet.retry_delay`), at most ``max_retries`` times, then given up
 and counted: never a retry storm, never a silent loss.
 
+Gateway mode (``gateways`` > 0): device ``i`` is forwarded by gateway ``i % gateways``,
+and each gateway, on one keep-alive connection from one address of its own (a hub behind
+a care home's NAT), posts every ``gateway_interval_s`` one ``POST /v1/packets:batch`` with
+each of its devices' packets that is due (devices still make one packet per period each,
+on the same schedule). It reads each packet's result: a packet answered 429 or 5xx (or in
+a batch that got no answer) goes into a later batch, after the backoff, at most
+``max_retries`` times; a device's packets are sent in order.
+
+Bodies are JSON or MessagePack (``body``; MessagePack packets carry their samples as packed
+float32, pre-rendered like the JSON ones).
+
 The parent talks to each worker over a pipe: ``add`` devices, ``snapshot`` the counters,
 ``accepted`` samples per device (loss accounting), ``stop``.
 """
@@ -26,7 +37,6 @@ import contextlib
 import logging
 import multiprocessing
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -38,15 +48,23 @@ from urllib.parse import urlsplit
 
 from services.common.kafka.backoff import BackoffPolicy
 from services.demo.fleet import (
+    CONTENT_TYPES,
     RETRIABLE_STATUSES,
+    BodyKind,
     DeviceSpec,
     FleetCounters,
     ResponseError,
+    ResponseHead,
+    batch_body,
+    gateway_of,
     packet_body,
+    packet_msgpack,
     packets_due,
+    parse_batch_answer,
     parse_response_head,
     phase_of,
     render_chunks,
+    render_packed_chunks,
     retry_delay,
     source_address,
 )
@@ -65,55 +83,46 @@ class FleetConfig:
     #: Longest wait for one answer before the packet counts as timed out (seconds).
     request_timeout_s: float = 10.0
     max_retries: int = 5
-    #: Each device connects from its own loopback address (:func:`source_address`); only
-    #: for a loopback ingest URL.
+    #: Each device (each gateway) connects from its own loopback address
+    #: (:func:`source_address`); only for a loopback ingest URL.
     spread_sources: bool = True
     backoff: BackoffPolicy = field(default_factory=lambda: BackoffPolicy(0.2, 5.0, 2.0, 0.5))
+    #: Body format of every request.
+    body: BodyKind = "json"
+    #: 0: every device posts its own packets; else this many gateways forward them.
+    gateways: int = 0
+    #: How often a gateway posts the packets that are due (seconds).
+    gateway_interval_s: float = 1.0
+    #: Most packets per batch (ingest's max_batch_packets); more due go in several.
+    max_batch_packets: int = 1000
 
     @property
     def period_s(self) -> float:
         """Seconds between a device's packets (one packet's worth of samples)."""
         return self.packet_size / self.sample_rate_hz
 
+    def worker_of(self, index: int, processes: int) -> int:
+        """Which worker process runs device ``index`` (a gateway's devices share one)."""
+        owner = gateway_of(index, self.gateways) if self.gateways else index
+        return owner % processes
+
 
 # -- registration ---------------------------------------------------------------------------
 
 
 def register_fleet(registry_url: str, count: int, prefix: str = "fleet") -> list[DeviceSpec]:
-    """Register ``count`` devices ``<prefix>-00001``... with fresh tokens, in one batch.
-
-    For SQLite, one transaction (5,000 devices in well under a second; the registry's
-    ``add`` opens a connection and commits per device, ~1.3 ms each here); the registry
-    itself creates the table and is asked back for one token to prove the rows are what it
-    reads. Other stores go through ``add``."""
-    from services.ingest.registry import SqliteRegistry, open_registry  # noqa: PLC0415
-    from services.ingest.tokens import generate_token, hash_token  # noqa: PLC0415
+    """Register ``count`` devices ``<prefix>-00001``... with fresh tokens, in one transaction
+    (:meth:`~services.ingest.registry.DeviceRegistry.add_many`: 5,000 devices in well under
+    a second, where ``add`` commits per device)."""
+    from services.ingest.registry import NewDevice, open_registry  # noqa: PLC0415
 
     ids = [f"{prefix}-{i + 1:05d}" for i in range(count)]
     registry = open_registry(registry_url)
     try:
-        if not isinstance(registry, SqliteRegistry):
-            tokens = [registry.add(device_id, label="fleet")[1] for device_id in ids]
-        else:
-            registry.ping()  # creates the table
-            tokens = [generate_token() for _ in ids]
-            now = time.time()
-            conn = sqlite3.connect(registry.path, isolation_level=None)
-            try:
-                conn.execute("BEGIN")
-                conn.executemany(
-                    "INSERT INTO devices (device_id, token_hash, label, created_at, revoked_at)"
-                    " VALUES (?, ?, 'fleet', ?, NULL)",
-                    [(d, hash_token(t), now) for d, t in zip(ids, tokens, strict=True)],
-                )
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-            if ids and registry.find_by_token(tokens[-1]) is None:
-                raise RuntimeError("the registry does not find the devices just registered")
+        added = registry.add_many([NewDevice(device_id, "fleet") for device_id in ids])
     finally:
         registry.close()
-    return [DeviceSpec(i, d, t) for i, (d, t) in enumerate(zip(ids, tokens, strict=True))]
+    return [DeviceSpec(i, record.device_id, token) for i, (record, token) in enumerate(added)]
 
 
 # -- one device -----------------------------------------------------------------------------
@@ -129,6 +138,12 @@ class _HttpConnection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def request(self, data: bytes) -> tuple[int, float | None]:
+        """``(status, retry_after)`` of the answer."""
+        head, _ = await self.exchange(data)
+        return head.status, head.retry_after
+
+    async def exchange(self, data: bytes) -> tuple[ResponseHead, bytes]:
+        """Send one request; the answer's head and body."""
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(
                 self.host, self.port, local_addr=self.local_addr
@@ -138,11 +153,12 @@ class _HttpConnection:
         # whole, so no drain() (a coroutine per request saved).
         self._writer.write(data)
         head = parse_response_head(await self._reader.readuntil(b"\r\n\r\n"))
+        body = b""
         if head.content_length:
-            await self._reader.readexactly(head.content_length)
+            body = await self._reader.readexactly(head.content_length)
         if head.close:
             self.close()
-        return head.status, head.retry_after
+        return head, body
 
     def close(self) -> None:
         if self._writer is not None:
@@ -157,6 +173,29 @@ class _DeviceState:
     phase: float
     accepted_samples: int = 0
     gave_up: int = 0
+    #: Gateway mode: the next packet to make, and packets made but not yet accepted or
+    #: given up, oldest first.
+    next_seq: int = 0
+    next_chunk: int = 0
+    pending: list[_Pending] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    """A packet a gateway holds until it is accepted or given up."""
+
+    seq: int
+    body: bytes
+    due: float
+    attempts: int = 0
+    #: Not to be sent again before this (Unix time): the backoff after a refusal.
+    not_before: float = 0.0
+
+
+@dataclass
+class _Gateway:
+    index: int
+    devices: list[_DeviceState] = field(default_factory=list)
 
 
 class _Worker:
@@ -167,6 +206,7 @@ class _Worker:
         self.chunks = chunks
         self.counters = FleetCounters()
         self.devices: list[_DeviceState] = []
+        self.gateways: dict[int, _Gateway] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.rng = random.Random(seed)
         parts = urlsplit(config.url)
@@ -175,10 +215,21 @@ class _Worker:
         self.spread_sources = config.spread_sources and self.host.startswith("127.")
 
     def add(self, specs: Sequence[DeviceSpec], start_at: float) -> None:
+        config = self.config
         for spec in specs:
-            state = _DeviceState(spec, start_at, phase_of(spec.index, self.config.period_s))
+            state = _DeviceState(spec, start_at, phase_of(spec.index, config.period_s))
             self.devices.append(state)
-            self.tasks.append(asyncio.create_task(self._run(state)))
+            if not config.gateways:
+                self.tasks.append(asyncio.create_task(self._run(state)))
+                continue
+            chunks = self.chunks[spec.recording(len(self.chunks))]
+            state.next_chunk = spec.first_chunk(len(chunks))
+            number = gateway_of(spec.index, config.gateways)
+            gateway = self.gateways.get(number)
+            if gateway is None:
+                gateway = self.gateways[number] = _Gateway(number)
+                self.tasks.append(asyncio.create_task(self._run_gateway(gateway, start_at)))
+            gateway.devices.append(state)
 
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
@@ -202,8 +253,8 @@ class _Worker:
         origin = device.start + device.phase - period
         prefix = (
             f"POST /v1/packets HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Authorization: Bearer {spec.token}\r\nContent-Type: application/json\r\n"
-            "Content-Length: "
+            f"Authorization: Bearer {spec.token}\r\n"
+            f"Content-Type: {CONTENT_TYPES[config.body]}\r\nContent-Length: "
         ).encode()
         source = source_address(spec.index) if self.spread_sources else None
         connection = _HttpConnection(self.host, self.port, source)
@@ -215,13 +266,7 @@ class _Worker:
                     await asyncio.sleep(wait)
                 elif -wait > period:
                     self.counters.late += 1
-                body = packet_body(
-                    spec.device_id,
-                    seq,
-                    origin + seq * period,
-                    config.sample_rate_hz,
-                    chunks[chunk % len(chunks)],
-                )
+                body = self._packet(spec.device_id, seq, origin + seq * period, chunks, chunk)
                 request = b"".join((prefix, str(len(body)).encode(), b"\r\n\r\n", body))
                 if await self._send(connection, request):
                     device.accepted_samples += config.packet_size
@@ -269,6 +314,124 @@ class _Worker:
             counters.retries += 1
             await asyncio.sleep(delay)
 
+    def _packet(
+        self, device_id: str, seq: int, first_sample_time: float, chunks: list[bytes], chunk: int
+    ) -> bytes:
+        rendered = chunks[chunk % len(chunks)]
+        rate = self.config.sample_rate_hz
+        if self.config.body == "msgpack":
+            return packet_msgpack(device_id, seq, first_sample_time, rate, rendered)
+        return packet_body(device_id, seq, first_sample_time, rate, rendered)
+
+    # -- gateways -----------------------------------------------------------------------------
+
+    def _make_due(self, device: _DeviceState, now: float) -> None:
+        """Render the device's packets whose last sample has been measured by ``now``."""
+        period = self.config.period_s
+        spec = device.spec
+        chunks = self.chunks[spec.recording(len(self.chunks))]
+        origin = device.start + device.phase - period  # device clock of sample 0
+        while (due := device.start + device.phase + device.next_seq * period) <= now:
+            seq = device.next_seq
+            body = self._packet(
+                spec.device_id, seq, origin + seq * period, chunks, device.next_chunk
+            )
+            device.pending.append(_Pending(seq, body, due))
+            device.next_seq += 1
+            device.next_chunk += 1
+
+    async def _run_gateway(self, gateway: _Gateway, start_at: float) -> None:
+        """Every ``gateway_interval_s`` (from the gateway's own phase), post what is due."""
+        config = self.config
+        interval = config.gateway_interval_s
+        source = source_address(gateway.index) if self.spread_sources else None
+        connection = _HttpConnection(self.host, self.port, source)
+        prefix = (
+            f"POST /v1/packets:batch HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: {CONTENT_TYPES[config.body]}\r\nContent-Length: "
+        ).encode()
+        next_at = start_at + phase_of(gateway.index, interval)
+        try:
+            while True:
+                wait = next_at - time.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                now = time.time()
+                batch: list[tuple[_DeviceState, _Pending]] = []
+                for device in gateway.devices:
+                    self._make_due(device, now)
+                    # In order: a device's later packets wait while an earlier one backs off.
+                    for item in device.pending:
+                        if item.not_before > now:
+                            break
+                        batch.append((device, item))
+                for first in range(0, len(batch), config.max_batch_packets):
+                    await self._post_batch(
+                        connection, prefix, batch[first : first + config.max_batch_packets]
+                    )
+                # After a slow answer the next batch goes at once, without a burst to catch up.
+                next_at = max(next_at + interval, time.time())
+        finally:
+            connection.close()
+
+    async def _post_batch(
+        self,
+        connection: _HttpConnection,
+        prefix: bytes,
+        batch: list[tuple[_DeviceState, _Pending]],
+    ) -> None:
+        config, counters = self.config, self.counters
+        now = time.time()
+        tokens = {device.spec.device_id: device.spec.token for device, _ in batch}
+        body = batch_body(config.body, list(tokens.items()), [item.body for _, item in batch])
+        request = b"".join((prefix, str(len(body)).encode(), b"\r\n\r\n", body))
+        counters.requests += 1
+        for _, item in batch:
+            if item.attempts == 0 and now - item.due > config.period_s:
+                counters.late += 1
+        statuses: list[tuple[int, float | None]]
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(config.request_timeout_s):
+                head, answer = await connection.exchange(request)
+            counters.observe_latency(time.perf_counter() - t0)
+            if head.status in (202, 207):
+                statuses = [
+                    (a.status, a.retry_after) for a in parse_batch_answer(answer, len(batch))
+                ]
+            else:  # the whole request refused: each packet shares its fate
+                statuses = [(head.status, head.retry_after)] * len(batch)
+        except TimeoutError:
+            counters.timeouts += 1
+            connection.close()
+            statuses = [(0, None)] * len(batch)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ResponseError):
+            counters.connection_errors += 1
+            connection.close()
+            statuses = [(0, None)] * len(batch)
+        now = time.time()
+        for (device, item), (status, retry_after) in zip(batch, statuses, strict=True):
+            counters.statuses[status] += 1
+            if status == 202:
+                counters.accepted += 1
+                counters.samples_accepted += config.packet_size
+                device.accepted_samples += config.packet_size
+                device.pending.remove(item)
+                continue
+            item.attempts += 1
+            delay = retry_delay(
+                status, item.attempts, config.max_retries, config.backoff, retry_after, self.rng
+            )
+            if delay is None:
+                counters.failed[status] += 1
+                if status in RETRIABLE_STATUSES:
+                    counters.gave_up += 1
+                device.gave_up += 1
+                device.pending.remove(item)
+                continue
+            counters.retries += 1
+            item.not_before = now + delay
+
 
 # -- worker process -------------------------------------------------------------------------
 
@@ -281,7 +444,8 @@ def _load_chunks(config: FleetConfig) -> list[list[bytes]]:
     cache.ensure()
     subjects = list(config.subjects) if config.subjects else list(TEST_SUBJECTS)
     recordings = cache.load(subjects=subjects)
-    chunks = [render_chunks(r.samples, config.packet_size) for r in recordings]
+    render = render_packed_chunks if config.body == "msgpack" else render_chunks
+    chunks = [render(r.samples, config.packet_size) for r in recordings]
     return [c for c in chunks if c]
 
 
@@ -338,8 +502,9 @@ async def _serve(
 class Fleet:
     """Worker processes simulating devices; ``with Fleet(config, processes=2) as fleet:``.
 
-    Device ``i`` lives in worker ``i % processes``; :meth:`add` starts devices (a ramp adds
-    more while the first keep sending)."""
+    Device ``i`` lives in worker ``i % processes`` (gateway mode: its gateway's worker,
+    :meth:`FleetConfig.worker_of`); :meth:`add` starts devices (a ramp adds more while the
+    first keep sending)."""
 
     def __init__(self, config: FleetConfig, processes: int = 2, start_timeout_s: float = 60.0):
         if processes < 1:
@@ -372,7 +537,8 @@ class Fleet:
         start_at = time.time() + 0.5 if start_at is None else start_at
         n = len(self._pipes)
         for w, pipe in enumerate(self._pipes):
-            pipe.send(("add", [s for s in specs if s.index % n == w], start_at))
+            mine = [s for s in specs if self.config.worker_of(s.index, n) == w]
+            pipe.send(("add", mine, start_at))
         for pipe in self._pipes:
             self._expect(pipe, "added", 30.0)
         self.devices += len(specs)

@@ -14,9 +14,10 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote, urlsplit
 
 from services.common.files import create_private_sqlite
@@ -55,6 +56,15 @@ class DeviceRecord:
         return data
 
 
+class NewDevice(NamedTuple):
+    """A device to register with :meth:`DeviceRegistry.add_many`."""
+
+    device_id: str
+    label: str = ""
+    #: The device's token; None: one is generated.
+    token: str | None = None
+
+
 class DeviceRegistry(Protocol):
     """Blocking registry operations (thread-safe)."""
 
@@ -63,6 +73,12 @@ class DeviceRegistry(Protocol):
     ) -> tuple[DeviceRecord, str]:
         """Register a device; returns its record and its token (generated unless given).
         :class:`DeviceExistsError` if the id (or the given token) is already registered."""
+        ...
+
+    def add_many(self, devices: Sequence[NewDevice]) -> list[tuple[DeviceRecord, str]]:
+        """Register ``devices`` in one transaction: all of them, or (any id or given token
+        already registered, or repeated among them) none, with :class:`DeviceExistsError`
+        naming one. Returns each one's record and token, in order."""
         ...
 
     def get(self, device_id: str) -> DeviceRecord | None: ...
@@ -95,6 +111,31 @@ def _check_new_device(device_id: str, token: str | None) -> str:
     if problem:
         raise InvalidDeviceError(problem)
     return token
+
+
+def _new_records(devices: Sequence[NewDevice]) -> list[tuple[DeviceRecord, str]]:
+    """Records and tokens of ``devices``, checked as :meth:`DeviceRegistry.add` checks one,
+    and against each other (a repeated id or token would fail the transaction anyway; here
+    it is named)."""
+    now = time.time()
+    out = []
+    ids: set[str] = set()
+    hashes: set[str] = set()
+    for device in devices:
+        token = _check_new_device(device.device_id, device.token)
+        record = DeviceRecord(device.device_id, hash_token(token), device.label, now, None)
+        if device.device_id in ids:
+            raise DeviceExistsError(f"device {device.device_id!r} is listed twice")
+        if record.token_hash in hashes:
+            raise DeviceExistsError(f"device {device.device_id!r} repeats another one's token")
+        ids.add(device.device_id)
+        hashes.add(record.token_hash)
+        out.append((record, token))
+    return out
+
+
+def _row(record: DeviceRecord) -> tuple[Any, ...]:
+    return (record.device_id, record.token_hash, record.label, record.created_at, None)
 
 
 def _matching(record: DeviceRecord | None, token: str) -> DeviceRecord | None:
@@ -225,6 +266,46 @@ class SqliteRegistry:
             conn.close()
         return record, token
 
+    def add_many(self, devices: Sequence[NewDevice]) -> list[tuple[DeviceRecord, str]]:
+        # One transaction: 5,000 devices in well under a second, where add() commits (an
+        # fsync) per device, ~1.3 ms each here.
+        added = _new_records(devices)
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    f"INSERT INTO devices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                    [_row(record) for record, _ in added],
+                )
+            except sqlite3.Error:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            raise self._which_exists(conn, added, str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise RegistryUnavailableError(f"device registry {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+        return added
+
+    @staticmethod
+    def _which_exists(
+        conn: sqlite3.Connection, added: list[tuple[DeviceRecord, str]], message: str
+    ) -> DeviceExistsError:
+        """The error naming the first device of ``added`` already registered (by id, or
+        by token)."""
+        for record, _ in added:
+            row = conn.execute(
+                "SELECT device_id FROM devices WHERE device_id = ? OR token_hash = ?",
+                (record.device_id, record.token_hash),
+            ).fetchone()
+            if row is not None:
+                what = "token_hash" if row[0] != record.device_id else ""
+                return _exists_error(record.device_id, what or message)
+        return _exists_error(added[0][0].device_id if added else "?", message)
+
     def get(self, device_id: str) -> DeviceRecord | None:
         rows = self._read(
             f"SELECT {_COLUMNS} FROM devices WHERE device_id = ?",
@@ -343,6 +424,24 @@ class PostgresRegistry:
         except self._psycopg.errors.UniqueViolation as exc:
             raise _exists_error(device_id, str(exc)) from exc
         return record, token
+
+    def add_many(self, devices: Sequence[NewDevice]) -> list[tuple[DeviceRecord, str]]:
+        added = _new_records(devices)
+        with self._lock:
+            try:
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cursor:
+                    cursor.executemany(self._sql["insert"], [_row(r) for r, _ in added])
+            except self._psycopg.errors.UniqueViolation as exc:
+                # The server names the conflicting key: "Key (device_id)=(x) already exists".
+                detail = getattr(exc.diag, "message_detail", None) or str(exc)
+                device_id = detail.split(")=(", 1)[1].split(")", 1)[0] if ")=(" in detail else "?"
+                raise _exists_error(device_id, detail) from exc
+            except self._psycopg.Error as exc:
+                if self._conn is not None and self._conn.broken:
+                    self._conn = None
+                raise RegistryUnavailableError(f"device registry (PostgreSQL): {exc}") from exc
+        return added
 
     def get(self, device_id: str) -> DeviceRecord | None:
         rows = self._run("get", (device_id,))

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from services.cli import cli
 from services.ingest.errors import DeviceExistsError, UnknownDeviceError
-from services.ingest.registry import PostgresRegistry, SqliteRegistry, open_registry
+from services.ingest.registry import NewDevice, PostgresRegistry, SqliteRegistry, open_registry
 from services.ingest.tokens import hash_token
 
 pytestmark = pytest.mark.integration
@@ -52,6 +52,18 @@ def test_postgres_add_lookup_revoke(pg_registry: PostgresRegistry) -> None:
     assert found is not None and found.revoked
     with pytest.raises(UnknownDeviceError):
         pg_registry.revoke("ghost")
+
+
+def test_postgres_add_many_is_one_transaction(pg_registry: PostgresRegistry) -> None:
+    added = pg_registry.add_many([NewDevice(f"pg-m-{i}", "bulk") for i in range(300)])
+    assert len(added) == 300
+    assert pg_registry.find_by_token(added[123][1]) == added[123][0]
+    with pytest.raises(DeviceExistsError, match="pg-m-7"):
+        pg_registry.add_many([NewDevice("pg-new"), NewDevice("pg-m-7")])
+    with pytest.raises(DeviceExistsError, match="token"):
+        pg_registry.add_many([NewDevice("pg-new-2", token=added[0][1])])
+    assert pg_registry.get("pg-new") is None and pg_registry.get("pg-new-2") is None
+    assert len(pg_registry.list()) == 300
 
 
 def test_postgres_reconnects_after_the_connection_drops(pg_registry: PostgresRegistry) -> None:

@@ -158,3 +158,82 @@ def test_each_device_connects_from_its_own_loopback_address() -> None:
     assert all(a.startswith("127.") for a in addresses)
     assert all(0 <= int(part) < 255 for a in addresses for part in a.split("."))
     assert all(a.split(".")[3] != "0" for a in addresses)  # never a network address
+
+
+# -- MessagePack packets and gateway batches -----------------------------------------------
+
+
+def test_msgpack_packets_and_batches_are_what_ingest_accepts() -> None:
+    import msgpack  # type: ignore[import-untyped]
+
+    from services.demo.fleet import (
+        batch_body,
+        gateway_of,
+        packet_msgpack,
+        render_packed_chunks,
+    )
+    from services.ingest import batch as batches
+    from services.ingest.body import BodyFormat, parse_body
+    from services.ingest.validation import PacketLimits, ValidPacket, validate_packet
+
+    rng = np.random.default_rng(1)
+    samples = rng.normal(0, 1, (120, 6))
+    packed = render_packed_chunks(samples, 50)
+    assert len(packed) == 2 and len(packed[0]) == 50 * 24
+    rows = render_chunks(samples, 50)
+    now = 1767225700.0
+    for kind, fmt, chunk in (
+        ("json", BodyFormat.JSON, rows),
+        ("msgpack", BodyFormat.MSGPACK, packed),
+    ):
+        render = packet_body if kind == "json" else packet_msgpack
+        packets = [render(f"d-{i}", i, now - 5 + i * 0.01, 50.0, chunk[i % 2]) for i in range(20)]
+        tokens = [(f"d-{i}", f"token-{i}") for i in range(20)]
+        document, _ = parse_body(batch_body(kind, tokens, packets), fmt)  # type: ignore[arg-type]
+        parsed = batches.parse_batch(document, 1000)
+        assert isinstance(parsed, batches.Batch)
+        assert parsed.tokens == dict(tokens)
+        for i, packet in enumerate(parsed.packets):
+            assert batches.identity(packet) == (f"d-{i}", i)
+            result = validate_packet(packet, PacketLimits(), now)
+            assert isinstance(result, ValidPacket)
+            expected = samples[(i % 2) * 50 : (i % 2) * 50 + 50]
+            if kind == "msgpack":  # float32 on the wire: exactly those values
+                expected = expected.astype("<f4").astype(np.float64)
+            assert result.samples.tobytes() == expected.tobytes()
+    # 16+ entries take the 16-bit map and array headers
+    one = msgpack.unpackb(
+        batch_body("msgpack", [("a", "t")], [packet_msgpack("a", 0, now, 50.0, packed[0])])
+    )
+    assert list(one) == ["tokens", "packets"] and len(one["packets"]) == 1
+    assert [gateway_of(i, 3) for i in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_batch_answers_are_read_per_packet_and_checked() -> None:
+    from services.demo.fleet import parse_batch_answer
+    from services.ingest import batch as batches
+    from services.ingest.validation import Reason
+
+    answer = batches.answer(
+        [
+            batches.Result(0, "a", 1, batches.Accepted(50)),
+            batches.Result(
+                1, "b", 1, batches.Refused(503, Reason.BROKER_UNAVAILABLE, "x", retry_after=5)
+            ),
+        ]
+    )
+    got = parse_batch_answer(answer.body, 2)
+    assert [(a.status, a.retry_after) for a in got] == [(202, None), (503, 5)]
+    with pytest.raises(ResponseError):
+        parse_batch_answer(answer.body, 3)  # a result missing
+    with pytest.raises(ResponseError):
+        parse_batch_answer(b"<html>", 2)
+
+
+def test_gateway_fleets_keep_a_gateways_devices_in_one_worker() -> None:
+    from services.demo.fleetgen import FleetConfig
+
+    config = FleetConfig("http://127.0.0.1:1", gateways=5)
+    for index in range(100):
+        assert config.worker_of(index, 2) == config.worker_of(index % 5, 2)
+    assert {FleetConfig("http://x").worker_of(i, 3) for i in range(9)} == {0, 1, 2}

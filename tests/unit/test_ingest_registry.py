@@ -16,7 +16,7 @@ from services.ingest.errors import (
     RegistryConfigError,
     UnknownDeviceError,
 )
-from services.ingest.registry import SqliteRegistry, open_registry, redact_url
+from services.ingest.registry import NewDevice, SqliteRegistry, open_registry, redact_url
 from services.ingest.tokens import hash_token
 
 
@@ -140,3 +140,36 @@ def test_open_registry_urls(tmp_path: Path) -> None:
 def test_redact_url() -> None:
     assert redact_url("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert redact_url("sqlite:////x.db") == "sqlite:////x.db"
+
+
+def test_add_many_registers_all_in_one_transaction(registry: SqliteRegistry) -> None:
+    given = secrets.token_hex(32)
+    added = registry.add_many(
+        [NewDevice(f"m-{i:04d}", "ward 2") for i in range(2000)] + [NewDevice("m-own", "", given)]
+    )
+    assert len(added) == 2001 and added[-1][1] == given
+    for record, token in added[::97]:
+        assert registry.find_by_token(token) == record
+        assert record.token_hash == hash_token(token) and record.label in ("ward 2", "")
+    assert len(registry.list()) == 2001
+
+
+@pytest.mark.parametrize(
+    ("batch", "words"),
+    [
+        ([NewDevice("n-1"), NewDevice("taken")], "'taken' is already registered"),
+        ([NewDevice("n-1"), NewDevice("n-1")], "listed twice"),
+        ([NewDevice("n-1"), NewDevice("n-2", token="SAME")], "token is already registered"),
+    ],
+)
+def test_add_many_adds_nothing_when_one_is_refused(
+    registry: SqliteRegistry, batch: list[NewDevice], words: str
+) -> None:
+    _, taken_token = registry.add("taken")
+    batch = [d._replace(token=taken_token) if d.token == "SAME" else d for d in batch]
+    with pytest.raises(DeviceExistsError, match=words):
+        registry.add_many(batch)
+    assert [r.device_id for r in registry.list()] == ["taken"]  # all or nothing
+    with pytest.raises(InvalidDeviceError):
+        registry.add_many([NewDevice("ok"), NewDevice("bad id")])
+    assert registry.add_many([]) == []
