@@ -12,6 +12,7 @@ from typing import Any
 
 import faust
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 from faust.streams import current_event
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as driver
@@ -23,7 +24,9 @@ from services.preprocess.faust_internals import (
     bounded_worker,
     commit_offsets,
     committed_offsets,
+    correct_highwaters,
     fetch_only_active_partitions,
+    fetched_highwaters,
     in_partition_of,
     shorten_fetch_wait,
 )
@@ -207,6 +210,127 @@ def test_shorten_fetch_wait_reaches_the_aiokafka_consumer(app: faust.App) -> Non
         assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start
     finally:
         driver.AIOKafkaConsumerThread._create_worker_consumer = original  # type: ignore[method-assign]
+
+
+class _FetchingConsumer:
+    """Stands for a group-less aiokafka consumer: the Fetch responses' high-water marks are
+    ``ends``, known for a partition after ``fetches_needed`` fetches, or never (``None``: each
+    fetch waits its whole timeout). The real broker's behaviour is in
+    tests/integration/test_preprocess_recovery.py."""
+
+    def __init__(self, ends: dict[TP, int], fetches_needed: int | None = 1) -> None:
+        self.ends, self.fetches_needed = ends, fetches_needed
+        self.calls: list[tuple[str, Any]] = []
+        self.fetches = 0
+
+    async def start(self) -> None:
+        self.calls.append(("start", None))
+
+    async def stop(self) -> None:
+        self.calls.append(("stop", None))
+
+    def assign(self, tps: list[Any]) -> None:
+        self.calls.append(("assign", sorted(tps)))
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.calls.append(("seek", (tp, offset)))
+
+    async def getmany(self, *tps: Any, timeout_ms: int) -> dict[Any, Any]:
+        self.fetches += 1
+        await asyncio.sleep(timeout_ms / 1000 if self.fetches_needed is None else 0)
+        return {}
+
+    def highwater(self, tp: Any) -> int | None:
+        if self.fetches_needed is None or self.fetches < self.fetches_needed:
+            return None
+        return self.ends[TP(tp.topic, tp.partition)]
+
+
+def test_fetched_highwaters_asks_each_partition_from_its_last_reported_record() -> None:
+    reported = {TP("c", 0): 7, TP("c", 1): 2, TP("c", 2): 0}  # 2: empty, not asked
+    consumer = _FetchingConsumer({TP("c", 0): 13, TP("c", 1): 2}, fetches_needed=2)
+    ends = asyncio.run(fetched_highwaters(consumer, reported, timeout_s=5))
+    assert ends == {TP("c", 0): 13, TP("c", 1): 2, TP("c", 2): 0}
+    assert consumer.calls == [
+        ("start", None),
+        ("assign", [TP("c", 0), TP("c", 1)]),
+        ("seek", (TP("c", 0), 6)),
+        ("seek", (TP("c", 1), 1)),
+        ("stop", None),
+    ]
+    # Never below what was reported; nothing to ask: no consumer started.
+    lower = _FetchingConsumer({TP("c", 0): 3})
+    assert asyncio.run(fetched_highwaters(lower, {TP("c", 0): 7}, 5)) == {TP("c", 0): 7}
+    idle = _FetchingConsumer({})
+    assert asyncio.run(fetched_highwaters(idle, {TP("c", 0): 0}, 5)) == {TP("c", 0): 0}
+    assert idle.calls == []
+
+
+def test_fetched_highwaters_fails_rather_than_guess() -> None:
+    """No Fetch answer in time: an error (the recovery fails loudly), the consumer stopped."""
+    consumer = _FetchingConsumer({TP("c", 0): 13}, fetches_needed=None)
+    with pytest.raises(KafkaTimeoutError, match="no Fetch answer"):
+        asyncio.run(fetched_highwaters(consumer, {TP("c", 0): 7}, timeout_s=0.2))
+    assert consumer.calls[-1] == ("stop", None)
+
+
+def test_correct_highwaters_replaces_what_faust_recovery_reads(app: faust.App) -> None:
+    """faust 0.15: the recovery's high-water marks come from ``Consumer.highwaters`` ->
+    ``AIOKafkaConsumerThread.highwaters`` -> ``_highwaters`` (ListOffsets via aiokafka's
+    ``end_offsets``), each minus one; aiokafka records a partition's high-water mark from
+    every Fetch response; ``_create_client_consumer`` builds a group-less consumer with
+    faust's servers and credentials."""
+    from aiokafka.consumer.fetcher import Fetcher
+
+    build = inspect.getsource(Recovery._build_highwaters)
+    assert "await consumer.highwaters(*tps)" in build and "value - 1" in build
+    assert "self._thread.highwaters(" in inspect.getsource(driver.Consumer.highwaters)
+    thread_highwaters = inspect.getsource(driver.AIOKafkaConsumerThread.highwaters)
+    assert "self._highwaters" in thread_highwaters
+    assert "consumer.end_offsets(partitions)" in inspect.getsource(
+        driver.AIOKafkaConsumerThread._highwaters
+    )
+    assert "tp_state.highwater = highwater" in inspect.getsource(Fetcher._proc_fetch_request)
+    client = inspect.getsource(driver.AIOKafkaConsumerThread._create_client_consumer)
+    assert "group_id" not in client and "**auth_settings" in client
+
+    class Thread:
+        """Stands for faust's AIOKafkaConsumerThread around the patched ``_highwaters``."""
+
+        def __init__(self) -> None:
+            self.consumer = type("C", (), {"in_transaction": False})()
+            self.app, self.transport = app, "transport"
+            self.fetching = _FetchingConsumer({TP("c", 0): 13})
+
+        def _ensure_consumer(self) -> Any:
+            class Consumer:
+                async def end_offsets(self, partitions: list[TP]) -> dict[TP, int]:
+                    return {tp: 7 for tp in partitions}
+
+                def last_stable_offset(self, tp: TP) -> int:
+                    return 5
+
+            return Consumer()
+
+        def _create_client_consumer(self, transport: Any) -> Any:
+            assert transport == "transport"
+            return self.fetching
+
+    original = driver.AIOKafkaConsumerThread._highwaters
+    try:
+        correct_highwaters()
+        correct_highwaters()  # idempotent
+        patched = driver.AIOKafkaConsumerThread._highwaters
+        assert getattr(patched, "harstream_fetched", False)
+        thread = Thread()
+        assert asyncio.run(patched(thread, [TP("c", 0)])) == {TP("c", 0): 13}
+        # In a transaction faust answers last stable offsets: left alone, nothing fetched.
+        thread.consumer.in_transaction = True
+        thread.fetching = _FetchingConsumer({})
+        assert asyncio.run(patched(thread, [TP("c", 0)])) == {TP("c", 0): 5}
+        assert thread.fetching.calls == []
+    finally:
+        driver.AIOKafkaConsumerThread._highwaters = original  # type: ignore[method-assign]
 
 
 def test_bounded_worker_sees_sigterm_and_sigint(app: faust.App) -> None:
