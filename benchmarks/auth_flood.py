@@ -1,13 +1,19 @@
-"""A device's latency while another address floods ingest with random tokens.
+"""A device's latency while another address floods ingest with random tokens, and new
+devices joining together from one address meanwhile.
 
-``python -m benchmarks.auth_flood [--flood-s 20] [--idle-s 10] [--no-compare]``
+``python -m benchmarks.auth_flood [--flood-s 20] [--idle-s 10] [--nat-devices 200]
+[--no-compare]``
 
 Starts the embedded broker and ``harstream ingest`` (its own process, loopback only), then
 for each configuration: a device with a valid token posts packets one after another from
 127.0.0.1 (``--idle-s`` alone, then ``--flood-s`` under the flood) while a flooding process
 posts packets with random tokens from 127.0.0.2, as fast as 32 connections allow (at most
-``MAX_FLOOD_REQUESTS`` requests). Prints the device's p50/p90 in both phases and how the
-flood was answered. By default it also runs with the failed-authentication limit lifted
+``MAX_FLOOD_REQUESTS`` requests). Halfway through the flood, ``--nat-devices`` devices
+ingest has never seen post one packet each, all at once, from one address (127.0.0.3: a
+NAT, a care home's gateway): every one must be accepted, none 429, although their token
+lookups together exceed the address's failure budget (only failures count). Prints the
+device's p50/p90 in both phases, how the flood was answered and how the joining devices
+were. By default it also runs with the failed-authentication limit lifted
 (burst 10^9), which is how ingest behaved before the limit existed.
 
 Loopback only: the flood's requests are bounded in count and time and stop by themselves.
@@ -23,6 +29,7 @@ import multiprocessing
 import secrets
 import statistics
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,6 +39,7 @@ import numpy as np
 
 DEVICE_ADDRESS = "127.0.0.1"
 FLOOD_ADDRESS = "127.0.0.2"
+NAT_ADDRESS = "127.0.0.3"
 FLOOD_CONNECTIONS = 32
 MAX_FLOOD_REQUESTS = 500_000
 #: Samples per device packet and the pause between packets: 20 samples at 50 Hz every
@@ -91,6 +99,36 @@ def _flood(port: int, seconds: float, results: Any) -> None:
     results.put(dict(asyncio.run(main())))
 
 
+def _nat_join(port: int, tokens: dict[str, str], t0: float) -> tuple[Counter[int], list[float]]:
+    """Every device of ``tokens`` posts one packet at once from NAT_ADDRESS, each on its own
+    connection; their statuses and latencies."""
+    import aiohttp
+
+    async def main() -> tuple[Counter[int], list[float]]:
+        statuses: Counter[int] = Counter()
+        latencies: list[float] = []
+        connector = aiohttp.TCPConnector(local_addr=(NAT_ADDRESS, 0), limit=len(tokens) + 1)
+        url = f"http://127.0.0.1:{port}/v1/packets"
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def join(device_id: str, token: str) -> None:
+                headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+                started = time.perf_counter()
+                try:
+                    body = _packet(device_id, 0, t0)
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        statuses[response.status] += 1
+                except aiohttp.ClientError:
+                    statuses[0] += 1
+                latencies.append(time.perf_counter() - started)
+
+            await asyncio.gather(*(join(d, t) for d, t in tokens.items()))
+        return statuses, latencies
+
+    return asyncio.run(main())
+
+
 def _device_phase(
     port: int, token: str, seconds: float, seq: int, t0: float
 ) -> tuple[list[float], Counter[int], int]:
@@ -126,7 +164,12 @@ def _ms(values: list[float], q: float) -> float:
 
 
 def run_once(
-    label: str, extra_env: dict[str, str], idle_s: float, flood_s: float, workdir: Path
+    label: str,
+    extra_env: dict[str, str],
+    idle_s: float,
+    flood_s: float,
+    workdir: Path,
+    nat_devices: int = 0,
 ) -> tuple[float, float]:
     from services.common.broker import (
         EmbeddedBroker,
@@ -134,7 +177,7 @@ def run_once(
     )
     from services.common.kafka.topics import create_topics
     from services.common.processes import ServiceProcess
-    from services.ingest.registry import SqliteRegistry
+    from services.ingest.registry import NewDevice, SqliteRegistry
     from shared.settings import StreamSettings
 
     run_dir = workdir / label.replace(" ", "-")
@@ -149,7 +192,15 @@ def run_once(
             )
         )
         registry_path = run_dir / "devices.db"
-        _, token = SqliteRegistry(registry_path).add("bench-device")
+        registry = SqliteRegistry(registry_path)
+        _, token = registry.add("bench-device")
+        joining = {
+            record.device_id: new_token
+            for record, new_token in registry.add_many(
+                [NewDevice(f"nat-{i:04d}") for i in range(nat_devices)]
+            )
+        }
+        registry.close()
         port = free_port()
         env = {
             "HARSTREAM_INGEST_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -173,7 +224,14 @@ def run_once(
                 target=_flood, args=(port, flood_s, results)
             )
             flooder.start()
-            flooded, flooded_statuses, seq = _device_phase(port, token, flood_s, seq, t0)
+            flooded, flooded_statuses, seq = _device_phase(port, token, flood_s / 2, seq, t0)
+            nat: list[tuple[Counter[int], list[float]]] = []
+            joiner = threading.Thread(target=lambda: nat.append(_nat_join(port, joining, t0)))
+            joiner.start()
+            more, more_statuses, seq = _device_phase(port, token, flood_s / 2, seq, t0)
+            joiner.join(60)
+            flooded += more
+            flooded_statuses += more_statuses
             flood_statuses: dict[int, int] = results.get(timeout=flood_s + 60)
             flooder.join(30)
         finally:
@@ -194,6 +252,13 @@ def run_once(
     )
     ratio = statistics.median(flooded) / statistics.median(idle)
     print(f"  flooded/idle p50: {ratio:.2f}x")
+    if nat_devices:
+        nat_statuses, nat_latencies = nat[0] if nat else (Counter[int](), [])
+        print(
+            f"  {nat_devices} new devices joining at once from {NAT_ADDRESS} during the flood: "
+            f"answered {dict(sorted(nat_statuses.items()))}, p50 {_ms(nat_latencies, 0.5):.1f} "
+            f"ms, p99 {_ms(nat_latencies, 0.99):.1f} ms"
+        )
     return _ms(idle, 0.5), _ms(flooded, 0.5)
 
 
@@ -204,10 +269,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-compare", action="store_true", help="Skip the run with the limit lifted."
     )
+    parser.add_argument(
+        "--nat-devices",
+        type=int,
+        default=200,
+        help="new devices joining at once from one address during the flood [200]",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         run_once(
-            "failed-authentication limit on (defaults)", {}, args.idle_s, args.flood_s, Path(tmp)
+            "failed-authentication limit on (defaults)",
+            {},
+            args.idle_s,
+            args.flood_s,
+            Path(tmp),
+            args.nat_devices,
         )
         if not args.no_compare:
             run_once(
@@ -216,6 +292,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.idle_s,
                 args.flood_s,
                 Path(tmp),
+                args.nat_devices,
             )
 
 

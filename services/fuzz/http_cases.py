@@ -1,5 +1,6 @@
-"""Hypothesis strategies for hostile requests to ingest's ``POST /v1/packets``, as raw HTTP
-bytes (no HTTP library would send most of them). Pure: builds bytes, sends nothing.
+"""Hypothesis strategies for hostile requests to ingest's ``POST /v1/packets`` and
+``POST /v1/packets:batch``, as raw HTTP bytes (no HTTP library would send most of them), in
+JSON and MessagePack. Pure: builds bytes, sends nothing.
 
 Each strategy is one category of the report. Nothing here predicts the exact answer: the
 fuzz run asserts invariants that hold for every request (no 5xx, every refusal a problem
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
 import numpy as np
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
@@ -24,6 +26,8 @@ from hypothesis import strategies as st
 from services.fuzz.rawhttp import request_bytes
 
 PATH = "/v1/packets"
+BATCH_PATH = "/v1/packets:batch"
+MSGPACK = "application/msgpack"
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class Fixture:
     max_samples: int
     #: Server time when the cases were built (Unix seconds).
     now: float
+    #: Most packets in one batch.
+    max_batch_packets: int = 1000
 
 
 @dataclass(frozen=True)
@@ -441,6 +447,191 @@ def truncated(draw: st.DrawFn, fx: Fixture) -> FuzzRequest:
     return FuzzRequest("truncated", _post(token, body[:cut]))
 
 
+# -- MessagePack and batches ---------------------------------------------------------------
+
+#: Values spliced into MessagePack packets: what JSON cannot carry too (bytes, an extension
+#: type, a timestamp, integers to the 64-bit edges, float32 and float64 specials).
+_msgpack_values = st.one_of(
+    _json_values,
+    st.binary(max_size=64),
+    st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=8)),
+    st.builds(msgpack.Timestamp, st.integers(0, 2**32 - 1)),
+    st.sampled_from([2**64 - 1, -(2**63), 2**63, math.nan, math.inf, -math.inf]),
+)
+
+
+def _packb(value: Any) -> bytes:
+    """``value`` in MessagePack; integers beyond its 64 bits become their decimal string (an
+    invalid value of another kind: MessagePack has no bigger integer to carry)."""
+
+    def fit(v: Any) -> Any:
+        if type(v) is int and not -(2**63) <= v < 2**64:
+            return str(v)
+        if isinstance(v, list):
+            return [fit(x) for x in v]
+        if isinstance(v, dict):
+            return {k: fit(x) for k, x in v.items()}
+        return v
+
+    packed: bytes = msgpack.packb(fit(value))
+    return packed
+
+
+def _packed(samples: list[list[float]]) -> bytes:
+    return np.asarray(samples, dtype="<f4").tobytes()
+
+
+def _post_msgpack(token: str | None, body: bytes, path: str = PATH) -> bytes:
+    return request_bytes("POST", path, _headers(token, MSGPACK.encode()), body)
+
+
+@st.composite
+def msgpack_bodies(draw: st.DrawFn, fx: Fixture) -> FuzzRequest:
+    """MessagePack packets: valid (samples packed float32 or plain rows), a field replaced by
+    any MessagePack value, packed samples of odd sizes or holding NaN/huge values, ext types,
+    truncated or random bytes, and a JSON body under the MessagePack label (or the other
+    way round)."""
+    body = draw(packets(fx))
+    token = _token_of(fx, body["device_id"])
+    how = draw(
+        st.sampled_from(
+            ["packed", "plain", "replace", "odd_size", "specials", "truncated", "random", "swap"]
+        )
+    )
+    content_type = MSGPACK.encode()
+    if how == "packed":
+        data = _packb({**body, "samples": _packed(body["samples"])})
+    elif how == "plain":
+        data = _packb(body)
+    elif how == "replace":
+        body[draw(st.sampled_from(sorted(body)))] = draw(_msgpack_values)
+        data = _packb(body)
+    elif how == "odd_size":
+        packed = _packed(body["samples"])
+        size = draw(st.sampled_from([0, 1, 23, 25, len(packed) - 1, len(packed) + 4]))
+        data = _packb({**body, "samples": (packed * 2)[:size]})
+    elif how == "specials":
+        values = np.asarray(body["samples"], dtype="<f4")
+        special = draw(st.sampled_from([np.nan, np.inf, -np.inf, 1e30, -40.0, 3.4e38]))
+        values[draw(st.integers(0, len(values) - 1)), draw(st.integers(0, 5))] = special
+        data = _packb({**body, "samples": values.tobytes()})
+    elif how == "truncated":
+        whole = _packb({**body, "samples": _packed(body["samples"])})
+        data = whole[: draw(st.integers(0, len(whole) - 1))]
+    elif how == "random":
+        data = draw(st.binary(max_size=1024))
+    elif draw(st.booleans()):  # swap: JSON labelled MessagePack...
+        data = json.dumps(body).encode()
+    else:  # ...or MessagePack labelled JSON
+        data, content_type = _packb(body), JSON.encode()
+    request = request_bytes("POST", PATH, _headers(token, content_type), data)
+    return FuzzRequest("msgpack", request)
+
+
+def _packed_rows(packet: Any) -> Any:
+    """``packet`` with its samples packed float32, if they are rows of 6 numbers."""
+    samples = packet.get("samples") if isinstance(packet, dict) else None
+    if not isinstance(samples, list) or not samples:
+        return packet
+    for row in samples:
+        if not isinstance(row, list) or len(row) != 6:
+            return packet
+        if not all(type(v) in (int, float) and abs(v) < 1e30 for v in row):
+            return packet
+    return {**packet, "samples": _packed(samples)}
+
+
+@st.composite
+def batch_bodies(draw: st.DrawFn, fx: Fixture) -> FuzzRequest:
+    """``POST /v1/packets:batch``: valid batches of several devices, and batches with a
+    token missing, unknown, malformed, another device's or revoked, packets repeated,
+    mutated or not objects, tokens and packets of the wrong types, no packets or too many,
+    in JSON or MessagePack (packed or plain samples), plain or gzip."""
+    count = draw(st.integers(1, 6))
+    chosen: list[Any] = [draw(packets(fx)) for _ in range(count)]
+    tokens: dict[str, Any] = {p["device_id"]: _token_of(fx, p["device_id"]) for p in chosen}
+    document: Any = {"tokens": tokens, "packets": chosen}
+    how = draw(
+        st.sampled_from(
+            [
+                "valid",
+                "valid",
+                "unknown_token",
+                "missing_token",
+                "other_token",
+                "revoked",
+                "token_value",
+                "duplicate",
+                "mutated",
+                "not_object",
+                "top_level",
+                "empty",
+                "too_many",
+                "extra",
+            ]
+        )
+    )
+    victim = chosen[draw(st.integers(0, count - 1))]
+    if how == "unknown_token":
+        tokens[victim["device_id"]] = "u" * 43
+    elif how == "missing_token":
+        del tokens[victim["device_id"]]
+    elif how == "other_token":
+        others = [d for d in fx.devices if d.device_id != victim["device_id"]]
+        tokens[victim["device_id"]] = others[0].token
+    elif how == "revoked":
+        chosen.append({**victim, "device_id": fx.revoked.device_id})
+        tokens[fx.revoked.device_id] = fx.revoked.token
+    elif how == "token_value":
+        tokens[victim["device_id"]] = draw(
+            st.one_of(_json_values, st.sampled_from(["", "x" * 300, "caf\u00e9" * 10, "a\nb"]))
+        )
+    elif how == "duplicate":
+        chosen.append(dict(victim))
+    elif how == "mutated":
+        victim[draw(st.sampled_from(sorted(victim)))] = draw(_json_values)
+    elif how == "not_object":
+        chosen.insert(draw(st.integers(0, count)), draw(_json_values))
+    elif how == "top_level":
+        document = draw(
+            st.sampled_from(
+                [
+                    [chosen],
+                    {"packets": chosen},
+                    {"tokens": tokens},
+                    {"tokens": [tokens], "packets": chosen},
+                    {"tokens": tokens, "packets": {"0": chosen[0]}},
+                    None,
+                ]
+            )
+        )
+    elif how == "empty":
+        document["packets"] = []
+    elif how == "too_many":
+        one = {**victim, "samples": victim["samples"][:1]}
+        document["packets"] = [
+            {**one, "seq": one["seq"] + i} for i in range(fx.max_batch_packets + 1)
+        ]
+    elif how == "extra":
+        document = {**document, draw(st.text(min_size=1, max_size=10)): draw(_json_values)}
+    if draw(st.booleans()):
+        if draw(st.booleans()) and isinstance(document, dict):
+            items = document.get("packets")
+            if isinstance(items, list):
+                document = {**document, "packets": [_packed_rows(p) for p in items]}
+        data = _packb(document)
+        content_type = MSGPACK.encode()
+    else:
+        data = json.dumps(document).encode()
+        content_type = JSON.encode()
+    extra: list[tuple[bytes, bytes]] = []
+    if draw(st.integers(0, 3)) == 0:
+        data = _gzip(data)
+        extra.append((b"Content-Encoding", b"gzip"))
+    headers = [(b"Content-Type", content_type), *extra]
+    return FuzzRequest("batch", request_bytes("POST", BATCH_PATH, headers, data))
+
+
 #: Requests aiohttp's HTTP parser refuses (or routing does) before any handler runs.
 _PARSER_GARBAGE = [
     b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -500,19 +691,23 @@ CATEGORIES: dict[str, Callable[[Fixture], st.SearchStrategy[FuzzRequest]]] = {
     "oversized": oversized,
     "truncated": truncated,
     "parser": parser_garbage,
+    "msgpack": msgpack_bodies,
+    "batch": batch_bodies,
 }
 #: Share of the generated requests per category (the rest of the run: schemathesis, replays).
 WEIGHTS = {
-    "valid": 0.14,
-    "json": 0.24,
-    "raw_body": 0.08,
-    "gzip": 0.10,
+    "valid": 0.12,
+    "json": 0.20,
+    "raw_body": 0.07,
+    "gzip": 0.09,
     "content_type": 0.05,
-    "headers": 0.08,
-    "auth": 0.08,
+    "headers": 0.07,
+    "auth": 0.07,
     "oversized": 0.03,
-    "truncated": 0.10,
-    "parser": 0.10,
+    "truncated": 0.09,
+    "parser": 0.09,
+    "msgpack": 0.05,
+    "batch": 0.07,
 }
 
 

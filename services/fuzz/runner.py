@@ -3,8 +3,9 @@ builders (:mod:`~services.fuzz.http_cases`, :mod:`~services.fuzz.poison`) and ju
 (:mod:`~services.fuzz.tally`).
 
 ``fuzz_http`` sends malformed requests to ingest (raw sockets, hypothesis cases, then
-schemathesis cases from ingest's own /openapi.json, then replays of accepted requests) and
-checks the raw topic holds exactly the accepted packets. ``fuzz_topics`` writes poison
+schemathesis cases from ingest's own /openapi.json, both POST endpoints, JSON and
+MessagePack, then replays of accepted requests) and checks the raw topic holds exactly the
+accepted packets (those of batches included). ``fuzz_topics`` writes poison
 records to every topic a worker consumes and waits for each one's dead letter, then checks
 every worker is alive and that valid traffic still becomes predictions.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
 import numpy as np
 import requests
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # type: ignore[import-untyped]
@@ -154,7 +156,7 @@ async def _send(
                 await send_and_abandon(target.ingest_host, target.ingest_port, request.data)
             outcome = judge(request.category, response, request.expects_response)
             tally.add(outcome, request.data)
-            if outcome.accepted is not None:
+            if outcome.accepted_any:
                 accepted.append(request)
 
     await asyncio.gather(*(one(request) for request in batch))
@@ -181,6 +183,7 @@ def _schemathesis(
         content_type_conformance,
         response_schema_conformance,
     ]
+    _register_msgpack()
     schema = schemathesis.openapi.from_url(f"{target.ingest_url}/openapi.json")
     session = requests.Session()
     rng = random.Random(seed)
@@ -190,8 +193,8 @@ def _schemathesis(
             operations.append(item.ok())
         else:
             logger.warning("schemathesis cannot use an operation: %s", item.err())
-    packets = [op for op in operations if op.path == "/v1/packets"]
-    others = [op for op in operations if op.path != "/v1/packets"]
+    packets = [op for op in operations if op.path in POST_PATHS]
+    others = [op for op in operations if op.path not in POST_PATHS]
     plan: list[tuple[Any, GenerationMode, int]] = []
     for op in packets:
         plan += [
@@ -208,14 +211,22 @@ def _schemathesis(
             continue
         for case in cases:
             headers = {}
+            aim = mode is GenerationMode.POSITIVE and isinstance(case.body, dict)
             if op.path == "/v1/packets":
                 device = rng.choice(fx.devices)
                 if rng.random() < 0.8:
                     headers["Authorization"] = f"Bearer {device.token}"
-                aim = mode is GenerationMode.POSITIVE and isinstance(case.body, dict)
                 if aim and rng.random() < 0.5:  # aim some at acceptance: the token's device
-                    case.body["device_id"] = device.device_id
-                    case.body["first_sample_time"] = fx.now - rng.uniform(0, 3600)
+                    _aim(case.body, device, fx, rng)
+            elif op.path == "/v1/packets:batch" and aim and rng.random() < 0.5:
+                # aim some at acceptance: real devices, their tokens
+                tokens: dict[str, str] = {}
+                for packet in case.body.get("packets") or []:
+                    if isinstance(packet, dict):
+                        device = rng.choice(fx.devices)
+                        _aim(packet, device, fx, rng)
+                        tokens[device.device_id] = device.token
+                case.body["tokens"] = tokens
             try:
                 response = case.call(
                     base_url=target.ingest_url, session=session, headers=headers, timeout=30
@@ -244,6 +255,35 @@ def _schemathesis(
                     result.schemathesis_failures[name] += 1
                     if result.schemathesis_failures[name] == 1:
                         logger.warning("schemathesis %s: %s", name, str(failure)[:500])
+
+
+#: The operations that take packets (schemathesis aims part of their cases at acceptance).
+POST_PATHS = ("/v1/packets", "/v1/packets:batch")
+
+
+def _aim(packet: dict[str, Any], device: Device, fx: Fixture, rng: random.Random) -> None:
+    """Make a generated packet ``device``'s, with a plausible time."""
+    packet["device_id"] = device.device_id
+    packet["first_sample_time"] = fx.now - rng.uniform(0, 3600)
+
+
+def _register_msgpack() -> None:
+    """Let schemathesis send the MessagePack bodies the document offers (its own
+    serializers know JSON, YAML, XML, forms and plain bytes only)."""
+    import schemathesis  # noqa: PLC0415
+
+    def serialize(_ctx: Any, value: Any) -> bytes:
+        if isinstance(value, bytes):  # a negative case's raw body
+            return value
+        try:
+            packed: bytes = msgpack.packb(value)
+        except (TypeError, ValueError, OverflowError):
+            return repr(value).encode()
+        return packed
+
+    schemathesis.serializer(
+        "application/msgpack", "application/vnd.msgpack", "application/x-msgpack"
+    )(serialize)
 
 
 def read_topic(
@@ -288,9 +328,9 @@ def _raw_seqs(records: list[Any]) -> Counter[tuple[str, int]]:
     return counts
 
 
-async def _health(target: Target, fx: Fixture) -> tuple[dict[str, bool], Outcome]:
-    """/healthz and /readyz answer 200, and a valid packet is still accepted (its outcome
-    is counted with the others)."""
+async def _health(target: Target, fx: Fixture) -> tuple[dict[str, bool], list[Outcome]]:
+    """/healthz and /readyz answer 200, and a valid packet and a valid batch are still
+    accepted (their outcomes are counted with the others)."""
     health = {}
     for path in ("/healthz", "/readyz"):
         request = f"GET {path} HTTP/1.1\r\nHost: ingest\r\n\r\n".encode()
@@ -312,7 +352,28 @@ async def _health(target: Target, fx: Fixture) -> tuple[dict[str, bool], Outcome
     ).encode() + body
     response = await fetch(target.ingest_host, target.ingest_port, request)
     health["valid packet accepted"] = response.status == 202
-    return health, judge("health", response, True)
+    outcomes = [judge("health", response, True)]
+    packets = [
+        {
+            "device_id": d.device_id,
+            "seq": 10**10,
+            "first_sample_time": time.time() - 5,
+            "sample_rate_hz": 50.0,
+            "samples": np.full((50, 6), 0.5, dtype="<f4").tobytes(),
+        }
+        for d in fx.devices[:3]
+    ]
+    batch = msgpack.packb(
+        {"tokens": {d.device_id: d.token for d in fx.devices[:3]}, "packets": packets}
+    )
+    request = (
+        f"POST /v1/packets:batch HTTP/1.1\r\nHost: ingest\r\n"
+        f"Content-Type: application/msgpack\r\nContent-Length: {len(batch)}\r\n\r\n"
+    ).encode() + batch
+    response = await fetch(target.ingest_host, target.ingest_port, request)
+    health["valid batch accepted"] = response.status == 202
+    outcomes.append(judge("health", response, True))
+    return health, outcomes
 
 
 def fuzz_http(
@@ -340,8 +401,9 @@ def fuzz_http(
         for _ in range(max(1, total - tally.requests) if accepted else 0)
     ]
     asyncio.run(_send(target, replays, tally, [], concurrency))
-    health, outcome = asyncio.run(_health(target, fx))
-    tally.add(outcome)
+    health, outcomes = asyncio.run(_health(target, fx))
+    for outcome in outcomes:
+        tally.add(outcome)
     result.health = health
     records = read_topic(
         target.kafka_settings, target.topics.raw, expected=sum(tally.accepted.values())

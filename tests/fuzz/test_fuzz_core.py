@@ -102,3 +102,46 @@ def test_a_corrupt_header_never_decodes() -> None:
         assert record.value is not None
         with pytest.raises(SchemaError):
             RawPacket.from_bytes(record.value)
+
+
+def _batch(
+    status: int, results: list[dict[str, object]], accepted: int, refused: int
+) -> RawResponse:
+    body = {"accepted": accepted, "refused": refused, "results": results}
+    return RawResponse(status, {"content-type": "application/json"}, json.dumps(body).encode())
+
+
+def test_judge_checks_batch_answers_packet_by_packet() -> None:
+    ok = {"index": 0, "device_id": "d", "seq": 1, "status": 202, "samples": 50}
+    refused = {
+        "index": 1, "device_id": "e", "seq": 2, "status": 409, "type": "t", "title": "x",
+        "detail": "dup", "reason": "duplicate", "errors": [],
+    }  # fmt: skip
+    outcome = judge("batch", _batch(207, [ok, refused], 1, 1), True)
+    assert outcome.failure is None and outcome.accepted_many == (("d", 1),)
+    assert outcome.reasons == ("duplicate",)
+    assert judge("batch", _batch(202, [ok], 1, 0), True).accepted_many == (("d", 1),)
+    alone = {**refused, "index": 0}
+    for bad, words in (
+        (_batch(207, [{**alone, "status": 503}], 0, 1), "server error 503"),
+        (_batch(207, [{**alone, "index": 5}], 0, 1), "out of order"),
+        (_batch(207, [{**alone, "reason": ""}], 0, 1), "no problem"),
+        (_batch(202, [ok, refused], 1, 1), "202 with 1 refused"),
+        (_batch(207, [ok], 0, 1), "counts"),
+        (_batch(207, [{**ok, "seq": None}], 1, 0), "without device/seq"),
+        (RawResponse(207, {}, b"{}"), "without a batch answer"),
+    ):
+        assert words in (judge("batch", bad, True).failure or ""), words
+    tally = Tally()
+    tally.add(outcome)
+    assert tally.accepted == Counter({("d", 1): 1})
+    assert tally.categories["batch"].reasons == Counter({"duplicate": 1})
+
+
+def test_batch_and_msgpack_cases_are_well_formed_requests() -> None:
+    for name in ("batch", "msgpack"):
+        for request in draw_examples(CATEGORIES[name](FIXTURE), 60, 3):
+            assert request.category == name
+            head = request.data.split(b"\r\n\r\n", 1)[0]
+            assert head.startswith(b"POST /v1/packets")
+            assert b"Content-Length: " in head

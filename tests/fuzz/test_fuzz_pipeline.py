@@ -22,8 +22,11 @@ def test_hostile_requests_get_problem_documents_and_write_nothing(fuzz_setup: Fu
     assert tally.requests >= 500
     assert set(tally.categories) >= {
         "valid", "json", "raw_body", "gzip", "content_type", "headers", "auth", "oversized",
-        "truncated", "disconnect", "parser", "schemathesis", "replay",
+        "truncated", "disconnect", "parser", "msgpack", "batch", "schemathesis", "replay",
     }, summary  # fmt: skip
+    # the gateway path gets accepted packets too, and refusals of every kind
+    assert tally.categories["batch"].statuses["202"] + tally.categories["batch"].statuses["207"]
+    assert tally.categories["msgpack"].statuses["202"] > 0, summary
     assert tally.server_errors == 0, summary
     assert tally.non_problem_refusals == 0, summary
     assert tally.failures == 0, summary
