@@ -33,8 +33,8 @@ class StreamSettings(BaseSettings):
         "apache",
         description=(
             "Client settings profile: 'apache' for Apache Kafka (production, docker-compose, k8s); "
-            "'tansu' for the embedded development broker (short group session timeouts, "
-            "one record per producer batch so faust tables recover exactly)."
+            "'tansu' for the embedded development broker (short group session timeouts and "
+            "fetch waits, faust's end offsets corrected; services.common.kafka.clients)."
         ),
     )
     topic_prefix: str = Field("harstream", description="Prefix of every topic name.")

@@ -110,19 +110,19 @@ def test_producers_wait_for_all_replicas_and_only_kafka_python_is_idempotent() -
     assert kp["max_block_ms"] == 5000 and kp["delivery_timeout_ms"] == 30_000
 
 
-def test_faust_gets_short_groups_and_single_record_batches_only_on_the_local_broker() -> None:
+def test_faust_gets_short_groups_and_its_patches_only_on_the_local_broker() -> None:
     assert faust_options(StreamSettings(kafka_profile="tansu")) == {
         "broker_session_timeout": 6.0,
         "broker_heartbeat_interval": 1.0,
         "broker_rebalance_timeout": 6.0,
-        "producer_max_batch_size": 1,
     }
     assert faust_options(StreamSettings(kafka_profile="apache")) == {
         "broker_session_timeout": 30.0,
         "broker_heartbeat_interval": 3.0,
     }
-    assert profile(StreamSettings(kafka_profile="tansu")).faust_fetch_max_wait_ms == 50
-    assert profile(StreamSettings()).faust_fetch_max_wait_ms is None
+    tansu, apache = profile(StreamSettings(kafka_profile="tansu")), profile(StreamSettings())
+    assert (tansu.faust_fetch_max_wait_ms, tansu.faust_fetched_highwaters) == (50, True)
+    assert (apache.faust_fetch_max_wait_ms, apache.faust_fetched_highwaters) == (None, False)
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))

@@ -10,8 +10,8 @@ policy (CA, client certificate, hostname check) cannot differ between services.
 Profiles. ``apache`` is Apache Kafka (production, docker-compose, k8s); ``tansu`` is the
 embedded development broker, whose gaps were measured in ``shared/notes/tansu.md``: a
 JoinGroup answered only after half the session timeout, fetches held for the whole max wait
-while any partition is empty, wrong high-water marks after multi-record batches, and no
-aiokafka idempotent producer. :data:`PROFILES` and the producer builders below are the only
+while any partition is empty, wrong end offsets after multi-record batches, and no aiokafka
+idempotent producer. :data:`PROFILES` and the producer builders below are the only
 places that know it; services take option dicts from here and never test the profile.
 
 The SASL password is read when a client's options are built (a mounted Secret that was
@@ -67,12 +67,12 @@ class ClientProfile(NamedTuple):
     #: The fetch wait faust's consumer must be patched to (faust hard-codes 1500 ms, see
     #: ``services.preprocess.faust_internals.shorten_fetch_wait``); None: leave faust's.
     faust_fetch_max_wait_ms: int | None
-    #: Whether producers must write one record per batch: Tansu reports a wrong high-water
-    #: mark when a partition's last batch holds more than one record, and faust's table
-    #: recovery trusts it (the RocksDB table crashed, the memory table lost updates). One
-    #: record per batch makes recovery exact, at ~1 ms per window produced (~800 windows/s
-    #: on 2 cores). Only faust's changelogs need it (:func:`faust_options`).
-    one_record_per_batch: bool
+    #: Whether faust's high-water marks must be corrected (patched in, see
+    #: ``services.preprocess.faust_internals.correct_highwaters``): Tansu's ListOffsets
+    #: answers the first offset of a partition's last batch + 1, and faust's table recovery
+    #: trusts it (a memory table lost updates, RocksDB crashed). Corrected, producers can
+    #: batch many records on Tansu too (one record per batch was the earlier workaround).
+    faust_fetched_highwaters: bool
 
 
 PROFILES: Mapping[KafkaProfile, ClientProfile] = {
@@ -82,7 +82,7 @@ PROFILES: Mapping[KafkaProfile, ClientProfile] = {
         group_rebalance_timeout_s=None,
         fetch_max_wait_ms=500,
         faust_fetch_max_wait_ms=None,
-        one_record_per_batch=False,
+        faust_fetched_highwaters=False,
     ),
     "tansu": ClientProfile(
         group_session_timeout_s=6.0,
@@ -90,7 +90,7 @@ PROFILES: Mapping[KafkaProfile, ClientProfile] = {
         group_rebalance_timeout_s=6.0,
         fetch_max_wait_ms=50,
         faust_fetch_max_wait_ms=50,
-        one_record_per_batch=True,
+        faust_fetched_highwaters=True,
     ),
 }
 
@@ -215,10 +215,9 @@ def kafka_python_producer_kwargs(
 
 
 def faust_options(settings: StreamSettings) -> dict[str, Any]:
-    """faust ``App`` settings the broker dictates: group timeouts, and one record per
-    producer batch where the profile needs it (overriding the app's own batching, so merge
-    these last). Broker URLs and credentials are :func:`faust_broker_urls` and
-    :func:`faust_credentials`; faust has no setting for ``faust_fetch_max_wait_ms``."""
+    """faust ``App`` settings the broker dictates: the group timeouts. Broker URLs and
+    credentials are :func:`faust_broker_urls` and :func:`faust_credentials`; faust has no
+    setting for ``faust_fetch_max_wait_ms`` or ``faust_fetched_highwaters`` (patches)."""
     p = profile(settings)
     options: dict[str, Any] = {
         "broker_session_timeout": p.group_session_timeout_s,
@@ -226,8 +225,6 @@ def faust_options(settings: StreamSettings) -> dict[str, Any]:
     }
     if p.group_rebalance_timeout_s is not None:
         options["broker_rebalance_timeout"] = p.group_rebalance_timeout_s
-    if p.one_record_per_batch:
-        options["producer_max_batch_size"] = 1  # bytes: every record its own batch
     return options
 
 
