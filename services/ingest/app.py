@@ -183,6 +183,8 @@ class IngestService:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        #: Built once: IngestSettings.limits makes a new one at each call.
+        self.limits = settings.limits
         self.registry = registry
         self.sink = sink
         self.metrics_registry = metrics_registry
@@ -544,7 +546,6 @@ class IngestService:
         freed before the request waits for Kafka: held through the wait, every in-flight
         request's document went through the garbage collector's generations.
         """
-        settings = self.settings
         try:
             body, exact = parse_body(raw, fmt)
         except BodyError as exc:
@@ -565,11 +566,11 @@ class IngestService:
 
         now = self._clock()
         last = self.progress.last(device.device_id)
-        result = validate_packet(body, settings.limits, now, last)
+        result = validate_packet(body, self.limits, now, last)
         if isinstance(result, Invalid) and not exact:
             # Refusals are worded from the document json.loads reads (see ingest.body).
             try:
-                result = validate_packet(parse_exact(raw), settings.limits, now, last)
+                result = validate_packet(parse_exact(raw), self.limits, now, last)
             except BodyError as exc:
                 raise Rejection(400, Reason.MALFORMED, str(exc)) from None
         if isinstance(result, Invalid):
@@ -658,13 +659,13 @@ class IngestService:
                     results[index] = Result(index, device_id, seq, refusal)
                     continue
             last = lasts[device_id] if device_id in lasts else self.progress.last(device_id)
-            result = validate_packet(packet, settings.limits, now, last)
+            result = validate_packet(packet, self.limits, now, last)
             if isinstance(result, Invalid) and not exact:
                 # Refusals are worded from the document json.loads reads (see ingest.body).
                 if exact_packets is None:
                     exact_packets = _exact_packets(raw, len(packets))
                 if exact_packets:
-                    result = validate_packet(exact_packets[index], settings.limits, now, last)
+                    result = validate_packet(exact_packets[index], self.limits, now, last)
             if isinstance(result, Invalid):
                 results[index] = Result(index, device_id, seq, Refused.of(result))
                 continue
