@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import faust
 import pytest
 from aiokafka.errors import (  # type: ignore[import-untyped]
     KafkaConnectionError,
@@ -29,7 +30,7 @@ from services.common.kafka.clients import (
 )
 from services.common.kafka.dead_letters import MAX_DEAD_LETTER_BYTES, dead_letter
 from services.common.kafka.errors import SendAbandonedError, is_retriable
-from services.common.kafka.send import Record, send_acked
+from services.common.kafka.send import Record, TopicProducer, send_acked
 from shared.errors import SchemaError
 from shared.messages import DeadLetter
 from shared.settings import StreamSettings
@@ -362,3 +363,32 @@ def test_a_too_large_record_that_is_not_a_dead_letter_is_raised() -> None:
             await send_acked(FakeProducer(plan), _records(1), backoff=FAST)
 
     asyncio.run(scenario())
+
+
+def test_faust_topics_send_through_the_same_helper() -> None:
+    """preprocess produces through faust's topics: :class:`TopicProducer` finds a record's
+    topic object by its name (faust's own ``get_topic_name``) and hands it the record."""
+    app = faust.App("edge-unit", broker="kafka://127.0.0.1:1", autodiscover=False)
+    sent: list[tuple[str, bytes | None, bytes]] = []
+
+    def topic(name: str) -> Any:
+        real = app.topic(name, key_type=bytes, value_type=bytes)
+
+        async def send(*, key: bytes | None, value: bytes) -> Any:
+            # faust's own send needs a started app and broker: record and acknowledge.
+            sent.append((name, key, value))
+            acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            acked.set_result(None)
+            return acked
+
+        real.send = send
+        return real
+
+    producer = TopicProducer(topic("out"), topic("dlq"))
+    letters = [_letter(5)]
+    asyncio.run(send_acked(producer, _records(2), letters, dlq_topic="dlq", backoff=FAST))
+    assert [(name, key, value) for name, key, value in sent[:2]] == [
+        ("out", b"dev", b"r0"),
+        ("out", b"dev", b"r1"),
+    ]
+    assert sent[2][:2] == ("dlq", b"dev") and DeadLetter.from_bytes(sent[2][2]) == letters[0]

@@ -29,7 +29,7 @@ from shared.messages import DeadLetter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Outgoing", "Producer", "Record", "Sent", "send_acked"]
+__all__ = ["Outgoing", "Producer", "Record", "Sent", "TopicProducer", "send_acked"]
 
 
 class Record(NamedTuple):
@@ -55,6 +55,30 @@ class Producer(Protocol):
     async def send(self, topic: str, value: bytes, key: bytes | None = None) -> Awaitable[Any]:
         """Hand one record over; the returned awaitable resolves when it is acknowledged."""
         ...
+
+
+class SendingTopic(Protocol):
+    """A topic object that produces to itself, as faust's ``Topic`` does."""
+
+    def get_topic_name(self) -> str:
+        """The topic's name."""
+        ...
+
+    async def send(self, *, key: bytes | None, value: bytes) -> Awaitable[Any]:
+        """Hand one record over; the returned awaitable resolves when it is acknowledged."""
+        ...
+
+
+class TopicProducer:
+    """A :class:`Producer` over topic objects that produce to themselves (faust's
+    ``Topic``: its ``send`` buffers the record in faust's producer and returns the future
+    of its acknowledgement), so a faust agent sends through :func:`send_acked` too."""
+
+    def __init__(self, *topics: SendingTopic) -> None:
+        self._topics = {topic.get_topic_name(): topic for topic in topics}
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> Awaitable[Any]:
+        return await self._topics[topic].send(key=key, value=value)
 
 
 class Sent(NamedTuple):
