@@ -66,6 +66,38 @@ logger = logging.getLogger(__name__)
     help="e.g. 'stable=1,canary=2' [env HARSTREAM_MODELSERVER_VERSION_LABELS].",
 )
 @click.option(
+    "--model-config-file",
+    "--model_config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help=(
+        "TF Serving model config (text ModelServerConfig, one model) "
+        "[env HARSTREAM_MODELSERVER_MODEL_CONFIG_FILE]."
+    ),
+)
+@click.option(
+    "--model-config-file-poll-wait-seconds",
+    "--model_config_file_poll_wait_seconds",
+    "model_config_file_poll_wait_s",
+    type=float,
+    default=None,
+    help=(
+        "Seconds between reads of the config file, 0: once "
+        "[env HARSTREAM_MODELSERVER_MODEL_CONFIG_FILE_POLL_WAIT_S, default 0]."
+    ),
+)
+@click.option(
+    "--allow-version-labels-for-unavailable-models",
+    "--allow_version_labels_for_unavailable_models",
+    "allow_version_labels_for_unavailable_models",
+    type=bool,
+    default=None,
+    help=(
+        "New labels may name versions not AVAILABLE yet (true/false) "
+        "[env HARSTREAM_MODELSERVER_ALLOW_VERSION_LABELS_FOR_UNAVAILABLE_MODELS, default false]."
+    ),
+)
+@click.option(
     "--grpc-workers",
     type=int,
     default=None,
@@ -75,7 +107,9 @@ def modelserver(**options: Any) -> None:
     """Serve a SavedModel base path over TF Serving's gRPC and REST APIs.
 
     Options override HARSTREAM_MODELSERVER_* environment variables. New version directories
-    (renamed into place) are picked up without restart; SIGTERM/SIGINT stop gracefully.
+    (renamed into place) are picked up without restart; so are version policy and label
+    changes of a --model-config-file (polled, or sent by ModelService/HandleReloadConfigRequest,
+    e.g. by `harstream models promote`). SIGTERM/SIGINT stop gracefully.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from services.modelserver.settings import ModelServerSettings  # noqa: PLC0415
@@ -86,6 +120,7 @@ def modelserver(**options: Any) -> None:
     except ValidationError as exc:
         raise click.UsageError(str(exc)) from exc
     # imported only now: TensorFlow takes seconds to import
+    from services.modelserver.errors import ServingError  # noqa: PLC0415
     from services.modelserver.server import ModelServer  # noqa: PLC0415
 
     stop = threading.Event()
@@ -96,7 +131,12 @@ def modelserver(**options: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = ModelServer(settings).start()
+    try:
+        server = ModelServer(settings).start()
+    except ServingError as exc:
+        # TF Serving's words for a config it refuses at start-up.
+        logger.error("Failed to start server. Error: %s: %s", exc.code.value, exc.message)
+        raise SystemExit(1) from exc
     try:
         while not stop.wait(1.0):
             pass

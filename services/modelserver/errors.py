@@ -54,3 +54,17 @@ class ModelLoadError(ServingError):
     """A version directory could not be loaded as a SavedModel."""
 
     code = Code.INTERNAL
+
+
+class FailedPreconditionError(ServingError):
+    """The server's state does not allow the request, e.g. a label assigned to a version that
+    is not AVAILABLE (TF Serving's ``ServerCore::UpdateModelVersionLabelMap``)."""
+
+    code = Code.FAILED_PRECONDITION
+
+
+class UnimplementedError(ServingError):
+    """Something TF Serving supports that this development server does not (e.g. a config
+    listing several models)."""
+
+    code = Code.UNIMPLEMENTED

@@ -17,9 +17,11 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
+from services.modelserver.config import VersionPolicy
 from services.modelserver.errors import ModelLoadError, NotFoundError, ServingError
 from services.modelserver.versions import (
     Snapshot,
+    check_labels,
     desired_versions,
     has_saved_model,
     resolve_version,
@@ -62,8 +64,12 @@ class ModelManager(Generic[S]):
     """Keeps the served versions of one model in sync with its base path.
 
     ``loader(version, path)`` returns a servable or raises; any exception counts as a failed
-    load. Lookups (:meth:`get`) are lock-free reads of an immutable mapping that the poller
-    replaces, so they never wait for a load.
+    load. Lookups (:meth:`get`) are lock-free reads of immutable mappings (served versions,
+    labels) that the poller and :meth:`reconfigure` replace whole, so they never wait for a
+    load or a reload.
+
+    ``policy`` is the config's ``model_version_policy``; None is the shortcut of the
+    ``version_labels`` setting: the newest version plus every labelled one.
     """
 
     def __init__(
@@ -73,10 +79,12 @@ class ModelManager(Generic[S]):
         loader: Callable[[int, Path], S],
         labels: Mapping[str, int] | None = None,
         on_change: Callable[[Mapping[int, S]], None] | None = None,
+        policy: VersionPolicy | None = None,
     ) -> None:
         self.model_name = model_name
         self.base_path = base_path
-        self.labels = dict(labels or {})
+        self.labels: Mapping[str, int] = dict(labels or {})
+        self.policy = policy
         self._loader = loader
         self._on_change = on_change
         self._serving: Mapping[int, S] = {}
@@ -85,6 +93,7 @@ class ModelManager(Generic[S]):
         self._failed: dict[int, Snapshot] = {}
         self._polls = 0
         self._poll_lock = threading.Lock()  # one poll at a time
+        self._wake = threading.Event()  # poll now rather than after the interval
         # guards _status only, so GetModelStatus answers (LOADING...) while a load runs
         self._status_lock = threading.Lock()
 
@@ -112,6 +121,38 @@ class ModelManager(Generic[S]):
             raise NotFoundError(f"Could not find any versions of model {model_name}")
         return found
 
+    def available(self) -> set[int]:
+        """Versions whose state is AVAILABLE now."""
+        with self._status_lock:
+            return {v for v, s in self._status.items() if s.state == State.AVAILABLE}
+
+    def reconfigure(
+        self, policy: VersionPolicy, labels: Mapping[str, int], allow_unavailable_labels: bool
+    ) -> None:
+        """Apply a new version policy and label map, as TF Serving's ``ReloadConfig``: the
+        labels are checked first (:func:`check_labels`) and nothing changes if they are
+        refused; else they take effect at once and the next poll (started now) loads and
+        unloads versions to match the policy.
+
+        Raises:
+            FailedPreconditionError: a label names a version that is not AVAILABLE.
+        """
+        check_labels(
+            self.model_name, labels, self.labels, self.available(), allow_unavailable_labels
+        )
+        self.labels = dict(labels)
+        self.policy = policy
+        self._wake.set()
+
+    def request_poll(self) -> None:
+        """Wake the polling thread (a reload, or a stop)."""
+        self._wake.set()
+
+    def _desired(self, candidates: set[int]) -> set[int]:
+        if self.policy is None:
+            return desired_versions(candidates, self.labels)
+        return self.policy.select(candidates)
+
     def poll(self) -> None:
         """Scan the base path once and load/unload versions to match the policy."""
         with self._poll_lock:
@@ -137,7 +178,7 @@ class ModelManager(Generic[S]):
         # Versions no longer on disk are not candidates; those that are but are still being
         # written keep serving if they already do.
         candidates = ready | (set(self._serving) & set(found))
-        target = desired_versions(candidates, self.labels)
+        target = self._desired(candidates)
         serving = dict(self._serving)
         while not target <= set(serving):
             for version in sorted(target - set(serving)):
@@ -146,7 +187,7 @@ class ModelManager(Generic[S]):
                     candidates.discard(version)
                 else:
                     serving[version] = loaded
-            target = desired_versions(candidates, self.labels)
+            target = self._desired(candidates)
         if serving != self._serving:
             self._publish(serving)  # switch before unloading: no request sees a gap
         for version in sorted(set(serving) - target):
@@ -190,7 +231,8 @@ class ModelManager(Generic[S]):
                 self.poll()
             except Exception:
                 logger.exception("polling %s failed", self.base_path)
-            stop.wait(interval_s)
+            self._wake.wait(interval_s)
+            self._wake.clear()
 
     def start(self, stop: threading.Event, interval_s: float) -> threading.Thread:
         thread = threading.Thread(

@@ -34,9 +34,14 @@ class ModelServerProcess:
         log_path: Path,
         extra_env: dict[str, str] | None = None,
         host: str | None = "127.0.0.1",
+        model_config_file: Path | None = None,
+        config_poll_s: float = 0.5,
     ) -> None:
         """``host`` None: the server's default bind address (tests of that default);
-        ``extra_env``: more HARSTREAM_MODELSERVER_* settings."""
+        ``extra_env``: more HARSTREAM_MODELSERVER_* settings; ``model_config_file``: serve
+        that TF Serving config (its model name and base path win over ``base_path`` and
+        ``model_name``, which must agree with it), read every ``config_poll_s`` seconds, with
+        labels of versions still loading allowed at start-up as in docker-compose and k8s."""
         self.base_path = base_path
         self.model_name = model_name
         self.grpc_port = grpc_port or free_port()
@@ -46,6 +51,8 @@ class ModelServerProcess:
         self.log_path = log_path
         self.extra_env = dict(extra_env or {})
         self.host = host
+        self.model_config_file = model_config_file
+        self.config_poll_s = config_poll_s
         self.service = ServiceProcess(
             "modelserver", ServiceProcess.argv_of(["modelserver"]), self.env(), log_path
         )
@@ -64,8 +71,18 @@ class ModelServerProcess:
 
     def env(self) -> dict[str, str]:
         host = {} if self.host is None else {"HARSTREAM_MODELSERVER_HOST": self.host}
+        config = (
+            {}
+            if self.model_config_file is None
+            else {
+                "HARSTREAM_MODELSERVER_MODEL_CONFIG_FILE": str(self.model_config_file),
+                "HARSTREAM_MODELSERVER_MODEL_CONFIG_FILE_POLL_WAIT_S": str(self.config_poll_s),
+                "HARSTREAM_MODELSERVER_ALLOW_VERSION_LABELS_FOR_UNAVAILABLE_MODELS": "true",
+            }
+        )
         return {
             **host,
+            **config,
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "HARSTREAM_MODELSERVER_MODEL_NAME": self.model_name,
             "HARSTREAM_MODELSERVER_MODEL_BASE_PATH": str(self.base_path),

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent import futures
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
@@ -22,6 +23,7 @@ from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -30,9 +32,16 @@ from tensorflow_serving.apis import (
 )
 
 from services.modelserver import metrics as metrics_module
-from services.modelserver.errors import Code, InvalidArgumentError, ServingError
+from services.modelserver.config import ModelConfig, from_proto
+from services.modelserver.errors import (
+    Code,
+    InvalidArgumentError,
+    ServingError,
+    UnimplementedError,
+)
 from services.modelserver.limits import RestLimits
 from services.modelserver.manager import ModelManager
+from services.modelserver.reload import ConfigFileWatcher, ConfigReloader, read_config_file
 from services.modelserver.servable import Servable
 from services.modelserver.settings import ModelServerSettings
 from services.modelserver.tensors import to_ndarrays, to_tensor_proto
@@ -66,9 +75,11 @@ class ServingCore:
         self,
         manager: ModelManager[Servable],
         metrics: metrics_module.ModelServerMetrics,
+        reloader: ConfigReloader | None = None,
     ) -> None:
         self.manager = manager
         self.metrics = metrics
+        self.reloader = reloader
 
     @contextmanager
     def observe(self, method: str) -> Iterator[None]:
@@ -150,9 +161,9 @@ class ServingCore:
     def status(
         self, request: get_model_status_pb2.GetModelStatusRequest
     ) -> get_model_status_pb2.GetModelStatusResponse:
-        version, label = spec_version(request.model_spec)
-        if label is not None:
-            version = self.manager.get(request.model_spec.name, None, label).version
+        # TF Serving's GetModelStatus looks at model_spec.version only: a version label is
+        # ignored (every version is listed), on gRPC as on REST.
+        version, _ = spec_version(request.model_spec)
         response = get_model_status_pb2.GetModelStatusResponse()
         for entry in self.manager.statuses(request.model_spec.name, version):
             response.model_version_status.append(
@@ -166,6 +177,15 @@ class ServingCore:
                 )
             )
         return response
+
+    def reload(self, request: model_management_pb2.ReloadConfigRequest) -> None:
+        """``HandleReloadConfigRequest``: apply the request's config (see
+        :mod:`services.modelserver.reload`); raises :class:`ServingError` if refused."""
+        if self.reloader is None:
+            raise UnimplementedError("this server was started without config reloading")
+        # No config at all: TF Serving takes no action.
+        configs = from_proto(request.config) if request.config.WhichOneof("config") else None
+        self.reloader.reload(configs)
 
     def update_version_gauge(self, serving: Mapping[int, Servable]) -> None:
         gauge, name = self.metrics.model_version, self.manager.model_name
@@ -237,11 +257,17 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         except ServingError as exc:
             _abort(context, exc)
 
-    def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "model config reload is not supported: versions are picked up from the base path",
-        )
+    def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        try:
+            with self._core.observe("HandleReloadConfigRequest"):
+                self._core.reload(request)
+        except ServingError as exc:
+            _abort(context, exc)
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.error_code = error_codes_pb2.OK
+        return response
 
 
 def grpc_options(settings: ModelServerSettings) -> list[tuple[str, int]]:
@@ -280,16 +306,48 @@ class ModelServer:
 
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.manager: ModelManager[Servable] = ModelManager(
-            settings.model_name,
-            settings.model_base_path,
-            self._load,
-            labels=settings.labels,
-            on_change=self._on_change,
+        configs = (
+            read_config_file(settings.model_config_file)
+            if settings.model_config_file is not None
+            else None
         )
-        self.core = ServingCore(self.manager, metrics_module.create(self.registry))
+        if configs is not None:
+            if len(configs) != 1:
+                raise UnimplementedError(
+                    f"{settings.model_config_file} lists {len(configs)} models; this "
+                    "development server serves one"
+                )
+            first = configs[0]
+            name, base_path, labels = first.name, Path(first.base_path), {}
+        else:
+            name, base_path, labels = (
+                settings.model_name,
+                settings.model_base_path,
+                settings.labels,
+            )
+        self.manager: ModelManager[Servable] = ModelManager(
+            name, base_path, self._load, labels=labels, on_change=self._on_change
+        )
+        self.reloader = ConfigReloader(
+            self.manager,
+            settings.allow_version_labels_for_unavailable_models,
+            on_reload=self._on_reload,
+        )
+        self.core = ServingCore(self.manager, metrics_module.create(self.registry), self.reloader)
+        if configs is not None:
+            # Like TF Serving's first ReloadConfig: labels are checked before any version is
+            # loaded, so a config with labels needs allow_version_labels_for_unavailable_models.
+            self.reloader.reload(configs)
+        self._config_watcher = (
+            ConfigFileWatcher(
+                settings.model_config_file, self.reloader, settings.model_config_file_poll_wait_s
+            )
+            if settings.model_config_file is not None and settings.model_config_file_poll_wait_s
+            else None
+        )
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._config_poller: threading.Thread | None = None
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=settings.grpc_workers, thread_name_prefix="modelserver-grpc"
@@ -323,30 +381,38 @@ class ModelServer:
     def _on_change(self, serving: Mapping[int, Servable]) -> None:
         self.core.update_version_gauge(serving)
 
+    def _on_reload(self, _config: ModelConfig) -> None:
+        self.core.update_version_gauge(self.manager.serving)
+
     def start(self) -> ModelServer:
         self._grpc.start()
         self._rest.start()
         self._poller = self.manager.start(self._stop, self.settings.poll_interval_s)
+        if self._config_watcher is not None:
+            self._config_poller = self._config_watcher.start(self._stop)
         logger.info(
             "model server: model %r from %s, gRPC on %s:%d, REST and metrics on %s:%d, "
-            "polling every %.1f s, labels %s",
-            self.settings.model_name,
-            self.settings.model_base_path,
+            "polling every %.1f s, labels %s, config %s",
+            self.manager.model_name,
+            self.manager.base_path,
             self.settings.host,
             self.grpc_port,
             self.settings.host,
             self.rest_port,
             self.settings.poll_interval_s,
-            self.settings.labels or "none",
+            dict(self.manager.labels) or "none",
+            self.settings.model_config_file or "from settings",
         )
         return self
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop taking requests, let in-flight ones finish (up to ``grace_s``), stop polling."""
         self._stop.set()
+        self.manager.request_poll()  # wakes the poller, which then sees the stop
         done = self._grpc.stop(grace_s)
         self._rest.stop()
         done.wait(grace_s)
-        if self._poller is not None:
-            self._poller.join(timeout=grace_s)
+        for thread in (self._poller, self._config_poller):
+            if thread is not None:
+                thread.join(timeout=grace_s)
         logger.info("model server stopped")

@@ -6,8 +6,9 @@ It talks to no Kafka, so it derives from ``BaseSettings`` rather than ``StreamSe
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.modelserver.versions import parse_version_labels
@@ -52,7 +53,35 @@ class ModelServerSettings(BaseSettings):
         "",
         description=(
             "Optional labels, e.g. 'stable=1,canary=2': labelled versions are served besides "
-            "the newest one and can be requested by model_spec.version_label."
+            "the newest one and can be requested by model_spec.version_label (a shortcut of "
+            "this server; TF Serving takes labels only from a model config file). Exclusive "
+            "with model_config_file."
+        ),
+    )
+    model_config_file: Path | None = Field(
+        None,
+        description=(
+            "TF Serving model config (protobuf text of ModelServerConfig: model_config_list "
+            "with name, absolute base_path, model_version_policy, version_labels), as "
+            "--model_config_file; model_name and model_base_path are then taken from it. "
+            "One model only."
+        ),
+    )
+    model_config_file_poll_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Seconds between reads of model_config_file; a changed config is applied without "
+            "restart (TF Serving: --model_config_file_poll_wait_seconds). 0: read once at "
+            "start; the ModelService/HandleReloadConfigRequest RPC reloads either way."
+        ),
+    )
+    allow_version_labels_for_unavailable_models: bool = Field(
+        False,
+        description=(
+            "As TF Serving's flag: a new label (or one keeping its version) may name a "
+            "version that is not AVAILABLE yet; needed for a config file with labels at "
+            "start-up. Moving an existing label to such a version is refused regardless."
         ),
     )
     grpc_workers: int = Field(
@@ -110,6 +139,15 @@ class ModelServerSettings(BaseSettings):
     def _labels_parse(cls, value: str) -> str:
         parse_version_labels(value)  # raises ValueError, reported by pydantic
         return value
+
+    @model_validator(mode="after")
+    def _labels_in_one_place(self) -> Self:
+        if self.version_labels and self.model_config_file is not None:
+            raise ValueError(
+                "version_labels and model_config_file exclude each other: put the labels in "
+                "the config file's version_labels"
+            )
+        return self
 
     @property
     def labels(self) -> dict[str, int]:

@@ -10,7 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from services.modelserver.errors import InvalidArgumentError, NotFoundError
+from services.modelserver.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
@@ -103,17 +107,20 @@ def resolve_version(
 ) -> int:
     """The version a request's ``model_spec`` selects, or the error TF Serving would return.
 
-    ``version`` wins over ``label``; neither means the newest version being served.
+    ``version`` wins over ``label``; neither means the newest version being served. As in
+    TF Serving's ``ServerCore::ServableRequestFromModelSpec``, a label is looked up first
+    (INVALID_ARGUMENT if the model has no such label) and then asked for as the specific
+    version it names (NOT_FOUND while that version is not being served).
     """
     serving = set(serving)
-    if model_name != served_model or not serving:
-        raise NotFoundError(
-            "Servable not found for request: " + request_description(model_name, version, label)
-        )
     if version is None and label:
-        if label not in labels:
+        if model_name != served_model or label not in labels:
             raise InvalidArgumentError(f"Unrecognized servable version label: {label}")
         version = labels[label]
+    if model_name != served_model or not serving:
+        raise NotFoundError(
+            "Servable not found for request: " + request_description(model_name, version, None)
+        )
     if version is None:
         return max(serving)
     if version not in serving:
@@ -121,3 +128,33 @@ def resolve_version(
             "Servable not found for request: " + request_description(model_name, version, None)
         )
     return version
+
+
+def check_labels(
+    model_name: str,
+    labels: Mapping[str, int],
+    current: Mapping[str, int],
+    available: Iterable[int],
+    allow_unavailable: bool,
+) -> None:
+    """Refuse a label map as TF Serving's ``ServerCore::UpdateModelVersionLabelMap`` does.
+
+    Every label must name a version that is AVAILABLE now. With
+    ``--allow_version_labels_for_unavailable_models`` a label may also name a version that
+    is not (yet) available, but only if the label is new or keeps its version: moving an
+    existing label to a version that cannot answer is refused either way, so a label in use
+    never points at nothing.
+
+    Raises:
+        FailedPreconditionError: with TF Serving's message.
+    """
+    ready = set(available)
+    for label, version in labels.items():
+        moved = label in current and current[label] != version
+        if allow_unavailable and not moved:
+            continue
+        if version not in ready:
+            raise FailedPreconditionError(
+                f"Request to assign label to version {version} of model {model_name}, which "
+                "is not currently available for inference"
+            )
