@@ -13,6 +13,7 @@ from dataclasses import dataclass
 RAW_VERSION = 1
 WINDOWS_VERSION = 1
 PREDICTIONS_VERSION = 1
+SHADOW_PREDICTIONS_VERSION = 1
 ALERTS_VERSION = 1
 DLQ_VERSION = 1
 HEARTBEATS_VERSION = 1
@@ -40,6 +41,13 @@ class Topics:
         return f"{self.prefix}.predictions.v{PREDICTIONS_VERSION}"
 
     @property
+    def shadow_predictions(self) -> str:
+        """The candidate model's predictions in shadow mode, same schema as predictions (key:
+        device id). Read by evaluation (the demo's per-version accuracy), never by alerting:
+        a shadow model must not raise or clear alerts."""
+        return f"{self.prefix}.shadow-predictions.v{SHADOW_PREDICTIONS_VERSION}"
+
+    @property
     def alerts(self) -> str:
         """Alert lifecycle events: opened, acknowledged, resolved (key: device id)."""
         return f"{self.prefix}.alerts.v{ALERTS_VERSION}"
@@ -57,4 +65,12 @@ class Topics:
         return f"{self.prefix}.heartbeats.v{HEARTBEATS_VERSION}"
 
     def all(self) -> tuple[str, ...]:
-        return (self.raw, self.windows, self.predictions, self.alerts, self.dlq, self.heartbeats)
+        return (
+            self.raw,
+            self.windows,
+            self.predictions,
+            self.shadow_predictions,
+            self.alerts,
+            self.dlq,
+            self.heartbeats,
+        )

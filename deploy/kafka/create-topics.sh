@@ -28,6 +28,9 @@ create() {  # name, extra --config arguments...
 create "$PREFIX.raw.v1" --config "retention.ms=$day"
 create "$PREFIX.windows.v1" --config "retention.ms=$day"
 create "$PREFIX.predictions.v1" --config "retention.ms=$((7 * day))"
+# A candidate model's shadow predictions (inference with HARSTREAM_INFERENCE_SHADOW=true):
+# kept as long as the live ones, to compare them.
+create "$PREFIX.shadow-predictions.v1" --config "retention.ms=$((7 * day))"
 create "$PREFIX.alerts.v1" --config "retention.ms=$((30 * day))"
 # Dead letters wait for a human: keep them a month.
 create "$PREFIX.dlq.v1" --config "retention.ms=$((30 * day))"

@@ -66,6 +66,7 @@ group_rights harstream-preprocess "$PREPROCESS_APP_ID"
 
 topic_rights harstream-inference "$PREFIX.windows.v1" Read
 topic_rights harstream-inference "$PREFIX.predictions.v1" Write
+topic_rights harstream-inference "$PREFIX.shadow-predictions.v1" Write
 topic_rights harstream-inference "$PREFIX.dlq.v1" Write
 group_rights harstream-inference harstream-inference
 

@@ -1,9 +1,12 @@
 """The inference worker: windows topic → micro-batches → TF Serving → predictions topic.
 
-Thin wiring of aiokafka and gRPC around the pure core (batching, processing, results).
-Delivery is at-least-once: offsets are committed only after the batch's predictions and
-dead letters are acknowledged by Kafka (acks=all), so a crash, a SIGKILL or a rebalance can
-repeat predictions (same window id) but never lose a window.
+Thin wiring of aiokafka and gRPC around the pure core (batching, processing, rollout,
+results). Delivery is at-least-once: offsets are committed only after the batch's
+predictions and dead letters are acknowledged by Kafka (acks=all), so a crash, a SIGKILL or
+a rebalance can repeat predictions (same window id) but never lose a window. That holds for
+canary devices too: their predictions are live ones, from the candidate or (when it fails)
+from the stable model. Shadow predictions are best effort, outside the commit
+(:mod:`services.inference.shadow`).
 """
 
 from __future__ import annotations
@@ -31,15 +34,19 @@ from services.common.kafka.send import Record, send_acked
 from services.common.shutdown import stop_quietly
 from services.inference.batching import MicroBatcher
 from services.inference.client import GrpcModelClient
+from services.inference.errors import StartupError
 from services.inference.metrics import InferenceMetrics, create
 from services.inference.processing import (
     BatchAbandonedError,
     BatchProcessor,
     BatchResult,
     Consumed,
+    WindowProcessor,
     decode,
 )
+from services.inference.rollout import CandidateBreaker, RolloutPlan, RolloutProcessor
 from services.inference.settings import InferenceSettings
+from services.inference.shadow import ShadowPublisher
 from services.inference.startup import check_model
 from shared.dsp import PreprocessingConfig
 from shared.messages import Prediction
@@ -52,6 +59,12 @@ IDLE_POLL_MS = 250
 #: After SIGTERM, how long a batch already in Predict or in produce may take to finish
 #: before it is abandoned (uncommitted: its records are read again after the restart).
 STOP_GRACE_S = 10.0
+#: After the worker stopped, how long queued shadow predictions may take to be written
+#: (they are best effort: the rest is dropped and counted).
+SHADOW_GRACE_S = 2.0
+#: How long start-up gives the candidate to answer its probe: it is optional, the worker
+#: starts without it and the rollout's breaker keeps trying.
+CANDIDATE_PROBE_S = 5.0
 
 T = TypeVar("T")
 
@@ -84,12 +97,14 @@ class InferenceWorker:
         settings: InferenceSettings,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
-        processor: BatchProcessor,
+        processor: WindowProcessor,
         batcher: MicroBatcher[Consumed],
         metrics: InferenceMetrics,
         backoff: BackoffPolicy,
+        shadow: ShadowPublisher | None = None,
     ) -> None:
         self._settings = settings
+        self._shadow = shadow
         self._consumer = consumer
         self._producer = producer
         self._processor = processor
@@ -183,6 +198,8 @@ class InferenceWorker:
             acked_at = await self._publish(result)
             await self._commit(result)
             self._observe(result, acked_at)
+            if self._shadow is not None:
+                self._shadow.offer(result.shadow)  # never waited for: best effort
             logger.debug(
                 "%d predictions, %d dead letters: %.1f ms to produce and commit",
                 len(result.predictions), len(result.dead_letters),
@@ -324,6 +341,9 @@ async def run(
         BrokerUnavailableError: Kafka cannot be reached at start-up.
     """
     metrics = create(registry, settings.model_name)
+    plan = RolloutPlan(settings.candidate_version_label, settings.canary_share, settings.shadow)
+    metrics.canary_share.set(plan.canary_share)
+    metrics.shadow_enabled.set(int(plan.shadow))
     model = GrpcModelClient(
         settings.model_server_target,
         settings.model_name,
@@ -332,9 +352,21 @@ async def run(
         settings.model_version_label,
         settings.predict_deadline_s,
     )
+    candidate = (
+        GrpcModelClient(
+            settings.model_server_target,
+            settings.model_name,
+            settings.signature_name,
+            version_label=plan.candidate_label,
+            deadline_s=settings.candidate_deadline_s,
+        )
+        if plan.enabled
+        else None
+    )
     consumer = _consumer(settings)
     producer = _producer(settings)
     started: list[AIOKafkaConsumer | AIOKafkaProducer] = []
+    shadow: ShadowPublisher | None = None
     try:
         fingerprint = PreprocessingConfig().fingerprint
         version = await _unless_stopped(
@@ -348,6 +380,8 @@ async def run(
             settings.model_name, version, settings.model_server_target,
             settings.signature_name, fingerprint,
         )  # fmt: skip
+        if candidate is not None:
+            await _probe_candidate(candidate, settings, fingerprint, plan)
         try:
             for client in (producer, consumer):
                 await client.start()
@@ -362,14 +396,36 @@ async def run(
         listener = _RevokeListener(batcher, metrics.partitions_assigned)
         consumer.subscribe([settings.topics.windows], listener=listener)
         backoff = BackoffPolicy(settings.retry_initial_backoff_s, settings.retry_max_backoff_s)
-        processor = BatchProcessor(model, settings.model_name, backoff, metrics)
-        worker = InferenceWorker(settings, consumer, producer, processor, batcher, metrics, backoff)
+        stable = BatchProcessor(
+            model, settings.model_name, backoff, metrics,
+            model_label=settings.model_version_label or "",
+        )  # fmt: skip
+        processor = RolloutProcessor(
+            stable,
+            candidate,
+            plan,
+            settings.model_name,
+            metrics,
+            CandidateBreaker(settings.candidate_failures_to_pause, settings.candidate_pause_s),
+            settings.candidate_deadline_s,
+        )
+        if plan.shadow:
+
+            def dropped(reason: str, count: int) -> None:
+                metrics.shadow_dropped.labels(reason=reason).inc(count)
+
+            shadow = ShadowPublisher(
+                producer, settings.topics.shadow_predictions, dropped, backoff
+            ).start()
+        worker = InferenceWorker(
+            settings, consumer, producer, processor, batcher, metrics, backoff, shadow
+        )
         logger.info(
             "inference worker: %s → %s (dead letters %s), group %s, batches of ≤%d windows "
-            "or ≤%.0f ms, metrics on %s:%d",
+            "or ≤%.0f ms, rollout: %s, metrics on %s:%d",
             settings.topics.windows, settings.topics.predictions, settings.topics.dlq,
             settings.group_id, settings.batch_max_size, settings.batch_max_wait_ms,
-            settings.metrics_host, settings.metrics_port,
+            plan.describe(), settings.metrics_host, settings.metrics_port,
         )  # fmt: skip
         if on_ready is not None:
             on_ready()
@@ -382,7 +438,34 @@ async def run(
         if task.done() and not task.cancelled():
             task.result()  # re-raise what ended the worker, if anything did
     finally:
+        if shadow is not None:
+            await shadow.close(SHADOW_GRACE_S)  # before the producer stops
         for client in reversed(started):
             await stop_quietly(type(client).__name__, client.stop)
         await model.close()
+        if candidate is not None:
+            await candidate.close()
         logger.info("inference worker stopped")
+
+
+async def _probe_candidate(
+    candidate: GrpcModelClient, settings: InferenceSettings, fingerprint: str, plan: RolloutPlan
+) -> None:
+    """Check the candidate as the stable model is checked, but never refuse to start: a
+    rollout must not take the pipeline down. What is wrong is logged; the rollout then
+    finds out batch by batch (falling back to stable, skipping shadows)."""
+    try:
+        version = await check_model(
+            candidate,
+            settings.model_name,
+            fingerprint,
+            min(settings.startup_timeout_s, CANDIDATE_PROBE_S),
+        )
+    except StartupError as exc:
+        logger.warning(
+            "candidate %r is not usable now (%s); rollout %s goes on with stable predictions "
+            "until it is",
+            plan.candidate_label, exc, plan.describe(),
+        )  # fmt: skip
+        return
+    logger.info("candidate %r is v%d: rollout %s", plan.candidate_label, version, plan.describe())

@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.messages import Prediction
+
 # Powers of two around the default batch_max_size (64): shows whether batches fill (load)
 # or leave on the wait bound (quiet stream).
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 48, 64, 128, 256, 512, 1024)
@@ -38,6 +40,15 @@ class InferenceMetrics(NamedTuple):
     #: Windows-topic partitions this worker owns: 0 = not (yet) in the group, or a replica
     #: beyond the partition count, idle.
     partitions_assigned: Gauge
+    #: Rollout (services.inference.rollout): labelled by model version and route, a handful
+    #: of values each (versions in service at once, four routes), never by device.
+    version_predictions: Counter
+    version_confidence: Histogram
+    comparisons: Counter
+    candidate_failures: Counter
+    shadow_dropped: Counter
+    canary_share: Gauge
+    shadow_enabled: Gauge
     model_name: str
 
     # BatchObserver (services.inference.processing).
@@ -48,6 +59,23 @@ class InferenceMetrics(NamedTuple):
 
     def retried(self, code: str) -> None:
         self.retries.labels(code=code).inc()
+
+    # RolloutObserver (services.inference.rollout).
+    def routed(self, prediction: Prediction, route: str) -> None:
+        version = str(prediction.model_version)
+        self.version_predictions.labels(version=version, route=route).inc()
+        self.version_confidence.labels(version=version, route=route).observe(prediction.confidence)
+
+    def compared(self, mode: str, stable_version: int, candidate_version: int, agree: bool) -> None:
+        self.comparisons.labels(
+            mode=mode,
+            stable_version=str(stable_version),
+            candidate_version=str(candidate_version),
+            outcome="agree" if agree else "disagree",
+        ).inc()
+
+    def candidate_failed(self, mode: str, reason: str, windows: int) -> None:
+        self.candidate_failures.labels(mode=mode, reason=reason).inc(windows)
 
 
 def create(registry: CollectorRegistry, model_name: str) -> InferenceMetrics:
@@ -115,6 +143,54 @@ def create(registry: CollectorRegistry, model_name: str) -> InferenceMetrics:
         partitions_assigned=Gauge(
             "harstream_inference_partitions_assigned",
             "Windows-topic partitions assigned to this worker.",
+            registry=registry,
+        ),
+        version_predictions=Counter(
+            "harstream_inference_version_predictions_total",
+            "Predictions made, by the model version that made them and route: stable, canary "
+            "(a canary device served by the candidate), fallback (a canary device served by "
+            "stable because the candidate failed) or shadow (the candidate's, for the shadow "
+            "topic only).",
+            ["version", "route"],
+            registry=registry,
+        ),
+        version_confidence=Histogram(
+            "harstream_inference_version_confidence",
+            "Probability of the predicted activity, by model version and route.",
+            ["version", "route"],
+            buckets=CONFIDENCE_BUCKETS,
+            registry=registry,
+        ),
+        comparisons=Counter(
+            "harstream_inference_comparisons_total",
+            "Windows classified by both the stable model and the candidate, by mode (canary, "
+            "shadow), versions and outcome (agree: same activity, disagree); agreement rate = "
+            "agree / all.",
+            ["mode", "stable_version", "candidate_version", "outcome"],
+            registry=registry,
+        ),
+        candidate_failures=Counter(
+            "harstream_inference_candidate_failures_total",
+            "Windows the candidate did not classify, by mode (canary: served by stable "
+            "instead; shadow: skipped) and reason (gRPC status, fingerprint, response, paused).",
+            ["mode", "reason"],
+            registry=registry,
+        ),
+        shadow_dropped=Counter(
+            "harstream_inference_shadow_dropped_total",
+            "Shadow predictions made but not written to the shadow topic, by reason (backlog: "
+            "the shadow producer fell behind; else the Kafka error).",
+            ["reason"],
+            registry=registry,
+        ),
+        canary_share=Gauge(
+            "harstream_inference_canary_share",
+            "Configured fraction of devices served by the candidate version label.",
+            registry=registry,
+        ),
+        shadow_enabled=Gauge(
+            "harstream_inference_shadow_enabled",
+            "1 when every batch is also sent to the candidate (shadow mode).",
             registry=registry,
         ),
         model_name=model_name,

@@ -73,8 +73,20 @@ class BatchResult:
 
     predictions: list[tuple[Consumed, Prediction]] = field(default_factory=list)
     dead_letters: list[tuple[Consumed, Exception]] = field(default_factory=list)
+    #: The candidate's predictions in shadow mode (services.inference.rollout): for the
+    #: shadow topic, best effort, never part of what is committed.
+    shadow: list[Prediction] = field(default_factory=list)
     #: (topic, partition) → next offset to read, i.e. highest offset of the batch + 1.
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class WindowProcessor(Protocol):
+    """What the worker runs a batch through: :class:`BatchProcessor`, or the rollout
+    (:class:`services.inference.rollout.RolloutProcessor`) around one."""
+
+    async def process(self, batch: Sequence[Queued[Consumed]]) -> BatchResult: ...
+
+    def request_stop(self) -> None: ...
 
 
 def next_offsets(entries: Sequence[Consumed]) -> dict[tuple[str, int], int]:
@@ -106,9 +118,13 @@ class BatchProcessor:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        model_label: str = "",
     ) -> None:
+        """``model_label``: the version label ``model`` addresses ("" for none), carried by
+        the predictions."""
         self._model = model
         self._model_name = model_name
+        self._model_label = model_label
         self._backoff = backoff
         self._observer = observer
         self._clock = clock
@@ -162,6 +178,7 @@ class BatchProcessor:
             self._model_name,
             self._wall(),  # provisional: the worker stamps produced_at when it produces
             seconds,
+            self._model_label,
         )
         for (entry, _), outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, Prediction):

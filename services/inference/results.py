@@ -33,6 +33,7 @@ def build_prediction(
     produced_at: float,
     queue_wait_s: float,
     inference_s: float,
+    model_label: str = "",
 ) -> Prediction:
     """The prediction of one window: label = ACTIVITIES[argmax], features copied for alerting.
 
@@ -41,6 +42,7 @@ def build_prediction(
         produced_at: wall-clock time (Unix seconds).
         queue_wait_s: seconds the window waited in the batcher.
         inference_s: seconds the Predict call that classified it took.
+        model_label: the TF Serving version label the model was addressed by ("" if none).
     """
     probs = np.asarray(probabilities, dtype=np.float64)
     if probs.shape != (len(ACTIVITIES),):
@@ -61,6 +63,7 @@ def build_prediction(
         produced_at=produced_at,
         queue_wait_s=queue_wait_s,
         inference_s=inference_s,
+        model_label=model_label,
     )
 
 
@@ -71,6 +74,7 @@ def batch_predictions(
     model_name: str,
     produced_at: float,
     inference_s: float,
+    model_label: str = "",
 ) -> list[Prediction | FingerprintMismatchError]:
     """One entry per window, in order: its prediction, or why it must not get one (its
     preprocessing fingerprint is not the one the answering model was trained on)."""
@@ -95,6 +99,7 @@ def batch_predictions(
                 produced_at,
                 wait,
                 inference_s,
+                model_label,
             )
         )
     return results

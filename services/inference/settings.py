@@ -40,6 +40,56 @@ class InferenceSettings(StreamSettings):
             "Exclusive with model_version."
         ),
     )
+    candidate_version_label: str = Field(
+        "canary",
+        min_length=1,
+        description=(
+            "TF Serving version label of the candidate model that canary_share and shadow "
+            "send windows to."
+        ),
+    )
+    canary_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Fraction of devices (0-1) whose live predictions come from the candidate "
+            "(candidate_version_label); a device is in it when the first 8 bytes of "
+            "SHA-256(device id) / 2^64 are below the share, so it stays on one version. "
+            "The stable model predicts their windows too, as the fallback when the candidate "
+            "fails and for the agreement metric."
+        ),
+    )
+    shadow: bool = Field(
+        False,
+        description=(
+            "Send every batch to the candidate too; its predictions go to the shadow-"
+            "predictions topic and metrics, never to the predictions topic (alerting). Best "
+            "effort: failures are counted and skipped."
+        ),
+    )
+    candidate_deadline_s: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "gRPC deadline of a candidate Predict (seconds); it runs beside the stable one "
+            "and is not retried, so a slow candidate delays a batch by at most this."
+        ),
+    )
+    candidate_failures_to_pause: int = Field(
+        3,
+        ge=1,
+        description="Consecutive candidate failures after which it is not called for a while.",
+    )
+    candidate_pause_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "How long a failing candidate is left alone before it is tried again (seconds); "
+            "meanwhile canary devices get stable predictions and shadow predictions are "
+            "skipped."
+        ),
+    )
     batch_max_size: int = Field(
         64,
         ge=1,
@@ -107,6 +157,14 @@ class InferenceSettings(StreamSettings):
             raise ValueError(
                 "set at most one of model_version and model_version_label "
                 f"(got {self.model_version} and {self.model_version_label!r})"
+            )
+        if (
+            self.canary_share > 0 or self.shadow
+        ) and self.model_version_label == self.candidate_version_label:
+            raise ValueError(
+                f"the stable model and the candidate are both label "
+                f"{self.candidate_version_label!r}: set model_version_label (e.g. 'stable') "
+                "or candidate_version_label to another label"
             )
         if self.retry_max_backoff_s < self.retry_initial_backoff_s:
             raise ValueError("retry_max_backoff_s must be >= retry_initial_backoff_s")

@@ -39,6 +39,11 @@ class Prediction:
     #: Seconds the window waited in the inference worker's batch, and the Predict call took.
     queue_wait_s: float
     inference_s: float
+    #: The TF Serving version label the model was addressed by ("stable", "canary"; "" when
+    #: it was asked for by number or as the newest). Added later than the other fields:
+    #: absent in older records, which decode as "". On the shadow topic it names the
+    #: candidate; on the predictions topic "canary" marks a device of the canary share.
+    model_label: str = ""
 
     @property
     def confidence(self) -> float:
@@ -68,6 +73,7 @@ class Prediction:
             "produced_at": self.produced_at,
             "queue_wait_s": self.queue_wait_s,
             "inference_s": self.inference_s,
+            "model_label": self.model_label,
         }
         return encode_json(SCHEMA, VERSION, body)
 
@@ -101,4 +107,7 @@ class Prediction:
             produced_at=number(body, "produced_at"),
             queue_wait_s=number(body, "queue_wait_s"),
             inference_s=number(body, "inference_s"),
+            # Additive field: records written before it existed decode as unlabelled; older
+            # readers ignore it (from_bytes reads only the fields it knows).
+            model_label=field(body, "model_label", str) if "model_label" in body else "",
         )

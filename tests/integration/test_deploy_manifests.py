@@ -313,6 +313,7 @@ def test_each_service_is_a_kafka_user_with_only_its_own_acls(rendered: dict[str,
             [
                 topic(t.windows, "Read"),
                 topic(t.predictions, "Write"),
+                topic(t.shadow_predictions, "Write"),
                 topic(t.dlq, "Write"),
                 group("harstream-inference"),
             ]
@@ -769,6 +770,11 @@ def test_compose_user_script_grants_each_service_only_its_topics(tmp_path: Path)
     for service in HARSTREAM_SERVICES:
         assert (f"harstream-{service}", "Write", t.dlq) in grants
     assert ("harstream-inference", "Read", t.windows) in grants
+    assert ("harstream-inference", "Write", t.shadow_predictions) in grants
+    # Shadow predictions never reach alerting: nobody but inference touches their topic.
+    assert {p for p, _, topic in grants if topic == t.shadow_predictions} == {
+        "harstream-inference"
+    }
     assert ("harstream-alerting", "Write", t.alerts) in grants
     assert not any(p == "harstream-lag-reader" and op != "Describe" for p, op, _ in grants)
     # Passwords go to kafka-configs only, never to the ACL tool.

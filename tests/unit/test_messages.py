@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -109,6 +110,20 @@ def test_prediction_alert_dead_letter_round_trip() -> None:
         "preprocess", "bad magic", "SchemaError", "t", 3, 42, b"dev", b"\x00\xff", 9.0
     )
     assert DeadLetter.from_bytes(letter.to_bytes()) == letter
+
+
+def test_prediction_model_label_is_additive() -> None:
+    labelled = replace(_prediction(), model_label="canary")
+    assert Prediction.from_bytes(labelled.to_bytes()) == labelled
+    # A record written before the field existed decodes as unlabelled...
+    body = json.loads(_prediction().to_bytes())
+    del body["model_label"]
+    old = Prediction.from_bytes(json.dumps(body).encode())
+    assert old == _prediction() and old.model_label == ""
+    # ...and one that carries it is still what an older reader expects (same schema version).
+    assert json.loads(labelled.to_bytes())["v"] == body["v"]
+    with pytest.raises(SchemaError, match="model_label"):
+        Prediction.from_bytes(json.dumps({**body, "model_label": 7}).encode())
 
 
 @pytest.mark.parametrize(
@@ -351,7 +366,8 @@ def test_topics_are_versioned_and_prefixed() -> None:
     topics = Topics("site-a")
     assert topics.windows == "site-a.windows.v1"
     assert topics.heartbeats == "site-a.heartbeats.v1"
-    assert len(set(topics.all())) == 6
+    assert topics.shadow_predictions == "site-a.shadow-predictions.v1"
+    assert len(set(topics.all())) == 7
 
 
 def test_heartbeat_round_trip_and_hostile_bytes() -> None:
