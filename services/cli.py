@@ -39,6 +39,7 @@ _SERVICE_COMMANDS = {
     "preprocess": "services.preprocess.cli:preprocess",
     "inference": "services.inference.cli:inference",
     "modelserver": "services.modelserver.cli:modelserver",
+    "models": "services.models.cli:models",
     "alerting": "services.alerting.cli:alerting",
     "operators": "services.alerting.operators_cli:operators",
 }

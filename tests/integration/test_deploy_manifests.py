@@ -905,10 +905,11 @@ def test_tfserving_configs_parse_as_their_protos() -> None:
     )
     (config,) = models.model_config_list.config
     assert (config.name, config.base_path) == ("har", "/models/har")
-    assert set(config.version_labels) == {"stable", "canary"}
-    # Every labelled version is one the policy loads and the repository ships.
+    # stable, canary, and previous once a version was promoted (harstream models).
+    assert {"stable", "canary"} <= set(config.version_labels) <= {"stable", "canary", "previous"}
+    # The policy loads exactly the labelled versions, and the repository ships them.
     served = set(config.model_version_policy.specific.versions)
-    assert set(config.version_labels.values()) <= served
+    assert set(config.version_labels.values()) == served
     assert all((REPO / "models" / "har" / str(v) / "saved_model.pb").exists() for v in served)
 
     messages = _tfserving_messages()

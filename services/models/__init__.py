@@ -1,0 +1,1 @@
+"""``harstream models``: which model version carries which TF Serving version label."""
