@@ -19,11 +19,16 @@ from services.demo.pipeline import DEFAULT_MODEL_BASE, DEMO_OPERATOR, Pipeline, 
 from services.demo.replay import SimulatedDevice
 from services.demo.run import (
     DemoResult,
+    choose_rollout,
     demo_devices,
     replay_start_time,
+    rollout_env,
     run_replay,
+    shipped_labels,
     subjects_from,
     summary_table,
+    versions_on_disk,
+    write_demo_model_config,
 )
 from shared.data.cache import HaptCache, default_cache_dir
 
@@ -94,6 +99,30 @@ def register_devices(registry_url: str, device_ids: list[str]) -> dict[str, str]
     default=DEFAULT_MODEL_BASE,
     show_default=True,
 )
+@click.option(
+    "--stable",
+    type=int,
+    default=None,
+    help="Version served as 'stable' [default: deploy/tfserving/models.config's, else newest].",
+)
+@click.option(
+    "--candidate",
+    type=int,
+    default=None,
+    help="Version labelled 'canary' [default: deploy/tfserving/models.config's, if not stable].",
+)
+@click.option(
+    "--shadow/--no-shadow",
+    default=None,
+    help="Send every batch to the candidate too [default: when there is a candidate].",
+)
+@click.option(
+    "--canary-share",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Fraction of devices whose live predictions come from the candidate.",
+)
 @click.pass_context
 def demo(
     ctx: click.Context,
@@ -106,23 +135,41 @@ def demo(
     linger: float,
     workdir: Path | None,
     model_base: Path,
+    stable: int | None,
+    candidate: int | None,
+    shadow: bool | None,
+    canary_share: float,
 ) -> None:
     """Run everything locally (embedded Kafka, model server, all services) and replay the test
-    subjects' recordings as live wearables; Ctrl-C stops cleanly and prints the summary."""
+    subjects' recordings as live wearables; Ctrl-C stops cleanly and prints the summary.
+
+    The model server serves the 'stable' version and, if there is one, a candidate labelled
+    'canary' (by default the versions deploy/tfserving/models.config names), which shadows
+    every batch: the summary shows each version's live accuracy and their agreement.
+    """
     console = Console()
+    try:
+        rollout = choose_rollout(
+            versions_on_disk(model_base), shipped_labels(), stable, candidate, shadow, canary_share
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     cache = _cache(ctx)
     devices = demo_devices(cache, subjects_from(subjects), scripted=scripted)
     workdir = workdir or Path(tempfile.mkdtemp(prefix="harstream-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    model_config = write_demo_model_config(workdir, model_base, rollout)
     config = PipelineConfig(
         workdir=workdir,
         model_base=model_base,
         partitions=partitions,
-        service_env={"alerting": DEMO_ALERTING_ENV},
+        service_env={"alerting": DEMO_ALERTING_ENV, **rollout_env(model_config, rollout)},
     )
     show_live = console.is_terminal if live is None else live
     console.print(
         f"[bold]harstream demo[/]: {len(devices)} devices, speed {speed:g}x, "
-        f"packets of {packet_size} samples; logs in {workdir / 'logs'}"
+        f"packets of {packet_size} samples; models: {rollout.describe()}; "
+        f"logs in {workdir / 'logs'}"
     )
     pipeline = Pipeline(config)
     try:
@@ -133,6 +180,14 @@ def demo(
             f"pipeline up; ingest at {pipeline.ingest_url}, alerts API at {pipeline.alerting_url}"
         )
         _print_operator(console, pipeline)
+        if rollout.candidate is not None:
+            console.print(
+                f"promote the candidate while it runs: harstream models promote "
+                f"{rollout.candidate} --config {model_config} "
+                f"--target {pipeline.model_server_target}",
+                soft_wrap=True,
+                highlight=False,
+            )
         result = asyncio.run(
             _replay_with_ctrl_c(
                 pipeline,

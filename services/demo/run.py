@@ -4,6 +4,12 @@ Replays the HAPT recordings of the test subjects (never seen in training) as liv
 plus two scripted ones: a fall (walking → impact → lying) and a device that goes silent.
 Shows a live view and ends with a summary: packets, windows, streaming accuracy against the
 recordings' labels, latency per stage, throughput, alerts.
+
+The model server reads a TF Serving model config written for the run: the stable version
+(label ``stable``) serves, and a candidate (label ``canary``, e.g. the paper's model) can
+shadow every batch or serve a canary share of devices; the summary gives each version's
+live accuracy and the shadow's agreement with stable. ``harstream models promote`` against
+the printed config and target moves the labels while the demo runs.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from rich.console import Console
@@ -26,12 +34,122 @@ from services.demo.scenarios import fall_scenario
 from services.demo.tally import WINDOW_SIZE, DemoTally
 from services.demo.view import live_view
 from services.demo.watch import follow
+from services.modelserver.config import ModelConfig, VersionPolicy, parse_config, render_config
+from services.modelserver.versions import has_saved_model, scan_versions
 from shared.data.cache import HaptCache
 from shared.data.splits import TEST_SUBJECTS
 
 logger = logging.getLogger(__name__)
 
 STEP = 64
+REPO_ROOT = Path(__file__).resolve().parents[2]
+#: docker-compose's TF Serving config: the demo serves the versions its labels name.
+SHIPPED_MODEL_CONFIG = REPO_ROOT / "deploy" / "tfserving" / "models.config"
+
+
+@dataclass(frozen=True)
+class DemoRollout:
+    """Which versions the demo serves, and what the candidate does."""
+
+    stable: int
+    candidate: int | None = None
+    shadow: bool = False
+    canary_share: float = 0.0
+
+    def describe(self) -> str:
+        if self.candidate is None:
+            return f"stable v{self.stable}"
+        roles = []
+        if self.shadow:
+            roles.append("shadow")
+        if self.canary_share > 0:
+            roles.append(f"canary {self.canary_share:.0%} of devices")
+        what = ", ".join(roles) or "loaded, no traffic"
+        return f"stable v{self.stable}, candidate v{self.candidate} ({what})"
+
+
+def versions_on_disk(model_base: Path) -> set[int]:
+    return {v for v, path in scan_versions(model_base).items() if has_saved_model(path)}
+
+
+def shipped_labels(path: Path = SHIPPED_MODEL_CONFIG) -> dict[str, int]:
+    """The labels of the shipped TF Serving config ({} if it cannot be read)."""
+    try:
+        (config,) = parse_config(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return dict(config.labels)
+
+
+def choose_rollout(
+    on_disk: set[int],
+    labels: Mapping[str, int],
+    stable: int | None = None,
+    candidate: int | None = None,
+    shadow: bool | None = None,
+    canary_share: float = 0.0,
+) -> DemoRollout:
+    """Versions for the demo: those asked for, else the shipped config's ``stable`` and
+    ``canary`` labels where those versions exist, else the newest version alone. A
+    candidate shadows by default (``shadow`` None).
+
+    Raises:
+        ValueError: a version that is not on disk, or a rollout without a candidate.
+    """
+    if not on_disk:
+        raise ValueError("no model version with a SavedModel in the model directory")
+    if stable is None:
+        shipped = labels.get("stable")
+        stable = shipped if shipped is not None and shipped in on_disk else max(on_disk)
+    if candidate is None and labels.get("canary") in on_disk and labels.get("canary") != stable:
+        candidate = labels.get("canary")
+    for version in (stable, candidate):
+        if version is not None and version not in on_disk:
+            raise ValueError(f"version {version} is not in the model directory ({sorted(on_disk)})")
+    if candidate == stable:
+        candidate = None
+    if candidate is None and (shadow or canary_share > 0):
+        raise ValueError("a shadow or a canary share needs a candidate version other than stable")
+    shadow = candidate is not None if shadow is None else shadow
+    return DemoRollout(stable, candidate, shadow, canary_share)
+
+
+def demo_model_config(model_base: Path, rollout: DemoRollout) -> ModelConfig:
+    """The TF Serving config of the demo's model server: exactly the two versions, labelled
+    (``canary`` names stable when there is no candidate, as in the shipped config)."""
+    candidate = rollout.candidate or rollout.stable
+    return ModelConfig(
+        "har",
+        str(model_base.resolve()),
+        policy=VersionPolicy.specific({rollout.stable, candidate}),
+        labels={"stable": rollout.stable, "canary": candidate},
+    )
+
+
+def rollout_env(config_path: Path, rollout: DemoRollout) -> dict[str, dict[str, str]]:
+    """``PipelineConfig.service_env`` entries: the model server reads ``config_path`` (and
+    re-reads it every 2 s, so ``harstream models`` can move labels during the demo); the
+    inference worker serves ``stable`` and sends the candidate its share or shadow."""
+    return {
+        "modelserver": {
+            "HARSTREAM_MODELSERVER_MODEL_CONFIG_FILE": str(config_path),
+            "HARSTREAM_MODELSERVER_MODEL_CONFIG_FILE_POLL_WAIT_S": "2",
+            "HARSTREAM_MODELSERVER_ALLOW_VERSION_LABELS_FOR_UNAVAILABLE_MODELS": "true",
+        },
+        "inference": {
+            "HARSTREAM_INFERENCE_MODEL_VERSION_LABEL": "stable",
+            "HARSTREAM_INFERENCE_CANDIDATE_VERSION_LABEL": "canary",
+            "HARSTREAM_INFERENCE_SHADOW": "true" if rollout.shadow else "false",
+            "HARSTREAM_INFERENCE_CANARY_SHARE": str(rollout.canary_share),
+        },
+    }
+
+
+def write_demo_model_config(workdir: Path, model_base: Path, rollout: DemoRollout) -> Path:
+    path = workdir / "models.config"
+    header = "# harstream demo: TF Serving model config (harstream models promote|rollback).\n"
+    path.write_text(render_config([demo_model_config(model_base, rollout)], header))
+    return path
 
 
 def expected_windows(num_samples: int) -> int:
@@ -196,9 +314,20 @@ def summary_table(result: DemoResult) -> Table:
         ", ".join(f"{t} {s}: {n}" for (t, s), n in sorted(tally.alert_events.items())) or "none"
     )
     table.add_row("alert events", events)
-    table.add_row(
-        "model versions", ", ".join(f"v{v}: {n}" for v, n in sorted(tally.model_versions.items()))
-    )
+    for kind, scores in (("live", tally.live_versions), ("shadow", tally.shadow_versions)):
+        for version, score in sorted(scores.items()):
+            accuracy = f"{score.accuracy:.2%}" if score.accuracy is not None else "-"
+            table.add_row(
+                f"{kind} accuracy v{version} ({score.label or 'unlabelled'})",
+                f"{accuracy} over {score.scored:,} labelled windows "
+                f"({score.predictions:,} predictions)",
+            )
+    for (live, shadow), agreement in sorted(tally.agreement.items()):
+        rate = f"{agreement.rate:.2%}" if agreement.rate is not None else "-"
+        table.add_row(
+            f"agreement shadow v{shadow} / live v{live}",
+            f"{rate} of {agreement.compared:,} windows both classified",
+        )
     return table
 
 

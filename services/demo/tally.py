@@ -1,5 +1,10 @@
 """What the demo watches and reports: predictions scored against the recordings' labels,
-latency per stage, throughput and alerts (pure; the orchestrator feeds it from Kafka)."""
+latency per stage, throughput and alerts (pure; the orchestrator feeds it from Kafka).
+
+Per model version too: live predictions (stable, or a canary share) and a candidate's
+shadow predictions are each scored against the same labels, and the shadow's agreement
+with the live prediction of the same window is counted: live accuracy where the labels are
+known, which a deployment of real wearables never has."""
 
 from __future__ import annotations
 
@@ -58,6 +63,33 @@ class StageLatencies:
         return out
 
 
+@dataclass
+class VersionScore:
+    """Predictions of one model version, scored against the recordings' labels."""
+
+    version: int
+    label: str = ""
+    predictions: int = 0
+    scored: int = 0
+    correct: int = 0
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.scored if self.scored else None
+
+
+@dataclass
+class Agreement:
+    """Windows classified by both a live and a shadow version, and on how many they agreed."""
+
+    compared: int = 0
+    agreed: int = 0
+
+    @property
+    def rate(self) -> float | None:
+        return self.agreed / self.compared if self.compared else None
+
+
 class DemoTally:
     """Accumulates predictions and alerts; scores each prediction against the label of the
     recording samples its window covers (windows spanning two activities are not scored,
@@ -77,6 +109,48 @@ class DemoTally:
         self.first_prediction_at: float | None = None
         self.last_prediction_at: float | None = None
         self.model_versions: Counter[int] = Counter()
+        #: Live predictions (predictions topic) and shadow ones, per model version.
+        self.live_versions: dict[int, VersionScore] = {}
+        self.shadow_versions: dict[int, VersionScore] = {}
+        #: (live version, shadow version) → agreement on the windows both classified.
+        self.agreement: dict[tuple[int, int], Agreement] = {}
+        self._live_labels: dict[str, tuple[int, str]] = {}
+        self._shadow_labels: dict[str, tuple[int, str]] = {}
+
+    def _true_class(self, p: Prediction) -> int | None:
+        """The window's activity in the recording; -1 for a window spanning two; None when
+        the recording is unknown or shorter than the window."""
+        labels = self._truth.get(p.device_id)
+        if labels is None or p.start_index + WINDOW_SIZE > len(labels):
+            return None
+        return int(window_labels(labels, np.array([p.start_index]), WINDOW_SIZE)[0])
+
+    def _score(
+        self, scores: dict[int, VersionScore], p: Prediction, true_class: int | None
+    ) -> None:
+        score = scores.setdefault(p.model_version, VersionScore(p.model_version))
+        score.label = score.label or p.model_label
+        score.predictions += 1
+        if true_class is not None and true_class >= 0:
+            score.scored += 1
+            score.correct += int(ACTIVITIES.index(p.label) == true_class)
+
+    def _compare(self, window_id: str) -> None:
+        live, shadow = self._live_labels.get(window_id), self._shadow_labels.get(window_id)
+        if live is None or shadow is None:
+            return
+        pair = self.agreement.setdefault((live[0], shadow[0]), Agreement())
+        pair.compared += 1
+        pair.agreed += int(live[1] == shadow[1])
+
+    def add_shadow(self, p: Prediction) -> None:
+        """A candidate's shadow prediction (shadow-predictions topic): scored per version,
+        compared with the live prediction of the same window; never shown as live."""
+        if p.device_id not in self._truth or p.window_id in self._shadow_labels:
+            return
+        self._shadow_labels[p.window_id] = (p.model_version, p.label)
+        self._score(self.shadow_versions, p, self._true_class(p))
+        self._compare(p.window_id)
 
     def add_prediction(self, p: Prediction) -> None:
         if p.device_id not in self._truth:
@@ -93,11 +167,13 @@ class DemoTally:
         view = self.devices.setdefault(p.device_id, DeviceView(p.device_id))
         view.windows += 1
         view.label, view.confidence = p.label, p.confidence
-        labels = self._truth.get(p.device_id)
-        if labels is None or p.start_index + WINDOW_SIZE > len(labels):
+        true_class = self._true_class(p)
+        self._score(self.live_versions, p, true_class)
+        self._live_labels[p.window_id] = (p.model_version, p.label)
+        self._compare(p.window_id)
+        if true_class is None:
             view.truth = "-"
             return
-        true_class = int(window_labels(labels, np.array([p.start_index]), WINDOW_SIZE)[0])
         view.truth = ACTIVITIES[true_class] if true_class >= 0 else "(transition)"
         if true_class >= 0:
             predicted = ACTIVITIES.index(p.label)

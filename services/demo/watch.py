@@ -1,5 +1,6 @@
-"""Following the predictions and alerts topics from the start (no consumer group: manual
-assignment, so watching never joins or disturbs the services' groups)."""
+"""Following the predictions, shadow-predictions and alerts topics from the start (no
+consumer group: manual assignment, so watching never joins or disturbs the services'
+groups)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ async def follow(settings: StreamSettings, tally: DemoTally, stop: asyncio.Event
     await consumer.start()
     try:
         partitions = []
-        for topic in (topics.predictions, topics.alerts):
+        for topic in (topics.predictions, topics.shadow_predictions, topics.alerts):
             for p in sorted(
                 consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
             ):
@@ -41,6 +42,8 @@ async def follow(settings: StreamSettings, tally: DemoTally, stop: asyncio.Event
                     try:
                         if tp.topic == topics.predictions:
                             tally.add_prediction(Prediction.from_bytes(record.value))
+                        elif tp.topic == topics.shadow_predictions:
+                            tally.add_shadow(Prediction.from_bytes(record.value))
                         else:
                             tally.add_alert(Alert.from_bytes(record.value))
                     except SchemaError as exc:
