@@ -7,15 +7,27 @@ device's silence counts only while ingest could write, :mod:`services.alerting.l
 Range assignment gives partition ``p`` of every topic to the same worker, so one worker owns
 everything about a device.
 
-Per batch: decode (bad predictions → DLQ), run the device monitors, store the transitions
-(with history and webhook outbox rows) AND the monitor snapshots of every device the batch
-touched, in one transaction; publish the alert events, wake the webhook dispatcher, THEN
-commit the offsets. A crash before the commit replays the batch; the restored snapshots
-already cover it, so the replayed predictions are ignored as duplicates and nothing opens
-twice. On assignment (start, restart, rebalance) the worker restores the snapshots and open
-alerts of its partitions' devices before it reads anything: a fall waiting for its 30 s
-confirmation, a device that fell silent, lying and inactivity timers and cooldowns all
-continue.
+Per batch: decode (bad predictions → DLQ, sent before their offsets can be committed) and
+run the device monitors. A batch that opened or resolved an alert stores its transitions
+(with history and webhook outbox rows) AND the snapshot of every device changed since it
+was last stored, in one transaction, then publishes the alert events and wakes the webhook
+dispatcher. Everything else waits for the next *checkpoint* (every ``commit_interval_s``,
+before partitions are revoked, and on a clean stop): one transaction stores the snapshots
+of the devices changed since the last one (each device once, however many of its records
+came in) and the changed partition clocks, THEN the offsets read up to it are committed.
+The stored state so never lags the committed offsets: a crash replays what came after the
+last checkpoint, and every device's stored snapshot already counts whatever of it was
+stored later (with a transition), so the replayed predictions and packets it covers are
+ignored as duplicates and nothing opens twice. On assignment (start, restart, rebalance)
+the worker restores the snapshots and open alerts of its partitions' devices before it
+reads anything: a fall waiting for its 30 s confirmation, a device that fell silent, lying
+and inactivity timers and cooldowns all continue.
+
+Cost per record (issue 10; ``python -m benchmarks.bench_alerting``): the raw topic brings
+~2.5 KB per packet that liveness reads only the header of, so the worker reads in bulk
+(``fetch_wait_ms``, ``fetch_min_bytes``): a few fetches a second instead of one per 50 ms
+on the local broker, and batches of hundreds of records. Per checkpoint, not per batch:
+one store transaction (one executor hand-off) and one offset commit.
 
 A tick task runs the wall-clock rules every ``tick_interval_s``: DEVICE_OFFLINE for devices
 of partitions whose raw topic has been read to its end by a recent fetch (a worker catching
@@ -29,7 +41,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -67,7 +79,7 @@ from services.alerting.store import (
 from services.alerting.webhooks import WebhookDispatcher
 from services.common.authlimit import AuthFailureLimit
 from services.common.http_server import ProblemAppRunner, auth_screen
-from services.common.kafka.clients import aiokafka_kwargs
+from services.common.kafka.clients import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from services.common.kafka.dead_letters import can_shrink, dead_letter, is_too_large, without_value
 from services.common.operators import Identity
 from services.common.shutdown import stop_quietly
@@ -127,6 +139,8 @@ class AlertingService:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics: AlertingMetrics = create(self.registry)
         self.fleet = FleetMonitor(settings.rules)
+        # Counted when scraped: counting every batch cost O(devices) per batch.
+        self.metrics.devices_tracked.set_function(lambda: self.fleet.devices_tracked)
         self.pipeline = PipelineMonitor(settings.rules)
         self.store = store
         self.port: int | None = None
@@ -142,6 +156,12 @@ class AlertingService:
         #: per topic partition (to tell when it has read a partition to its end).
         self._partitions: set[int] = set()
         self._next_offset: dict[TopicPartition, int] = {}
+        #: Offsets handled (their dead letters acknowledged) but not committed yet: the next
+        #: checkpoint stores the state that covers them, then commits them.
+        self._uncommitted: dict[TopicPartition, int] = {}
+        #: Rule transitions the monitors took but the store does not hold yet (see _persist).
+        self._unstored: list[AlertTransition] = []
+        self._last_checkpoint = time.monotonic()
         #: The worker owning partition 0 judges the pipeline-stall rule (one alert, not one
         #: per worker).
         self._pipeline_owner = False
@@ -172,12 +192,7 @@ class AlertingService:
             self.store = await asyncio.to_thread(open_store, s.store_url, s.store_schema)
         await self._refresh_open_gauge()
         self._producer = AIOKafkaProducer(
-            **aiokafka_kwargs(
-                s,
-                client_id=f"harstream-{SERVICE}",
-                acks="all",  # not enable_idempotence: the local Tansu broker rejects it
-                linger_ms=5,
-            )
+            **aiokafka_producer_kwargs(s, client_id=f"harstream-{SERVICE}", linger_ms=5)
         )
         await self._producer.start()
         await self._publish_pending()
@@ -213,15 +228,15 @@ class AlertingService:
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         self._consumer = AIOKafkaConsumer(
-            **aiokafka_kwargs(
+            **aiokafka_consumer_kwargs(
                 s,
                 group_id=s.group_id,
                 client_id=f"harstream-{SERVICE}",
-                enable_auto_commit=False,
                 auto_offset_reset=s.auto_offset_reset,
-                session_timeout_ms=int(s.group_session_timeout_s * 1000),
-                heartbeat_interval_ms=int(s.group_heartbeat_interval_s * 1000),
-                fetch_max_wait_ms=s.fetch_max_wait_ms,
+                # Bulk reads on every broker profile: fetches are the largest per-read cost
+                # (see the module docstring), and alerts tolerate the wait.
+                fetch_max_wait_ms=s.fetch_wait_ms,
+                fetch_min_bytes=s.fetch_min_bytes,
                 max_poll_records=s.max_batch_records,
                 # Partition p of predictions and of raw to the same worker (co-partitioned:
                 # same keys, same partition counts); round robin would split a device's topics.
@@ -278,6 +293,7 @@ class AlertingService:
                         "alerting task %s failed", task.get_name(), exc_info=task.exception()
                     )
             self._tasks = []
+        await self._checkpoint_quietly()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -308,6 +324,11 @@ class AlertingService:
                     continue
                 if batches:
                     await self._handle(batches)
+                if (
+                    self._uncommitted
+                    and time.monotonic() - self._last_checkpoint >= self.settings.commit_interval_s
+                ):
+                    await self._checkpoint()
         except Exception as exc:
             # A worker that no longer consumes must not look alive: stop, exit non-zero and
             # let the supervisor restart it (uncommitted messages are replayed).
@@ -316,12 +337,13 @@ class AlertingService:
             self._stop.set()
 
     async def _handle(self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+        """Judge a batch. Its alert transitions are stored at once (with every changed
+        snapshot) and published; everything else waits for the next checkpoint."""
         assert self._consumer is not None and self._producer is not None
         now = time.time()
         transitions: list[AlertTransition] = []
         dead: list[DeadLetter] = []
         offsets: dict[TopicPartition, int] = {}
-        touched: set[str] = set()
         raw_topic = self.settings.topics.raw
         heartbeats_topic = self.settings.topics.heartbeats
         # aiokafka sets a new assignment, and may fetch for it, before it awaits our
@@ -340,13 +362,17 @@ class AlertingService:
                     self._consumer.seek(tp, records[0].offset)
                     continue
                 if tp.topic == raw_topic:
-                    transitions.extend(self._traffic(tp, records, now, touched))
+                    transitions.extend(self._traffic(tp, records, now))
                 elif tp.topic == heartbeats_topic:
                     self._heartbeats(tp, records, now)
                 else:
-                    transitions.extend(self._predictions(tp, records, now, touched, dead))
+                    transitions.extend(self._predictions(tp, records, now, dead))
                 offsets[tp] = records[-1].offset + 1
-            await self._persist(transitions, touched, retry=True)
+            if transitions:
+                # Stored now, in one transaction with the snapshots that already count the
+                # records behind them: a replay of those records finds duplicates and cannot
+                # open or resolve anything twice.
+                await self._persist(transitions, retry=True)
             self._next_offset.update(offsets)
         for letter in dead:
             await self._send_dead_letter(letter)
@@ -358,21 +384,56 @@ class AlertingService:
                 letter.source_offset,
                 letter.reason,
             )
+        # Committable now that their dead letters are acknowledged (a partition revoked
+        # meanwhile is its new owner's to commit).
+        for tp, offset in offsets.items():
+            if tp.partition in self._partitions:
+                self._uncommitted[tp] = offset
         self._update_gauges()
+
+    async def _checkpoint(self, retry: bool = True) -> None:
+        """Store the changed snapshots and clocks, then commit the offsets they cover (the
+        state stored never lags the committed offsets, so a crash replays only what the
+        store does not hold yet, or what it already counts: duplicates)."""
+        assert self._consumer is not None
+        async with self._lock:
+            offsets, self._uncommitted = self._uncommitted, {}
+            try:
+                await self._persist([], retry=retry)
+            except StoreError:
+                self._uncommitted = {**offsets, **self._uncommitted}
+                raise
+            self._last_checkpoint = time.monotonic()
         if not offsets:
             return
+        # Outside the lock: a commit can hang on a broker that is away, and the alert API
+        # (acknowledge, resolve) must not wait for Kafka.
         try:
             await self._consumer.commit(offsets)
         except KafkaError as exc:
             # Typically a rebalance: the new owner replays these, duplicates are ignored.
+            # Partitions still ours are committed with the next checkpoint.
             logger.warning("offset commit failed: %s", exc)
+            owned = self._consumer.assignment()
+            for tp, offset in offsets.items():
+                if tp in owned and tp.partition in self._partitions:
+                    self._uncommitted.setdefault(tp, offset)
+
+    async def _checkpoint_quietly(self) -> None:
+        """On a clean stop: what was read is stored and committed (a restart then replays
+        nothing). Best effort: a store or broker that is gone only means a longer replay."""
+        if self._consumer is None or self.store is None:
+            return
+        try:
+            await self._checkpoint(retry=False)
+        except (StoreError, KafkaError) as exc:
+            logger.warning("last checkpoint not completed (a restart replays more): %s", exc)
 
     def _predictions(
         self,
         tp: TopicPartition,
         records: list[ConsumerRecord[Any, Any]],
         now: float,
-        touched: set[str],
         dead: list[DeadLetter],
     ) -> list[AlertTransition]:
         transitions: list[AlertTransition] = []
@@ -396,7 +457,6 @@ class AlertingService:
             self.metrics.duplicates.inc(self.fleet.take_duplicates())
             self.pipeline.predicted(tp.partition, prediction.ingested_at)
             self._device_partition[prediction.device_id] = tp.partition
-            touched.add(prediction.device_id)
             transitions.extend(steps)
         return transitions
 
@@ -405,7 +465,6 @@ class AlertingService:
         tp: TopicPartition,
         records: list[ConsumerRecord[Any, Any]],
         now: float,
-        touched: set[str],
     ) -> list[AlertTransition]:
         """Device liveness from raw packets. A record that is not a raw frame keyed by its
         own device id is skipped here (the preprocess worker dead-letters it) and counted."""
@@ -426,7 +485,6 @@ class AlertingService:
             transitions.extend(self.fleet.traffic(header.device_id, at, now))
             self.pipeline.traffic(tp.partition, at)
             self._device_partition[header.device_id] = tp.partition
-            touched.add(header.device_id)
         return transitions
 
     def _heartbeats(
@@ -502,7 +560,8 @@ class AlertingService:
                 steps += self.fleet.tick(now, devices, self._clocks.get(partition))
             if self._pipeline_owner:
                 steps += self.pipeline.judge(now, both_read)
-            await self._persist(steps, [s.alert.device_id for s in steps], retry=True)
+            if steps:
+                await self._persist(steps, retry=True)
             if self._publish_backlog:
                 await self._publish_pending()
         self._update_gauges()
@@ -530,7 +589,6 @@ class AlertingService:
         return read[topics.raw], read[topics.raw] & read[topics.predictions]
 
     def _update_gauges(self) -> None:
-        self.metrics.devices_tracked.set(self.fleet.devices_tracked)
         self.metrics.falls_cancelled.inc(self.fleet.take_falls_cancelled())
         self.metrics.pipeline_delay.set(
             max((self.pipeline.delay_s(p) for p in self._partitions), default=0.0)
@@ -539,14 +597,25 @@ class AlertingService:
     # -- store, alerts topic, webhooks ----------------------------------------------------
 
     async def _persist(
-        self, transitions: Sequence[AlertTransition], devices: Iterable[str], retry: bool
+        self, transitions: Sequence[AlertTransition], retry: bool, applied: bool = True
     ) -> None:
-        """Store the transitions with the snapshots of ``devices``, then publish, then
-        notify. Callers hold the lock, so events of one alert reach the topic and the
-        webhooks in order."""
+        """Store the transitions with the snapshot of every device changed since it was
+        last stored and the changed partition clocks, then publish, then notify. Callers
+        hold the lock (nothing changes while the store writes, and events of one alert
+        reach the topic and the webhooks in order).
+
+        ``applied``: the monitors already took the transitions (the rules' own; an
+        operator's are planned, and applied only once stored). Until they are stored, every
+        later store carries them: a snapshot that counts an alert's records must never be
+        stored without the alert (a stop that cancelled the retry loop, then a last
+        checkpoint, would otherwise lose the alert)."""
+        transitions = [*self._unstored, *transitions]
+        if applied:
+            self._unstored = transitions
+        changed = self.fleet.changed
         snapshots = [
             DeviceSnapshot(device_id, self._device_partition[device_id], state)
-            for device_id, state in self.fleet.snapshots(devices).items()
+            for device_id, state in self.fleet.snapshots(changed).items()
             if device_id in self._device_partition
         ]
         clocks = {p: self._clocks[p].to_dict() for p in self._clocks_changed if p in self._clocks}
@@ -564,6 +633,8 @@ class AlertingService:
                     clocks,
                 )
                 self._clocks_changed.clear()
+                self.fleet.stored(changed)
+                self._unstored = []
                 break
             except StoreError as exc:
                 if not retry or self._stop.is_set():
@@ -631,6 +702,9 @@ class AlertingService:
         """Stop tracking the devices of ``revoked`` partitions. The lock waits for the batch
         in hand: its snapshots are stored before the next owner reads them."""
         self._restored.clear()
+        # What was read of them is stored and committed before the next owner restores it
+        # (else it replays from the last checkpoint: correct, only longer).
+        await self._checkpoint_quietly()
         async with self._lock:
             partitions = {tp.partition for tp in revoked}
             gone = [d for d, p in self._device_partition.items() if p in partitions]
@@ -644,6 +718,7 @@ class AlertingService:
                 self._clocks_changed.discard(partition)
             for tp in revoked:
                 self._next_offset.pop(tp, None)
+                self._uncommitted.pop(tp, None)
         self.metrics.partitions_assigned.set(len(self._partitions))
         if gone:
             logger.info(
@@ -782,7 +857,7 @@ class AlertingService:
             if step is None:
                 return alert
             step = step._replace(operator=operator, note=note)
-            await self._persist([step], [], retry=False)
+            await self._persist([step], retry=False, applied=False)
             self._apply(step)
             return step.alert
 
@@ -796,12 +871,12 @@ class AlertingService:
             else:
                 step = self.fleet.plan_resolve(alert, operator, now)
             step = step._replace(operator=operator, note=note)
-            await self._persist([step], [], retry=False)
+            await self._persist([step], retry=False, applied=False)
             self._apply(step)
-            # The device's cooldown started: store its snapshot too (best effort: its next
-            # traffic stores it anyway).
+            # The device's cooldown started: store its snapshot too (best effort: the next
+            # checkpoint stores it anyway).
             try:
-                await self._persist([], [alert.device_id], retry=False)
+                await self._persist([], retry=False)
             except StoreError as exc:
                 logger.warning("snapshot of %s not stored after resolve: %s", alert.device_id, exc)
             return step.alert

@@ -540,15 +540,20 @@ class DeviceMonitor:
 
 
 class FleetMonitor:
-    """The :class:`DeviceMonitor` of every device this worker sees."""
+    """The :class:`DeviceMonitor` of every device this worker sees.
+
+    It also tracks which devices' snapshots changed since they were last stored
+    (:attr:`changed`), so the service stores each device once per checkpoint however many of
+    its records the checkpoint covers, and none whose records changed nothing (duplicates,
+    replayed traffic)."""
 
     def __init__(self, rules: AlertRules, id_factory: Callable[[], str] = new_alert_id) -> None:
         self.rules = rules
         self._id_factory = id_factory
         self.devices: dict[str, DeviceMonitor] = {}
-        self._cancelled_reported = 0
-        self._forgotten_cancelled = 0
+        self._cancelled = 0
         self._duplicates = 0
+        self._changed: set[str] = set()
 
     def monitor(self, device_id: str) -> DeviceMonitor:
         found = self.devices.get(device_id)
@@ -558,13 +563,22 @@ class FleetMonitor:
 
     def observe(self, prediction: Prediction, now_wall: float) -> list[AlertTransition]:
         device = self.monitor(prediction.device_id)
-        before = device.duplicates_ignored
+        duplicates, cancelled = device.duplicates_ignored, device.falls_cancelled
         steps = device.observe(prediction, now_wall)
-        self._duplicates += device.duplicates_ignored - before
+        if device.duplicates_ignored != duplicates:
+            self._duplicates += device.duplicates_ignored - duplicates
+        else:
+            self._changed.add(device.device_id)
+        self._cancelled += device.falls_cancelled - cancelled
         return steps
 
     def traffic(self, device_id: str, at_wall: float, now_wall: float) -> list[AlertTransition]:
-        return self.monitor(device_id).traffic(at_wall, now_wall)
+        device = self.monitor(device_id)
+        before = device.last_traffic_wall
+        steps = device.traffic(at_wall, now_wall)
+        if device.last_traffic_wall != before:
+            self._changed.add(device_id)
+        return steps
 
     def tick(
         self,
@@ -581,7 +595,10 @@ class FleetMonitor:
             else [d for i in device_ids if (d := self.devices.get(i)) is not None]
         )
         for device in devices:
-            out.extend(device.tick(now_wall, clock))
+            steps = device.tick(now_wall, clock)
+            if steps:
+                out.extend(steps)
+                self._changed.add(device.device_id)
         return out
 
     def take_duplicates(self) -> int:
@@ -592,6 +609,15 @@ class FleetMonitor:
     def snapshots(self, device_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """:meth:`DeviceMonitor.snapshot` of each tracked device among ``device_ids``."""
         return {i: d.snapshot() for i in device_ids if (d := self.devices.get(i)) is not None}
+
+    @property
+    def changed(self) -> frozenset[str]:
+        """Devices whose snapshot may differ from the one last stored (see :meth:`stored`)."""
+        return frozenset(self._changed)
+
+    def stored(self, device_ids: Iterable[str]) -> None:
+        """The snapshots of ``device_ids`` (taken since their last change) are stored."""
+        self._changed.difference_update(device_ids)
 
     def restore(
         self, device_id: str, snapshot: Mapping[str, Any], alerts: Sequence[Alert] = ()
@@ -609,6 +635,7 @@ class FleetMonitor:
                 fresh.load(alert)
             raise
         self.devices[device_id] = device
+        self._changed.discard(device_id)  # what is stored
 
     def plan_acknowledge(self, alert: Alert, by: str, now_wall: float) -> AlertTransition | None:
         """The acknowledge step of a stored alert (None if it already was), not applied.
@@ -630,18 +657,17 @@ class FleetMonitor:
         device = self.devices.get(step.alert.device_id)
         if device is not None:
             device.apply(step)
+            self._changed.add(device.device_id)  # a resolve starts a cooldown
 
     def forget(self, device_ids: Iterable[str]) -> None:
         """Drop devices another worker now owns (partitions revoked); their alerts stay stored."""
         for device_id in device_ids:
-            gone = self.devices.pop(device_id, None)
-            if gone is not None:
-                self._forgotten_cancelled += gone.falls_cancelled
+            self.devices.pop(device_id, None)
+            self._changed.discard(device_id)
 
     def take_falls_cancelled(self) -> int:
         """Falls cancelled (person got up) since the last call, for a counter metric."""
-        total = self._forgotten_cancelled + sum(d.falls_cancelled for d in self.devices.values())
-        new, self._cancelled_reported = total - self._cancelled_reported, total
+        new, self._cancelled = self._cancelled, 0
         return new
 
     @property

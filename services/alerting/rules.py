@@ -17,11 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.activities import ACTIVITIES, NUM_CLASSES
 from shared.errors import HarstreamError
+from shared.features import MotionFeatures
 from shared.messages import Prediction
 
 #: Smoothed activities that mean the person is up (cancel a suspected fall).
 UPRIGHT_ACTIVITIES = frozenset({"WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "STANDING"})
 LAYING = "LAYING"
+#: The motion features' field names, in declaration order.
+_FEATURE_NAMES = tuple(MotionFeatures.__dataclass_fields__)
 
 
 class PredictionRejectedError(HarstreamError):
@@ -218,6 +221,16 @@ def smoothed_activity(probabilities: list[tuple[float, ...]]) -> str:
 
 def check_prediction(prediction: Prediction) -> None:
     """Raise :class:`PredictionRejectedError` if a number the rules compare is not finite."""
+    features = prediction.features
+    # The common case first, without building the dict below (``to_dict`` deep-copies): it
+    # was ~10 µs of the ~25 µs a prediction's rules took (py-spy, benchmarks.bench_alerting).
+    if (
+        all(map(math.isfinite, prediction.probabilities))
+        and math.isfinite(prediction.start_time)
+        and math.isfinite(prediction.end_time)
+        and all(math.isfinite(getattr(features, name)) for name in _FEATURE_NAMES)
+    ):
+        return
     numbers = {
         "start_time": prediction.start_time,
         "end_time": prediction.end_time,

@@ -45,7 +45,40 @@ class AlertingSettings(StreamSettings):
         ),
     )
     max_batch_records: int = Field(
-        500, ge=1, description="Most predictions handled (and committed) per batch."
+        500,
+        ge=1,
+        description="Most records (predictions, raw packets, heartbeats) handled per batch.",
+    )
+    commit_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "How often the worker stores what its rules wait on (the snapshot of each device "
+            "whose records changed it, once however many records it had) and then commits "
+            "the offsets that state covers (seconds). Alert transitions are stored at once "
+            "whatever this is. A crash replays at most this much of the topics; the replay "
+            "is recognised as duplicates."
+        ),
+    )
+    fetch_wait_ms: int = Field(
+        500,
+        ge=0,
+        le=2000,
+        description=(
+            "Longest the broker may hold a fetch to gather fetch_min_bytes (ms; Kafka's "
+            "fetch.max.wait.ms): the worker reads in bulk, and an alert waits at most this "
+            "much longer (a fall waits 30 s for its confirmation anyway). At most 2,000: a "
+            "partition is judged for DEVICE_OFFLINE only after a fetch of the last 5 s."
+        ),
+    )
+    fetch_min_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        description=(
+            "Bytes a fetch waits for (up to fetch_wait_ms) before the broker answers "
+            "(Kafka's fetch.min.bytes): the raw topic, read for device liveness, brings "
+            "~2.5 KB per packet."
+        ),
     )
     host: str = Field(
         "127.0.0.1",

@@ -26,6 +26,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+import orjson
+
 from services.alerting.lifecycle import AlertTransition
 from services.common.files import create_private_sqlite
 from services.common.operators import (
@@ -304,6 +306,17 @@ def _operator_from_row(row: Sequence[Any]) -> OperatorRecord:
     )
 
 
+def _json_text(state: Mapping[str, Any]) -> str:
+    """A snapshot or clock as compact JSON text. orjson: a checkpoint writes one snapshot per
+    changed device, and ``json.dumps`` of one (~650 bytes of nested lists) took ~17 µs,
+    orjson ~1 µs. Values orjson cannot write (numpy scalars from in-process callers) go the
+    ``json`` way; both write floats as their shortest repr, so either reads back exactly."""
+    try:
+        return orjson.dumps(state).decode()
+    except TypeError:
+        return json.dumps(state, separators=(",", ":"))
+
+
 def _state_from_text(text: str) -> dict[str, Any]:
     """A stored snapshot; an unreadable one comes back empty (the monitor then refuses it
     and the device restarts from its open alerts, which are stored apart)."""
@@ -355,7 +368,7 @@ class _SqlStore:
                         "VALUES (?,?,?) ON CONFLICT (kafka_partition) DO UPDATE SET "
                         "clock = excluded.clock, updated_at = excluded.updated_at"
                     ),
-                    [(p, json.dumps(c, separators=(",", ":")), now) for p, c in clocks.items()],
+                    [(p, _json_text(c), now) for p, c in clocks.items()],
                 )
             if snapshots:
                 cur.executemany(
@@ -365,10 +378,7 @@ class _SqlStore:
                         "kafka_partition = excluded.kafka_partition, state = excluded.state, "
                         "updated_at = excluded.updated_at"
                     ),
-                    [
-                        (s.device_id, s.partition, json.dumps(s.state, separators=(",", ":")), now)
-                        for s in snapshots
-                    ],
+                    [(s.device_id, s.partition, _json_text(s.state), now) for s in snapshots],
                 )
             for step in transitions:
                 a = step.alert

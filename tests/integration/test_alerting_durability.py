@@ -39,7 +39,15 @@ from services.common.operators import Role
 from services.ingest.producer import KafkaPacketSink
 from services.ingest.settings import IngestSettings
 from shared.messages import PIPELINE_SCOPE, AlertType, RawPacket
-from tests.unit.alerting_helpers import IMPACT, LYING_STILL, STEP_S, WALKING, prediction
+from tests.unit.alerting_helpers import (
+    IMPACT,
+    LYING_STILL,
+    STEP_S,
+    T0,
+    WALKING,
+    WINDOW_S,
+    prediction,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -167,6 +175,7 @@ class AlertingProcess:
             "HARSTREAM_ALERTING_PORT": str(self.port),
             "HARSTREAM_ALERTING_STORE_URL": s.store_url,
             "HARSTREAM_ALERTING_TICK_INTERVAL_S": "0.2",
+            "HARSTREAM_ALERTING_COMMIT_INTERVAL_S": str(s.commit_interval_s),
             "HARSTREAM_ALERTING_RULES": s.rules.model_dump_json(),
         }
         with open(self.log, "ab") as out:
@@ -196,6 +205,14 @@ class AlertingProcess:
         request = urllib.request.Request(url, headers=_viewer_headers(self.settings.store_url))
         with urllib.request.urlopen(request, timeout=5) as r:
             return list(json.load(r)["alerts"])
+
+    def metric(self, name: str) -> float:
+        """A sample of the worker's /metrics (0 if absent)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(f"{name} "):
+                    return float(line.split()[1])
+        return 0.0
 
     def kill(self) -> None:
         assert self.process is not None
@@ -243,6 +260,49 @@ def test_a_fall_survives_kill_9_during_its_confirmation(
     assert fall["details"]["impact_g"] == pytest.approx(3.1)
     _wait(lambda: _all_committed(settings), 30, "the rest committed")
     assert len(second.alerts(type="FALL_SUSPECTED")) == 1
+
+
+def test_kills_between_checkpoints_replay_without_losing_or_repeating_the_fall(
+    stream_settings: Callable[..., AlertingSettings],
+    tmp_path: Path,
+    processes: list[AlertingProcess],
+) -> None:
+    """Checkpoints are rare here (one an hour): a kill -9 half-way through the confirmation
+    loses the unstored state, and the replay rebuilds it; a kill -9 after the fall opened
+    (stored at once, with its snapshot) replays predictions that snapshot already counts."""
+    settings = _settings(
+        stream_settings, f"sqlite:///{tmp_path / 'alerts.db'}", commit_interval_s=3600.0
+    )
+    predictions = "harstream_alerting_predictions_total"
+    first = AlertingProcess(settings, tmp_path / "alerting-1.log").start()
+    processes.append(first)
+    _produce(settings, _fall_windows("dev-fall", 0, HALF_WAY))
+    _wait(lambda: first.metric(predictions) == HALF_WAY, 30, "half the fall read")
+    first.kill()
+    assert not _all_committed(settings)
+
+    second = AlertingProcess(settings, tmp_path / "alerting-2.log").start()
+    processes.append(second)
+    _produce(settings, _fall_windows("dev-fall", HALF_WAY, FALL_END - 5))
+    (fall,) = _wait(lambda: second.alerts(type="FALL_SUSPECTED"), 30, "FALL_SUSPECTED")
+    assert fall["details"]["impact_g"] == pytest.approx(3.1)
+    # The window that confirmed it: the snapshot stored with the alert counts it.
+    confirmed = round((fall["details"]["event_time"] - T0 - WINDOW_S) / STEP_S)
+    assert confirmed < FALL_END - 5
+    _produce(settings, _fall_windows("dev-fall", FALL_END - 5, FALL_END))
+    _wait(lambda: second.metric(predictions) == FALL_END, 30, "the whole fall read")
+    second.kill()
+
+    third = AlertingProcess(settings, tmp_path / "alerting-3.log").start()
+    processes.append(third)
+    _wait(lambda: third.metric(predictions) == FALL_END, 30, "everything replayed")
+    # The windows up to the confirmation (and any read with it in one batch) are duplicates
+    # of the snapshot stored with the alert; those produced after it were never stored and
+    # are judged again, still lying: nothing new opens.
+    duplicates = third.metric("harstream_alerting_duplicate_predictions_total")
+    assert confirmed + 1 <= duplicates <= FALL_END - 5
+    (again,) = third.alerts(type="FALL_SUSPECTED")
+    assert again["alert_id"] == fall["alert_id"]
 
 
 def test_devices_silent_before_a_kill_go_offline_after_the_restart(

@@ -415,3 +415,64 @@ def test_non_finite_numbers_are_rejected() -> None:
     bad = prediction(0, "WALKING", replace(WALKING, movement_energy=float("nan")))
     with pytest.raises(PredictionRejectedError, match="movement_energy"):
         m.observe(bad, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"start_time": float("inf")}, "start_time"),
+        ({"end_time": float("nan")}, "end_time"),
+        ({"probabilities": (float("nan"),) + (0.2,) * 5}, "probabilities"),
+        ({"features": replace(WALKING, peak_acc_g=float("-inf"))}, "peak_acc_g"),
+        ({"features": replace(WALKING, upright_cosine=float("nan"))}, "upright_cosine"),
+    ],
+)
+def test_every_number_the_rules_compare_is_checked(changes: dict[str, object], named: str) -> None:
+    bad = replace(prediction(0, "WALKING", WALKING), **changes)  # type: ignore[arg-type]
+    with pytest.raises(PredictionRejectedError, match=named):
+        monitor().observe(bad, 0.0)
+
+
+def test_fleet_tracks_which_snapshots_changed_since_stored() -> None:
+    """A checkpoint stores each changed device once; records that change nothing (duplicates,
+    replayed traffic) leave nothing to store."""
+    fleet = FleetMonitor(AlertRules(cooldown_s=0.0), _ids())  # type: ignore[arg-type]
+    fleet.observe(prediction(0, "WALKING", WALKING, device="a"), 0.0)
+    fleet.traffic("b", 100.0, 100.0)
+    assert fleet.changed == {"a", "b"}
+    fleet.stored(["a", "b"])
+    assert fleet.changed == frozenset()
+
+    fleet.observe(prediction(0, "WALKING", WALKING, device="a"), 0.0)  # a duplicate
+    fleet.traffic("b", 99.0, 101.0)  # older than the newest traffic of b
+    fleet.traffic("b", 100.0, 101.0)  # the same again
+    assert fleet.changed == frozenset()
+    assert fleet.take_duplicates() == 1
+
+    fleet.observe(prediction(1, "WALKING", WALKING, device="a"), 0.0)
+    fleet.traffic("b", 101.0, 101.0)
+    fleet.stored(["a"])  # stored while b was not
+    assert fleet.changed == {"b"}
+
+    # An offline alert (a tick) and an operator's resolve both change what is stored.
+    fleet.stored(["b"])
+    (opened,) = fleet.tick(101.0 + AlertRules().offline_after_s, ["b"])
+    assert fleet.changed == {"b"}
+    fleet.stored(["b"])
+    fleet.apply(fleet.plan_resolve(opened.alert, "ana", 500.0))
+    assert fleet.changed == {"b"}
+
+    # Devices restored from the store, or handed to another worker, have nothing to store.
+    snapshot = fleet.snapshots(["a"])["a"]
+    fleet.observe(prediction(2, "WALKING", WALKING, device="a"), 0.0)
+    fleet.restore("a", snapshot)
+    fleet.forget(["b"])
+    assert fleet.changed == frozenset()
+
+
+def test_a_rejected_prediction_changes_nothing_to_store() -> None:
+    fleet = FleetMonitor(AlertRules())
+    bad = prediction(0, "WALKING", replace(WALKING, movement_energy=float("nan")))
+    with pytest.raises(PredictionRejectedError):
+        fleet.observe(bad, 0.0)
+    assert fleet.changed == frozenset()
