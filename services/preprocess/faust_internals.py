@@ -193,7 +193,7 @@ def correct_highwaters() -> None:
         # the recovery instead.
         timeout_s = self.app.conf.broker_request_timeout / 2
         return await fetched_highwaters(
-            self._create_client_consumer(self.transport), reported, timeout_s
+            lambda: self._create_client_consumer(self.transport), reported, timeout_s
         )
 
     _highwaters.harstream_fetched = True  # type: ignore[attr-defined]
@@ -201,18 +201,21 @@ def correct_highwaters() -> None:
 
 
 async def fetched_highwaters(
-    consumer: Any, reported: Mapping[TP, int], timeout_s: float
+    new_consumer: Callable[[], Any], reported: Mapping[TP, int], timeout_s: float
 ) -> dict[TP, int]:
     """The high-water mark of each partition of ``reported`` (its end offsets as ListOffsets
-    answered them) from a Fetch at its last reported record; ``consumer`` is an aiokafka
-    consumer without a group, started and stopped here. A partition reported empty (0)
-    is left as it is. Raises ``KafkaTimeoutError`` if a Fetch answer is missing after
-    ``timeout_s``. The result is never below what was reported."""
+    answered them) from a Fetch at its last reported record; ``new_consumer`` builds an
+    aiokafka consumer without a group, started and stopped here (only if a partition is
+    not empty: a consumer built and never closed is an "Unclosed AIOKafkaConsumer" error
+    in the log). A partition reported empty (0) is left as it is. Raises
+    ``KafkaTimeoutError`` if a Fetch answer is missing after ``timeout_s``. The result is
+    never below what was reported."""
     asked = {TopicPartition(tp.topic, tp.partition): tp for tp, end in reported.items() if end}
     if not asked:
         return dict(reported)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
+    consumer = new_consumer()
     await consumer.start()
     try:
         consumer.assign(list(asked))

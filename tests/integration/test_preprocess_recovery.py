@@ -191,6 +191,8 @@ class Recovery:
     gaps: float = 0.0
     exit_code: int | None = None
     log: str = ""
+    #: The asyncio errors of clients left open, in both workers' whole log.
+    unclosed_clients: int = 0
 
     @property
     def exact(self) -> bool:
@@ -278,6 +280,7 @@ def recovery_round(broker: EmbeddedBroker, workdir: Path, *, store: str, stop: s
         if worker.process.poll() is None:
             worker.process.kill()
             worker.process.wait()
+    result.unclosed_clients = log.read_text(errors="replace").count("Unclosed AIOKafka")
     return result
 
 
@@ -316,7 +319,7 @@ def test_tansu_reports_short_end_offsets_and_the_fetch_corrects_them(
         finally:
             await consumer.stop()
         fetched = await fetched_highwaters(
-            AIOKafkaConsumer(bootstrap_servers=broker.bootstrap_servers), reported, 30
+            lambda: AIOKafkaConsumer(bootstrap_servers=broker.bootstrap_servers), reported, 30
         )
         return (
             {tp.partition: end for tp, end in reported.items()},
@@ -351,6 +354,7 @@ def test_recovery_is_exact_with_multi_record_changelog_batches(
     assert result.restored is not None and len(result.restored["last_seq"]) == 60
     assert (result.processed_after, result.gaps, result.rewound) == (60, 0, 0), result.log
     assert "ConsistencyError" not in result.log
+    assert result.unclosed_clients == 0
     assert result.exit_code == 0, result.log
 
 

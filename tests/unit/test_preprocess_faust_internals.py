@@ -249,7 +249,7 @@ class _FetchingConsumer:
 def test_fetched_highwaters_asks_each_partition_from_its_last_reported_record() -> None:
     reported = {TP("c", 0): 7, TP("c", 1): 2, TP("c", 2): 0}  # 2: empty, not asked
     consumer = _FetchingConsumer({TP("c", 0): 13, TP("c", 1): 2}, fetches_needed=2)
-    ends = asyncio.run(fetched_highwaters(consumer, reported, timeout_s=5))
+    ends = asyncio.run(fetched_highwaters(lambda: consumer, reported, timeout_s=5))
     assert ends == {TP("c", 0): 13, TP("c", 1): 2, TP("c", 2): 0}
     assert consumer.calls == [
         ("start", None),
@@ -260,17 +260,19 @@ def test_fetched_highwaters_asks_each_partition_from_its_last_reported_record() 
     ]
     # Never below what was reported; nothing to ask: no consumer started.
     lower = _FetchingConsumer({TP("c", 0): 3})
-    assert asyncio.run(fetched_highwaters(lower, {TP("c", 0): 7}, 5)) == {TP("c", 0): 7}
-    idle = _FetchingConsumer({})
-    assert asyncio.run(fetched_highwaters(idle, {TP("c", 0): 0}, 5)) == {TP("c", 0): 0}
-    assert idle.calls == []
+    assert asyncio.run(fetched_highwaters(lambda: lower, {TP("c", 0): 7}, 5)) == {TP("c", 0): 7}
+
+    def no_consumer() -> Any:
+        raise AssertionError("nothing to fetch: no consumer built")
+
+    assert asyncio.run(fetched_highwaters(no_consumer, {TP("c", 0): 0}, 5)) == {TP("c", 0): 0}
 
 
 def test_fetched_highwaters_fails_rather_than_guess() -> None:
     """No Fetch answer in time: an error (the recovery fails loudly), the consumer stopped."""
     consumer = _FetchingConsumer({TP("c", 0): 13}, fetches_needed=None)
     with pytest.raises(KafkaTimeoutError, match="no Fetch answer"):
-        asyncio.run(fetched_highwaters(consumer, {TP("c", 0): 7}, timeout_s=0.2))
+        asyncio.run(fetched_highwaters(lambda: consumer, {TP("c", 0): 7}, timeout_s=0.2))
     assert consumer.calls[-1] == ("stop", None)
 
 
