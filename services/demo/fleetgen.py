@@ -93,8 +93,11 @@ class FleetConfig:
     gateways: int = 0
     #: How often a gateway posts the packets that are due (seconds).
     gateway_interval_s: float = 1.0
-    #: Most packets per batch (ingest's max_batch_packets); more due go in several.
+    #: Most packets per batch (ingest's max_batch_packets) and most bytes of a batch's
+    #: packets (under ingest's max_body_bytes, 1 MiB, with room for the tokens): more due
+    #: go in several batches, as a gateway catching up after an outage must send them.
     max_batch_packets: int = 1000
+    max_batch_bytes: int = 1024 * 1024 - 64 * 1024
 
     @property
     def period_s(self) -> float:
@@ -365,10 +368,8 @@ class _Worker:
                         if item.not_before > now:
                             break
                         batch.append((device, item))
-                for first in range(0, len(batch), config.max_batch_packets):
-                    await self._post_batch(
-                        connection, prefix, batch[first : first + config.max_batch_packets]
-                    )
+                for part in split_batch(batch, config.max_batch_packets, config.max_batch_bytes):
+                    await self._post_batch(connection, prefix, part)
                 # After a slow answer the next batch goes at once, without a burst to catch up.
                 next_at = max(next_at + interval, time.time())
         finally:
@@ -431,6 +432,26 @@ class _Worker:
                 continue
             counters.retries += 1
             item.not_before = now + delay
+
+
+def split_batch(
+    batch: list[tuple[_DeviceState, _Pending]], max_packets: int, max_bytes: int
+) -> list[list[tuple[_DeviceState, _Pending]]]:
+    """``batch`` in consecutive parts of at most ``max_packets`` packets and ``max_bytes``
+    of packet bodies each (a packet larger than that alone goes alone)."""
+    parts: list[list[tuple[_DeviceState, _Pending]]] = []
+    part: list[tuple[_DeviceState, _Pending]] = []
+    size = 0
+    for entry in batch:
+        length = len(entry[1].body)
+        if part and (len(part) >= max_packets or size + length > max_bytes):
+            parts.append(part)
+            part, size = [], 0
+        part.append(entry)
+        size += length
+    if part:
+        parts.append(part)
+    return parts
 
 
 # -- worker process -------------------------------------------------------------------------

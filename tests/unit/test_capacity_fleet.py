@@ -237,3 +237,17 @@ def test_gateway_fleets_keep_a_gateways_devices_in_one_worker() -> None:
     for index in range(100):
         assert config.worker_of(index, 2) == config.worker_of(index % 5, 2)
     assert {FleetConfig("http://x").worker_of(i, 3) for i in range(9)} == {0, 1, 2}
+
+
+def test_a_gateways_backlog_goes_in_batches_ingest_takes() -> None:
+    from services.demo.fleetgen import _DeviceState, _Pending, split_batch
+
+    device = _DeviceState(DeviceSpec(0, "d", "t"), 0.0, 0.0)
+    batch = [(device, _Pending(seq, b"x" * 300, 0.0)) for seq in range(2500)]
+    parts = split_batch(batch, 1000, 100_000)
+    assert [len(p) for p in parts] == [333] * 7 + [169]  # bytes bind before the count
+    assert [entry for part in parts for entry in part] == batch  # all of them, in order
+    assert [len(p) for p in split_batch(batch, 1000, 10**9)] == [1000, 1000, 500]
+    huge = [(device, _Pending(0, b"x" * 500, 0.0))]
+    assert split_batch(huge, 10, 100) == [huge]
+    assert split_batch([], 10, 100) == []
