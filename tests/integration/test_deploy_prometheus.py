@@ -52,6 +52,15 @@ NO_LOCAL_DATA = {
     "sum by (code) (rate(harstream_inference_retries_total[1m]))": "no retries",
     # TF Serving's own metric; the development model server exports harstream_modelserver_*.
     'sum by (status) (rate({__name__=":tensorflow:serving:request_count"}[1m]))': "TF Serving only",
+    # The local pipeline runs no candidate (no canary share, no shadow): nothing compared,
+    # failed or dropped. tests/integration/test_rollout.py asserts these metrics.
+    "sum by (mode, stable_version, candidate_version) (rate(harstream_inference_comparisons_"
+    'total{outcome="agree"}[1m])) / sum by (mode, stable_version, candidate_version) '
+    "(rate(harstream_inference_comparisons_total[1m]))": "no candidate locally",
+    "sum by (mode, reason) (rate(harstream_inference_candidate_failures_total[1m]))": (
+        "no candidate locally"
+    ),
+    "sum by (reason) (rate(harstream_inference_shadow_dropped_total[1m]))": "no candidate locally",
 }
 
 
