@@ -37,6 +37,25 @@ logger = logging.getLogger(__name__)
     help="Use a labelled version, e.g. stable [env HARSTREAM_INFERENCE_MODEL_VERSION_LABEL].",
 )
 @click.option(
+    "--candidate-version-label",
+    default=None,
+    help="Label of the candidate model [env HARSTREAM_INFERENCE_CANDIDATE_VERSION_LABEL, "
+    "default canary].",
+)
+@click.option(
+    "--canary-share",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Fraction of devices served by the candidate [env HARSTREAM_INFERENCE_CANARY_SHARE, "
+    "default 0].",
+)
+@click.option(
+    "--shadow/--no-shadow",
+    default=None,
+    help="Also send every batch to the candidate, predictions to the shadow topic "
+    "[env HARSTREAM_INFERENCE_SHADOW, default off].",
+)
+@click.option(
     "--batch-max-size",
     type=int,
     default=None,
