@@ -242,6 +242,11 @@ class RolloutProcessor:
                 self._candidate.predict(windows.astype(np.float32)), self._deadline_s
             )
             check_output(output, len(targets))
+            # Trained on other preprocessing: none of its answers is worth using or
+            # comparing (and it counts as a failure, so the breaker pauses it).
+            expected = [q.item.window.fingerprint for q in targets if q.item.window is not None]
+            if list(output.fingerprints) != expected:
+                reason = "fingerprint"
         except TimeoutError:
             reason = "DEADLINE_EXCEEDED"
         except ModelServerError as exc:
@@ -256,11 +261,11 @@ class RolloutProcessor:
         if reason:
             output = None
             logger.warning(
-                "candidate %r Predict of %d windows failed (%s)%s",
+                "candidate %r Predict of %d windows failed (%s): canary devices stay on "
+                "stable, shadows skipped",
                 self._plan.candidate_label,
                 len(targets),
                 reason,
-                "" if self._breaker.paused else "; live predictions stay on stable",
             )
         self._breaker.record(not reason)
         return _CandidateAnswer(output, seconds, reason)
@@ -268,9 +273,7 @@ class RolloutProcessor:
     def _candidate_predictions(
         self, targets: Sequence[Queued[Consumed]], answer: _CandidateAnswer, taken_at: float
     ) -> dict[str, Prediction]:
-        """Window id → the candidate's prediction; empty if it failed. A fingerprint other
-        than the windows' fails the whole answer: the candidate was trained on other
-        preprocessing, none of its answers is worth comparing."""
+        """Window id → the candidate's prediction; empty if it failed."""
         if answer.output is None:
             return {}
         windows = [q.item.window for q in targets if q.item.window is not None]
@@ -282,14 +285,6 @@ class RolloutProcessor:
             self._wall(),
             answer.seconds,
         )
-        if not all(isinstance(o, Prediction) for o in outcomes):
-            self._breaker.record(False)
-            logger.warning(
-                "candidate %r v%d answers for another preprocessing fingerprint: not used",
-                self._plan.candidate_label,
-                answer.output.version,
-            )
-            return {}
         label = self._plan.candidate_label
         return {
             o.window_id: replace(o, model_label=label)
@@ -331,7 +326,7 @@ class RolloutProcessor:
                 observer.routed(mine, SHADOW)
         for mode, windows in failed.items():
             if windows:
-                observer.candidate_failed(mode, reason or "fingerprint", windows)
+                observer.candidate_failed(mode, reason or "missing", windows)
 
 
 __all__ = [

@@ -252,16 +252,17 @@ def test_a_hanging_candidate_costs_one_deadline_not_a_stall() -> None:
     assert {(p.model_version, p.model_label) for _, p in result.predictions} == {(1, "stable")}
 
 
-def test_a_candidate_of_other_preprocessing_is_not_used() -> None:
-    rollout, metrics, _ = _rollout(
-        FakeModel(version=2, fingerprint="feedfacefeedface"), RolloutPlan("canary", shadow=True)
-    )
-    result = asyncio.run(rollout.process(_batch()))
-    assert not result.shadow and not result.dead_letters  # the windows are fine: stable's
-    assert len(result.predictions) == len(DEVICES)
-    assert _value(
-        metrics, "harstream_inference_candidate_failures_total", mode="shadow", reason="fingerprint"
-    ) == len(DEVICES)
+def test_a_candidate_of_other_preprocessing_is_not_used_and_is_paused() -> None:
+    candidate = FakeModel(version=2, fingerprint="feedfacefeedface")
+    rollout, metrics, _ = _rollout(candidate, RolloutPlan("canary", shadow=True))
+    for _ in range(4):
+        result = asyncio.run(rollout.process(_batch()))
+        assert not result.shadow and not result.dead_letters  # the windows are fine: stable's
+        assert len(result.predictions) == len(DEVICES)
+    assert len(candidate.predict_batches) == 3  # three failures in a row: paused
+    failures = "harstream_inference_candidate_failures_total"
+    assert _value(metrics, failures, mode="shadow", reason="fingerprint") == 3 * len(DEVICES)
+    assert _value(metrics, failures, mode="shadow", reason="paused") == len(DEVICES)
 
 
 def test_without_a_plan_the_candidate_is_never_asked() -> None:
