@@ -24,7 +24,9 @@ from services.ingest.settings import IngestSettings
     "bound to HARSTREAM_INGEST_METRICS_HOST, 127.0.0.1].",
 )
 def ingest(host: str | None, port: int | None, metrics_port: int | None) -> None:
-    """Run the HTTP ingest service: POST /v1/packets → Kafka raw topic.
+    """Run the HTTP ingest service: POST /v1/packets (a device) and POST /v1/packets:batch
+    (a gateway forwarding many devices' packets) → Kafka raw topic. Bodies in JSON or
+    MessagePack.
 
     Configured by HARSTREAM_INGEST_* environment variables, e.g.
     HARSTREAM_INGEST_KAFKA_BOOTSTRAP_SERVERS, HARSTREAM_INGEST_KAFKA_PROFILE,
