@@ -20,7 +20,11 @@ and the broker's acknowledgement of every one of these changelog records is awai
 then does the batch return and faust acknowledge its offsets, committed later. So a committed
 raw offset never runs ahead of the changelog, and a worker restored from it (on a new disk,
 or on the same disk where faust replays the changelog records after the local store's
-persisted offset) covers everything committed. Without step (2)'s wait it could: faust's own
+persisted offset) covers everything committed. (A restore reads each changelog partition up
+to its high-water mark; on the local broker, which reports it short after a batch of several
+records, faust reads it through
+:func:`~services.preprocess.faust_internals.correct_highwaters`, so records are produced in
+batches there too.) Without step (2)'s wait it could: faust's own
 pre-commit flush of its producer buffer gives up after 0.1 s without progress (see
 :class:`~services.preprocess.faust_internals.ChangelogAcks`); reproduced with a stalled
 broker, the commit went out with up to 138 state records still unsent, and a kill at that
@@ -64,7 +68,8 @@ from aiokafka.errors import KafkaTimeoutError  # type: ignore[import-untyped]
 from faust.types import EventT
 from prometheus_client import CollectorRegistry
 
-from services.common.kafka.clients import faust_broker_urls, faust_credentials
+from services.common.kafka.clients import faust_broker_urls, faust_credentials, profile
+from services.common.kafka.clients import faust_options as broker_faust_options
 from services.common.kafka.dead_letters import (
     can_shrink,
     dead_letter,
@@ -154,36 +159,25 @@ class KeyMismatchError(PreprocessingError):
 
 
 def faust_options(settings: PreprocessSettings) -> dict[str, Any]:
-    """Faust settings of the ``kafka_profile``."""
-    options: dict[str, Any] = {
+    """Faust settings: the worker's own, then those the broker dictates (group timeouts per
+    ``kafka_profile``, from the Kafka edge)."""
+    return {
         # A new consumer group starts at the oldest retained packet: packets ingest accepted
         # before the first worker started are not skipped.
         "consumer_auto_offset_reset": "earliest",
-        "broker_session_timeout": settings.group_session_timeout_s,
-        "broker_heartbeat_interval": settings.group_heartbeat_interval_s,
-    }
-    options.update(
         # A window is ~5 KB: faust's 16 KB default batch holds 3, and aiokafka waits for a
         # partition's batch in flight before starting the next, so a 500-packet batch
         # cost ~0.5 ms per window in round trips. 256 KiB (~50 windows) stays well under
-        # the brokers' 1 MB message.max.bytes; the short linger lets batches fill.
-        producer_max_batch_size=256 * 1024,
-        producer_linger=0.005,
-    )
-    if settings.kafka_profile == "tansu":
-        options.update(
-            # Tansu answers JoinGroup only after half the session timeout, so faust's 60 s
-            # default would mean a 30 s join; 6 s gives 3 s (shared/notes/tansu.md).
-            broker_session_timeout=6.0,
-            broker_heartbeat_interval=1.0,
-            broker_rebalance_timeout=6.0,
-        )
-        # Batches of many records too: Tansu's wrong end offsets after them, which faust's
-        # table recovery trusts, are corrected where faust reads them (create_app:
-        # correct_highwaters). This profile used to produce one record per batch instead,
-        # every window, state and position its own round trip: from ~150 live devices the
-        # raw topic's lag grew while the worker used 0.1 CPU.
-    return options
+        # the brokers' 1 MB message.max.bytes; the short linger lets batches fill. On the
+        # local broker too: its wrong end offsets after multi-record batches, which faust's
+        # table recovery trusts, are corrected where faust reads them (create_app). It
+        # used to produce one record per batch instead, every window, state and position
+        # its own round trip: from ~150 live devices the raw topic's lag grew while the
+        # worker used 0.1 CPU.
+        "producer_max_batch_size": 256 * 1024,
+        "producer_linger": 0.005,
+        **broker_faust_options(settings),
+    }
 
 
 def create_app(
@@ -193,8 +187,10 @@ def create_app(
 ) -> faust.App:
     """The faust app with its table and agent (run by faust's Worker, see cli.py)."""
     fetch_only_active_partitions()
-    if settings.kafka_profile == "tansu":
-        shorten_fetch_wait(settings.fetch_max_wait_ms)
+    broker = profile(settings)
+    if broker.faust_fetch_max_wait_ms is not None:
+        shorten_fetch_wait(broker.faust_fetch_max_wait_ms)
+    if broker.faust_fetched_highwaters:
         correct_highwaters()
     app = faust.App(
         settings.app_id,

@@ -69,6 +69,23 @@ def test_tansu_profile_only_on_the_local_broker() -> None:
     assert apache["broker_session_timeout"] == 30.0
 
 
+def test_only_the_local_profile_patches_faust_high_water_marks() -> None:
+    """faust's own ``_highwaters`` on Apache Kafka; the corrected one on Tansu."""
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    patched_names = ("_highwaters", "_create_worker_consumer", "getmany")
+    originals = {name: getattr(thread, name) for name in patched_names}
+    try:
+        app.create_app(PreprocessSettings(kafka_profile="apache"), CollectorRegistry())
+        assert thread._highwaters is originals["_highwaters"]
+        app.create_app(PreprocessSettings(kafka_profile="tansu"), CollectorRegistry())
+        assert getattr(thread._highwaters, "harstream_fetched", False)
+    finally:
+        for name, function in originals.items():
+            setattr(thread, name, function)
+
+
 def test_metric_names() -> None:
     registry = CollectorRegistry()
     m = metrics.create(registry)
