@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -37,10 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from faust.types import TP
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from services.common.broker import EmbeddedBroker, free_port, wait_for_port
 from services.common.kafka.topics import create_topics
@@ -48,7 +50,8 @@ from services.preprocess.faust_internals import fetched_highwaters
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.stream import DeviceStream
 from shared.dsp import PreprocessingConfig
-from tests.integration.test_preprocess_crash import PACKET, TABLE, Fleet, read_all, send
+from shared.messages import RawPacket
+from tests.integration.test_preprocess_crash import PACKET, T0, TABLE, Fleet, read_all, send
 from tests.integration.test_preprocess_worker import Worker
 
 pytestmark = pytest.mark.integration
@@ -449,6 +452,126 @@ def run_backlog(args: argparse.Namespace) -> None:
         )
 
 
+class LiveFleet(threading.Thread):
+    """``devices`` live devices, each sending one 50-sample packet per second (round-robin,
+    paced), for ``seconds``; the samples are a few random packets per device, reused (the
+    worker's cost does not depend on them)."""
+
+    def __init__(self, settings: PreprocessSettings, devices: int, seconds: int) -> None:
+        super().__init__(daemon=True)
+        self.settings, self.devices, self.seconds = settings, devices, seconds
+        rng = np.random.default_rng(3)
+        gravity = np.array([0, -1, 0, 0, 0, 0], dtype=np.float64)
+        self.chunks = [rng.normal(0, 0.3, (PACKET, 6)) + gravity for _ in range(16)]
+        self.sent = 0
+        #: Seconds the sender fell behind its schedule at worst (the test client's limit).
+        self.behind_s = 0.0
+
+    def run(self) -> None:
+        producer = KafkaProducer(bootstrap_servers=self.settings.bootstrap_servers, linger_ms=5)
+        started = time.monotonic()
+        try:
+            for seq in range(self.seconds):
+                for i in range(self.devices):
+                    device = f"live-{i:05d}"
+                    samples = self.chunks[(i + seq) % len(self.chunks)]
+                    packet = RawPacket(device, seq, T0 + seq, 50.0, samples, time.time())
+                    producer.send(
+                        self.settings.topics.raw, key=device.encode(), value=packet.to_bytes()
+                    )
+                    self.sent += 1
+                    ahead = started + self.sent / self.devices - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(ahead)  # pacing the load, not waiting for a result
+                    else:
+                        self.behind_s = max(self.behind_s, -ahead)
+        finally:
+            producer.flush()
+            producer.close()
+
+
+def live_run(broker: EmbeddedBroker, workdir: Path, devices: int, seconds: int,
+             one_record_batches: bool) -> dict[str, float]:  # fmt: skip
+    """The worker under ``devices`` live devices for ``seconds`` (the first 5 s a warm-up):
+    packets processed per second against offered, the lag left at the end, its CPU and the
+    broker's per packet, batch sizes and times."""
+    unique = uuid.uuid4().hex[:10]
+    settings = PreprocessSettings(
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        kafka_profile="tansu",
+        topic_prefix=f"live-{unique}",
+        topic_partitions=4,
+        app_id=f"pp-{unique}",
+        data_dir=workdir / unique,
+        metrics_host="127.0.0.1",
+        metrics_port=free_port(),
+    )
+    create_topics(settings)
+    worker = ProbeWorker(settings, workdir / f"{unique}.log", workdir / f"{unique}.jsonl",
+                         one_record_batches=one_record_batches)  # fmt: skip
+    assert broker.pid is not None
+    try:
+        assert worker.wait_for(lambda: bool(worker.recoveries()), 60), worker.tail()
+        fleet = LiveFleet(settings, devices, seconds)
+        fleet.start()
+        time.sleep(5.0)  # warm-up: the first packets of every device, the first windows
+        names = ("packets_total", "batch_seconds_count", "batch_seconds_sum")
+        before = {n: worker.metric(f"harstream_preprocess_{n}") for n in names}
+        windows0 = worker.metric("harstream_windows_emitted_total")
+        cpu0, broker0, t0, sent0 = (cpu_seconds(worker.process.pid), cpu_seconds(broker.pid),
+                                    time.monotonic(), fleet.sent)  # fmt: skip
+        fleet.join()
+        t1, sent1 = time.monotonic(), fleet.sent
+        after = {n: worker.metric(f"harstream_preprocess_{n}") for n in names}
+        windows1 = worker.metric("harstream_windows_emitted_total")
+        cpu1, broker1 = cpu_seconds(worker.process.pid), cpu_seconds(broker.pid)
+        lag = fleet.sent - after["packets_total"]
+    finally:
+        worker.stop()
+    dt = t1 - t0
+    processed = after["packets_total"] - before["packets_total"]
+    batches = after["batch_seconds_count"] - before["batch_seconds_count"]
+    return {
+        "offered_per_s": (sent1 - sent0) / dt,
+        "processed_per_s": processed / dt,
+        "windows_per_s": (windows1 - windows0) / dt,
+        "lag_at_end": lag,
+        "worker_cpu_s_per_s": (cpu1 - cpu0) / dt,
+        "worker_us_per_packet": (cpu1 - cpu0) / processed * 1e6,
+        "broker_us_per_packet": (broker1 - broker0) / processed * 1e6,
+        "mean_batch_packets": processed / batches,
+        "mean_batch_ms": (after["batch_seconds_sum"] - before["batch_seconds_sum"])
+        / batches
+        * 1000,
+        "sender_behind_s": fleet.behind_s,
+    }
+
+
+def run_live(args: argparse.Namespace) -> None:
+    modes = {"one record per batch": True, "batched": False}
+    if args.mode != "both":
+        modes = {k: v for k, v in modes.items() if v == (args.mode == "one")}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker,
+    ):
+        for devices in (int(d) for d in args.devices.split(",")):
+            for name, one in modes.items():
+                f = live_run(broker, Path(tmp), devices, args.seconds, one_record_batches=one)
+                print(
+                    f"{devices:>5} devices {name:>21}: offered {f['offered_per_s']:,.0f}/s, "
+                    f"processed {f['processed_per_s']:,.0f} packets/s "
+                    f"({f['windows_per_s']:,.0f} windows/s), lag at the end "
+                    f"{f['lag_at_end']:,.0f}; worker {f['worker_cpu_s_per_s']:.2f} CPU, "
+                    f"{f['worker_us_per_packet']:,.0f} us/packet; broker "
+                    f"{f['broker_us_per_packet']:,.0f} us/packet; batches "
+                    f"{f['mean_batch_packets']:.0f} packets in {f['mean_batch_ms']:.1f} ms; "
+                    f"sender behind {f['sender_behind_s']:.1f} s; load "
+                    f"{os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+
+
 def run_recovery(args: argparse.Namespace) -> None:
     cases = [("memory://", signal.SIGKILL), ("rocksdb://", signal.SIGKILL),
              ("rocksdb://", signal.SIGTERM)]  # fmt: skip
@@ -486,6 +609,10 @@ def main() -> None:
     backlog.add_argument("--devices", type=int, default=200)
     backlog.add_argument("--packets", type=int, default=60, help="per device")
     backlog.add_argument("--repeats", type=int, default=3)
+    live = commands.add_parser("live", help="the worker alone under a live fleet")
+    live.add_argument("--devices", default="250,500,1000,2500", help="comma-separated")
+    live.add_argument("--seconds", type=int, default=30)
+    live.add_argument("--mode", choices=["one", "batched", "both"], default="both")
     recovery = commands.add_parser("recovery", help="the recovery scenarios, printed")
     recovery.add_argument(
         "--reported-highwaters", action="store_true", help="without the correction"
@@ -497,6 +624,8 @@ def main() -> None:
         run_probe_worker()
     elif args.command == "backlog":
         run_backlog(args)
+    elif args.command == "live":
+        run_live(args)
     else:
         run_recovery(args)
 
