@@ -420,8 +420,9 @@ class AlertingService:
                     self._uncommitted.setdefault(tp, offset)
 
     async def _checkpoint_quietly(self) -> None:
-        """On a clean stop: what was read is stored and committed (a restart then replays
-        nothing). Best effort: a store or broker that is gone only means a longer replay."""
+        """A checkpoint on a clean stop or before partitions are revoked, so the next reader
+        replays nothing. Best effort: a store or broker that is gone only means a longer
+        replay."""
         if self._consumer is None or self.store is None:
             return
         try:
@@ -699,11 +700,12 @@ class AlertingService:
     # -- rebalancing ----------------------------------------------------------------------
 
     async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Stop tracking the devices of ``revoked`` partitions. The lock waits for the batch
-        in hand: its snapshots are stored before the next owner reads them."""
+        """Stop tracking the devices of ``revoked`` partitions, after a checkpoint (which
+        waits for the batch in hand): what was read of them is stored, and its offsets
+        committed, before the next owner restores them."""
         self._restored.clear()
-        # What was read of them is stored and committed before the next owner restores it
-        # (else it replays from the last checkpoint: correct, only longer).
+        # Best effort: without it the next owner replays from the last checkpoint (correct,
+        # only longer).
         await self._checkpoint_quietly()
         async with self._lock:
             partitions = {tp.partition for tp in revoked}
