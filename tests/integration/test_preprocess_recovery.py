@@ -50,7 +50,7 @@ from services.preprocess.faust_internals import fetched_highwaters
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.stream import DeviceStream
 from shared.dsp import PreprocessingConfig
-from shared.messages import RawPacket
+from shared.messages import RawPacket, WindowMessage
 from tests.integration.test_preprocess_crash import PACKET, T0, TABLE, Fleet, read_all, send
 from tests.integration.test_preprocess_worker import Worker
 
@@ -491,10 +491,11 @@ class LiveFleet(threading.Thread):
 
 
 def live_run(broker: EmbeddedBroker, workdir: Path, devices: int, seconds: int,
-             one_record_batches: bool) -> dict[str, float]:  # fmt: skip
+             one_record_batches: bool, check: bool = False) -> dict[str, float]:  # fmt: skip
     """The worker under ``devices`` live devices for ``seconds`` (the first 5 s a warm-up):
     packets processed per second against offered, the lag left at the end, its CPU and the
-    broker's per packet, batch sizes and times."""
+    broker's per packet, batch sizes and times. With ``check``, once every packet is
+    processed, the windows missing from the windows topic (0 expected)."""
     unique = uuid.uuid4().hex[:10]
     settings = PreprocessSettings(
         kafka_bootstrap_servers=broker.bootstrap_servers,
@@ -526,6 +527,15 @@ def live_run(broker: EmbeddedBroker, workdir: Path, devices: int, seconds: int,
         windows1 = worker.metric("harstream_windows_emitted_total")
         cpu1, broker1 = cpu_seconds(worker.process.pid), cpu_seconds(broker.pid)
         lag = fleet.sent - after["packets_total"]
+        missing = -1
+        if check:
+            # Every packet processed (samples are counted once a batch is acknowledged).
+            done = worker.wait_for(
+                lambda: worker.metric("harstream_preprocess_samples_total") >= fleet.sent * PACKET,
+                600,
+            )
+            assert done, worker.tail()
+            missing = missing_windows(settings, devices, seconds)
     finally:
         worker.stop()
     dt = t1 - t0
@@ -544,7 +554,22 @@ def live_run(broker: EmbeddedBroker, workdir: Path, devices: int, seconds: int,
         / batches
         * 1000,
         "sender_behind_s": fleet.behind_s,
+        "missing_windows": missing,
     }
+
+
+def missing_windows(settings: PreprocessSettings, devices: int, seconds: int) -> int:
+    """Windows a live fleet's packets make (every device the same number of samples, no
+    gap) that are not on the windows topic (distinct ids: duplicates do not count)."""
+    config = PreprocessingConfig()
+    samples = seconds * PACKET
+    per_device = (samples - config.window_size) // config.window_step + 1
+    found: dict[str, set[int]] = {}
+    for records in read_all(settings, settings.topics.windows, idle_s=3.0).values():
+        for _, key, value in records:
+            window = WindowMessage.from_bytes(value)
+            found.setdefault(key.decode(), set()).add(window.start_index)
+    return devices * per_device - sum(len(starts) for starts in found.values())
 
 
 def run_live(args: argparse.Namespace) -> None:
@@ -557,7 +582,8 @@ def run_live(args: argparse.Namespace) -> None:
     ):
         for devices in (int(d) for d in args.devices.split(",")):
             for name, one in modes.items():
-                f = live_run(broker, Path(tmp), devices, args.seconds, one_record_batches=one)
+                f = live_run(broker, Path(tmp), devices, args.seconds, one_record_batches=one,
+                             check=args.check)  # fmt: skip
                 print(
                     f"{devices:>5} devices {name:>21}: offered {f['offered_per_s']:,.0f}/s, "
                     f"processed {f['processed_per_s']:,.0f} packets/s "
@@ -567,7 +593,8 @@ def run_live(args: argparse.Namespace) -> None:
                     f"{f['broker_us_per_packet']:,.0f} us/packet; batches "
                     f"{f['mean_batch_packets']:.0f} packets in {f['mean_batch_ms']:.1f} ms; "
                     f"sender behind {f['sender_behind_s']:.1f} s; load "
-                    f"{os.getloadavg()[0]:.1f}",
+                    f"{os.getloadavg()[0]:.1f}"
+                    + (f"; {f['missing_windows']:.0f} windows missing" if args.check else ""),
                     flush=True,
                 )
 
@@ -613,6 +640,9 @@ def main() -> None:
     live.add_argument("--devices", default="250,500,1000,2500", help="comma-separated")
     live.add_argument("--seconds", type=int, default=30)
     live.add_argument("--mode", choices=["one", "batched", "both"], default="both")
+    live.add_argument(
+        "--check", action="store_true", help="then count the windows missing from the topic"
+    )
     recovery = commands.add_parser("recovery", help="the recovery scenarios, printed")
     recovery.add_argument(
         "--reported-highwaters", action="store_true", help="without the correction"
