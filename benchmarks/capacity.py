@@ -292,6 +292,11 @@ def start_profilers(harness: Harness, seconds: float, out: Path) -> list[subproc
     return procs
 
 
+def windows_made(samples: int) -> int:
+    """Windows ``samples`` consecutive samples of a device make."""
+    return 0 if samples < WINDOW_SIZE else (samples - WINDOW_SIZE) // WINDOW_STEP + 1
+
+
 def loss_after_drain(
     fleet_accepted: dict[str, tuple[int, int]], watch: PredictionWatch
 ) -> dict[str, int]:
@@ -302,7 +307,7 @@ def loss_after_drain(
         if gave_up:
             continue
         devices += 1
-        want = 0 if samples < WINDOW_SIZE else (samples - WINDOW_SIZE) // WINDOW_STEP + 1
+        want = windows_made(samples)
         got = len(watch.windows.get(device_id, ()))
         expected += want
         predicted += got
@@ -310,15 +315,17 @@ def loss_after_drain(
     return {"devices": devices, "expected": expected, "predicted": predicted, "lost": lost}
 
 
-def wait_drained(
-    watch: PredictionWatch, devices: set[str], expected: int, timeout_s: float
-) -> bool:
-    """Until ``expected`` predictions have come (True), or none came for 10 s or
-    ``timeout_s`` passed (False: a backlog was left, so missing windows are not proven lost)."""
+def wait_drained(watch: PredictionWatch, wanted: dict[str, int], timeout_s: float) -> bool:
+    """Until every device of ``wanted`` has its number of windows predicted (True), or none
+    came for 10 s or ``timeout_s`` passed (False: a backlog was left, so missing windows are
+    not proven lost). Counted per device, each up to what it wants: a device with more
+    (its last packets were accepted after the fleet stopped reading answers) must not make
+    up for another one still waiting."""
     deadline = time.monotonic() + timeout_s
+    expected = sum(wanted.values())
     last, last_change = -1, time.monotonic()
     while time.monotonic() < deadline:
-        count = sum(len(watch.windows.get(d, ())) for d in devices)
+        count = sum(min(len(watch.windows.get(d, ())), n) for d, n in wanted.items())
         if count >= expected:
             return True
         if count != last:
@@ -610,13 +617,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             accepted = fleet.accepted()
             final = fleet.stop()
             harness.offsets.close()
-        expected = sum(
-            0 if s < WINDOW_SIZE else (s - WINDOW_SIZE) // WINDOW_STEP + 1
-            for s, gave_up in accepted.values()
-            if not gave_up
-        )
-        complete = {d for d, (_, gave_up) in accepted.items() if not gave_up}
-        drained = wait_drained(watch, complete, expected, args.drain_s)
+        wanted = {d: windows_made(s) for d, (s, gave_up) in accepted.items() if not gave_up}
+        drained = wait_drained(watch, wanted, args.drain_s)
         loss = loss_after_drain(accepted, watch) | {"drained": drained}
         watch.stop()
     best = largest_passing(results)

@@ -73,3 +73,49 @@ def test_short_capacity_ramp_is_consistent(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "capacity.json").read_text())["steps"][1]["devices"] == 50
     assert (tmp_path / "capacity.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "capacity.md").read_text().count("\n| 50 |") == 1
+
+
+def test_short_capacity_ramp_through_gateways_loses_nothing(tmp_path: Path) -> None:
+    """The same ramp with 5 gateways forwarding the devices' packets as MessagePack batches
+    (packed float32 samples): everything offered is accepted, nothing is refused, and after
+    the drain every accepted sample became its windows."""
+    summary = run(
+        parse_args(
+            [
+                "--steps",
+                "20,50",
+                "--hold-s",
+                "10",
+                "--warmup-s",
+                "5",
+                "--lag-every-s",
+                "2",
+                "--keep-going",
+                "--gateways",
+                "5",
+                "--body",
+                "msgpack",
+                "--workdir",
+                str(tmp_path / "work"),
+            ]
+        )
+    )
+    assert summary["gateways"] == 5 and summary["body"] == "msgpack"
+    for step in summary["steps"]:
+        seconds = step["seconds"]
+        offered = round(step["offered_per_s"] * seconds)
+        accepted = round(step["accepted_per_s"] * seconds)
+        # A gateway forwards a second's packets at a time: up to one per device may be
+        # accepted after the hold's end, or before its start.
+        assert 0 < accepted <= offered + step["devices"]
+        assert step["failed"] == 0 and step["ingest_rejections"] == 0
+    loss = summary["loss_after_drain"]
+    assert loss["devices"] == 50 and loss["expected"] > 0
+    assert loss["drained"], loss
+    assert loss["lost"] == 0, loss
+    final = summary["fleet_final"]
+    assert final is not None
+    assert sum(final["failed"].values()) == 0 and final["gave_up"] == 0
+    assert final["accepted"] <= final["offered"]
+    # per-packet answers: every packet sent was answered 202
+    assert set(final["statuses"]) <= {202, "202"}
