@@ -123,22 +123,6 @@ class StreamSettings(BaseSettings):
     def bootstrap_servers(self) -> list[str]:
         return [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()]
 
-    # Transitional: the client settings of each profile live in
-    # services.common.kafka.clients.PROFILES. These three remain only for
-    # services/preprocess/app.py and services/alerting/app.py, until they take their options
-    # from there; delete them then (tests/unit/test_kafka_edge.py checks that they agree).
-    @property
-    def group_session_timeout_s(self) -> float:
-        return 6.0 if self.kafka_profile == "tansu" else 30.0
-
-    @property
-    def group_heartbeat_interval_s(self) -> float:
-        return 1.0 if self.kafka_profile == "tansu" else 3.0
-
-    @property
-    def fetch_max_wait_ms(self) -> int:
-        return 50 if self.kafka_profile == "tansu" else 500
-
 
 def _read_secret_file(path: Path) -> str:
     try:

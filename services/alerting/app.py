@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -79,8 +80,10 @@ from services.alerting.store import (
 from services.alerting.webhooks import WebhookDispatcher
 from services.common.authlimit import AuthFailureLimit
 from services.common.http_server import ProblemAppRunner, auth_screen
+from services.common.kafka.backoff import BackoffPolicy
 from services.common.kafka.clients import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
-from services.common.kafka.dead_letters import can_shrink, dead_letter, is_too_large, without_value
+from services.common.kafka.dead_letters import dead_letter
+from services.common.kafka.send import Record, send_acked
 from services.common.operators import Identity
 from services.common.shutdown import stop_quietly
 from shared.errors import HarstreamError, SchemaError
@@ -97,6 +100,13 @@ from shared.messages import (
 from shared.messages.codec import check_key
 
 logger = logging.getLogger(__name__)
+
+#: Waits while the alert store is away (0.5 s doubling to 30 s): the batch and its offsets
+#: are held meanwhile, so nothing is judged from scratch and nothing is committed unstored.
+STORE_BACKOFF = BackoffPolicy(initial_s=0.5, max_s=30.0, jitter=0.0)
+#: Waits between retries of dead letters while Kafka is unavailable.
+KAFKA_BACKOFF = BackoffPolicy(initial_s=0.5, max_s=30.0)
+_RNG = random.Random()
 
 T = TypeVar("T")
 #: A partition whose last fetch is older than this (seconds) is not judged for silence: the
@@ -374,8 +384,9 @@ class AlertingService:
                 # open or resolve anything twice.
                 await self._persist(transitions, retry=True)
             self._next_offset.update(offsets)
+        if dead:
+            dead = await self._send_dead_letters(dead)
         for letter in dead:
-            await self._send_dead_letter(letter)
             self.metrics.dead_letters.labels(letter.error_type).inc()
             logger.warning(
                 "dead letter from %s[%d]@%d: %s",
@@ -503,34 +514,21 @@ class AlertingService:
             clock.heartbeat(min(beat.sent_at, now))
         self._clocks_changed.add(tp.partition)
 
-    async def _send_dead_letter(self, letter: DeadLetter) -> None:
-        """Send, retrying while Kafka is unavailable: a dead letter is never dropped. One too
-        large for the producer or broker goes without the source value (retrying it could
-        only stall the partition)."""
+    async def _send_dead_letters(self, letters: list[DeadLetter]) -> list[DeadLetter]:
+        """Send and await every acknowledgement; returns the letters as written. Never
+        dropped: retried while Kafka is unavailable (a stop abandons the batch, uncommitted);
+        one too large for the producer or broker goes without its source value (retrying it
+        could only stall the partition)."""
         assert self._producer is not None
-        topic = self.settings.topics.dlq
-        delay = 0.5
-        while True:
-            try:
-                await self._producer.send_and_wait(topic, letter.to_bytes(), key=letter.key)
-                return
-            except KafkaError as exc:
-                if is_too_large(exc) and can_shrink(letter):
-                    logger.error(
-                        "dead letter of %s[%d]@%d too large to produce (%s); producing it "
-                        "without the source value",
-                        letter.source_topic,
-                        letter.source_partition,
-                        letter.source_offset,
-                        exc,
-                    )
-                    letter = without_value(letter, exc)
-                    continue
-                if self._stop.is_set():
-                    raise
-                logger.error("cannot write to %s, retrying in %.1f s: %s", topic, delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        sent = await send_acked(
+            self._producer,
+            dead_letters=letters,
+            dlq_topic=self.settings.topics.dlq,
+            backoff=KAFKA_BACKOFF,
+            stop=self._stop,
+            what="dead letters",
+        )
+        return sent.dead_letters
 
     async def _tick_loop(self) -> None:
         while not self._stop.is_set():
@@ -623,7 +621,7 @@ class AlertingService:
         if not transitions and not snapshots and not clocks:
             return
         assert self.store is not None
-        delay = 0.5
+        delays = STORE_BACKOFF.delays(_RNG)
         while True:
             try:
                 await asyncio.to_thread(
@@ -641,9 +639,9 @@ class AlertingService:
                 if not retry or self._stop.is_set():
                     raise
                 # Hold the batch (and its offsets) until the store is back: backpressure.
+                delay = next(delays)
                 logger.error("alert store unavailable, retrying in %.1f s: %s", delay, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
         if not transitions:
             return
         for step in transitions:
@@ -670,13 +668,15 @@ class AlertingService:
                 pending = await asyncio.to_thread(self.store.unpublished, PUBLISH_PAGE)
                 if pending:
                     topic = self.settings.topics.alerts
-                    futures = [
-                        await self._producer.send(
-                            topic, alert.to_bytes(), key=alert.device_id.encode()
-                        )
-                        for _, alert in pending
-                    ]
-                    await asyncio.gather(*futures)
+                    # One attempt: what is not acknowledged stays unpublished in the store
+                    # and the tick task tries again.
+                    await send_acked(
+                        self._producer,
+                        [Record(topic, a.to_bytes(), a.device_id.encode()) for _, a in pending],
+                        backoff=KAFKA_BACKOFF,
+                        attempts=1,
+                        what="alert events",
+                    )
                     await asyncio.to_thread(self.store.mark_published, [i for i, _ in pending])
                     self.metrics.events_published.inc(len(pending))
                 if len(pending) < PUBLISH_PAGE:  # a short page: the backlog is empty
@@ -809,8 +809,7 @@ class AlertingService:
         """``call()`` in a thread until the store answers: a partition's devices must never
         be judged from scratch because the store was briefly away (that would forget a fall
         waiting for its confirmation). Raises only when the worker is stopping."""
-        delay = 0.5
-        while True:
+        for delay in STORE_BACKOFF.delays(_RNG):
             try:
                 return await asyncio.to_thread(call)
             except StoreError as exc:
@@ -818,7 +817,7 @@ class AlertingService:
                     raise
                 logger.error("cannot %s yet, retrying in %.1f s: %s", what, delay, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+        raise AssertionError("unreachable: the delays never end")
 
     # -- API backend ----------------------------------------------------------------------
 

@@ -772,9 +772,7 @@ def test_compose_user_script_grants_each_service_only_its_topics(tmp_path: Path)
     assert ("harstream-inference", "Read", t.windows) in grants
     assert ("harstream-inference", "Write", t.shadow_predictions) in grants
     # Shadow predictions never reach alerting: nobody but inference touches their topic.
-    assert {p for p, _, topic in grants if topic == t.shadow_predictions} == {
-        "harstream-inference"
-    }
+    assert {p for p, _, topic in grants if topic == t.shadow_predictions} == {"harstream-inference"}
     assert ("harstream-alerting", "Write", t.alerts) in grants
     assert not any(p == "harstream-lag-reader" and op != "Describe" for p, op, _ in grants)
     # Passwords go to kafka-configs only, never to the ACL tool.

@@ -76,7 +76,7 @@ def test_a_dead_letter_too_large_goes_without_the_value() -> None:
     service = _service(FakeStore(0), producer)
     value = b"x" * 3000
     letter = dead_letter("alerting", SchemaError("bad"), "p", 2, 7, b"k", value)
-    asyncio.run(service._send_dead_letter(letter))
+    asyncio.run(service._send_dead_letters([letter]))
     [(topic, sent)] = producer.sent
     got = DeadLetter.from_bytes(sent)
     assert topic == SETTINGS.topics.dlq and got.value is None and got.key == b"k"
@@ -95,7 +95,7 @@ def test_a_poison_whose_error_quotes_it_still_fits_a_dead_letter() -> None:
         error = exc
     letter = dead_letter("alerting", error, "p", 2, 7, b"k" * 5000, value)
     assert len(letter.reason) < 300
-    asyncio.run(service._send_dead_letter(letter))
+    asyncio.run(service._send_dead_letters([letter]))
     [(_, sent)] = producer.sent
     got = DeadLetter.from_bytes(sent)
     assert got.value is None and got.key is None  # a 5,000-byte key is no device id

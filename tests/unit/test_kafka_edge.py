@@ -21,7 +21,6 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 
 from services.common.kafka.backoff import BackoffPolicy
 from services.common.kafka.clients import (
-    PROFILES,
     aiokafka_consumer_kwargs,
     aiokafka_producer_kwargs,
     faust_options,
@@ -124,16 +123,6 @@ def test_faust_gets_short_groups_and_its_patches_only_on_the_local_broker() -> N
     tansu, apache = profile(StreamSettings(kafka_profile="tansu")), profile(StreamSettings())
     assert (tansu.faust_fetch_max_wait_ms, tansu.faust_fetched_highwaters) == (50, True)
     assert (apache.faust_fetch_max_wait_ms, apache.faust_fetched_highwaters) == (None, False)
-
-
-@pytest.mark.parametrize("name", sorted(PROFILES))
-def test_the_transitional_settings_properties_agree_with_the_profiles(name: str) -> None:
-    # StreamSettings keeps these until preprocess and alerting take the edge's options.
-    settings = StreamSettings(kafka_profile=name)
-    p = PROFILES[settings.kafka_profile]
-    assert settings.group_session_timeout_s == p.group_session_timeout_s
-    assert settings.group_heartbeat_interval_s == p.group_heartbeat_interval_s
-    assert settings.fetch_max_wait_ms == p.fetch_max_wait_ms
 
 
 # -- which errors are retried ---------------------------------------------------------------
