@@ -70,6 +70,7 @@ faults: $(STAMP) ## Fault-injection suite: kill/pause/rebalance the local pipeli
 bench: $(STAMP) ## Print throughput figures (preprocessing, model), the capacity ramp and scale-out (~20 min; BENCH_CAPACITY_ARGS)
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.capacity $(BENCH_CAPACITY_ARGS)
+	$(BIN)/python -m benchmarks.bench_alerting
 	$(BIN)/python -m benchmarks.scaleout
 
 clean: ## Remove caches and build artefacts (keeps .venv and models/)

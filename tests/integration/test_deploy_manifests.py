@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv"
 TOOLS_VENV = VENV / "checkov"
 K8S_VERSION = "1.31.0"
-OVERLAYS = ("dev", "prod")
+OVERLAYS = ("dev", "prod", "fleet-100k", "fleet-1m")
 CRD_KINDS = {
     "Kafka",
     "KafkaNodePool",
@@ -111,7 +111,7 @@ def test_overlay_renders_every_component(rendered: dict[str, Any]) -> None:
     assert kinds >= CRD_KINDS
     names = {d["metadata"]["name"] for d in _of_kind(docs, "Deployment")}
     assert names == {*HARSTREAM_SERVICES, "tfserving", "kafka-exporter"}
-    namespace = {"dev": "harstream-dev", "prod": "harstream"}[rendered["overlay"]]
+    namespace = "harstream-dev" if rendered["overlay"] == "dev" else "harstream"
     assert {d["metadata"].get("namespace") for d in docs} == {namespace}
 
 

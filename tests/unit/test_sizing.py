@@ -4,10 +4,11 @@ partitions and brokers."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from benchmarks.sizing import STAGES, Assumptions, Sizes, plan
+from benchmarks.sizing import STAGES, Assumptions, Sizes, fleet_overlays, plan
 
 SIZES = Sizes(raw=2500, window=5000, prediction=700, state=3400)
 
@@ -45,3 +46,12 @@ def test_brokers_follow_the_replicated_write_rate() -> None:
     per_packet = 2500 + 50 / 64 * (5000 + 700) + 3400
     assert p.write_mb_s == pytest.approx(100_000 * per_packet * 3 / 1e6)
     assert p.brokers == math.ceil(p.write_mb_s / 100)
+
+
+def test_the_committed_fleet_overlays_are_the_plan_of_the_committed_capacity_run() -> None:
+    """k8s/overlays/fleet-* hold what ``python -m benchmarks.sizing --write-overlays
+    k8s/overlays`` writes from reports/capacity.json: regenerate them when either moves."""
+    overlays = Path(__file__).resolve().parents[2] / "k8s" / "overlays"
+    for name, files in fleet_overlays().items():
+        for filename, text in files.items():
+            assert (overlays / name / filename).read_text() == text, f"{name}/{filename}"
