@@ -64,7 +64,6 @@ from dataclasses import replace
 from typing import Any, NoReturn, Protocol
 
 import faust
-from aiokafka.errors import KafkaTimeoutError  # type: ignore[import-untyped]
 from faust.types import EventT
 from prometheus_client import CollectorRegistry
 
@@ -77,6 +76,7 @@ from services.common.kafka.dead_letters import (
     size_error,
     without_value,
 )
+from services.common.kafka.errors import is_retriable
 from services.common.shutdown import hard_exit
 from services.preprocess.faust_internals import (
     ChangelogAcks,
@@ -139,18 +139,6 @@ def exit_unfinished_batch(error: BaseException) -> NoReturn:
         exc_info=error,
     )
     hard_exit(EXIT_UNFINISHED_BATCH)
-
-
-def is_retriable_kafka_error(error: BaseException) -> bool:
-    """Whether ``error`` or an error it was raised from is a Kafka error marked retriable
-    (faust wraps aiokafka's errors in ``ProducerSendError``). aiokafka marks its
-    ``KafkaTimeoutError`` (no broker answer in time) not retriable; here it is."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, KafkaTimeoutError) or getattr(seen, "retriable", False) is True:
-            return True
-        seen = seen.__cause__
-    return False
 
 
 class KeyMismatchError(PreprocessingError):
@@ -428,7 +416,7 @@ class BatchHandler:
                         (event, without_value(letter, too_large)) for event, letter in letters
                     ]
                     continue
-                if attempt == SEND_ATTEMPTS or not is_retriable_kafka_error(exc):
+                if attempt == SEND_ATTEMPTS or not is_retriable(exc):
                     raise
                 delay = SEND_BACKOFF_S * 2 ** (attempt - 1)
                 logger.warning(
