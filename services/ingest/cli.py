@@ -90,12 +90,26 @@ def devices(ctx: click.Context, registry_url: str | None) -> None:
     default=None,
     help="Use this token (≥ 32 characters) instead of a generated one, for scripted setups.",
 )
+@click.option(
+    "--timezone",
+    default="UTC",
+    show_default=True,
+    metavar="IANA_NAME",
+    help="The wearer's time zone, e.g. Europe/Paris: daily activity summaries follow it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print {device_id, token, ...} as JSON.")
 @click.pass_context
-def add(ctx: click.Context, device_id: str, label: str, token: str | None, as_json: bool) -> None:
+def add(
+    ctx: click.Context,
+    device_id: str,
+    label: str,
+    token: str | None,
+    timezone: str,
+    as_json: bool,
+) -> None:
     """Register DEVICE_ID and print its token (the only time it is shown)."""
     try:
-        record, token = _open(ctx).add(device_id, label, token)
+        record, token = _open(ctx).add(device_id, label, token, timezone)
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
@@ -109,7 +123,10 @@ def add(ctx: click.Context, device_id: str, label: str, token: str | None, as_js
 
 def _row(record: DeviceRecord) -> str:
     state = f"revoked {_when(record.revoked_at)}" if record.revoked else "active"
-    return f"{record.device_id:<24} {state:<34} {_when(record.created_at):<26} {record.label}"
+    return (
+        f"{record.device_id:<24} {state:<34} {_when(record.created_at):<26} "
+        f"{record.timezone:<20} {record.label}"
+    )
 
 
 @devices.command("list")
@@ -124,7 +141,7 @@ def list_devices(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([r.public() for r in records]))
         return
-    click.echo(f"{'DEVICE':<24} {'STATE':<34} {'CREATED (UTC)':<26} LABEL")
+    click.echo(f"{'DEVICE':<24} {'STATE':<34} {'CREATED (UTC)':<26} {'TIME ZONE':<20} LABEL")
     for record in records:
         click.echo(_row(record))
 
@@ -139,3 +156,17 @@ def revoke(ctx: click.Context, device_id: str) -> None:
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"device {record.device_id} revoked at {_when(record.revoked_at)}")
+
+
+@devices.command("timezone")
+@click.argument("device_id")
+@click.argument("timezone", metavar="IANA_NAME")
+@click.pass_context
+def set_timezone(ctx: click.Context, device_id: str, timezone: str) -> None:
+    """Set DEVICE_ID's time zone (an IANA name such as Europe/Paris or UTC): the history
+    service's daily summaries (``harstream history``) cover the wearer's local days."""
+    try:
+        record = _open(ctx).set_timezone(device_id, timezone)
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"device {record.device_id} time zone {record.timezone}")

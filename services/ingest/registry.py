@@ -1,4 +1,5 @@
-"""The device registry: which devices may post, with which token.
+"""The device registry: which devices may post, with which token, and the wearer's time
+zone (an IANA name: the history service's daily summaries follow the wearer's day).
 
 One interface (:class:`DeviceRegistry`) and two stores: SQLite (embedded default, stdlib,
 WAL so the CLI and the running service can use the same file at once) and PostgreSQL
@@ -14,8 +15,10 @@ import logging
 import sqlite3
 import threading
 import time
+import zoneinfo
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote, urlsplit
@@ -44,6 +47,8 @@ class DeviceRecord:
     created_at: float
     #: Unix seconds, or None while the device may post.
     revoked_at: float | None
+    #: IANA time zone of the wearer (``Europe/Paris``): where its days start and end.
+    timezone: str = "UTC"
 
     @property
     def revoked(self) -> bool:
@@ -63,13 +68,15 @@ class NewDevice(NamedTuple):
     label: str = ""
     #: The device's token; None: one is generated.
     token: str | None = None
+    #: IANA time zone name (checked with :func:`check_timezone`).
+    timezone: str = "UTC"
 
 
 class DeviceRegistry(Protocol):
     """Blocking registry operations (thread-safe)."""
 
     def add(
-        self, device_id: str, label: str = "", token: str | None = None
+        self, device_id: str, label: str = "", token: str | None = None, timezone: str = "UTC"
     ) -> tuple[DeviceRecord, str]:
         """Register a device; returns its record and its token (generated unless given).
         :class:`DeviceExistsError` if the id (or the given token) is already registered."""
@@ -93,11 +100,35 @@ class DeviceRegistry(Protocol):
         """Mark a device revoked (idempotent); :class:`UnknownDeviceError` if absent."""
         ...
 
+    def set_timezone(self, device_id: str, timezone: str) -> DeviceRecord:
+        """Set the device's IANA time zone (:class:`InvalidDeviceError` if unknown);
+        :class:`UnknownDeviceError` if the device is absent."""
+        ...
+
     def ping(self) -> None:
         """Raise :class:`RegistryUnavailableError` unless the store answers."""
         ...
 
     def close(self) -> None: ...
+
+
+DEFAULT_TIMEZONE = "UTC"
+
+
+@cache
+def _known_timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def check_timezone(name: str) -> str:
+    """``name`` if it is an IANA time zone this system knows (``Europe/Paris``, ``UTC``),
+    else :class:`InvalidDeviceError`. Membership of the tz database's list, not a ZoneInfo
+    lookup: a lookup would also take file-like names the registry should not store."""
+    if name not in _known_timezones():
+        raise InvalidDeviceError(
+            f"time zone {name!r} is not an IANA time zone name such as 'Europe/Paris' or 'UTC'"
+        )
+    return name
 
 
 def _check_new_device(device_id: str, token: str | None) -> str:
@@ -123,7 +154,14 @@ def _new_records(devices: Sequence[NewDevice]) -> list[tuple[DeviceRecord, str]]
     hashes: set[str] = set()
     for device in devices:
         token = _check_new_device(device.device_id, device.token)
-        record = DeviceRecord(device.device_id, hash_token(token), device.label, now, None)
+        record = DeviceRecord(
+            device.device_id,
+            hash_token(token),
+            device.label,
+            now,
+            None,
+            check_timezone(device.timezone),
+        )
         if device.device_id in ids:
             raise DeviceExistsError(f"device {device.device_id!r} is listed twice")
         if record.token_hash in hashes:
@@ -135,7 +173,14 @@ def _new_records(devices: Sequence[NewDevice]) -> list[tuple[DeviceRecord, str]]
 
 
 def _row(record: DeviceRecord) -> tuple[Any, ...]:
-    return (record.device_id, record.token_hash, record.label, record.created_at, None)
+    return (
+        record.device_id,
+        record.token_hash,
+        record.label,
+        record.created_at,
+        None,
+        record.timezone,
+    )
 
 
 def _matching(record: DeviceRecord | None, token: str) -> DeviceRecord | None:
@@ -147,17 +192,20 @@ def _matching(record: DeviceRecord | None, token: str) -> DeviceRecord | None:
     return None
 
 
-_COLUMNS = "device_id, token_hash, label, created_at, revoked_at"
+_COLUMNS = "device_id, token_hash, label, created_at, revoked_at, timezone"
+#: Added after the first release: registries created before it get it on open (ALTER).
+_TIMEZONE_COLUMN = f"timezone TEXT NOT NULL DEFAULT '{DEFAULT_TIMEZONE}'"
 
 
 def _record(row: Any) -> DeviceRecord:
-    device_id, token_hash, label, created_at, revoked_at = row
+    device_id, token_hash, label, created_at, revoked_at, timezone = row
     return DeviceRecord(
         device_id=device_id,
         token_hash=token_hash,
         label=label,
         created_at=float(created_at),
         revoked_at=None if revoked_at is None else float(revoked_at),
+        timezone=timezone,
     )
 
 
@@ -232,8 +280,11 @@ class SqliteRegistry:
                 " token_hash TEXT NOT NULL UNIQUE,"
                 " label TEXT NOT NULL DEFAULT '',"
                 " created_at REAL NOT NULL,"
-                " revoked_at REAL)"
+                f" revoked_at REAL, {_TIMEZONE_COLUMN})"
             )
+            present = {row[1] for row in conn.execute("PRAGMA table_info(devices)")}
+            if "timezone" not in present:
+                conn.execute(f"ALTER TABLE devices ADD COLUMN {_TIMEZONE_COLUMN}")
         finally:
             conn.close()
         self._schema_ready = True
@@ -248,15 +299,16 @@ class SqliteRegistry:
             conn.close()
 
     def add(
-        self, device_id: str, label: str = "", token: str | None = None
+        self, device_id: str, label: str = "", token: str | None = None, timezone: str = "UTC"
     ) -> tuple[DeviceRecord, str]:
         token = _check_new_device(device_id, token)
-        record = DeviceRecord(device_id, hash_token(token), label, time.time(), None)
+        record = DeviceRecord(
+            device_id, hash_token(token), label, time.time(), None, check_timezone(timezone)
+        )
         conn = self._connect()
         try:
             conn.execute(
-                f"INSERT INTO devices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
-                (device_id, record.token_hash, label, record.created_at, None),
+                f"INSERT INTO devices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", _row(record)
             )
         except sqlite3.IntegrityError as exc:
             raise _exists_error(device_id, str(exc)) from exc
@@ -275,7 +327,7 @@ class SqliteRegistry:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(
-                    f"INSERT INTO devices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                    f"INSERT INTO devices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                     [_row(record) for record, _ in added],
                 )
             except sqlite3.Error:
@@ -334,6 +386,16 @@ class SqliteRegistry:
             raise UnknownDeviceError(f"no device {device_id!r} in the registry")
         return record
 
+    def set_timezone(self, device_id: str, timezone: str) -> DeviceRecord:
+        self._query(
+            "UPDATE devices SET timezone = ? WHERE device_id = ?",
+            (check_timezone(timezone), device_id),
+        )
+        record = self.get(device_id)
+        if record is None:
+            raise UnknownDeviceError(f"no device {device_id!r} in the registry")
+        return record
+
     def ping(self) -> None:
         self._read("SELECT 1 FROM devices LIMIT 1")
 
@@ -377,9 +439,13 @@ class PostgresRegistry:
                 " created_at DOUBLE PRECISION NOT NULL,"
                 " revoked_at DOUBLE PRECISION)"
             ).format(name),
-            "insert": sql.SQL("INSERT INTO {} ({}) VALUES (%s, %s, %s, %s, %s)").format(
+            "migrate": sql.SQL(
+                "ALTER TABLE {} ADD COLUMN IF NOT EXISTS " + _TIMEZONE_COLUMN
+            ).format(name),
+            "insert": sql.SQL("INSERT INTO {} ({}) VALUES (%s, %s, %s, %s, %s, %s)").format(
                 name, columns
             ),
+            "timezone": sql.SQL("UPDATE {} SET timezone = %s WHERE device_id = %s").format(name),
             "get": sql.SQL("SELECT {} FROM {} WHERE device_id = %s").format(columns, name),
             "by_token": sql.SQL("SELECT {} FROM {} WHERE token_hash = %s").format(columns, name),
             "list": sql.SQL("SELECT {} FROM {} ORDER BY device_id").format(columns, name),
@@ -395,6 +461,7 @@ class PostgresRegistry:
                 self.url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout_s))
             )
             conn.execute(self._sql["schema"])
+            conn.execute(self._sql["migrate"])
             self._conn = conn
         return self._conn
 
@@ -411,16 +478,14 @@ class PostgresRegistry:
                 raise RegistryUnavailableError(f"device registry (PostgreSQL): {exc}") from exc
 
     def add(
-        self, device_id: str, label: str = "", token: str | None = None
+        self, device_id: str, label: str = "", token: str | None = None, timezone: str = "UTC"
     ) -> tuple[DeviceRecord, str]:
         token = _check_new_device(device_id, token)
-        record = DeviceRecord(device_id, hash_token(token), label, time.time(), None)
+        record = DeviceRecord(
+            device_id, hash_token(token), label, time.time(), None, check_timezone(timezone)
+        )
         try:
-            self._run(
-                "insert",
-                (device_id, record.token_hash, label, record.created_at, None),
-                fetch=False,
-            )
+            self._run("insert", _row(record), fetch=False)
         except self._psycopg.errors.UniqueViolation as exc:
             raise _exists_error(device_id, str(exc)) from exc
         return record, token
@@ -456,6 +521,13 @@ class PostgresRegistry:
 
     def revoke(self, device_id: str) -> DeviceRecord:
         self._run("revoke", (time.time(), device_id), fetch=False)
+        record = self.get(device_id)
+        if record is None:
+            raise UnknownDeviceError(f"no device {device_id!r} in the registry")
+        return record
+
+    def set_timezone(self, device_id: str, timezone: str) -> DeviceRecord:
+        self._run("timezone", (check_timezone(timezone), device_id), fetch=False)
         record = self.get(device_id)
         if record is None:
             raise UnknownDeviceError(f"no device {device_id!r} in the registry")
