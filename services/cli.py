@@ -42,6 +42,7 @@ _SERVICE_COMMANDS = {
     "models": "services.models.cli:models",
     "alerting": "services.alerting.cli:alerting",
     "operators": "services.alerting.operators_cli:operators",
+    "mqtt-bridge": "services.mqtt_bridge.cli:mqtt_bridge",
 }
 
 

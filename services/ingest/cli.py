@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from datetime import UTC, datetime
@@ -170,3 +171,7 @@ def set_timezone(ctx: click.Context, device_id: str, timezone: str) -> None:
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"device {record.device_id} time zone {record.timezone}")
+
+
+# MQTT credentials and ACLs from this registry (services/mqtt_bridge/config_cli.py).
+devices.add_command(importlib.import_module("services.mqtt_bridge.config_cli").mqtt_config)
