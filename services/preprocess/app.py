@@ -56,7 +56,6 @@ after a crash.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -67,16 +66,13 @@ import faust
 from faust.types import EventT
 from prometheus_client import CollectorRegistry
 
+from services.common.kafka.backoff import BackoffPolicy
 from services.common.kafka.clients import faust_broker_urls, faust_credentials, profile
 from services.common.kafka.clients import faust_options as broker_faust_options
 from services.common.kafka.dead_letters import (
-    can_shrink,
     dead_letter,
-    fitted,
-    size_error,
-    without_value,
 )
-from services.common.kafka.errors import is_retriable
+from services.common.kafka.send import Record, TopicProducer, send_acked
 from services.common.shutdown import hard_exit
 from services.preprocess.faust_internals import (
     ChangelogAcks,
@@ -117,11 +113,12 @@ SERVICE = "preprocess"
 TABLE_NAME = "device-streams"
 #: Exit status when a batch cannot be finished (EX_SOFTWARE): see the module docstring.
 EXIT_UNFINISHED_BATCH = 70
-#: Deliveries of a batch's windows and dead letters tried before giving up on the process;
-#: the waits between them double from SEND_BACKOFF_S: 0.5 + 1 + 2 + 4 = 7.5 s in all,
-#: enough for a broker leader election, short enough to restart well within a session.
+#: Rounds of delivery of a batch's windows and dead letters before giving up on the process;
+#: the waits between them double from 0.5 s: about 0.5 + 1 + 2 + 4 = 7.5 s in all (less
+#: their jitter), enough for a broker leader election, short enough to restart well within
+#: a session.
 SEND_ATTEMPTS = 5
-SEND_BACKOFF_S = 0.5
+SEND_BACKOFF = BackoffPolicy(initial_s=0.5, max_s=4.0, jitter=0.2)
 #: Beyond the producer's own request timeout (after which aiokafka fails a record), how long
 #: a batch waits for its changelog acknowledgements before giving up on the process: a
 #: record that neither arrives nor fails means faust's buffer drain task is gone.
@@ -322,8 +319,9 @@ class BatchHandler:
         self.processor = processor
         self.config = processor.config.preprocessing
         self.table = table
-        self.windows_topic = windows_topic
-        self.dlq_topic = dlq_topic
+        self.windows_name = windows_topic.get_topic_name()
+        self.dlq_name = dlq_topic.get_topic_name()
+        self.producer = TopicProducer(windows_topic, dlq_topic)
         self.metrics = metrics
         self.changelog = changelog
         self.changelog_timeout_s = changelog_timeout_s
@@ -391,50 +389,25 @@ class BatchHandler:
     async def _deliver(
         self, windows: list[tuple[bytes, bytes]], letters: list[tuple[Event, DeadLetter]]
     ) -> None:
-        """Produce the windows and dead letters and await every delivery; on a retriable
-        Kafka error produce them all again (duplicate windows carry their ids), at most
-        ``SEND_ATTEMPTS`` times. Raises what still fails.
+        """Produce the windows and dead letters through the Kafka edge's
+        :func:`~services.common.kafka.send.send_acked` and await every acknowledgement: what
+        is not acknowledged with a retriable error goes again (duplicate windows carry their
+        ids), for at most ``SEND_ATTEMPTS`` rounds. Raises what still fails.
 
         A dead letter too large to produce goes without its source value (the fuzz suite's
         900 KB raw record made every attempt fail and the worker exit): that error is not
         retriable, and the same record would fail again after every restart."""
-        letters = [(event, fitted(letter)) for event, letter in letters]
-        for attempt in range(1, SEND_ATTEMPTS + 1):
-            try:
-                sent = [await self.windows_topic.send(key=k, value=v) for k, v in windows]
-                sent += [
-                    await self.dlq_topic.send(key=letter.key, value=letter.to_bytes())
-                    for _, letter in letters
-                ]
-                await asyncio.gather(*sent)
-            except Exception as exc:
-                too_large = size_error(exc)
-                if too_large is not None and any(can_shrink(letter) for _, letter in letters):
-                    # A broker limit below ours: which letter it was is not said, so all go
-                    # without their values (they still name the source offset).
-                    letters = [
-                        (event, without_value(letter, too_large)) for event, letter in letters
-                    ]
-                    continue
-                if attempt == SEND_ATTEMPTS or not is_retriable(exc):
-                    raise
-                delay = SEND_BACKOFF_S * 2 ** (attempt - 1)
-                logger.warning(
-                    "producing %d windows / %d dead letters failed (%s: %s): attempt %d of %d "
-                    "in %.1f s",
-                    len(windows),
-                    len(letters),
-                    type(exc).__name__,
-                    exc,
-                    attempt + 1,
-                    SEND_ATTEMPTS,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-            else:
-                for _, letter in letters:
-                    self.metrics.dead_letters.labels(error_type=letter.error_type).inc()
-                return
+        sent = await send_acked(
+            self.producer,
+            [Record(self.windows_name, value, key) for key, value in windows],
+            [letter for _, letter in letters],
+            dlq_topic=self.dlq_name,
+            backoff=SEND_BACKOFF,
+            attempts=SEND_ATTEMPTS,
+            what="windows",
+        )
+        for letter in sent.dead_letters:
+            self.metrics.dead_letters.labels(error_type=letter.error_type).inc()
 
     def _process(
         self, streams: dict[str, DeviceStream], packets: list[RawPacket]

@@ -16,6 +16,7 @@ from faust.streams import current_event
 from faust.types import TP
 from prometheus_client import CollectorRegistry
 
+from services.common.kafka.backoff import BackoffPolicy
 from services.common.shutdown import ShutdownWatchdog
 from services.preprocess import app, metrics
 from services.preprocess.app import BatchHandler, faust_options, rewind_to_restored_state
@@ -152,6 +153,9 @@ class _Changelog:
 class _Topic:
     def __init__(self, name: str, log: _Log) -> None:
         self.name, self.log = name, log
+
+    def get_topic_name(self) -> str:
+        return self.name
 
     async def send(self, key: bytes, value: bytes) -> asyncio.Future[None]:
         self.log.append(("send", self.name, key, value))
@@ -376,7 +380,7 @@ def _events(device: str, count: int) -> list[_Event]:
 def test_a_send_that_keeps_failing_ends_the_process_before_any_state_is_written(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(app, "SEND_BACKOFF_S", 0.001)
+    monkeypatch.setattr(app, "SEND_BACKOFF", BackoffPolicy(initial_s=0.001, max_s=0.001))
     log = _Log()
     error = ValueError("MessageSizeTooLargeError")  # not retriable
     handler, table, _, fatal = _handler_with(log, _FailingTopic("windows", log, error, 1))
@@ -389,7 +393,7 @@ def test_a_send_that_keeps_failing_ends_the_process_before_any_state_is_written(
 def test_retriable_send_errors_are_retried_then_the_batch_completes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(app, "SEND_BACKOFF_S", 0.001)
+    monkeypatch.setattr(app, "SEND_BACKOFF", BackoffPolicy(initial_s=0.001, max_s=0.001))
     log = _Log()
     topic = _FailingTopic("windows", log, _RetriableKafkaError("leader moved"), 2)
     handler, table, _, fatal = _handler_with(log, topic)
