@@ -42,6 +42,7 @@ _SERVICE_COMMANDS = {
     "models": "services.models.cli:models",
     "alerting": "services.alerting.cli:alerting",
     "operators": "services.alerting.operators_cli:operators",
+    "history": "services.history.cli:history",
     "mqtt-bridge": "services.mqtt_bridge.cli:mqtt_bridge",
 }
 
