@@ -62,6 +62,9 @@ _LIMIT = re.compile(r"[0-9]{1,6}")
 WWW_AUTHENTICATE = 'Bearer realm="harstream", Basic realm="harstream", charset="UTF-8"'
 #: Open to anyone who reaches the port: orchestrator probes and Prometheus.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+#: The web console (services.console): its own sessions and CSRF checks; ``/`` redirects
+#: to it.
+CONSOLE_PREFIX = "/console"
 #: What each endpoint needs; a route missing here needs admin (deny by default).
 PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("GET", "/v1/alerts"): Permission.ALERTS_READ,
@@ -213,6 +216,9 @@ def _required(request: web.Request) -> Permission | None:
     no route matches (aiohttp answers those 404/405 itself)."""
     info = request.match_info
     if info.http_exception is not None or request.path in OPEN_PATHS:
+        return None
+    path = request.path
+    if path in ("/", CONSOLE_PREFIX) or path.startswith(f"{CONSOLE_PREFIX}/"):
         return None
     method = "GET" if request.method == "HEAD" else request.method
     canonical = info.route.resource.canonical if info.route.resource is not None else ""

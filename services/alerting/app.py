@@ -84,8 +84,11 @@ from services.common.kafka.backoff import BackoffPolicy
 from services.common.kafka.clients import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from services.common.kafka.dead_letters import dead_letter
 from services.common.kafka.send import Record, send_acked
-from services.common.operators import Identity
+from services.common.operators import Identity, OperatorRecord
 from services.common.shutdown import stop_quietly
+from services.console.fleet import FleetView
+from services.console.raw import RawReader
+from services.console.web import Console, mount
 from shared.errors import HarstreamError, SchemaError
 from shared.messages import (
     PIPELINE_SCOPE,
@@ -152,6 +155,8 @@ class AlertingService:
         # Counted when scraped: counting every batch cost O(devices) per batch.
         self.metrics.devices_tracked.set_function(lambda: self.fleet.devices_tracked)
         self.pipeline = PipelineMonitor(settings.rules)
+        #: What the web console shows live (services.console), fed from what is consumed.
+        self.console_view = FleetView()
         self.store = store
         self.port: int | None = None
         #: Set when the consumer loop died of an unexpected error (the CLI exits non-zero).
@@ -225,8 +230,12 @@ class AlertingService:
         # HTTP first: /healthz answers during the group join (3-30 s), /readyz says not yet.
         # Header/body deadlines, a connection cap, problem documents for the parser's own
         # refusals, and an address over its failed-authentication budget refused at accept.
+        app = create_app(self, self.auth_limit, s.max_body_bytes)
+        if s.console.enabled:
+            raw = RawReader(s, self._device_partition, s.console.raw_window_s)
+            mount(app, Console(self, self.console_view, s.console, self.auth_limit, raw))
         self._runner = ProblemAppRunner(
-            create_app(self, self.auth_limit, s.max_body_bytes),
+            app,
             document=listener_problem,
             limits=s.listener_limits,
             screen=auth_screen(self.auth_limit, listener_problem, AUTH_RATE_LIMITED),
@@ -468,6 +477,7 @@ class AlertingService:
             self.metrics.predictions.inc()
             self.metrics.duplicates.inc(self.fleet.take_duplicates())
             self.pipeline.predicted(tp.partition, prediction.ingested_at)
+            self.console_view.prediction(prediction, now)
             self._device_partition[prediction.device_id] = tp.partition
             transitions.extend(steps)
         return transitions
@@ -496,6 +506,7 @@ class AlertingService:
             at = min(header.received_at, now)
             transitions.extend(self.fleet.traffic(header.device_id, at, now))
             self.pipeline.traffic(tp.partition, at)
+            self.console_view.traffic(header.device_id, at)
             self._device_partition[header.device_id] = tp.partition
         return transitions
 
@@ -645,6 +656,7 @@ class AlertingService:
         if not transitions:
             return
         for step in transitions:
+            self.console_view.transition(step.alert, step.event.value)
             self.metrics.alerts.labels(step.alert.type.value, step.alert.state.value).inc()
             logger.info(
                 "alert %s %s %s %s: %s",
@@ -711,6 +723,7 @@ class AlertingService:
             partitions = {tp.partition for tp in revoked}
             gone = [d for d, p in self._device_partition.items() if p in partitions]
             self.fleet.forget(gone)
+            self.console_view.forget(gone)
             for device in gone:
                 del self._device_partition[device]
             self.pipeline.revoked(partitions)
@@ -766,6 +779,11 @@ class AlertingService:
                 except SnapshotError as exc:
                     unusable += 1
                     logger.warning("%s; continuing from its open alerts", exc)
+                self.console_view.restore(
+                    device.device_id,
+                    self.fleet.monitor(device.device_id).last_traffic_wall,
+                    device.alerts,
+                )
             self._partitions |= partitions
             self._pipeline_owner = owner
             gap = self.settings.rules.heartbeat_max_gap_s
@@ -844,6 +862,11 @@ class AlertingService:
     ) -> Identity | None:
         assert self._auth is not None
         return await self._auth.authenticate(authorization, before_hashing)
+
+    async def operator_record(self, name: str) -> OperatorRecord | None:
+        """The stored operator ``name`` (the console checks its sessions' operators)."""
+        assert self.store is not None
+        return await asyncio.to_thread(self.store.operator, name)
 
     async def acknowledge(self, alert_id: str, operator: str, note: str | None) -> Alert:
         """``operator`` acknowledges (an authenticated operator's name: it is recorded in the

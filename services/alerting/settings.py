@@ -15,6 +15,7 @@ from pydantic_settings import SettingsConfigDict
 from services.alerting.rules import AlertRules
 from services.common.clientaddr import check_proxy_settings
 from services.common.http_server import ListenerLimits
+from services.console.settings import ConsoleSettings
 from shared.settings import StreamSettings
 from shared.xdg import harstream_dir
 
@@ -207,6 +208,10 @@ class AlertingSettings(StreamSettings):
     rules: AlertRules = Field(
         default_factory=AlertRules,
         description="Alert thresholds (HARSTREAM_ALERTING_RULES__<FIELD>=...).",
+    )
+    console: ConsoleSettings = Field(
+        default_factory=ConsoleSettings,
+        description="The web console served under /console/ (HARSTREAM_ALERTING_CONSOLE__<FIELD>).",
     )
 
     @model_validator(mode="after")

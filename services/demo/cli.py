@@ -215,6 +215,14 @@ def _print_operator(console: Console, pipeline: Pipeline) -> None:
         soft_wrap=True,
         highlight=False,
     )
+    password = pipeline.operator_password
+    if password is not None:
+        console.print(
+            f"web console: [bold]{pipeline.console_url}[/] (log in as {DEMO_OPERATOR}, "
+            f"password {password.get_secret_value()})",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 async def _replay_with_ctrl_c(

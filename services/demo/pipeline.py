@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from types import TracebackType
 
 from pydantic import SecretStr
 
-from services.alerting.auth import create_operator, rotate_key
+from services.alerting.auth import create_operator, rotate_key, set_password
 from services.alerting.store import open_store
 from services.common.broker import EmbeddedBroker, free_port
 from services.common.kafka.topics import create_topics
@@ -93,6 +94,8 @@ class Pipeline:
         self.settings: StreamSettings | None = None
         #: API key of :data:`DEMO_OPERATOR` (set by :meth:`start`).
         self.operator_key: SecretStr | None = None
+        #: Password of :data:`DEMO_OPERATOR` for the web console (set by :meth:`start`).
+        self.operator_password: SecretStr | None = None
         self._model_server: ModelServerProcess | None = None
         self._paused: set[str] = set()
 
@@ -104,6 +107,11 @@ class Pipeline:
     @property
     def alerting_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['alerting']}"
+
+    @property
+    def console_url(self) -> str:
+        """The web console (services.console), served by the alerting worker."""
+        return f"{self.alerting_url}/console/"
 
     @property
     def model_server_target(self) -> str:
@@ -290,13 +298,16 @@ class Pipeline:
     # -- helpers -------------------------------------------------------------------------
     def _demo_operator(self) -> SecretStr:
         """Create :data:`DEMO_OPERATOR` in the alert store (a new key if a reused workdir
-        has it already: keys are shown once)."""
+        has it already: keys are shown once), with a fresh console password."""
+        password = secrets.token_urlsafe(12)
+        self.operator_password = SecretStr(password)
         store = open_store(self.alert_store_url)
         try:
             try:
-                _, key = create_operator(store, DEMO_OPERATOR, Role.CARER)
+                _, key = create_operator(store, DEMO_OPERATOR, Role.CARER, password)
             except OperatorExistsError:
                 _, key = rotate_key(store, DEMO_OPERATOR)
+                set_password(store, DEMO_OPERATOR, password)
             return key
         finally:
             store.close()
@@ -363,6 +374,10 @@ class Pipeline:
                 "HARSTREAM_ALERTING_STORE_URL": self.alert_store_url,
                 # Devices may start sending before alerting has joined its group.
                 "HARSTREAM_ALERTING_AUTO_OFFSET_RESET": "earliest",
+                # The console's pipeline page reads every other service's /metrics.
+                "HARSTREAM_ALERTING_CONSOLE__METRICS_URLS": ",".join(
+                    f"{n}={u}" for n, u in self.metrics_urls().items() if _kind_of(n) != "alerting"
+                ),
             }
         if kind == "inference":
             return {
