@@ -131,8 +131,10 @@ def summarize(
     """The summary of ``day`` from ``segments`` (any order; those outside the day are
     ignored). ``now`` (Unix seconds) bounds the expected time of the day in progress."""
     day_start, day_end = day_bounds(day, tz)
+    # Segments that end just before the day too: a posture change at midnight needs the
+    # segment before it (their minutes clip to nothing).
     ordered = sorted(
-        (s for s in segments if s.end > day_start and s.start < day_end),
+        (s for s in segments if s.end >= day_start - max_gap_s and s.start < day_end),
         key=lambda s: (s.start, s.end),
     )
     minutes = dict.fromkeys(ACTIVITIES, 0.0)
@@ -167,6 +169,8 @@ def _longest_still(
     best: Period | None = None
     run: Period | None = None
     for segment in ordered:
+        if segment.end <= day_start:
+            continue
         if segment.activity not in STILL:
             run = None
             continue
