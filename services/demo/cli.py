@@ -252,7 +252,16 @@ async def _replay_with_ctrl_c(
 
 
 @click.command()
-@click.option("--url", required=True, help="Ingest base URL, e.g. http://localhost:8080.")
+@click.option("--url", default=None, help="Ingest base URL, e.g. http://localhost:8080 (http).")
+@click.option(
+    "--transport",
+    type=click.Choice(["http", "mqtt"]),
+    default="http",
+    show_default=True,
+    help="POST to ingest, or publish to an MQTT broker (harstream mqtt-bridge forwards).",
+)
+@click.option("--mqtt-host", default="127.0.0.1", show_default=True, help="MQTT broker (mqtt).")
+@click.option("--mqtt-port", default=1883, show_default=True, help="MQTT broker port (mqtt).")
 @click.option(
     "--devices",
     "num_devices",
@@ -280,7 +289,10 @@ async def _replay_with_ctrl_c(
 @click.pass_context
 def simulate(
     ctx: click.Context,
-    url: str,
+    url: str | None,
+    transport: str,
+    mqtt_host: str,
+    mqtt_port: int,
     num_devices: int,
     speed: float,
     packet_size: int,
@@ -290,7 +302,8 @@ def simulate(
     registry: str | None,
     as_json: bool,
 ) -> None:
-    """Replay HAPT recordings as N live devices against any ingest deployment (load generator)."""
+    """Replay HAPT recordings as N live devices against any ingest deployment (load generator):
+    over HTTP, or over MQTT (device id and token as MQTT username and password)."""
     recordings = _cache(ctx).load(subjects=subjects_from(subjects))
     devices = [
         SimulatedDevice(f"{prefix}-{i + 1:04d}", rec.samples, rec.labels)
@@ -309,6 +322,18 @@ def simulate(
     if missing:
         raise click.UsageError(f"no token for {len(missing)} devices, e.g. {missing[0]}")
     creds = [DeviceCredentials(d, tokens[d.device_id]) for d in devices]
+    if transport == "mqtt":
+        from services.mqtt_bridge.loadgen import replay_devices_mqtt  # noqa: PLC0415
+
+        stats = asyncio.run(
+            replay_devices_mqtt(
+                mqtt_host, mqtt_port, creds, speed, packet_size, replay_start_time(devices)
+            )
+        )
+        _print_load(stats, as_json)
+        return
+    if url is None:
+        raise click.UsageError("give --url (the ingest base URL) for --transport http")
     stats = asyncio.run(
         replay_devices(url, creds, speed, packet_size, start_time=replay_start_time(devices))
     )
