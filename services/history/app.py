@@ -242,10 +242,10 @@ class HistoryService:
                     continue
                 if batches:
                     await self._handle(batches)
+                # Also without new offsets: an idle device's flushed windows must be stored.
                 if (
-                    self._uncommitted
-                    and time.monotonic() - self._last_checkpoint >= self.settings.commit_interval_s
-                ):
+                    self._uncommitted or self.builder.has_changes
+                ) and time.monotonic() - self._last_checkpoint >= self.settings.commit_interval_s:
                     await self._checkpoint()
         except Exception as exc:
             # A worker that no longer consumes must not look alive: stop and exit non-zero
