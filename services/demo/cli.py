@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -123,6 +124,14 @@ def register_devices(registry_url: str, device_ids: list[str]) -> dict[str, str]
     show_default=True,
     help="Fraction of devices whose live predictions come from the candidate.",
 )
+@click.option(
+    "--transport",
+    type=click.Choice(["http", "mqtt"]),
+    default="http",
+    show_default=True,
+    help="Devices POST to ingest, or publish to a local Mosquitto that harstream mqtt-bridge "
+    "forwards to Kafka.",
+)
 @click.pass_context
 def demo(
     ctx: click.Context,
@@ -139,6 +148,7 @@ def demo(
     candidate: int | None,
     shadow: bool | None,
     canary_share: float,
+    transport: str,
 ) -> None:
     """Run everything locally (embedded Kafka, model server, all services) and replay the test
     subjects' recordings as live wearables; Ctrl-C stops cleanly and prints the summary.
@@ -172,6 +182,7 @@ def demo(
         f"logs in {workdir / 'logs'}"
     )
     pipeline = Pipeline(config)
+    stack = contextlib.ExitStack()  # the MQTT door (--transport mqtt), stopped first
     try:
         with console.status("starting broker, model server and services..."):
             pipeline.start()
@@ -188,6 +199,19 @@ def demo(
                 soft_wrap=True,
                 highlight=False,
             )
+        mqtt = None
+        if transport == "mqtt":
+            from services.mqtt_bridge.local import LocalMqtt  # noqa: PLC0415
+
+            assert pipeline.settings is not None
+            with console.status("starting Mosquitto and the MQTT bridge..."):
+                door = LocalMqtt(workdir, pipeline.settings, tokens).start()
+            stack.callback(door.stop)
+            mqtt = (door.host, door.port)
+            console.print(
+                f"devices publish over MQTT to {door.host}:{door.port} "
+                f"(bridge health {door.health_url}/readyz)"
+            )
         result = asyncio.run(
             _replay_with_ctrl_c(
                 pipeline,
@@ -197,11 +221,13 @@ def demo(
                 packet_size,
                 console if show_live else None,
                 linger,
+                mqtt,
             )
         )
         console.print(summary_table(result))
     finally:
         with console.status("stopping services..."):
+            stack.close()
             pipeline.stop()
     console.print(f"logs: {workdir / 'logs'}")
 
@@ -233,6 +259,7 @@ async def _replay_with_ctrl_c(
     packet_size: int,
     console: Console | None,
     linger_s: float,
+    mqtt: tuple[str, int] | None = None,
 ) -> DemoResult:
     interrupted = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -248,6 +275,7 @@ async def _replay_with_ctrl_c(
         console,
         interrupted=interrupted,
         linger_s=linger_s,
+        mqtt=mqtt,
     )
 
 

@@ -198,9 +198,11 @@ async def run_replay(
     drain_timeout_s: float = 60.0,
     interrupted: asyncio.Event | None = None,
     linger_s: float = 0.0,
+    mqtt: tuple[str, int] | None = None,
 ) -> DemoResult:
     """Replay ``devices`` through the running pipeline and wait until every window is predicted
-    (or ``drain_timeout_s`` passes without progress)."""
+    (or ``drain_timeout_s`` passes without progress). With ``mqtt`` (broker host, port) the
+    devices publish there (``harstream mqtt-bridge`` forwards) instead of posting to ingest."""
     assert pipeline.settings is not None
     truth = {d.device_id: d.labels[: d.stop_after_samples] for d in devices}
     tally = DemoTally(truth)
@@ -213,8 +215,8 @@ async def run_replay(
     watcher = asyncio.create_task(follow(pipeline.settings, tally, stop))
     creds = [DeviceCredentials(d, tokens[d.device_id]) for d in devices]
     t0 = time.time()
-    replay = asyncio.create_task(
-        replay_devices(
+    if mqtt is None:
+        sending = replay_devices(
             pipeline.ingest_url,
             creds,
             speed,
@@ -222,7 +224,14 @@ async def run_replay(
             start_time=replay_start_time(devices),
             stats=load,
         )
-    )
+    else:
+        from services.mqtt_bridge.loadgen import replay_devices_mqtt  # noqa: PLC0415
+
+        host, port = mqtt
+        sending = replay_devices_mqtt(
+            host, port, creds, speed, packet_size, replay_start_time(devices), stats=load
+        )
+    replay = asyncio.create_task(sending)
     live = Live(live_view(tally, load), console=console, refresh_per_second=4) if console else None
     try:
         if live:
