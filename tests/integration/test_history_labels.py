@@ -159,14 +159,14 @@ def test_daily_minutes_match_the_recordings_labels(
 
         feed = feeds[device]
         start, end = feed[0].start_time, feed[-1].end_time
-        wait_for(
-            lambda feed=feed, device=device, start=start, end=end: (
-                sum(s.windows for s in setup.segments(api, device, start - 60, end + 60))
-                == len(feed)
-            ),
-            30,
-            f"{device}'s segments stored",
-        )
+
+        def stored(
+            device: str = device, n: int = len(feed), span: tuple[float, float] = (start, end)
+        ) -> bool:
+            segments = setup.segments(api, device, span[0] - 60, span[1] + 60)
+            return sum(s.windows for s in segments) == n
+
+        wait_for(stored, 30, f"{device}'s segments stored")
         minutes = dict.fromkeys(ACTIVITIES, 0.0)
         for d in (days[device], date.fromordinal(days[device].toordinal() + 1)):
             summary = api.ok(f"/v1/devices/{device}/summary?date={d.isoformat()}")
