@@ -134,6 +134,8 @@ class HistoryProcess:
             "HARSTREAM_HISTORY_OPERATORS_STORE_URL": s.operators_store_url,
             "HARSTREAM_HISTORY_COMMIT_INTERVAL_S": str(s.commit_interval_s),
             "HARSTREAM_HISTORY_IDLE_FLUSH_S": str(s.idle_flush_s),
+            "HARSTREAM_HISTORY_RETENTION_DAYS": str(s.retention_days),
+            "HARSTREAM_HISTORY_RETENTION_INTERVAL_S": str(s.retention_interval_s),
         }
         with open(self.log, "ab") as out:
             self.process = subprocess.Popen(
@@ -410,3 +412,31 @@ def test_bad_records_go_to_the_dead_letter_topic(setup: Setup) -> None:
     assert {d.key for d in mine} == {b"dev-x", b"dev-b"}
     assert all(d.source_topic == setup.settings.topics.predictions for d in mine)
     wait_for(lambda: api.counted() == len(good), 30, "the good ones counted")
+
+
+def test_retention_deletes_old_segments(setup: Setup) -> None:
+    """Segments that ended more than retention_days ago are deleted by the service; newer
+    ones stay."""
+    setup.settings = setup.settings.model_copy(
+        update={"retention_days": 2.0, "retention_interval_s": 0.5}
+    )
+    _, recent = yesterday_in(ZoneInfo("UTC"), 12)
+    old = recent - 5 * 86_400
+    api = setup.process("history")
+    produce(
+        setup.settings,
+        records_of(predictions_of("dev-old", ["SITTING"] * 20, old))
+        + records_of(predictions_of("dev-new", ["SITTING"] * 20, recent)),
+    )
+    wait_for(lambda: api.counted() == 40, 30, "both devices counted")
+    wait_for(lambda: api.metric("harstream_history_segments_deleted_total") >= 1, 30, "old deleted")
+    # The newer one stays, whole (its last windows are stored after the idle flush).
+    wait_for(
+        lambda: (
+            [s.windows for s in setup.segments(api, "dev-new", recent - 60, recent + 600)] == [20]
+        ),
+        30,
+        "the newer segment kept",
+    )
+    # Deleted for good: also the part stored after the idle flush (the next pass).
+    wait_for(lambda: setup.segments(api, "dev-old", old - 60, old + 600) == [], 30, "old gone")
