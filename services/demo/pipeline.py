@@ -40,7 +40,7 @@ DEFERRABLE = ("preprocess", "inference")
 #: The operator the pipeline creates in its alert store (a carer: it may acknowledge).
 DEMO_OPERATOR = "demo-carer"
 #: Stop order: upstream first, so downstream can drain what is in flight before it stops.
-_STOP_ORDER = ("ingest", "preprocess", "inference", "alerting", "modelserver")
+_STOP_ORDER = ("ingest", "preprocess", "inference", "alerting", "history", "modelserver")
 
 
 @dataclass
@@ -87,9 +87,11 @@ class Pipeline:
             "preprocess_metrics": free_port(),
             "inference_metrics": free_port(),
             "alerting": free_port(),
+            "history": free_port(),
         }
         self.registry_url = f"sqlite:///{config.workdir / 'devices.db'}"
         self.alert_store_url = f"sqlite:///{config.workdir / 'alerts.db'}"
+        self.history_store_url = f"sqlite:///{config.workdir / 'history.db'}"
         self.services: dict[str, ServiceProcess] = {}
         self.settings: StreamSettings | None = None
         #: API key of :data:`DEMO_OPERATOR` (set by :meth:`start`).
@@ -109,6 +111,11 @@ class Pipeline:
         return f"http://127.0.0.1:{self.ports['alerting']}"
 
     @property
+    def history_url(self) -> str:
+        """The activity-history API (services.history; the alert API's operators)."""
+        return f"http://127.0.0.1:{self.ports['history']}"
+
+    @property
     def console_url(self) -> str:
         """The web console (services.console), served by the alerting worker."""
         return f"{self.alerting_url}/console/"
@@ -124,6 +131,7 @@ class Pipeline:
             "preprocess": self._metrics_url("preprocess"),
             "inference": f"http://127.0.0.1:{self.ports['inference_metrics']}/metrics",
             "alerting": f"{self.alerting_url}/metrics",
+            "history": f"{self.history_url}/metrics",
             "modelserver": f"http://127.0.0.1:{self.ports['modelserver_rest']}/monitoring/prometheus/metrics",
         }
         for name in self.services:
@@ -175,6 +183,7 @@ class Pipeline:
         self._model_server.service.env.update(self.config.service_env.get("modelserver", {}))
         self.services["modelserver"] = self._model_server.launch().service
         self._spawn("ingest")
+        self._spawn("history")
         for kind in ("preprocess", "alerting"):
             for _ in range(self.config.worker_count(kind)):
                 self.add_worker(kind)
@@ -279,6 +288,8 @@ class Pipeline:
             service.wait_http(f"{self.ingest_url}/readyz", timeout_s)
         elif kind == "alerting":
             service.wait_http(f"{self.http_url(name)}/readyz", timeout_s)
+        elif kind == "history":
+            service.wait_http(f"{self.history_url}/readyz", timeout_s)
         elif kind == "preprocess":
             service.wait_port(self.ports[_port_key(name)], timeout_s)
         elif kind == "inference":
@@ -374,10 +385,25 @@ class Pipeline:
                 "HARSTREAM_ALERTING_STORE_URL": self.alert_store_url,
                 # Devices may start sending before alerting has joined its group.
                 "HARSTREAM_ALERTING_AUTO_OFFSET_RESET": "earliest",
+                # The console's device page asks the history service, as the demo operator.
+                "HARSTREAM_ALERTING_CONSOLE__HISTORY_URL": self.history_url,
+                "HARSTREAM_ALERTING_CONSOLE__HISTORY_API_KEY": (
+                    self.operator_key.get_secret_value() if self.operator_key else ""
+                ),
                 # The console's pipeline page reads every other service's /metrics.
                 "HARSTREAM_ALERTING_CONSOLE__METRICS_URLS": ",".join(
                     f"{n}={u}" for n, u in self.metrics_urls().items() if _kind_of(n) != "alerting"
                 ),
+            }
+        if kind == "history":
+            return {
+                **self._stream_env("HISTORY"),
+                "HARSTREAM_HISTORY_HOST": "127.0.0.1",
+                "HARSTREAM_HISTORY_PORT": port,
+                "HARSTREAM_HISTORY_STORE_URL": self.history_store_url,
+                # Time zones from the devices' registry; operators from the alert store.
+                "HARSTREAM_HISTORY_REGISTRY_URL": self.registry_url,
+                "HARSTREAM_HISTORY_OPERATORS_STORE_URL": self.alert_store_url,
             }
         if kind == "inference":
             return {
@@ -405,7 +431,7 @@ def _kind_of(name: str) -> str:
 def _port_key(name: str) -> str:
     """Key of ``name``'s own port in :attr:`Pipeline.ports`."""
     kind = _kind_of(name)
-    if kind in ("ingest", "alerting"):
+    if kind in ("ingest", "alerting", "history"):
         return name.replace("-", "_")
     if kind in ("preprocess", "inference"):
         return f"{name.replace('-', '_')}_metrics"
