@@ -72,6 +72,13 @@ def read_tokens(path: Path) -> dict[str, str]:
     help="The bridge's password (created with a random one if missing) "
     "[default OUT/bridge.password].",
 )
+@click.option(
+    "--bridge-password-env",
+    metavar="NAME",
+    default=None,
+    help="Take the bridge's password from environment variable NAME instead (docker-compose: "
+    "MQTT_BRIDGE_PASSWORD from .env).",
+)
 @click.option("--port", type=int, default=1883, show_default=True, help="Listener port.")
 @click.option("--bind", default="", help="Listener address (default: all).")
 @click.option(
@@ -91,6 +98,7 @@ def mqtt_config(
     tokens_files: tuple[Path, ...],
     bridge_user: str,
     bridge_password_file: Path | None,
+    bridge_password_env: str | None,
     port: int,
     bind: str,
     config_dir: str | None,
@@ -124,7 +132,11 @@ def mqtt_config(
     existing = parse_password_file(passwd.read_text()) if passwd.exists() else {}
     bridge_file = bridge_password_file or out_dir / "bridge.password"
     bridge_password = None
-    if bridge_file.exists():
+    if bridge_password_env is not None:
+        bridge_password = os.environ.get(bridge_password_env, "").strip()
+        if not bridge_password:
+            raise click.ClickException(f"environment variable {bridge_password_env} is empty")
+    elif bridge_file.exists():
         bridge_password = bridge_file.read_text().strip()
     elif bridge_user not in existing:
         bridge_password = secrets.token_urlsafe(32)

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from collections.abc import Callable
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
@@ -55,9 +57,14 @@ def health_app(bridge: MqttBridge, registry: CollectorRegistry) -> web.Applicati
     return app
 
 
-async def serve(settings: MqttBridgeSettings, stop: asyncio.Event) -> None:
-    """Run the bridge until ``stop`` is set."""
-    registry = CollectorRegistry()
+async def serve(
+    settings: MqttBridgeSettings,
+    stop: asyncio.Event,
+    registry: CollectorRegistry | None = None,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Run the bridge until ``stop`` is set (``clock``: the records' ``received_at``)."""
+    registry = registry or CollectorRegistry()
     producer = producer_for(settings)
     metrics = bridge_metrics.create(registry)
 
@@ -65,7 +72,7 @@ async def serve(settings: MqttBridgeSettings, stop: asyncio.Event) -> None:
         # A metadata request answered by a broker: Kafka is back (records may follow).
         await producer.client.fetch_all_metadata()
 
-    bridge = MqttBridge(settings, producer, metrics, probe_kafka)
+    bridge = MqttBridge(settings, producer, metrics, probe_kafka, clock)
     runner: web.AppRunner | None = None
     if settings.health_port:
         runner = web.AppRunner(health_app(bridge, registry), access_log=None)
