@@ -25,5 +25,7 @@ umask 077
   for user in INGEST PREPROCESS INFERENCE ALERTING LAG_READER; do
     echo "KAFKA_${user}_PASSWORD=$(secret)"
   done
+  # The MQTT bridge's login at Mosquitto (devices mqtt-config --bridge-password-env).
+  echo "MQTT_BRIDGE_PASSWORD=$(secret)"
 } > "$out"
 echo "wrote $out; Grafana: admin / the GRAFANA_ADMIN_PASSWORD in it"

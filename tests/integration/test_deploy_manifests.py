@@ -48,6 +48,8 @@ CRD_KINDS = {
     "TriggerAuthentication",
 }
 HARSTREAM_SERVICES = ("ingest", "preprocess", "inference", "alerting")
+#: MQTT ingest: the broker and the bridge (which writes to Kafka as ingest's user).
+MQTT_COMPONENTS = ("mosquitto", "mqtt-bridge")
 INSTALL_HINT = "run deploy/tools/install-validators.sh"
 
 
@@ -110,7 +112,7 @@ def test_overlay_renders_every_component(rendered: dict[str, Any]) -> None:
     assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler"} <= kinds
     assert kinds >= CRD_KINDS
     names = {d["metadata"]["name"] for d in _of_kind(docs, "Deployment")}
-    assert names == {*HARSTREAM_SERVICES, "tfserving", "kafka-exporter"}
+    assert names == {*HARSTREAM_SERVICES, "tfserving", "kafka-exporter", *MQTT_COMPONENTS}
     namespace = "harstream-dev" if rendered["overlay"] == "dev" else "harstream"
     assert {d["metadata"].get("namespace") for d in docs} == {namespace}
 
@@ -178,7 +180,8 @@ def test_workloads_have_probes_resources_and_security(rendered: dict[str, Any]) 
         p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
         for p in _of_kind(rendered["docs"], "PodDisruptionBudget")
     }
-    assert disrupted == {*HARSTREAM_SERVICES, "tfserving"}
+    # mosquitto: one replica on a ReadWriteOnce volume (the bridge's session), no budget.
+    assert disrupted == {*HARSTREAM_SERVICES, "tfserving", "mqtt-bridge"}
 
 
 def test_probes_use_the_services_real_endpoints(rendered: dict[str, Any]) -> None:
@@ -203,6 +206,10 @@ def test_probes_use_the_services_real_endpoints(rendered: dict[str, Any]) -> Non
     assert port_of(main_container("preprocess"), "metrics") == 9102
     assert main_container("preprocess")["livenessProbe"]["tcpSocket"]["port"] == "metrics"
     assert port_of(main_container("inference"), "metrics") == 9103
+    bridge = main_container("mqtt-bridge")
+    assert bridge["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert port_of(bridge, "http") == 9104
+    assert port_of(main_container("mosquitto"), "mqtt") == 1883
     tfserving = main_container("tfserving")
     assert tfserving["readinessProbe"]["httpGet"]["path"] == "/v1/models/har"
     assert {"--port=8500", "--rest_api_port=8501", "--enable_batching=true"} <= set(
@@ -257,7 +264,7 @@ def test_kafka_listens_only_with_tls_and_scram(rendered: dict[str, Any]) -> None
         peers = listener["networkPolicyPeers"]
         (pods,) = [p["podSelector"] for p in peers if "podSelector" in p]
         (names,) = pods["matchExpressions"]
-        assert set(names["values"]) == {*HARSTREAM_SERVICES, "kafka-exporter"}
+        assert set(names["values"]) == {*HARSTREAM_SERVICES, "kafka-exporter", "mqtt-bridge"}
         namespaces = [p["namespaceSelector"] for p in peers if "namespaceSelector" in p]
         assert namespaces == [{"matchLabels": {"kubernetes.io/metadata.name": "keda"}}]
     assert spec["kafka"]["authorization"] == {"type": "simple"}
@@ -409,6 +416,8 @@ def test_network_policies_open_each_listener_only_to_its_consumers(
     # ingest: public.
     (ingest,) = _rules_for_port(_policies_for(docs, "ingest"), 8080)
     assert "from" not in ingest
+    (mqtt,) = _rules_for_port(_policies_for(docs, "mosquitto"), 1883)
+    assert "from" not in mqtt  # devices; the broker authenticates each one
     # The alert API: operators, the console, Prometheus; never "from anywhere".
     rules = _rules_for_port(_policies_for(docs, "alerting"), 8083)
     assert rules and all(rule.get("from") for rule in rules)
@@ -426,6 +435,7 @@ def test_network_policies_open_each_listener_only_to_its_consumers(
         ("preprocess", 9102),
         ("inference", 9103),
         ("kafka-exporter", 9308),
+        ("mqtt-bridge", 9104),
     ):
         rules = _rules_for_port(_policies_for(docs, app), port)
         assert rules and all(
@@ -627,6 +637,8 @@ def test_compose_healthchecks_and_startup_order(docker_compose: str) -> None:
         "prometheus",
         "alertmanager",
         "grafana",
+        "mosquitto",
+        "mqtt-bridge",
     }
     for name, service in services.items():
         if name == "kafka-init":  # one-shot job: compose waits for it to exit 0
@@ -683,6 +695,7 @@ def test_compose_has_no_default_password(docker_compose: str, tmp_path: Path) ->
         "GRAFANA_ADMIN_PASSWORD",
         *(f"KAFKA_{u}_PASSWORD" for u in ("INGEST", "PREPROCESS", "INFERENCE", "ALERTING")),
         "KAFKA_LAG_READER_PASSWORD",
+        "MQTT_BRIDGE_PASSWORD",
     }
     assert len(set(secrets.values())) == len(secrets)
     assert all(len(v) >= 40 for v in secrets.values())  # 32 random bytes, base64
@@ -698,7 +711,7 @@ def test_compose_has_no_default_password(docker_compose: str, tmp_path: Path) ->
     assert ":-harstream}" not in text and "PASSWORD:-" not in text
 
 
-def test_compose_publishes_only_ingest_and_local_consoles(docker_compose: str) -> None:
+def test_compose_publishes_only_device_doors_and_local_consoles(docker_compose: str) -> None:
     services = _compose_model(docker_compose)["services"]
     published = {
         name: {(p.get("host_ip", ""), int(p["published"])) for p in service.get("ports", [])}
@@ -707,6 +720,7 @@ def test_compose_publishes_only_ingest_and_local_consoles(docker_compose: str) -
     }
     assert published == {
         "ingest": {("", 8080)},
+        "mosquitto": {("", 1883)},  # devices publish over MQTT (password + ACL per device)
         "alerting": {("127.0.0.1", 8083)},
         "grafana": {("127.0.0.1", 3000)},
     }
