@@ -16,8 +16,10 @@ import os
 import pwd
 import signal
 import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -398,3 +400,103 @@ def test_kafka_outage_nothing_acknowledged_then_redelivered_and_none_lost(
         f"records {len(records)} for 30 packets (duplicates: {len(records) - len(seen)}), "
         f"redelivered {bridge.metric('harstream_mqtt_redeliveries_total'):.0f}"
     )
+
+
+class BridgeProcess:
+    """``harstream mqtt-bridge`` as its own process (so it can be killed), /metrics scraped."""
+
+    def __init__(self, settings: dict[str, str], log: Path) -> None:
+        self.health_port = free_port()
+        env = {
+            **os.environ,
+            **{f"HARSTREAM_MQTT_BRIDGE_{k.upper()}": v for k, v in settings.items()},
+            "HARSTREAM_MQTT_BRIDGE_HEALTH_PORT": str(self.health_port),
+        }
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", "mqtt-bridge"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.log = log
+
+    def metric(self, name: str) -> float:
+        url = f"http://127.0.0.1:{self.health_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                text = response.read().decode()
+        except OSError:
+            return 0.0
+        values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name)]
+        return sum(values)
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
+def test_a_bridge_killed_with_messages_in_flight_loses_none_after_its_restart(
+    fleet: tuple[SqliteRegistry, dict[str, str], Mosquitto],
+    own_kafka: EmbeddedBroker,
+    tmp_path: Path,
+) -> None:
+    """Kafka paused, the bridge holds 10 unacknowledged messages and is SIGKILLed; its
+    restart (same client id) gets them again from its session at the broker."""
+    _, tokens, broker = fleet
+    kafka = IngestSettings(
+        kafka_bootstrap_servers=own_kafka.bootstrap_servers,
+        kafka_profile="tansu",
+        topic_prefix="mqtt-crash",
+        topic_partitions=2,
+    )
+    create_topics(kafka)
+    settings = {
+        "kafka_bootstrap_servers": own_kafka.bootstrap_servers,
+        "kafka_profile": "tansu",
+        "topic_prefix": kafka.topic_prefix,
+        "mqtt_port": str(broker.port),
+        "mqtt_password": broker.bridge_password,
+        "client_id": "bridge-crash",
+        # Longer than the test: the first bridge holds the messages, it does not reconnect.
+        "kafka_ack_timeout_s": "120",
+    }
+    pid = own_kafka.pid
+    assert pid is not None
+    first = BridgeProcess(settings, tmp_path / "bridge-1.log")
+    device = Device(broker.port, "mq-a", tokens["mq-a"])
+    second: BridgeProcess | None = None
+    try:
+        first.wait_for(lambda: first.metric("harstream_mqtt_connected") == 1, "the subscription")
+        os.kill(pid, signal.SIGSTOP)
+        for seq in range(10):
+            body = json.dumps(packet("mq-a", seq=seq, n=25)).encode()
+            assert not device.publish(device_topic("mq-a"), body).is_failure
+        first.wait_for(lambda: first.metric("harstream_mqtt_in_flight") == 10, "delivery")
+        first.process.kill()
+        first.process.wait(10)
+        os.kill(pid, signal.SIGCONT)
+        second = BridgeProcess(settings, tmp_path / "bridge-2.log")
+        bridge = second
+        bridge.wait_for(
+            lambda: bridge.metric('harstream_mqtt_messages_total{outcome="accepted"}') >= 10,
+            "the redelivered messages",
+        )
+        redelivered = second.metric("harstream_mqtt_redeliveries_total")
+        records = read_topic(kafka, kafka.topics.raw, 10)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        device.close()
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert {RawPacket.peek(value).seq for _, value in records} == set(range(10))
+    assert redelivered == 10
