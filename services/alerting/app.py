@@ -87,6 +87,7 @@ from services.common.kafka.send import Record, send_acked
 from services.common.operators import Identity, OperatorRecord
 from services.common.shutdown import stop_quietly
 from services.console.fleet import FleetView
+from services.console.lag import LagReader
 from services.console.raw import RawReader
 from services.console.web import Console, mount
 from shared.errors import HarstreamError, SchemaError
@@ -232,8 +233,10 @@ class AlertingService:
         # refusals, and an address over its failed-authentication budget refused at accept.
         app = create_app(self, self.auth_limit, s.max_body_bytes)
         if s.console.enabled:
-            raw = RawReader(s, self._device_partition, s.console.raw_window_s)
-            mount(app, Console(self, self.console_view, s.console, self.auth_limit, raw))
+            c = s.console
+            raw = RawReader(s, self._device_partition, c.raw_window_s)
+            lag = LagReader(s, c.lag_group_map, c.metrics_timeout_s)
+            mount(app, Console(self, self.console_view, c, self.auth_limit, raw, lag))
         self._runner = ProblemAppRunner(
             app,
             document=listener_problem,

@@ -38,6 +38,9 @@ class Scrape:
 
     at: float
     samples: dict[str, list[tuple[dict[str, str], float]]]
+    #: Metric families present, with or without samples (a labelled counter that never
+    #: counted has none: zero, not unknown).
+    families: frozenset[str] = frozenset()
 
     def total(self, name: str) -> float | None:
         rows = self.samples.get(name)
@@ -47,10 +50,12 @@ class Scrape:
 def parse(text: str, at: float) -> Scrape:
     """A scrape of Prometheus text; ValueError if it is not that format."""
     samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    families = set()
     for family in text_string_to_metric_families(text):
+        families.add(family.name)
         for sample in family.samples:
             samples.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
-    return Scrape(at, samples)
+    return Scrape(at, samples, frozenset(families))
 
 
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
@@ -125,11 +130,19 @@ def summarize(name: str, current: Scrape, previous: Scrape | None) -> dict[str, 
         "up": True,
         "throughput": throughput,
         "latency": latency(current, previous),
-        "dead_letters": current.total(DEAD_LETTERS),
+        "dead_letters": _dead_letters(current),
         "model_versions": {k: int(v) for k, v in versions.items()},
         "pipeline_delay_s": delay,
         "partitions_assigned": partitions,
     }
+
+
+def _dead_letters(scrape: Scrape) -> float | None:
+    """Dead letters sent by the service; None if it has no dead-letter counter at all."""
+    total = scrape.total(DEAD_LETTERS)
+    if total is None and DEAD_LETTERS.removesuffix("_total") in scrape.families:
+        return 0.0
+    return total
 
 
 def unreachable(name: str, reason: str) -> dict[str, Any]:

@@ -72,6 +72,15 @@ class ConsoleSettings(BaseModel):
             "are gathered and sent once per period, however many predictions came in."
         ),
     )
+    lag_groups: str = Field(
+        "preprocess=harstream-preprocess:raw,inference=harstream-inference:windows,"
+        "alerting=harstream-alerting:predictions",
+        description=(
+            "The pipeline page's consumer lag: comma-separated service=group:topic (topic "
+            "by its logical name: raw, windows, predictions) whose committed offsets are "
+            "compared with the topic's end."
+        ),
+    )
     raw_window_s: float = Field(
         40.0,
         gt=0,
@@ -88,9 +97,19 @@ class ConsoleSettings(BaseModel):
         parse_metrics_urls(value)
         return value
 
+    @field_validator("lag_groups")
+    @classmethod
+    def _groups(cls, value: str) -> str:
+        parse_lag_groups(value)
+        return value
+
     @property
     def metrics_url_map(self) -> dict[str, str]:
         return parse_metrics_urls(self.metrics_urls)
+
+    @property
+    def lag_group_map(self) -> dict[str, tuple[str, str]]:
+        return parse_lag_groups(self.lag_groups)
 
 
 def parse_metrics_urls(text: str) -> dict[str, str]:
@@ -105,4 +124,19 @@ def parse_metrics_urls(text: str) -> dict[str, str]:
         if not eq or not name or not url.startswith(("http://", "https://")):
             raise ValueError(f"metrics_urls entry {item!r} is not name=http(s)://...")
         out[name] = url
+    return out
+
+
+def parse_lag_groups(text: str) -> dict[str, tuple[str, str]]:
+    """``service=group:topic,...`` → {service: (group, topic)}; ValueError if malformed."""
+    out: dict[str, tuple[str, str]] = {}
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        service, eq, rest = item.partition("=")
+        group, colon, topic = rest.partition(":")
+        if not (eq and colon and service.strip() and group.strip() and topic.strip()):
+            raise ValueError(f"lag_groups entry {item!r} is not service=group:topic")
+        out[service.strip()] = (group.strip(), topic.strip())
     return out

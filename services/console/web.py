@@ -95,6 +95,8 @@ class ConsoleBackend(Protocol):
     async def operator_record(self, name: str) -> OperatorRecord | None: ...
 
 
+#: Reads the consumer lag of the pipeline's groups (services.console.lag.LagReader).
+LagSource = Callable[[], Awaitable[dict[str, dict[str, int | None]]]]
 #: Reads the raw signal behind an alert (services.console.raw.RawReader), or None.
 RawWindow = Callable[[Alert], Awaitable[dict[str, Any] | None]]
 
@@ -146,6 +148,7 @@ class Console:
         settings: ConsoleSettings,
         auth_limit: AuthFailureLimit,
         raw_window: RawWindow | None = None,
+        lag: LagSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.backend = backend
@@ -153,6 +156,7 @@ class Console:
         self.settings = settings
         self.auth_limit = auth_limit
         self.raw_window = raw_window
+        self.lag = lag
         self.clock = clock
         self.sessions = SessionStore(
             settings.session_idle_s, settings.session_max_s, settings.max_sessions, time.monotonic
@@ -415,9 +419,11 @@ class Console:
         urls = {k: v for k, v in self.settings.metrics_url_map.items() if k != "alerting"}
         timeout = aiohttp.ClientTimeout(total=self.settings.metrics_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as client:
+            lag_task = asyncio.ensure_future(self.lag()) if self.lag is not None else None
             results = await asyncio.gather(
                 *(_fetch_text(client, url) for url in urls.values()), return_exceptions=True
             )
+            lag = await lag_task if lag_task is not None else {}
         for name, result in zip(urls, results, strict=True):
             texts[name] = result if isinstance(result, str | Exception) else Exception("?")
         services = []
@@ -432,7 +438,10 @@ class Console:
             except ValueError as exc:
                 services.append(pipeline_figures.unreachable(name, f"not Prometheus text: {exc}"))
                 continue
-            services.append(pipeline_figures.summarize(name, scrape, self._scrapes.get(name)))
+            figures = pipeline_figures.summarize(name, scrape, self._scrapes.get(name))
+            if name in lag:
+                figures["consumer_lag"] = lag[name]
+            services.append(figures)
             self._scrapes[name] = scrape
         return web.json_response({"at": now, "services": services})
 

@@ -3,7 +3,10 @@
 selenium against the running demo pipeline. Logs in as the demo operator, sees replayed
 devices change activity live (no reload), sees the scripted fall arrive with its cue,
 acknowledges it in the browser, and checks through the alert API that it is acknowledged by
-that operator with the note. Every page is saved to ``reports/console-*.png``.
+that operator with the note. The history service runs beside the pipeline (the console
+calls it with an operator key), so the device page shows today's activity bands and the
+daily summaries; the raw signal before the fall is read back from the raw topic. Every
+page is saved to ``reports/console-*.png``.
 
 Nothing is downloaded at run time: the driver and browser paths are given, and Selenium
 Manager is kept offline (``SE_OFFLINE``)."""
@@ -22,6 +25,11 @@ from typing import Any
 
 import pytest
 
+from services.alerting.auth import create_operator
+from services.alerting.store import open_store
+from services.common.broker import free_port
+from services.common.operators import Role
+from services.common.processes import ServiceProcess
 from services.demo.cli import register_devices
 from services.demo.pipeline import DEMO_OPERATOR, Pipeline, PipelineConfig
 from services.demo.run import DemoResult, demo_devices, run_replay
@@ -39,13 +47,53 @@ NOTE = "on my way (browser test)"
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    """The demo pipeline, plus the history service the console's device page reads."""
+    workdir = tmp_path_factory.mktemp("console-pipeline")
+    history_port = free_port()
+    # The console calls the history service as an operator of its own (a viewer), created
+    # in the alert store before the pipeline starts so the key can go into alerting's env.
+    store = open_store(f"sqlite:///{workdir / 'alerts.db'}")
+    try:
+        _, history_key = create_operator(store, "console-history", Role.VIEWER)
+    finally:
+        store.close()
     config = PipelineConfig(
-        workdir=tmp_path_factory.mktemp("console-pipeline"),
+        workdir=workdir,
         partitions=2,
-        service_env={"alerting": {"HARSTREAM_ALERTING_CONSOLE__UPDATE_INTERVAL_S": "0.5"}},
+        service_env={
+            "alerting": {
+                "HARSTREAM_ALERTING_CONSOLE__UPDATE_INTERVAL_S": "0.5",
+                "HARSTREAM_ALERTING_CONSOLE__HISTORY_URL": f"http://127.0.0.1:{history_port}",
+                "HARSTREAM_ALERTING_CONSOLE__HISTORY_API_KEY": history_key.get_secret_value(),
+            }
+        },
     )
     with Pipeline(config) as running:
-        yield running
+        assert running.settings is not None
+        kafka = running.settings
+        history = ServiceProcess.harstream(
+            "history",
+            ["history"],
+            {
+                "HARSTREAM_HISTORY_KAFKA_BOOTSTRAP_SERVERS": kafka.kafka_bootstrap_servers,
+                "HARSTREAM_HISTORY_KAFKA_PROFILE": kafka.kafka_profile,
+                "HARSTREAM_HISTORY_TOPIC_PREFIX": kafka.topic_prefix,
+                "HARSTREAM_HISTORY_TOPIC_PARTITIONS": str(kafka.topic_partitions),
+                "HARSTREAM_HISTORY_HOST": "127.0.0.1",
+                "HARSTREAM_HISTORY_PORT": str(history_port),
+                "HARSTREAM_HISTORY_STORE_URL": f"sqlite:///{workdir / 'history.db'}",
+                "HARSTREAM_HISTORY_REGISTRY_URL": running.registry_url,
+                "HARSTREAM_HISTORY_OPERATORS_STORE_URL": running.alert_store_url,
+                "HARSTREAM_HISTORY_AUTO_OFFSET_RESET": "earliest",
+                "HARSTREAM_HISTORY_IDLE_FLUSH_S": "2",
+            },
+            running.logs,
+        ).start()
+        try:
+            history.wait_http(f"http://127.0.0.1:{history_port}/readyz", 120)
+            yield running
+        finally:
+            history.stop()
 
 
 @pytest.fixture(scope="module")
@@ -99,15 +147,17 @@ def test_console_in_a_browser_against_the_demo_pipeline(pipeline, browser, hapt_
 
     # Log in as the operator `harstream demo` prints.
     browser.get(pipeline.console_url)
-    wait.until(ec.visibility_of_element_located((By.ID, "login-name")))
+    wait.until(ec.visibility_of_element_located((By.ID, "login-name")), "login form")
     _shot(browser, "login")
     browser.find_element(By.ID, "login-name").send_keys(DEMO_OPERATOR)
     browser.find_element(By.ID, "login-password").send_keys(
         pipeline.operator_password.get_secret_value()
     )
     browser.find_element(By.ID, "login-submit").click()
-    wait.until(ec.visibility_of_element_located((By.ID, "fleet-view")))
-    wait.until(ec.text_to_be_present_in_element((By.ID, "fleet-live"), "connected"))
+    wait.until(ec.visibility_of_element_located((By.ID, "fleet-view")), "fleet page after login")
+    wait.until(
+        ec.text_to_be_present_in_element((By.ID, "fleet-live"), "connected"), "live connection"
+    )
     # Set once: still there at the end proves no reload happened in between.
     browser.execute_script("window.__harstreamNoReload = true;")
 
@@ -141,14 +191,14 @@ def test_console_in_a_browser_against_the_demo_pipeline(pipeline, browser, hapt_
                 return f"{device}: {before} -> {activity}"
         return None
 
-    change = wait.until(changed_activity)
+    change = wait.until(changed_activity, "activity change")
     assert "->" in change
     counts = browser.find_element(By.CSS_SELECTOR, "[data-count=devices] strong").text
     assert int(counts) >= 2
     _shot(browser, "fleet")
 
     # The scripted fall: the banner (role=alert) names the device.
-    wait.until(ec.text_to_be_present_in_element((By.ID, "fall-banner"), "demo-fall"))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "fall-banner"), "demo-fall"), "fall banner")
     assert browser.find_element(By.ID, "fall-banner").is_displayed()
     _shot(browser, "fall-cue")
     assert browser.execute_script("return window.__harstreamNoReload === true")
@@ -156,17 +206,20 @@ def test_console_in_a_browser_against_the_demo_pipeline(pipeline, browser, hapt_
     # Acknowledge it in the inbox, with a note.
     browser.find_element(By.CSS_SELECTOR, "#fall-banner a").click()
     fall_item = (By.CSS_SELECTOR, "#alert-list li[data-type=FALL_SUSPECTED][data-state=open]")
-    item = wait.until(ec.visibility_of_element_located(fall_item))
+    item = wait.until(ec.visibility_of_element_located(fall_item), "open fall in the inbox")
     alert_id = item.get_attribute("data-alert")
     _shot(browser, "alerts")
     item.find_element(By.TAG_NAME, "textarea").send_keys(NOTE)
     item.find_element(By.CSS_SELECTOR, "button.ack").click()
-    wait.until(ec.text_to_be_present_in_element((By.ID, "announce"), "acknowledged"))
+    wait.until(
+        ec.text_to_be_present_in_element((By.ID, "announce"), "acknowledged"),
+        "acknowledgement announced",
+    )
     browser.find_element(By.CSS_SELECTOR, ".tabs button[data-state=acknowledged]").click()
     acked = (By.CSS_SELECTOR, f"#alert-list li[data-alert='{alert_id}'][data-state=acknowledged]")
-    wait.until(ec.visibility_of_element_located(acked))
+    wait.until(ec.visibility_of_element_located(acked), "acknowledged fall")
     browser.find_element(*acked).find_element(By.TAG_NAME, "summary").click()
-    wait.until(ec.text_to_be_present_in_element(acked, NOTE))
+    wait.until(ec.text_to_be_present_in_element(acked, NOTE), "note in the history")
     _shot(browser, "alert-acknowledged")
 
     # The alert API agrees: acknowledged by the operator who logged in, with the note.
@@ -181,26 +234,61 @@ def test_console_in_a_browser_against_the_demo_pipeline(pipeline, browser, hapt_
         NOTE,
     )
 
-    # The device page: history says it is unavailable (no history service configured
-    # here), the raw signal before the fall is plotted from the raw topic.
+    # The device page: today's activity bands and the 7 daily summaries from the history
+    # service (asked again until it has stored the fall's segments), and the raw signal
+    # before the fall, read back from the raw topic.
+    browser.set_window_size(1280, 1900)
     browser.get(f"{pipeline.console_url}#/device/demo-fall")
-    wait.until(ec.text_to_be_present_in_element((By.ID, "device-timeline"), "History unavailable"))
-    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#device-raw svg polyline")))
+
+    def bands(driver: Any) -> int | None:
+        n = driver.execute_script(
+            "const c = document.querySelectorAll('#device-timeline svg.bands');"
+            "return c.length === 2 ? c[1].querySelectorAll('rect').length : 0"
+        )
+        if n > 2:  # the last hour's background and at least two activities
+            return int(n)
+        driver.execute_script("loadDevice('demo-fall', true)")
+        return None
+
+    wait.until(bands, "activity bands from the history service")
+    assert "unavailable" not in browser.find_element(By.ID, "device-timeline").text
+    summaries = browser.find_elements(By.CSS_SELECTOR, "#device-summaries figure")
+    assert len(summaries) == 7
+    assert "min with data" in summaries[-1].text  # today
+    wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "#device-raw svg polyline")),
+        "raw signal plot",
+    )
     _shot(browser, "device")
+    browser.set_window_size(1280, 1000)
 
     # The pipeline page: every service's figures from its own /metrics.
     browser.get(f"{pipeline.console_url}#/pipeline")
     for service in ("ingest", "preprocess", "inference", "alerting"):
         wait.until(
-            ec.presence_of_element_located((By.CSS_SELECTOR, f"section[data-service={service}]"))
+            ec.presence_of_element_located((By.CSS_SELECTOR, f"section[data-service={service}]")),
+            f"{service} figures",
         )
-    wait.until(ec.text_to_be_present_in_element((By.ID, "pipeline-body"), "end-to-end p99"))
+    wait.until(
+        ec.text_to_be_present_in_element((By.ID, "pipeline-body"), "end-to-end p99"),
+        "latency figures",
+    )
+    # The second refresh (5 s) has rates; the consumer groups' lag is read from Kafka.
+    wait.until(
+        ec.text_to_be_present_in_element((By.ID, "pipeline-body"), "/s ("), "rates (second refresh)"
+    )
+    wait.until(
+        ec.text_to_be_present_in_element((By.ID, "pipeline-body"), "records"), "consumer lag"
+    )
     _shot(browser, "pipeline")
 
     # A phone-sized screen: the fleet as cards, still usable.
     browser.set_window_size(390, 844)
     browser.get(f"{pipeline.console_url}#/fleet")
-    wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#fleet-body tr")))
+    wait.until(
+        ec.visibility_of_element_located((By.CSS_SELECTOR, "#fleet-body tr")),
+        "fleet cards on a phone-sized screen",
+    )
     _shot(browser, "fleet-phone")
 
     replay.join(WAIT_S)

@@ -44,7 +44,7 @@ function ago(t, now) {
   return `${(s / 3600).toFixed(1)} h ago`;
 }
 function when(t) { return t ? new Date(t * 1000).toLocaleString() : "–"; }
-function pct(x) { return x === null || x === undefined ? "–" : `${Math.round(x * 100)} %`; }
+function pct(x) { return x === null || x === undefined ? "–" : `${(x * 100).toFixed(1)} %`; }
 function words(s) { return s ? s.toLowerCase().replaceAll("_", " ") : "–"; }
 
 async function api(path, options) {
@@ -305,6 +305,26 @@ function legend() {
   return el("ul", { class: "legend", "aria-label": "Activity colours" },
     Object.entries(ACTIVITY_COLOURS).map(([k, c]) => el("li", {}, el("span", { style: `background:${c}` }), words(k))));
 }
+function bandChart(segments, alerts, start, end, what, tick, units, every) {
+  const W = 960, H = 70;
+  const x = (t) => ((Math.min(Math.max(t, start), end) - start) / (end - start)) * W;
+  const shown = segments.filter((s) => toSeconds(s.end ?? s.end_time) > start && toSeconds(s.start ?? s.start_time) < end);
+  const marked = alerts.filter((a) => a.opened_at >= start && a.opened_at <= end);
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H + 20}`, width: "100%", role: "img", class: "bands",
+    "aria-label": `Activity over ${what}: ${shown.length} segments; ${marked.length} alerts` });
+  chart.append(svg("rect", { x: 0, y: 10, width: W, height: H - 20, fill: "#eee" }));
+  for (const s of shown) {
+    const a = toSeconds(s.start ?? s.start_time), b = toSeconds(s.end ?? s.end_time);
+    chart.append(svg("rect", { x: x(a), y: 10, width: Math.max(1, x(b) - x(a)), height: H - 20,
+      fill: ACTIVITY_COLOURS[s.activity] || "#888" }, svg("title", {}, `${words(s.activity)} ${new Date(a * 1000).toLocaleTimeString()}–${new Date(b * 1000).toLocaleTimeString()}`)));
+  }
+  for (const a of marked) {
+    chart.append(svg("path", { d: `M${x(a.opened_at)} 0 l6 9 h-12 z`, fill: "#b3261e" }, svg("title", {}, `${words(a.type)} at ${when(a.opened_at)}`)));
+    chart.append(svg("line", { x1: x(a.opened_at), x2: x(a.opened_at), y1: 8, y2: H - 10, stroke: "#b3261e", "stroke-width": 2 }));
+  }
+  for (let u = 0; u <= units; u += every) chart.append(svg("text", { x: Math.min(W - 40, (u / units) * W), y: H + 12 }, tick(u)));
+  return chart;
+}
 function renderHistory(history, alerts) {
   const timeline = $("device-timeline");
   const sums = $("device-summaries");
@@ -314,39 +334,33 @@ function renderHistory(history, alerts) {
     sums.replaceChildren(el("p", { class: "unavailable", text: "Daily summaries unavailable (same reason)." }));
     return;
   }
-  const start = history.day_start, end = history.day_end, W = 960, H = 70;
-  const x = (t) => ((Math.min(Math.max(t, start), end) - start) / (end - start)) * W;
   const act = history.activity || {};
   const segments = Array.isArray(act) ? act : (act.segments || act.activity || []);
-  const chart = svg("svg", { viewBox: `0 0 ${W} ${H + 20}`, width: "100%", role: "img",
-    "aria-label": `Activity over today: ${segments.length} segments, ${alerts.length} alerts` });
-  chart.append(svg("rect", { x: 0, y: 10, width: W, height: H - 20, fill: "#eee" }));
-  for (const s of segments) {
-    const a = toSeconds(s.start ?? s.start_time), b = toSeconds(s.end ?? s.end_time);
-    chart.append(svg("rect", { x: x(a), y: 10, width: Math.max(1, x(b) - x(a)), height: H - 20,
-      fill: ACTIVITY_COLOURS[s.activity] || "#888" }, svg("title", {}, `${words(s.activity)} ${new Date(a * 1000).toLocaleTimeString()}–${new Date(b * 1000).toLocaleTimeString()}`)));
-  }
-  for (const a of alerts) {
-    if (a.opened_at < start || a.opened_at > end) continue;
-    chart.append(svg("path", { d: `M${x(a.opened_at)} 0 l6 9 h-12 z`, fill: "#b3261e" }, svg("title", {}, `${words(a.type)} at ${when(a.opened_at)}`)));
-    chart.append(svg("line", { x1: x(a.opened_at), x2: x(a.opened_at), y1: 8, y2: H - 10, stroke: "#b3261e", "stroke-width": 2 }));
-  }
-  for (let h = 0; h <= 24; h += 3) chart.append(svg("text", { x: Math.min(W - 14, (h / 24) * W), y: H + 12 }, `${h}h`));
-  timeline.replaceChildren(chart, legend());
+  const day = bandChart(segments, alerts, history.day_start, history.day_end, "today", (t) => `${Math.round(t)}h`, 24, 3);
+  // The last hour, so minutes of activity are visible beside the whole day.
+  const now = Math.min(Date.now() / 1000, history.day_end);
+  const hour = bandChart(segments, alerts, now - 3600, now, "the last 60 minutes", (t) => `−${60 - Math.round(t)} min`, 60, 10);
+  timeline.replaceChildren(el("h3", { text: "Over 24 hours" }), day, el("h3", { text: "The last 60 minutes" }), hour, legend());
+  const minutesOf = (summary) => (summary ? (summary.minutes_per_activity || summary.minutes || {}) : {});
+  const totalOf = (m) => Object.values(m).reduce((p, v) => p + v, 0);
+  // One scale for the 7 bars: the busiest day fills the height.
+  const scale = Math.max(1, ...history.summaries.map(({ summary }) => totalOf(minutesOf(summary))));
   sums.replaceChildren(...history.summaries.map(({ date, summary }) => {
     const fig = el("figure", {});
-    const minutes = summary ? (summary.minutes_per_activity || summary.minutes || {}) : {};
-    const total = Object.values(minutes).reduce((p, v) => p + v, 0);
+    const minutes = minutesOf(summary);
+    const total = totalOf(minutes);
     const bar = svg("svg", { viewBox: "0 0 120 90", width: 120, height: 90, role: "img",
       "aria-label": summary ? `${date}: ${Object.entries(minutes).map(([k, v]) => `${words(k)} ${Math.round(v)} min`).join(", ")}` : `${date}: no data` });
     let y = 80;
     for (const [k, v] of Object.entries(minutes)) {
-      const h = total ? (v / 1440) * 80 : 0;
+      const h = (v / scale) * 70;
       y -= h;
       bar.append(svg("rect", { x: 40, y, width: 40, height: h, fill: ACTIVITY_COLOURS[k] || "#888" }));
     }
     bar.append(svg("line", { x1: 30, x2: 90, y1: 80, y2: 80, stroke: "#444" }));
-    fig.append(bar, el("figcaption", {}, date, el("br"), summary ? `${Math.round(total)} min with data` : "no data"));
+    const extra = summary && summary.lying_minutes !== undefined
+      ? [el("br"), `lying ${Math.round(summary.lying_minutes)} min · ${summary.posture_changes ?? 0} posture changes`] : [];
+    fig.append(bar, el("figcaption", {}, date, el("br"), summary ? `${Math.round(total)} min with data` : "no data", ...extra));
     return fig;
   }));
 }
@@ -369,7 +383,8 @@ async function renderRaw(id, latest) {
     chart.append(svg("polyline", { fill: "none", stroke: colour, "stroke-width": 1.2,
       points: values.map((v, i) => `${px(t[i]).toFixed(1)},${py(v).toFixed(1)}`).join(" ") }, svg("title", {}, name)));
   }
-  chart.append(svg("text", { x: 2, y: H + 14 }, `${Math.round(t1 - t0)} s before ${words(latest.type)} (${when(latest.opened_at)})`));
+  chart.append(svg("text", { x: 2, y: H + 14 }, `${Math.round(t1 - t0)} s of signal up to ${words(latest.type)} (${when(latest.opened_at)})`));
+  chart.append(svg("text", { x: 2, y: 12 }, `${top.toFixed(1)} g`), svg("text", { x: 2, y: H - 2 }, "0 g"));
   box.replaceChildren(chart, el("ul", { class: "legend" }, series.map(([n, , c]) => el("li", {}, el("span", { style: `background:${c}` }), n))),
     el("p", { class: "hint", text: doc.note || "" }));
 }
@@ -383,12 +398,14 @@ async function loadPipeline() {
   $("pipeline-body").replaceChildren(el("div", { class: "services" }, doc.services.map((s) => {
     const rows = [];
     if (!s.up) rows.push(["status", `unreachable: ${s.error}`]);
-    for (const [k, v] of Object.entries(s.throughput || {})) rows.push([`${k} /s`, v.per_s === null ? `${Math.round(v.total)} total` : fmt(v.per_s, "", 1)]);
+    for (const [k, v] of Object.entries(s.throughput || {})) {
+      rows.push([k, v.per_s === null ? `${Math.round(v.total)} so far` : `${fmt(v.per_s, "/s", 1)} (${Math.round(v.total)})`]);
+    }
     if (s.latency) rows.push(["end-to-end p50", fmt(s.latency.p50_s * 1000, " ms", 0)], ["end-to-end p99", fmt(s.latency.p99_s * 1000, " ms", 0)]);
     if (s.pipeline_delay_s !== undefined && s.pipeline_delay_s !== null) rows.push(["lag behind devices", fmt(s.pipeline_delay_s, " s", 1)]);
-    if (s.consumer_lag) for (const [g, n] of Object.entries(s.consumer_lag)) rows.push([`consumer lag ${g}`, `${n} records`]);
+    if (s.consumer_lag) for (const [g, n] of Object.entries(s.consumer_lag)) rows.push([`consumer lag (${g})`, n === null ? "unknown" : `${n} records`]);
     if (s.partitions_assigned !== undefined && s.partitions_assigned !== null) rows.push(["partitions", String(s.partitions_assigned)]);
-    if (s.up) rows.push(["dead letters", s.dead_letters === null ? "–" : String(Math.round(s.dead_letters))]);
+    if (s.up && s.dead_letters !== null) rows.push(["dead letters", String(Math.round(s.dead_letters))]);
     for (const [m, v] of Object.entries(s.model_versions || {})) rows.push([`model ${m}`, `v${v}`]);
     return el("section", { class: "service", "data-service": s.service, "aria-label": s.service },
       el("h2", { class: s.up ? "" : "down", text: s.service }),
