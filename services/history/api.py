@@ -62,6 +62,7 @@ PERMISSIONS: dict[tuple[str, str], Permission] = {
 }
 _PERMISSION_WORDS = {Permission.DEVICES_READ: "read devices and their history"}
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+MIN_YEAR, MAX_YEAR = 1970, 9000
 #: Longest ISO 8601 text taken (anything longer is not an instant).
 _MAX_INSTANT = 40
 
@@ -121,9 +122,13 @@ def parse_day(raw: str | None) -> date | None:
     if not _DATE.fullmatch(raw):
         raise BadRequestError(f"date must be YYYY-MM-DD, not {raw!r}")
     try:
-        return date.fromisoformat(raw)
+        day = date.fromisoformat(raw)
     except ValueError:
         raise BadRequestError(f"date {raw!r} does not exist") from None
+    # Local midnights of year 1 or 9999 ± a time zone leave datetime's range.
+    if not MIN_YEAR <= day.year <= MAX_YEAR:
+        raise BadRequestError(f"date must be in the years {MIN_YEAR} to {MAX_YEAR}")
+    return day
 
 
 def parse_range(
