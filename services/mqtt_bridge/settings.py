@@ -50,8 +50,9 @@ class MqttBridgeSettings(StreamSettings):
         min_length=1,
         max_length=64,
         description=(
-            "MQTT client id; keep it stable per replica: the broker keeps the bridge's session "
-            "(its unacknowledged messages) under it for session_expiry_s."
+            "MQTT client id (default harstream-mqtt-bridge-<hostname>); keep it stable per "
+            "replica: the broker keeps the bridge's session (its unacknowledged messages) "
+            "under it for session_expiry_s."
         ),
     )
     share_group: str = Field(
