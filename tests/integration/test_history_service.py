@@ -440,3 +440,34 @@ def test_retention_deletes_old_segments(setup: Setup) -> None:
     )
     # Deleted for good: also the part stored after the idle flush (the next pass).
     wait_for(lambda: setup.segments(api, "dev-old", old - 60, old + 600) == [], 30, "old gone")
+
+
+def test_a_second_worker_takes_partitions_over_without_loss_or_double_count(
+    setup: Setup,
+) -> None:
+    """Two workers in one group on one PostgreSQL store: a rebalance mid-stream (the second
+    joins, then the first leaves cleanly) hands devices over with their stored states."""
+    _, t0 = yesterday_in(ZoneInfo("UTC"), 15)
+    devices = [f"dev-rb-{i}" for i in range(8)]
+    labels = ["WALKING"] * 30 + ["SITTING"] * 30 + ["LAYING"] * 30
+    streams = {d: predictions_of(d, labels, t0) for d in devices}
+    half = len(labels) // 2
+
+    first = setup.process("history-1")
+    produce(setup.settings, [r for d in devices for r in records_of(streams[d][:half])])
+    wait_for(lambda: first.counted() >= len(devices) * half, 60, "the first half counted")
+    second = setup.process("history-2")
+    produce(setup.settings, [r for d in devices for r in records_of(streams[d][half : half + 10])])
+    wait_for(
+        lambda: second.metric("harstream_history_partitions_assigned") > 0, 60, "second joined"
+    )
+    first.stop()  # SIGTERM: a last checkpoint, then it leaves the group
+    produce(setup.settings, [r for d in devices for r in records_of(streams[d][half:])])
+    wait_for(lambda: all_committed(setup.settings), 60, "everything committed")
+    for device in devices:
+        expected = _rounded(expected_segments(streams[device]))
+
+        def handed_over(device: str = device, expected: list[Segment] = expected) -> bool:
+            return setup.segments(second, device, t0 - 60, t0 + 3600) == expected
+
+        wait_for(handed_over, 30, f"{device}: the segments of one clean pass")
