@@ -115,9 +115,18 @@ def data(obj: dict[str, HaptCache], rebuild: bool) -> None:
 
 
 @cli.command()
-@click.option("--model", "kind", type=click.Choice(["paper", "harstream"]), required=True)
+@click.option(
+    "--model", "kind", type=click.Choice(["paper", "lstm", "harstream", "cnn"]), required=True
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=int, default=None, help="Maximum epochs (default per model).")
+@click.option(
+    "--teachers",
+    type=int,
+    default=None,
+    help="Distil from this many teachers of the same recipe (seeds 1000*seed+0..n-1; saved "
+    "runs of them in --runs-dir are reused).",
+)
 @click.option(
     "--runs-dir", type=click.Path(path_type=Path), default=DEFAULT_RUNS, show_default=True
 )
@@ -134,6 +143,7 @@ def train(
     kind: str,
     seed: int,
     epochs: int | None,
+    teachers: int | None,
     runs_dir: Path,
     export_base: Path | None,
 ) -> None:
@@ -146,7 +156,9 @@ def train(
         if "train" in sys.argv
         else f"harstream train --model {kind} --seed {seed}"
     )
-    summary = train_and_save(obj["cache"], kind, seed, epochs, runs_dir, export_base, command)
+    summary = train_and_save(
+        obj["cache"], kind, seed, epochs, runs_dir, export_base, command, teachers=teachers
+    )
     click.echo(json.dumps(summary, indent=1))
 
 
@@ -174,6 +186,8 @@ def export(obj: dict[str, HaptCache], run_dir: Path, export_base: Path) -> None:
     summary = json.loads((run_dir / "run.json").read_text())
     config = summary["config"]
     command = f"harstream train --model {config['kind']} --seed {config['seed']}"
+    if config.get("teachers"):
+        command += f" --teachers {config['teachers']}"
     target = export_run(obj["cache"], run_dir, export_base, command)
     click.echo(f"exported {run_dir} as {target}")
 
@@ -243,13 +257,22 @@ def evaluate(
 @click.option(
     "--runs-dir", type=click.Path(path_type=Path), default=DEFAULT_RUNS, show_default=True
 )
+@click.option(
+    "--saved-only",
+    is_flag=True,
+    help="Neural rows from the saved runs in --runs-dir only (no training).",
+)
 @click.pass_obj
-def compare(obj: dict[str, HaptCache], seeds: str, out: Path, runs_dir: Path) -> None:
+def compare(
+    obj: dict[str, HaptCache], seeds: str, out: Path, runs_dir: Path, saved_only: bool
+) -> None:
     """Reproduce the paper's comparison table on our windows (takes ~30 min on 2 cores)."""
     _quiet_tensorflow()
     from services.training.comparison import run_comparison
 
-    table = run_comparison(obj["cache"], [int(s) for s in seeds.split(",")], runs_dir)
+    table = run_comparison(
+        obj["cache"], [int(s) for s in seeds.split(",")], runs_dir, saved_only=saved_only
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
     click.echo(table)

@@ -322,16 +322,21 @@ def run_classical_baselines(
 # --------------------------------------------------------------------------- LSTM
 
 
-def build_lstm_baseline() -> keras.Model:
+def build_lstm_baseline(
+    channel_mean: np.ndarray | None = None, channel_std: np.ndarray | None = None
+) -> keras.Model:
     """The paper's plain LSTM: LSTM(100) → Dropout(0.5) → Dense(100, relu) → Dense(6).
 
     Trained like the other neural models (``harstream train``'s recipes,
-    :class:`services.training.train.TrainConfig` kind ``lstm``)."""
+    :class:`services.training.train.TrainConfig` kind ``lstm``); ``channel_mean`` and
+    ``channel_std`` (9,): standardise the input first (``TrainConfig.standardise``)."""
     import keras
     from keras import layers
 
+    from services.training.models import standardised
+
     window = keras.Input(shape=(WINDOW_SIZE, len(CHANNELS)), name="window")
-    x = layers.LSTM(100)(window)
+    x = layers.LSTM(100)(standardised(window, channel_mean, channel_std))
     x = layers.Dropout(0.5)(x)
     x = layers.Dense(100, activation="relu")(x)
     probs = layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)

@@ -47,17 +47,27 @@ DEEP_ROWS: dict[str, str] = {
 Row = dict[str, float | int | str]
 
 
-def _deep_row(cache: HaptCache, kind: str, seed: int, runs_dir: Path, test: WindowSet) -> Row:
+def _saved_row(kind: str, seed: int, runs_dir: Path, test: WindowSet) -> Row | None:
+    """The row of a saved run of today's recipe for ``kind`` and ``seed``, if there is one."""
     run_file = runs_dir / f"{kind}-seed{seed}" / "run.json"
     wanted = asdict(TrainConfig.default_for(kind, seed))  # type: ignore[arg-type]
-    if run_file.is_file():
-        saved = json.loads(run_file.read_text())
-        if saved.get("config") == wanted:
-            logger.info("reusing %s", run_file)
-            if "test_report" not in saved:
-                saved["test_report"] = _score_saved_run(run_file.parent, saved, test)
-                run_file.write_text(json.dumps(saved, indent=1))
-            return dict(saved["test_report"])
+    if not run_file.is_file():
+        return None
+    saved = json.loads(run_file.read_text())
+    if saved.get("config") != wanted:
+        return None
+    logger.info("reusing %s", run_file)
+    if "test_report" not in saved:
+        saved["test_report"] = _score_saved_run(run_file.parent, saved, test)
+        run_file.write_text(json.dumps(saved, indent=1))
+    return dict(saved["test_report"])
+
+
+def _deep_row(cache: HaptCache, kind: str, seed: int, runs_dir: Path, test: WindowSet) -> Row:
+    saved = _saved_row(kind, seed, runs_dir, test)
+    if saved is not None:
+        return saved
+    run_file = runs_dir / f"{kind}-seed{seed}" / "run.json"
     result, sets = train_run(cache, kind, seed, verbose=2)
     figures = scores(result, sets)
     row: Row = test_row(
@@ -98,7 +108,12 @@ def _paper(value: float | None) -> str:
     return "–" if value is None else f"{value:g}"
 
 
-def run_comparison(cache: HaptCache, seeds: Sequence[int], runs_dir: Path) -> str:
+def run_comparison(
+    cache: HaptCache, seeds: Sequence[int], runs_dir: Path, saved_only: bool = False
+) -> str:
+    """The table. ``saved_only``: neural rows from the runs already in ``runs_dir`` (today's
+    recipes) instead of training the missing ones; rows and seeds without a run are left
+    out and named under the table (the classical models are re-run either way)."""
     from services.training.baselines import run_classical_baselines
 
     started = time.perf_counter()
@@ -106,9 +121,21 @@ def run_comparison(cache: HaptCache, seeds: Sequence[int], runs_dir: Path) -> st
     rows: dict[str, list[Row]] = {}
     for result in run_classical_baselines(sets, seeds):
         rows.setdefault(result.name, []).append(_baseline_row(result))
+    missing: list[str] = []
     for name, kind in DEEP_ROWS.items():
-        rows[name] = [_deep_row(cache, kind, seed, runs_dir, sets["test"]) for seed in seeds]
-    return render_table(rows, sets, seeds, time.perf_counter() - started)
+        if not saved_only:
+            rows[name] = [_deep_row(cache, kind, seed, runs_dir, sets["test"]) for seed in seeds]
+            continue
+        found = {seed: _saved_row(kind, seed, runs_dir, sets["test"]) for seed in seeds}
+        rows[name] = [row for row in found.values() if row is not None]
+        missing += [f"{name} seed {seed}" for seed, row in found.items() if row is None]
+    table = render_table(rows, sets, seeds, time.perf_counter() - started)
+    if saved_only:
+        table += (
+            "\nRendered with `--saved-only`: neural rows from saved runs of today's recipes; "
+            "not run: " + (", ".join(missing) or "none") + ".\n"
+        )
+    return table
 
 
 def _per_seed_table(rows: dict[str, list[Row]], seeds: Sequence[int]) -> list[str]:

@@ -189,6 +189,21 @@ def describe_recipe(config: dict[str, Any]) -> str:
         parts.append(f"mixup Beta({config['mixup']:g}, {config['mixup']:g})")
     if config.get("kind") in ("harstream", "cnn"):
         parts.append(f"random rotation ±{config['max_degrees']:g}° and scale ±10 % in training")
+    if config.get("data_rotation"):
+        parts.append(
+            f"random rotation ±{config['data_rotation']:g}° and scale ±10 % of every training "
+            "window"
+        )
+    if config.get("standardise"):
+        parts.append(
+            "inputs standardised per channel with the training set's mean and spread (a "
+            "Normalization layer in front of the architecture, part of the exported model)"
+        )
+    if config.get("teachers"):
+        parts.append(
+            f"distilled from the averaged probabilities of {config['teachers']} teachers of "
+            "the same recipe"
+        )
     return "; ".join(parts) + f"; seed {config['seed']} (deterministic TensorFlow kernels)."
 
 

@@ -23,13 +23,30 @@ WINDOW_SHAPE = (128, 9)
 INPUT_NAME = "window"
 
 
-def build_paper_model(gru_units: int = 64) -> keras.Model:
+def standardised(
+    window: keras.KerasTensor, channel_mean: np.ndarray | None, channel_std: np.ndarray | None
+) -> keras.KerasTensor:
+    """``window`` standardised per channel with the training set's statistics (given), else
+    as is: the only thing added in front of the paper's architectures."""
+    if channel_mean is None or channel_std is None:
+        return window
+    return layers.Normalization(
+        axis=-1, mean=channel_mean, variance=np.square(channel_std), name="normalise"
+    )(window)
+
+
+def build_paper_model(
+    channel_mean: np.ndarray | None = None,
+    channel_std: np.ndarray | None = None,
+    gru_units: int = 64,
+) -> keras.Model:
     """The CNN-LSTM-GRU of the paper, layer for layer.
 
-    The paper leaves the GRU size unstated: 64 units (half the LSTM's).
+    The paper leaves the GRU size unstated: 64 units (half the LSTM's). ``channel_mean`` and
+    ``channel_std`` (9,): standardise the input first (see ``TrainConfig.standardise``).
     """
     window = keras.Input(shape=WINDOW_SHAPE, name=INPUT_NAME)
-    x = layers.Reshape((4, 32, 9))(window)
+    x = layers.Reshape((4, 32, 9))(standardised(window, channel_mean, channel_std))
     x = layers.TimeDistributed(layers.Conv1D(64, 3, activation="relu"))(x)
     x = layers.TimeDistributed(layers.MaxPooling1D(2))(x)
     x = layers.TimeDistributed(layers.Flatten())(x)

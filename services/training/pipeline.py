@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,15 @@ def describe_architecture(config: dict[str, Any]) -> str:
         stats += ["gravity direction per quarter window and its change"]
     if config.get("spectral_features"):
         stats += ["log band energies 0-1/1-3/3-6/6-12/12-25 Hz"]
+    frame = ""
+    if config.get("gravity_frame"):
+        stats += ["log band energies of the motion in the gravity frame"]
+        frame = (
+            " ⊕ motion in the gravity frame (vertical/horizontal body acceleration, yaw/tilt rate)"
+        )
     pooled = "attention ⊕ mean ⊕ last step" if config.get("attention", True) else "mean ⊕ last"
     return (
-        "harstream hybrid: normalised window ⊕ per-window standardised window → "
+        f"harstream hybrid: normalised window ⊕ per-window standardised window{frame} → "
         f"{front} → Conv1D({width},5) → Conv1D({2 * width},3) (BatchNorm, ReLU, MaxPool each; "
         f"16 steps of 160 ms) → {recurrent} over the steps → {pooled}, joined with window "
         f"statistics ({', '.join(stats)}) → Dense(128) → Dense(6, softmax)"
@@ -63,14 +70,48 @@ def window_sets(cache: HaptCache, config: TrainConfig) -> dict[str, WindowSet]:
     return dict(build_window_sets(cache.load(), train_step=config.train_step))
 
 
+def saved_teachers(runs_dir: Path) -> Callable[[TrainConfig], object | None]:
+    """A teacher's model from ``runs_dir/<kind>-seed<k>`` when that run has its config."""
+
+    def load(config: TrainConfig) -> object | None:
+        run_dir = runs_dir / f"{config.kind}-seed{config.seed}"
+        run_file = run_dir / "run.json"
+        if not run_file.is_file():
+            return None
+        if json.loads(run_file.read_text()).get("config") != asdict(config):
+            return None
+        import keras
+
+        import services.training.models  # noqa: F401  (registers the custom layers)
+
+        logger.info("teacher seed %d: reusing %s", config.seed, run_dir)
+        return keras.saving.load_model(run_dir / "model.keras")
+
+    return load
+
+
 def train_run(
-    cache: HaptCache, kind: str, seed: int, epochs: int | None = None, verbose: int = 1
+    cache: HaptCache,
+    kind: str,
+    seed: int,
+    epochs: int | None = None,
+    verbose: int = 1,
+    teachers: int | None = None,
+    runs_dir: Path | None = None,
 ) -> tuple[TrainResult, dict[str, WindowSet]]:
+    """``kind``'s recipe for ``seed``; ``teachers``: distil from that many teachers of the
+    recipe instead of its default (saved teacher runs in ``runs_dir`` are reused)."""
     config = TrainConfig.default_for(kind, seed)  # type: ignore[arg-type]
     if epochs is not None:
         config = replace(config, epochs=epochs)
+    if teachers is not None:
+        config = replace(config, teachers=teachers)
     sets = window_sets(cache, config)
-    return train_distilled(config, sets["train"], sets["validation"], verbose=verbose), sets
+    loader = saved_teachers(runs_dir) if runs_dir is not None else None
+    result = train_distilled(
+        config, sets["train"], sets["validation"], verbose=verbose, saved_teacher=loader
+    )
+    return result, sets
 
 
 def scores(result: TrainResult, sets: dict[str, WindowSet]) -> dict[str, Any]:
@@ -113,8 +154,9 @@ def train_and_save(
     runs_dir: Path,
     export_base: Path | None,
     command: str,
+    teachers: int | None = None,
 ) -> dict[str, Any]:
-    result, sets = train_run(cache, kind, seed, epochs)
+    result, sets = train_run(cache, kind, seed, epochs, teachers=teachers, runs_dir=runs_dir)
     metrics = scores(result, sets)
     result.extra["metrics"] = {
         s: {"accuracy": m["accuracy"], "macro_f1": m["macro_avg"]["f1"]}  # type: ignore[index]
@@ -127,7 +169,8 @@ def train_and_save(
         metrics["test"],
         metrics["validation"]["accuracy"],
     )
-    run_dir = runs_dir / f"{kind}-seed{seed}"
+    distilled = f"-distilled{result.config.teachers}" if result.config.teachers else ""
+    run_dir = runs_dir / f"{kind}-seed{seed}{distilled}"
     result.save(run_dir)
     summary: dict[str, Any] = {"run_dir": str(run_dir), **result.summary()}
     if export_base is not None:

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -65,6 +66,11 @@ class TrainConfig:
     #: Random rotation (degrees) and ±10 % scale of every training window in the input
     #: pipeline, for architectures without an augmentation layer (paper, lstm).
     data_rotation: float = 0.0
+    #: paper/lstm only: the inputs standardised per channel with the training set's mean and
+    #: spread (a Normalization layer in front of the unchanged architecture, baked into the
+    #: exported model so it is still served on raw windows). Without it the total
+    #: acceleration's 1 g offset and the gyroscope's rad/s dwarf the body motion.
+    standardise: bool = False
     #: Which epoch's weights are kept: best validation loss, best validation accuracy (ties:
     #: lower loss), or the last epoch's.
     selection: Selection = "val_loss"
@@ -84,7 +90,25 @@ class TrainConfig:
     @classmethod
     def default_for(cls, kind: ModelKind, seed: int = 0) -> TrainConfig:
         if kind in ("paper", "lstm"):
-            return cls(kind=kind, seed=seed)
+            # The architecture is the paper's; the recipe is ours, chosen on the validation
+            # subjects (paper seed 0: validation 86.1 % with Adam at a constant 1e-3 on raw
+            # inputs, 89.0 % with this recipe without rotation, 92.4 % with it).
+            return cls(
+                kind=kind,
+                seed=seed,
+                epochs=30,
+                patience=0,
+                train_step=32,
+                weight_decay=0.01,
+                ema=True,
+                schedule="cosine",
+                warmup_epochs=2,
+                clipnorm=1.0,
+                label_smoothing=0.1,
+                selection="val_accuracy",
+                data_rotation=10.0,
+                standardise=True,
+            )
         if kind == "cnn":  # models/har/1
             return cls(
                 kind="cnn",
@@ -96,22 +120,28 @@ class TrainConfig:
                 ema=True,
                 schedule="plateau",
             )
+        # the hybrid: the paper family's recipe (cosine, clipping, label smoothing, selection
+        # on validation accuracy) with the motion in the gravity frame as extra inputs
         return cls(
             kind="harstream",
             seed=seed,
-            epochs=60,
-            patience=12,
+            epochs=25,
+            patience=0,
             train_step=32,
             weight_decay=0.01,
             ema=True,
-            schedule="plateau",
+            schedule="cosine",
+            warmup_epochs=2,
+            clipnorm=1.0,
+            label_smoothing=0.1,
+            selection="val_accuracy",
+            gravity_frame=True,
         )
 
     def teacher_configs(self) -> list[TrainConfig]:
-        return [
-            replace(self, seed=1000 * self.seed + i, teachers=0)
-            for i in range(1, self.teachers + 1)
-        ]
+        """Same recipe without distillation, seeds ``1000 * seed + 0..n-1``: for seed 0 the
+        teachers are the recipe's own seeds 0, 1, 2 (saved runs of them can be reused)."""
+        return [replace(self, seed=1000 * self.seed + i, teachers=0) for i in range(self.teachers)]
 
     @property
     def soft_targets(self) -> bool:
@@ -171,14 +201,14 @@ def build_model(config: TrainConfig, train: WindowSet) -> object:
 
     from services.training.models import build_cnn_model, build_hybrid_model, build_paper_model
 
+    flat = train.x.reshape(-1, train.x.shape[-1])
+    mean, std = flat.mean(axis=0), flat.std(axis=0)
     if config.kind == "paper":
-        return build_paper_model()
+        return build_paper_model(*((mean, std) if config.standardise else ()))
     if config.kind == "lstm":
         from services.training.baselines import build_lstm_baseline
 
-        return build_lstm_baseline()
-    flat = train.x.reshape(-1, train.x.shape[-1])
-    mean, std = flat.mean(axis=0), flat.std(axis=0)
+        return build_lstm_baseline(*((mean, std) if config.standardise else ()))
     if config.kind == "cnn":
         model = build_cnn_model(mean, std, width=config.width, max_degrees=config.max_degrees)
     else:
@@ -415,13 +445,19 @@ def train_model(
 
 
 def train_distilled(
-    config: TrainConfig, train: WindowSet, validation: WindowSet, verbose: int = 1
+    config: TrainConfig,
+    train: WindowSet,
+    validation: WindowSet,
+    verbose: int = 1,
+    saved_teacher: Callable[[TrainConfig], object | None] | None = None,
 ) -> TrainResult:
     """:func:`train_model`, after ``config.teachers`` teachers when there are any.
 
     The teachers' averaged probabilities on the training windows become the targets; every
     teacher is chosen on the validation subjects like any model. The result's ``extra``
-    holds each teacher's and the ensemble's validation accuracy.
+    holds each teacher's and the ensemble's validation accuracy. ``saved_teacher``: the
+    already trained model of a teacher's config, or None to train it (training is
+    deterministic per seed, so a saved run is the same model).
     """
     if not config.teachers:
         return train_model(config, train, validation, verbose=verbose)
@@ -430,8 +466,9 @@ def train_distilled(
     validation_probs = np.zeros((len(validation), NUM_CLASSES), np.float32)
     teachers: list[dict[str, object]] = []
     for teacher_config in config.teacher_configs():
-        teacher = train_model(teacher_config, train, validation, verbose=verbose)
-        model: Any = teacher.model
+        model: Any = saved_teacher(teacher_config) if saved_teacher else None
+        if model is None:
+            model = train_model(teacher_config, train, validation, verbose=verbose).model
         soft += model.predict(train.x, batch_size=512, verbose=0) / config.teachers
         probs = model.predict(validation.x, batch_size=512, verbose=0)
         validation_probs += probs / config.teachers
@@ -441,7 +478,8 @@ def train_distilled(
     ensemble = float((validation_probs.argmax(axis=1) == validation.y).mean())
     logger.info("teacher ensemble: validation accuracy %.4f", ensemble)
     student = train_model(config, train, validation, verbose=verbose, teacher=soft)
-    student.seconds = time.perf_counter() - started  # teachers included: the whole recipe
+    # teachers included (those trained here): the whole recipe
+    student.seconds = time.perf_counter() - started
     student.extra["teachers"] = teachers
     student.extra["teacher_ensemble_validation_accuracy"] = ensemble
     return student

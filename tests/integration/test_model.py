@@ -35,6 +35,26 @@ def test_paper_model_is_the_papers_architecture() -> None:
     assert model.count_params() == 596_998
 
 
+def test_standardised_paper_model_only_adds_a_normalisation_in_front() -> None:
+    from services.training.baselines import build_lstm_baseline
+    from services.training.models import build_paper_model
+
+    rng = np.random.default_rng(0)
+    mean, std = rng.normal(size=9), rng.uniform(0.1, 2.0, size=9)
+    plain, standardised = build_paper_model(), build_paper_model(mean, std)
+    names = [layer.__class__.__name__ for layer in standardised.layers]
+    assert names[1] == "Normalization"
+    assert names[:1] + names[2:] == [layer.__class__.__name__ for layer in plain.layers]
+    # the normalisation's statistics are constants, not weights: the same parameters
+    assert standardised.count_params() == plain.count_params() == 596_998
+    x = (rng.normal(size=(3, 128, 9)) * std + mean).astype(np.float32)
+    inner = standardised.get_layer("normalise")
+    np.testing.assert_allclose(np.asarray(inner(x)), (x - mean) / std, rtol=1e-4, atol=1e-4)
+    lstm = build_lstm_baseline(mean, std)
+    assert lstm.layers[1].__class__.__name__ == "Normalization"
+    assert lstm.output_shape == (None, 6)
+
+
 def test_augmentation_is_identity_at_inference() -> None:
     from services.training.models import RandomOrientation
 
@@ -110,6 +130,28 @@ def test_committed_model_reproduces_its_model_card(window_sets) -> None:  # type
     assert report.accuracy == pytest.approx(card["metrics"]["test"]["accuracy"], abs=1e-9)
     assert report.accuracy >= 0.96
     assert report.macro.f1 >= 0.96
+
+
+def test_every_committed_version_reproduces_its_model_card(window_sets) -> None:  # type: ignore[no-untyped-def]
+    """Older versions stay servable (canary, shadow, rollback): each one's test figures are
+    still those of its card, through the serving signature, on today's preprocessing."""
+    from services.training.evaluate import SavedModelPredictor, evaluate_windows
+    from services.training.export import read_model_card
+
+    versions = sorted(
+        (p for p in COMMITTED_MODEL.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+    )
+    assert versions, COMMITTED_MODEL
+    test = window_sets["test"]
+    for version_dir in versions:
+        card = read_model_card(version_dir)
+        predictor = SavedModelPredictor(version_dir)
+        assert predictor.fingerprint() == PreprocessingConfig().fingerprint, version_dir
+        report = evaluate_windows(predictor.predict_proba(test.x), test.y)
+        expected = card["metrics"]["test"]["accuracy"]
+        assert report.accuracy == pytest.approx(expected, abs=1e-9), version_dir
+        if card.get("name") == "har-paper":
+            assert report.accuracy >= 0.918  # the paper's reported figure
 
 
 def test_evaluate_command_prints_json_and_writes_pngs(hapt_cache, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -155,3 +155,37 @@ def test_comparison_table_has_means_per_seed_rows_and_recipes() -> None:
     for kind in DEEP_ROWS.values():
         assert f"(`{kind}`)" in table
     assert "seeds 0, 1, 2 (deterministic" in table
+
+
+def test_paper_and_lstm_recipe_is_stated_and_selected_on_validation() -> None:
+    from services.training.export import describe_recipe
+
+    for kind in ("paper", "lstm"):
+        config = TrainConfig.default_for(kind)  # type: ignore[arg-type]
+        assert config.standardise and config.data_rotation > 0 and config.ema
+        assert config.selection == "val_accuracy" and config.schedule == "cosine"
+        text = describe_recipe(asdict(config))
+        for words in (
+            "AdamW (weight decay 0.01)",
+            "cosine decay",
+            "batch 64",
+            "at most 30 epochs",
+            "gradient clipping at global norm 1",
+            "label smoothing 0.1",
+            "random rotation ±10° and scale ±10 % of every training window",
+            "inputs standardised per channel",
+            "highest validation accuracy",
+        ):
+            assert words in text, (kind, words)
+
+
+def test_teachers_of_seed_zero_are_the_recipes_own_seeds() -> None:
+    from dataclasses import replace
+
+    config = replace(TrainConfig.default_for("harstream", seed=0), teachers=3)
+    teachers = config.teacher_configs()
+    # the same configs as the recipe's seeds 0, 1, 2: their saved runs can be the teachers
+    assert teachers == [TrainConfig.default_for("harstream", seed=s) for s in (0, 1, 2)]
+    other = replace(TrainConfig.default_for("harstream", seed=2), teachers=2)
+    assert [t.seed for t in other.teacher_configs()] == [2000, 2001]
+    assert all(t.teachers == 0 for t in other.teacher_configs())
