@@ -3,6 +3,7 @@ and the registry's time-zone field on both registry stores."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -149,3 +150,27 @@ def test_a_registry_made_before_time_zones_gets_the_column(tmp_path: Path) -> No
         assert registry.set_timezone("old-1", "Europe/Paris").timezone == "Europe/Paris"
     finally:
         registry.close()
+
+
+def test_devices_cli_sets_time_zones(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from services.ingest.cli import devices
+
+    url = f"sqlite:///{tmp_path / 'devices.db'}"
+    runner = CliRunner()
+    added = runner.invoke(
+        devices, ["--registry", url, "add", "dev-1", "--timezone", "Europe/Paris", "--json"]
+    )
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.output)["timezone"] == "Europe/Paris"
+    changed = runner.invoke(devices, ["--registry", url, "timezone", "dev-1", "Asia/Tokyo"])
+    assert changed.exit_code == 0 and "Asia/Tokyo" in changed.output
+    refused = runner.invoke(devices, ["--registry", url, "timezone", "dev-1", "Mars/Base"])
+    assert refused.exit_code != 0 and "IANA" in refused.output
+    missing = runner.invoke(devices, ["--registry", url, "timezone", "nobody", "UTC"])
+    assert missing.exit_code != 0 and "nobody" in missing.output
+    listed = runner.invoke(devices, ["--registry", url, "list"])
+    assert "Asia/Tokyo" in listed.output and "TIME ZONE" in listed.output
+    bad_add = runner.invoke(devices, ["--registry", url, "add", "dev-2", "--timezone", "CET5"])
+    assert bad_add.exit_code != 0 and "IANA" in bad_add.output
