@@ -338,3 +338,15 @@ def test_failed_logins_are_limited_per_address(console: Running) -> None:
         if r.status_code == 429:
             assert int(r.headers["Retry-After"]) >= 1
     assert 429 in statuses or 0 in statuses, statuses
+
+
+def test_an_unreachable_history_service_is_reported_not_raised() -> None:
+    from services.common.broker import free_port
+    from services.console.history import HistoryClient, HistoryUnavailableError
+    from services.console.settings import ConsoleSettings
+
+    client = HistoryClient(
+        ConsoleSettings(history_url=f"http://127.0.0.1:{free_port()}", history_timeout_s=2)
+    )
+    with pytest.raises(HistoryUnavailableError, match="cannot be reached"):
+        asyncio.run(client.device_history("dev-1", time.time(), 0.0))

@@ -140,7 +140,9 @@ function alertChanged(change) {
   refreshOpenBadge();
   if (change.event === "opened" && alert.type === "FALL_SUSPECTED" && !state.seenFalls.has(alert.alert_id)) {
     state.seenFalls.add(alert.alert_id);
-    fallCue(alert);
+    fallCue(alert);  // the banner is role=alert: announced at once
+  } else if (change.event === "opened") {
+    announce(`New ${alert.severity} alert: ${words(alert.type)} on ${alert.device_id}`);
   }
   if (state.route === "alerts") loadAlerts();
   if (state.route === "device" && alert.device_id === state.deviceId) loadDevice(state.deviceId, true);
@@ -309,7 +311,9 @@ function bandChart(segments, alerts, start, end, what, tick, units, every) {
   const W = 960, H = 70;
   const x = (t) => ((Math.min(Math.max(t, start), end) - start) / (end - start)) * W;
   const shown = segments.filter((s) => toSeconds(s.end ?? s.end_time) > start && toSeconds(s.start ?? s.start_time) < end);
-  const marked = alerts.filter((a) => a.opened_at >= start && a.opened_at <= end);
+  // Marked at the device-clock time that decided them, the clock the segments are on.
+  const at = (a) => (a.details && typeof a.details.event_time === "number" ? a.details.event_time : a.opened_at);
+  const marked = alerts.filter((a) => at(a) >= start && at(a) <= end);
   const chart = svg("svg", { viewBox: `0 0 ${W} ${H + 20}`, width: "100%", role: "img", class: "bands",
     "aria-label": `Activity over ${what}: ${shown.length} segments; ${marked.length} alerts` });
   chart.append(svg("rect", { x: 0, y: 10, width: W, height: H - 20, fill: "#eee" }));
@@ -319,8 +323,8 @@ function bandChart(segments, alerts, start, end, what, tick, units, every) {
       fill: ACTIVITY_COLOURS[s.activity] || "#888" }, svg("title", {}, `${words(s.activity)} ${new Date(a * 1000).toLocaleTimeString()}–${new Date(b * 1000).toLocaleTimeString()}`)));
   }
   for (const a of marked) {
-    chart.append(svg("path", { d: `M${x(a.opened_at)} 0 l6 9 h-12 z`, fill: "#b3261e" }, svg("title", {}, `${words(a.type)} at ${when(a.opened_at)}`)));
-    chart.append(svg("line", { x1: x(a.opened_at), x2: x(a.opened_at), y1: 8, y2: H - 10, stroke: "#b3261e", "stroke-width": 2 }));
+    chart.append(svg("path", { d: `M${x(at(a))} 0 l6 9 h-12 z`, fill: "#b3261e" }, svg("title", {}, `${words(a.type)} at ${when(at(a))}`)));
+    chart.append(svg("line", { x1: x(at(a)), x2: x(at(a)), y1: 8, y2: H - 10, stroke: "#b3261e", "stroke-width": 2 }));
   }
   for (let u = 0; u <= units; u += every) chart.append(svg("text", { x: Math.min(W - 40, (u / units) * W), y: H + 12 }, tick(u)));
   return chart;
@@ -383,7 +387,7 @@ async function renderRaw(id, latest) {
     chart.append(svg("polyline", { fill: "none", stroke: colour, "stroke-width": 1.2,
       points: values.map((v, i) => `${px(t[i]).toFixed(1)},${py(v).toFixed(1)}`).join(" ") }, svg("title", {}, name)));
   }
-  chart.append(svg("text", { x: 2, y: H + 14 }, `${Math.round(t1 - t0)} s of signal up to ${words(latest.type)} (${when(latest.opened_at)})`));
+  chart.append(svg("text", { x: 40, y: H + 16 }, `${Math.round(t1 - t0)} s of signal up to ${words(latest.type)} (${when(latest.opened_at)})`));
   chart.append(svg("text", { x: 2, y: 12 }, `${top.toFixed(1)} g`), svg("text", { x: 2, y: H - 2 }, "0 g"));
   box.replaceChildren(chart, el("ul", { class: "legend" }, series.map(([n, , c]) => el("li", {}, el("span", { style: `background:${c}` }), n))),
     el("p", { class: "hint", text: doc.note || "" }));
