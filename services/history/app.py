@@ -310,6 +310,11 @@ class HistoryService:
                     f"window {prediction.window_id!r} ends before it starts "
                     f"({prediction.start_time} to {prediction.end_time})"
                 )
+            if window.end > now + self.settings.max_ahead_s:
+                raise HarstreamError(
+                    f"window {prediction.window_id!r} ends at {iso(prediction.end_time)}, "
+                    f"more than {self.settings.max_ahead_s:g} s ahead of the clock"
+                )
         except Exception as exc:  # bad input (or a bug) never stops the worker
             if not isinstance(exc, HarstreamError):
                 logger.exception("unexpected error on %s@%d", tp, record.offset)

@@ -69,6 +69,15 @@ class HistorySettings(StreamSettings):
             "A device silent this long (wall clock) has its waiting windows counted at once."
         ),
     )
+    max_ahead_s: float = Field(
+        86_400.0,
+        gt=0,
+        description=(
+            "A prediction whose window ends further ahead of the wall clock than this "
+            "(seconds) is a dead letter: one window from a clock set years ahead would "
+            "otherwise make every later window of the device look like a replay."
+        ),
+    )
     retention_days: float = Field(
         90.0,
         gt=0,

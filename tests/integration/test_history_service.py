@@ -389,16 +389,19 @@ def test_bad_records_go_to_the_dead_letter_topic(setup: Setup) -> None:
     _, t0 = yesterday_in(ZoneInfo("UTC"), 9)
     good = predictions_of("dev-ok", ["WALKING"] * 5, t0)
     wrong_key = prediction(0, "WALKING", WALKING, device="dev-a", t0=t0)
+    # A clock years ahead: counted, it would make every later window look like a replay.
+    ahead = prediction(0, "WALKING", WALKING, device="dev-ok", t0=t0 + 3 * 365 * 86_400)
     api = setup.process("history")
     produce(
         setup.settings,
         [
             (b"dev-x", b"not a prediction"),
             (b"dev-b", wrong_key.to_bytes()),
+            (b"dev-ok", ahead.to_bytes()),
             *records_of(good),
         ],
     )
-    wait_for(lambda: api.counted("dead_letter") == 2, 30, "two dead letters")
+    wait_for(lambda: api.counted("dead_letter") == 3, 30, "three dead letters")
     consumer = KafkaConsumer(
         setup.settings.topics.dlq,
         bootstrap_servers=setup.settings.bootstrap_servers,
@@ -408,8 +411,9 @@ def test_bad_records_go_to_the_dead_letter_topic(setup: Setup) -> None:
     letters = [DeadLetter.from_bytes(r.value) for r in consumer]
     consumer.close()
     mine = sorted((d for d in letters if d.service == "history"), key=lambda d: d.source_offset)
-    assert len(mine) == 2
-    assert {d.key for d in mine} == {b"dev-x", b"dev-b"}
+    assert len(mine) == 3
+    assert {d.key for d in mine} == {b"dev-x", b"dev-b", b"dev-ok"}
+    assert "ahead of the clock" in mine[2].reason
     assert all(d.source_topic == setup.settings.topics.predictions for d in mine)
     wait_for(lambda: api.counted() == len(good), 30, "the good ones counted")
 
