@@ -25,7 +25,8 @@ At-least-once input, out of order within bounds:
 
 Order is by device time, not by ``start_index``: preprocess never reuses a window id for
 a timeline, but a device whose preprocess state was lost starts a new timeline at index 0
-with later times, and must not be taken for a replay.
+with later times, and must not be taken for a replay. The price: a device clock that jumps
+back is not counted (stale) until it passes the watermark again.
 """
 
 from __future__ import annotations
