@@ -7,11 +7,14 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from services.common.broker import EmbeddedBroker
 from services.common.kafka.topics import create_topics
+from services.ingest.registry import SqliteRegistry
+from services.ingest.settings import IngestSettings
 from services.modelserver.process import ModelServerProcess
 from shared.settings import StreamSettings
 
@@ -68,3 +71,29 @@ def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServ
     shutil.copytree(REPO_ROOT / "models" / "har" / "1", base_path / "1")
     with ModelServerProcess(base_path, "har", log_path=root / "modelserver.log") as running:
         yield running
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> SqliteRegistry:
+    """The ingest tests' device registry (SQLite, this test's own file)."""
+    return SqliteRegistry(tmp_path / "devices.db")
+
+
+@pytest.fixture
+def make_settings(
+    stream_settings: Callable[..., Any], registry: SqliteRegistry
+) -> Callable[..., IngestSettings]:
+    """Ingest settings on the test broker and ``registry``, with short produce and token
+    cache timeouts; keyword arguments override."""
+
+    def make(**overrides: Any) -> IngestSettings:
+        values: dict[str, Any] = {
+            "registry_url": f"sqlite:///{registry.path}",
+            "produce_timeout_s": 2.0,
+            "token_cache_ttl_s": 0.5,
+        }
+        values.update(overrides)
+        settings: IngestSettings = stream_settings(IngestSettings, **values)
+        return settings
+
+    return make

@@ -1,13 +1,14 @@
-"""Helpers of the ingest integration tests: packet bodies, the test server, reading the raw
-topic."""
+"""Helpers of the ingest integration tests: the registry and settings fixtures, packet
+bodies, the test server, reading the raw topic.
+(The ``registry`` and ``make_settings`` fixtures are in conftest.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from aiohttp import web
@@ -18,6 +19,12 @@ from prometheus_client import CollectorRegistry
 from services.ingest.app import SERVICE_KEY, create_app, create_metrics_app, make_runner
 from services.ingest.registry import SqliteRegistry
 from services.ingest.settings import IngestSettings
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
 
 
 class IngestTestServer(TestServer):

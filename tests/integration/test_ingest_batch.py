@@ -10,9 +10,9 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import numpy as np
@@ -23,40 +23,20 @@ from services.common.kafka.topics import create_topics
 from services.ingest.registry import SqliteRegistry
 from services.ingest.settings import IngestSettings
 from shared.messages.raw import RawPacket
-from tests.integration.ingest_helpers import auth, metric, packet, read_raw, serve
+from tests.integration.ingest_helpers import (
+    auth,
+    metric,
+    packet,
+    read_raw,
+    run,
+    serve,
+)
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 BATCH = "/v1/packets:batch"
 JSON = {"Content-Type": "application/json"}
 MSGPACK = {"Content-Type": "application/msgpack"}
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> SqliteRegistry:
-    return SqliteRegistry(tmp_path / "devices.db")
-
-
-@pytest.fixture
-def make_settings(
-    stream_settings: Callable[..., Any], registry: SqliteRegistry
-) -> Callable[..., IngestSettings]:
-    def make(**overrides: Any) -> IngestSettings:
-        values: dict[str, Any] = {
-            "registry_url": f"sqlite:///{registry.path}",
-            "produce_timeout_s": 2.0,
-            "token_cache_ttl_s": 0.5,
-        }
-        values.update(overrides)
-        settings: IngestSettings = stream_settings(IngestSettings, **values)
-        return settings
-
-    return make
 
 
 def packed(body: dict[str, Any]) -> dict[str, Any]:

@@ -8,9 +8,9 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,39 +30,12 @@ from tests.integration.ingest_helpers import (
     metric,
     packet,
     read_raw,
+    run,
     scrape,
     serve,
 )
 
 pytestmark = pytest.mark.integration
-
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> SqliteRegistry:
-    return SqliteRegistry(tmp_path / "devices.db")
-
-
-@pytest.fixture
-def make_settings(
-    stream_settings: Callable[..., Any], registry: SqliteRegistry
-) -> Callable[..., IngestSettings]:
-    def make(**overrides: Any) -> IngestSettings:
-        values: dict[str, Any] = {
-            "registry_url": f"sqlite:///{registry.path}",
-            "produce_timeout_s": 2.0,
-            "token_cache_ttl_s": 0.5,
-        }
-        values.update(overrides)
-        settings: IngestSettings = stream_settings(IngestSettings, **values)
-        return settings
-
-    return make
 
 
 def test_valid_packet_reaches_the_raw_topic_bit_exact(

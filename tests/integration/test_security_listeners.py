@@ -18,9 +18,8 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -35,44 +34,27 @@ from services.ingest.settings import IngestSettings
 from services.modelserver.process import ModelServerProcess
 from services.modelserver.settings import ModelServerSettings
 from tests.integration.conftest import REPO_ROOT
-from tests.integration.ingest_helpers import auth, metric, packet, serve
+from tests.integration.ingest_helpers import (
+    auth,
+    metric,
+    packet,
+    run,
+    serve,
+)
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 Client = TestClient[web.Request, web.Application]
 
+#: A loaded 2-core CI machine: the broker's acknowledgement may take longer than the ingest
+#: tests' default.
+PRODUCE_TIMEOUT_S = 5.0
 #: How late after its deadline a connection may be closed (a loaded 2-core CI machine).
 SLACK_S = 2.0
 #: The flooding client's address: another loopback address than the device's 127.0.0.1.
 FLOOD_ADDRESS = "127.0.0.2"
 #: Connections closed or refused by a listener limit, by limit.
 LIMITS = "harstream_ingest_connection_limits_total"
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> SqliteRegistry:
-    return SqliteRegistry(tmp_path / "devices.db")
-
-
-@pytest.fixture
-def make_settings(
-    stream_settings: Callable[..., Any], registry: SqliteRegistry
-) -> Callable[..., IngestSettings]:
-    def make(**overrides: Any) -> IngestSettings:
-        values: dict[str, Any] = {
-            "registry_url": f"sqlite:///{registry.path}",
-            "produce_timeout_s": 5.0,
-        }
-        values.update(overrides)
-        settings: IngestSettings = stream_settings(IngestSettings, **values)
-        return settings
-
-    return make
 
 
 def address(client: Client) -> tuple[str, int]:
@@ -113,7 +95,9 @@ async def trickle(writer: asyncio.StreamWriter, pieces: list[bytes], every_s: fl
 def test_idle_and_trickling_sockets_are_closed_within_the_header_timeout(
     make_settings: Callable[..., IngestSettings], registry: SqliteRegistry
 ) -> None:
-    settings = make_settings(header_timeout_s=1.0, keepalive_timeout_s=1.0)
+    settings = make_settings(
+        produce_timeout_s=PRODUCE_TIMEOUT_S, header_timeout_s=1.0, keepalive_timeout_s=1.0
+    )
 
     async def one(host: str, port: int, trickling: bool) -> tuple[float, bytes]:
         reader, writer = await asyncio.open_connection(host, port)
@@ -153,7 +137,7 @@ def test_idle_and_trickling_sockets_are_closed_within_the_header_timeout(
 def test_slow_bodies_are_answered_408_and_closed_within_the_body_timeout(
     make_settings: Callable[..., IngestSettings], registry: SqliteRegistry
 ) -> None:
-    settings = make_settings(body_timeout_s=1.5)
+    settings = make_settings(produce_timeout_s=PRODUCE_TIMEOUT_S, body_timeout_s=1.5)
     _, token = registry.add("dev")
     body = json.dumps(packet("dev")).encode()
     head = (
@@ -193,7 +177,9 @@ def test_slow_bodies_are_answered_408_and_closed_within_the_body_timeout(
 def test_idle_keepalive_connection_is_closed_after_its_timeout(
     make_settings: Callable[..., IngestSettings], registry: SqliteRegistry
 ) -> None:
-    settings = make_settings(keepalive_timeout_s=1.0, header_timeout_s=5.0)
+    settings = make_settings(
+        produce_timeout_s=PRODUCE_TIMEOUT_S, keepalive_timeout_s=1.0, header_timeout_s=5.0
+    )
 
     async def scenario() -> None:
         async with serve(settings, registry) as client:
@@ -217,7 +203,9 @@ def test_idle_keepalive_connection_is_closed_after_its_timeout(
 def test_connections_past_the_cap_get_503_unread_and_capacity_returns(
     make_settings: Callable[..., IngestSettings], registry: SqliteRegistry
 ) -> None:
-    settings = make_settings(max_connections=5, header_timeout_s=30.0)
+    settings = make_settings(
+        produce_timeout_s=PRODUCE_TIMEOUT_S, max_connections=5, header_timeout_s=30.0
+    )
 
     async def scenario() -> None:
         async with serve(settings, registry) as client:
@@ -259,7 +247,9 @@ def test_connections_past_the_cap_get_503_unread_and_capacity_returns(
 def test_token_guessing_flood_gets_429_while_a_valid_device_keeps_getting_202(
     make_settings: Callable[..., IngestSettings], registry: SqliteRegistry
 ) -> None:
-    settings = make_settings(auth_failure_burst=5, auth_failure_rate_per_s=1.0)
+    settings = make_settings(
+        produce_timeout_s=PRODUCE_TIMEOUT_S, auth_failure_burst=5, auth_failure_rate_per_s=1.0
+    )
     _, token = registry.add("dev")
 
     async def flood(url: str, requests: int) -> list[tuple[int, str | None, str]]:
@@ -330,7 +320,7 @@ def test_ingest_serves_metrics_only_on_its_metrics_listener_bound_to_loopback(
     """`harstream ingest` as deployed: /metrics on the device port is a 404 problem; the
     metrics listener (no HARSTREAM_INGEST_METRICS_HOST: the default) listens on loopback
     only and serves the counters of the device port's traffic."""
-    settings = make_settings()
+    settings = make_settings(produce_timeout_s=PRODUCE_TIMEOUT_S)
     _, token = registry.add("dev")
     port, metrics_port = free_port(), free_port()
     env = {
