@@ -153,9 +153,11 @@ class MqttLink:
             if client is None:
                 return 0
             for message in messages:
-                if message.generation == self._generation and message.qos > 0:
+                if message.generation != self._generation:
+                    continue
+                if message.qos > 0:  # a QoS 0 message (sent so by its device) has no ack
                     client.ack(message.mid, message.qos)
-                    acked += 1
+                acked += 1
         return acked
 
     def current(self, message: Incoming) -> bool:
