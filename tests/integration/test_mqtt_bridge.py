@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -500,3 +501,99 @@ def test_a_bridge_killed_with_messages_in_flight_loses_none_after_its_restart(
             second.stop()
     assert {RawPacket.peek(value).seq for _, value in records} == set(range(10))
     assert redelivered == 10
+
+
+def test_a_revoked_device_loses_its_mqtt_login_and_the_others_keep_theirs(
+    fleet: tuple[SqliteRegistry, dict[str, str], Mosquitto], tmp_path: Path
+) -> None:
+    registry, tokens, broker = fleet
+    connected = Device(broker.port, "mq-b", tokens["mq-b"])
+    assert not connected.publish(device_topic("mq-b"), b"{}").is_failure
+    registry.revoke("mq-b")
+    # Again without tokens: mq-a keeps its entry, mq-b (revoked) loses it.
+    result = CliRunner().invoke(
+        cli,
+        [
+            "devices",
+            "--registry",
+            f"sqlite:///{registry.path}",
+            "mqtt-config",
+            "--out",
+            str(broker.config_dir),
+            "--port",
+            str(broker.port),
+            "--bind",
+            "127.0.0.1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    with (broker.config_dir / "mosquitto.conf").open("a") as conf:
+        conf.write(f"user {pwd.getpwuid(os.getuid()).pw_name}\n")
+    assert broker._process is not None
+    broker._process.send_signal(signal.SIGHUP)  # Mosquitto re-reads its password file
+
+    def login(device_id: str) -> ReasonCode:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv5)
+        client.username_pw_set(device_id, tokens[device_id])
+        answered = threading.Event()
+        reasons: list[ReasonCode] = []
+        client.on_connect = lambda _c, _u, _f, rc, _p: (reasons.append(rc), answered.set())
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        try:
+            assert answered.wait(10)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        return reasons[0]
+
+    deadline = time.monotonic() + 10
+    while not login("mq-b").is_failure:  # until the reload took effect
+        assert time.monotonic() < deadline, "mq-b still logs in after the reload"
+        time.sleep(0.1)
+    assert not login("mq-a").is_failure
+    # The reload also disconnected mq-b's open connection (and refuses its reconnects).
+    try:
+        assert not connected.client.is_connected()
+    finally:
+        connected.close()
+
+
+def test_readiness_says_why_until_the_bridge_is_subscribed(
+    stream_settings: Callable[..., Any], tmp_path: Path
+) -> None:
+    kafka: IngestSettings = stream_settings(IngestSettings)
+    nobody = free_port()  # no MQTT broker listens there
+    bridge = BridgeProcess(
+        {
+            "kafka_bootstrap_servers": kafka.kafka_bootstrap_servers,
+            "kafka_profile": "tansu",
+            "topic_prefix": kafka.topic_prefix,
+            "mqtt_port": str(nobody),
+            "mqtt_password": "unused",
+        },
+        tmp_path / "bridge.log",
+    )
+    base = f"http://127.0.0.1:{bridge.health_port}"
+    try:
+        bridge.wait_for(lambda: _status(f"{base}/healthz") == 200, "/healthz")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/readyz", timeout=5)
+        assert refused.value.code == 503
+        assert refused.value.headers["Content-Type"].startswith("application/problem+json")
+        problem = json.loads(refused.value.read())
+        assert problem["reason"] == "not_ready"
+        assert "not connected and subscribed to the MQTT broker" in problem["detail"]
+    finally:
+        bridge.stop()
+    assert bridge.process.returncode == 0  # SIGTERM: a clean stop
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
