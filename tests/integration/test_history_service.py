@@ -34,6 +34,7 @@ from services.history.segments import Segment, SegmentBuilder, window_of
 from services.history.settings import HistorySettings
 from services.ingest.registry import open_registry
 from shared.messages import DeadLetter, Prediction
+from tests.integration.kafka_reading import read_topic
 from tests.unit.alerting_helpers import STEP_S, WALKING, prediction
 
 pytestmark = pytest.mark.integration
@@ -402,14 +403,11 @@ def test_bad_records_go_to_the_dead_letter_topic(setup: Setup) -> None:
         ],
     )
     wait_for(lambda: api.counted("dead_letter") == 3, 30, "three dead letters")
-    consumer = KafkaConsumer(
-        setup.settings.topics.dlq,
-        bootstrap_servers=setup.settings.bootstrap_servers,
-        auto_offset_reset="earliest",
-        consumer_timeout_ms=5000,
-    )
-    letters = [DeadLetter.from_bytes(r.value) for r in consumer]
-    consumer.close()
+    # Counted when judged; on the topic once acknowledged, a moment later.
+    letters = [
+        DeadLetter.from_bytes(value)
+        for _, value in read_topic(setup.settings, setup.settings.topics.dlq, 3, timeout_s=30)
+    ]
     mine = sorted((d for d in letters if d.service == "history"), key=lambda d: d.source_offset)
     assert len(mine) == 3
     assert {d.key for d in mine} == {b"dev-x", b"dev-b", b"dev-ok"}
