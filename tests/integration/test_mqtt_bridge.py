@@ -597,3 +597,37 @@ def _status(url: str) -> int:
         return exc.code
     except OSError:
         return 0
+
+
+def test_two_bridges_share_the_subscription(
+    fleet: tuple[SqliteRegistry, dict[str, str], Mosquitto],
+    stream_settings: Callable[..., Any],
+) -> None:
+    _, tokens, broker = fleet
+    kafka: IngestSettings = stream_settings(IngestSettings)
+    bridges = [
+        RunningBridge(bridge_settings(kafka, broker, client_id=f"share-{i}"), clock=time.time)
+        for i in range(2)
+    ]
+    device = Device(broker.port, "mq-a", tokens["mq-a"])
+
+    def accepted(bridge: RunningBridge) -> float:
+        return bridge.metric("harstream_mqtt_messages_total", outcome="accepted")
+
+    try:
+        for bridge in bridges:
+            bridge.wait_connected()
+        for seq in range(40):
+            body = json.dumps(packet("mq-a", seq=seq, n=10)).encode()
+            assert not device.publish(device_topic("mq-a"), body).is_failure
+        records = read_topic(kafka, kafka.topics.raw, 40)
+        bridges[0].wait_for(
+            lambda: sum(accepted(b) for b in bridges) == 40, "every acknowledgement"
+        )
+    finally:
+        device.close()
+        for bridge in bridges:
+            bridge.stop()
+    # Each message went to one bridge of the group: all there, none twice.
+    assert sorted(RawPacket.peek(value).seq for _, value in records) == list(range(40))
+    assert all(accepted(bridge) > 0 for bridge in bridges)
