@@ -3,8 +3,8 @@
 selenium against the running demo pipeline. Logs in as the demo operator, sees replayed
 devices change activity live (no reload), sees the scripted fall arrive with its cue,
 acknowledges it in the browser, and checks through the alert API that it is acknowledged by
-that operator with the note. The history service runs beside the pipeline (the console
-calls it with an operator key), so the device page shows today's activity bands and the
+that operator with the note. The demo pipeline runs the history service (the console
+calls it with the demo operator's key), so the device page shows today's activity bands and the
 daily summaries; the raw signal before the fall is read back from the raw topic. Every
 page is saved to ``reports/console-*.png``.
 
@@ -25,11 +25,6 @@ from typing import Any
 
 import pytest
 
-from services.alerting.auth import create_operator
-from services.alerting.store import open_store
-from services.common.broker import free_port
-from services.common.operators import Role
-from services.common.processes import ServiceProcess
 from services.demo.cli import register_devices
 from services.demo.pipeline import DEMO_OPERATOR, Pipeline, PipelineConfig
 from services.demo.run import DemoResult, demo_devices, run_replay
@@ -47,53 +42,18 @@ NOTE = "on my way (browser test)"
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    """The demo pipeline, plus the history service the console's device page reads."""
-    workdir = tmp_path_factory.mktemp("console-pipeline")
-    history_port = free_port()
-    # The console calls the history service as an operator of its own (a viewer), created
-    # in the alert store before the pipeline starts so the key can go into alerting's env.
-    store = open_store(f"sqlite:///{workdir / 'alerts.db'}")
-    try:
-        _, history_key = create_operator(store, "console-history", Role.VIEWER)
-    finally:
-        store.close()
+    """The demo pipeline, history service included (the console's device page reads it)."""
     config = PipelineConfig(
-        workdir=workdir,
+        workdir=tmp_path_factory.mktemp("console-pipeline"),
         partitions=2,
         service_env={
-            "alerting": {
-                "HARSTREAM_ALERTING_CONSOLE__UPDATE_INTERVAL_S": "0.5",
-                "HARSTREAM_ALERTING_CONSOLE__HISTORY_URL": f"http://127.0.0.1:{history_port}",
-                "HARSTREAM_ALERTING_CONSOLE__HISTORY_API_KEY": history_key.get_secret_value(),
-            }
+            "alerting": {"HARSTREAM_ALERTING_CONSOLE__UPDATE_INTERVAL_S": "0.5"},
+            # Segments of a device gone quiet are counted sooner than the default 10 s.
+            "history": {"HARSTREAM_HISTORY_IDLE_FLUSH_S": "2"},
         },
     )
     with Pipeline(config) as running:
-        assert running.settings is not None
-        kafka = running.settings
-        history = ServiceProcess.harstream(
-            "history",
-            ["history"],
-            {
-                "HARSTREAM_HISTORY_KAFKA_BOOTSTRAP_SERVERS": kafka.kafka_bootstrap_servers,
-                "HARSTREAM_HISTORY_KAFKA_PROFILE": kafka.kafka_profile,
-                "HARSTREAM_HISTORY_TOPIC_PREFIX": kafka.topic_prefix,
-                "HARSTREAM_HISTORY_TOPIC_PARTITIONS": str(kafka.topic_partitions),
-                "HARSTREAM_HISTORY_HOST": "127.0.0.1",
-                "HARSTREAM_HISTORY_PORT": str(history_port),
-                "HARSTREAM_HISTORY_STORE_URL": f"sqlite:///{workdir / 'history.db'}",
-                "HARSTREAM_HISTORY_REGISTRY_URL": running.registry_url,
-                "HARSTREAM_HISTORY_OPERATORS_STORE_URL": running.alert_store_url,
-                "HARSTREAM_HISTORY_AUTO_OFFSET_RESET": "earliest",
-                "HARSTREAM_HISTORY_IDLE_FLUSH_S": "2",
-            },
-            running.logs,
-        ).start()
-        try:
-            history.wait_http(f"http://127.0.0.1:{history_port}/readyz", 120)
-            yield running
-        finally:
-            history.stop()
+        yield running
 
 
 @pytest.fixture(scope="module")

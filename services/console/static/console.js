@@ -411,6 +411,7 @@ async function loadPipeline() {
     if (s.partitions_assigned !== undefined && s.partitions_assigned !== null) rows.push(["partitions", String(s.partitions_assigned)]);
     if (s.up && s.dead_letters !== null) rows.push(["dead letters", String(Math.round(s.dead_letters))]);
     for (const [m, v] of Object.entries(s.model_versions || {})) rows.push([`model ${m}`, `v${v}`]);
+    if (s.up && !rows.length) rows.push(["status", "up (no pipeline figures of its own)"]);
     return el("section", { class: "service", "data-service": s.service, "aria-label": s.service },
       el("h2", { class: s.up ? "" : "down", text: s.service }),
       el("dl", {}, rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: v })])));
