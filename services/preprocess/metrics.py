@@ -24,6 +24,10 @@ class PreprocessMetrics(NamedTuple):
     dead_letters: Counter
     #: Raw messages read again because the committed offset was ahead of the restored state.
     rewound: Counter
+    #: Checkpoints written (device states and raw positions to the table).
+    checkpoints: Counter
+    #: Device states written to the table (each one changelog record).
+    states_written: Counter
 
 
 def create(registry: CollectorRegistry) -> PreprocessMetrics:
@@ -92,7 +96,19 @@ def create(registry: CollectorRegistry) -> PreprocessMetrics:
         rewound=Counter(
             "harstream_preprocess_rewound_messages_total",
             "Raw messages read again after a recovery because the group's committed offset "
-            "was ahead of what the restored device states cover (should stay 0).",
+            "was ahead of what the restored device states cover (after a crash: up to "
+            "checkpoint_interval_s of packets; else 0).",
+            registry=registry,
+        ),
+        checkpoints=Counter(
+            "harstream_preprocess_checkpoints_total",
+            "Checkpoints: the changed device states and the raw positions they cover written "
+            "to the state table.",
+            registry=registry,
+        ),
+        states_written=Counter(
+            "harstream_preprocess_states_written_total",
+            "Device states written to the state table (one changelog record each).",
             registry=registry,
         ),
     )

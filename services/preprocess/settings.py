@@ -66,6 +66,19 @@ class PreprocessSettings(StreamSettings):
             "anyway (seconds); bounds the latency batching adds."
         ),
     )
+    checkpoint_interval_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description=(
+            "How often the changed device states, and the raw offsets they cover, are "
+            "written to the state table and its changelog (seconds; 0: after every batch). "
+            "A live device's state is ~4.7 KB: written once per interval instead of once "
+            "per packet. After a crash the worker reads again from the last checkpoint, so "
+            "up to this long of packets give their windows a second time (same ids); a "
+            "clean stop or a rebalance writes a checkpoint first."
+        ),
+    )
     gap_threshold_s: float = Field(
         1.0,
         gt=0,

@@ -224,6 +224,8 @@ def recovery_round(broker: EmbeddedBroker, workdir: Path, *, store: str, stop: s
         batch_max_size=max(1, devices // 3),
         metrics_host="127.0.0.1",
         metrics_port=free_port(),
+        # A state record per device per batch: changelogs of many multi-record batches.
+        checkpoint_interval_s=0,
     )
     create_topics(settings)
     fleet = Fleet(devices, packets + 1, seed=5)
@@ -491,7 +493,8 @@ class LiveFleet(threading.Thread):
 
 
 def live_run(broker: EmbeddedBroker, workdir: Path, devices: int, seconds: int,
-             one_record_batches: bool, check: bool = False) -> dict[str, float]:  # fmt: skip
+             one_record_batches: bool, check: bool = False,
+             checkpoint_interval_s: float | None = None) -> dict[str, float]:  # fmt: skip
     """The worker under ``devices`` live devices for ``seconds`` (the first 5 s a warm-up):
     packets processed per second against offered, the lag left at the end, its CPU and the
     broker's per packet, batch sizes and times. With ``check``, once every packet is
@@ -506,6 +509,11 @@ def live_run(broker: EmbeddedBroker, workdir: Path, devices: int, seconds: int,
         data_dir=workdir / unique,
         metrics_host="127.0.0.1",
         metrics_port=free_port(),
+        **(
+            {}
+            if checkpoint_interval_s is None
+            else {"checkpoint_interval_s": checkpoint_interval_s}
+        ),
     )
     create_topics(settings)
     worker = ProbeWorker(settings, workdir / f"{unique}.log", workdir / f"{unique}.jsonl",
@@ -516,7 +524,12 @@ def live_run(broker: EmbeddedBroker, workdir: Path, devices: int, seconds: int,
         fleet = LiveFleet(settings, devices, seconds)
         fleet.start()
         time.sleep(5.0)  # warm-up: the first packets of every device, the first windows
-        names = ("packets_total", "batch_seconds_count", "batch_seconds_sum")
+        names = (
+            "packets_total",
+            "batch_seconds_count",
+            "batch_seconds_sum",
+            "states_written_total",
+        )
         before = {n: worker.metric(f"harstream_preprocess_{n}") for n in names}
         windows0 = worker.metric("harstream_windows_emitted_total")
         cpu0, broker0, t0, sent0 = (cpu_seconds(worker.process.pid), cpu_seconds(broker.pid),
@@ -550,6 +563,8 @@ def live_run(broker: EmbeddedBroker, workdir: Path, devices: int, seconds: int,
         "worker_us_per_packet": (cpu1 - cpu0) / processed * 1e6,
         "broker_us_per_packet": (broker1 - broker0) / processed * 1e6,
         "mean_batch_packets": processed / batches,
+        "states_per_packet": (after["states_written_total"] - before["states_written_total"])
+        / processed,
         "mean_batch_ms": (after["batch_seconds_sum"] - before["batch_seconds_sum"])
         / batches
         * 1000,
@@ -573,23 +588,33 @@ def missing_windows(settings: PreprocessSettings, devices: int, seconds: int) ->
 
 
 def run_live(args: argparse.Namespace) -> None:
-    modes = {"one record per batch": True, "batched": False}
+    modes: dict[str, tuple[bool, float | None]] = {
+        "one record per batch": (True, None),
+        "batched": (False, None),
+    }
     if args.mode != "both":
-        modes = {k: v for k, v in modes.items() if v == (args.mode == "one")}
+        modes = {k: v for k, v in modes.items() if v[0] == (args.mode == "one")}
+    if args.checkpoint_intervals:
+        # Side by side: the device states written every batch vs every few seconds.
+        modes = {
+            f"checkpoint every {float(s):g} s": (False, float(s))
+            for s in args.checkpoint_intervals.split(",")
+        }
     with (
         tempfile.TemporaryDirectory() as tmp,
         EmbeddedBroker(log_path=Path(tmp) / "tansu.log") as broker,
     ):
         for devices in (int(d) for d in args.devices.split(",")):
-            for name, one in modes.items():
+            for name, (one, interval) in [*modes.items()] * args.repeats:
                 f = live_run(broker, Path(tmp), devices, args.seconds, one_record_batches=one,
-                             check=args.check)  # fmt: skip
+                             check=args.check, checkpoint_interval_s=interval)  # fmt: skip
                 print(
                     f"{devices:>5} devices {name:>21}: offered {f['offered_per_s']:,.0f}/s, "
                     f"processed {f['processed_per_s']:,.0f} packets/s "
                     f"({f['windows_per_s']:,.0f} windows/s), lag at the end "
                     f"{f['lag_at_end']:,.0f}; worker {f['worker_cpu_s_per_s']:.2f} CPU, "
-                    f"{f['worker_us_per_packet']:,.0f} us/packet; broker "
+                    f"{f['worker_us_per_packet']:,.0f} us/packet, "
+                    f"{f['states_per_packet']:.2f} states written/packet; broker "
                     f"{f['broker_us_per_packet']:,.0f} us/packet; batches "
                     f"{f['mean_batch_packets']:.0f} packets in {f['mean_batch_ms']:.1f} ms; "
                     f"sender behind {f['sender_behind_s']:.1f} s; load "
@@ -643,6 +668,12 @@ def main() -> None:
     live.add_argument(
         "--check", action="store_true", help="then count the windows missing from the topic"
     )
+    live.add_argument(
+        "--checkpoint-intervals",
+        default="",
+        help="comma-separated checkpoint_interval_s values to compare (batched), e.g. 0,5",
+    )
+    live.add_argument("--repeats", type=int, default=1, help="alternated rounds")
     recovery = commands.add_parser("recovery", help="the recovery scenarios, printed")
     recovery.add_argument(
         "--reported-highwaters", action="store_true", help="without the correction"

@@ -21,6 +21,7 @@ from faust.types import TP
 from services.preprocess import faust_internals
 from services.preprocess.faust_internals import (
     ChangelogAcks,
+    before_tables_stop,
     bounded_worker,
     commit_offsets,
     committed_offsets,
@@ -352,6 +353,42 @@ def test_bounded_worker_sees_sigterm_and_sigint(app: faust.App) -> None:
         worker._signal_stop_future.cancel()
 
     asyncio.run(run())
+
+
+def test_a_clean_stop_waits_for_the_streams_then_stops_the_tables() -> None:
+    """The last checkpoint is written from ``tables.stop``: faust's stop must reach it after
+    the agents finished their events, and a rebalance's ``on_partitions_revoked`` signal
+    likewise comes after them (faust 0.15 ``App._stop_consumer``, ``_on_partitions_revoked``)."""
+    stop = inspect.getsource(faust.App._stop_consumer)
+    assert stop.index("self._consumer_wait_empty(") < stop.index("await self.tables.stop()")
+    revoke = inspect.getsource(faust.App._on_partitions_revoked)
+    assert revoke.index("self._consumer_wait_empty)(") < revoke.index(
+        "self.on_partitions_revoked.send"
+    )
+
+
+def test_before_tables_stop_runs_first_and_a_failure_does_not_stop_the_stop(
+    app: faust.App,
+) -> None:
+    order: list[str] = []
+
+    async def checkpoint() -> None:
+        order.append("checkpoint")
+        raise RuntimeError("changelog not acknowledged")
+
+    async def run() -> None:
+        original = app.tables.stop
+
+        async def stop_tables() -> None:
+            order.append("tables stopped")
+            await original()
+
+        app.tables.stop = stop_tables  # type: ignore[method-assign]
+        before_tables_stop(app, checkpoint)
+        await app.tables.stop()
+
+    asyncio.run(run())
+    assert order == ["checkpoint", "tables stopped"]
 
 
 def test_faust_is_the_pinned_version() -> None:

@@ -589,3 +589,141 @@ def test_a_broker_limit_below_ours_shrinks_the_dead_letters_and_goes_on() -> Non
     (letter,) = [DeadLetter.from_bytes(e[3]) for e in log if e[0] == "send" and e[1] == "dlq"]
     assert letter.value is None and "MessageSizeTooLargeError" in letter.reason
     assert DeviceStream.from_bytes(table[b"a"], PreprocessingConfig()).last_seq == 1
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _checkpointing_handler(
+    log: _Log, clock: _Clock, interval_s: float = 5.0
+) -> tuple[BatchHandler, _Table]:
+    table = _Table(log)
+    handler = BatchHandler(
+        StreamProcessor(StreamConfig()),
+        table,
+        _Topic("windows", log),  # type: ignore[arg-type]
+        _Topic("dlq", log),  # type: ignore[arg-type]
+        metrics.create(CollectorRegistry()),
+        changelog=_Changelog(log),
+        changelog_timeout_s=30.0,
+        checkpoint_interval_s=interval_s,
+        clock=clock,
+    )
+    return handler, table
+
+
+def _live_batches(devices: list[str], packets: int) -> list[list[_Event]]:
+    """One packet per device per batch, as live devices send them; device i in partition
+    i % 2, offsets counted per partition."""
+    streams = {d: _packets(d, packets, seed=i) for i, d in enumerate(devices)}
+    offsets = [0, 0]
+    batches = []
+    for n in range(packets):
+        batch = []
+        for i, d in enumerate(devices):
+            batch.append(_Event(d.encode(), streams[d][n].to_bytes(), i % 2, offsets[i % 2]))
+            offsets[i % 2] += 1
+        batches.append(batch)
+    return batches
+
+
+def test_states_are_written_once_per_checkpoint_with_the_same_windows() -> None:
+    """Between checkpoints each device's state stays in memory: no table write, no wait for
+    the changelog; the windows are bit-equal to writing the state after every batch."""
+    batches = _live_batches(["a", "b", "c"], 12)
+    every_batch_log, checkpoint_log = _Log(), _Log()
+    every_batch, _ = _checkpointing_handler(every_batch_log, _Clock(), interval_s=0.0)
+    clock = _Clock()
+    handler, table = _checkpointing_handler(checkpoint_log, clock)
+    for n, batch in enumerate(batches):
+        asyncio.run(every_batch.handle(batch))
+        clock.now = n * 1.0  # one batch a second: checkpoints at 0 s (new partitions), 5, 10
+        asyncio.run(handler.handle(batch))
+    sent = [WindowMessage.from_bytes(e[3]) for e in checkpoint_log if e[0] == "send"]
+    expected = [WindowMessage.from_bytes(e[3]) for e in every_batch_log if e[0] == "send"]
+    assert [w.window_id for w in sent] == [w.window_id for w in expected] and len(sent) == 24
+    assert all(np.array_equal(w.data, x.data) for w, x in zip(sent, expected, strict=True))
+    every_batch_sets = [e for e in every_batch_log if e[0] == "set"]
+    sets = [e for e in checkpoint_log if e[0] == "set"]
+    assert len(every_batch_sets) == 12 * 5 and len(sets) == 3 * 5  # 3 states + 2 positions
+    assert [e[0] for e in checkpoint_log].count("acked") == 3
+    # The last checkpoint (at 10 s, batch 10) covers offsets up to batch 10's.
+    raw = "t.raw.v1"
+    assert decode_position(table[position_key(raw, 0)]) == 11 * 2  # a and c in partition 0
+    assert decode_position(table[position_key(raw, 1)]) == 11
+    assert DeviceStream.from_bytes(table[b"b"], PreprocessingConfig()).last_seq == 10
+
+
+def test_after_forgetting_the_worker_continues_from_the_table() -> None:
+    """A rebalance drops the states held in memory: the next batch continues from the last
+    checkpoint (the rewind reads the packets after it again), and a replayed packet the
+    table already covers is a duplicate."""
+    batches = _live_batches(["a"], 8)
+    log = _Log()
+    clock = _Clock()
+    handler, table = _checkpointing_handler(log, clock)
+    clock.now = 5.0
+    asyncio.run(handler.handle(batches[0]))  # a checkpoint at 5 s
+    for batch in batches[1:4]:
+        asyncio.run(handler.handle(batch))
+    assert DeviceStream.from_bytes(table[b"a"], PreprocessingConfig()).last_seq == 0
+    handler.forget()
+    log.clear()
+    for batch in batches[1:4]:  # read again from the restored position
+        asyncio.run(handler.handle(batch))
+    asyncio.run(handler.checkpoint())
+    assert DeviceStream.from_bytes(table[b"a"], PreprocessingConfig()).last_seq == 3
+    reference_log = _Log()
+    reference, _ = _checkpointing_handler(reference_log, _Clock(), interval_s=0.0)
+    for batch in batches[:4]:
+        asyncio.run(reference.handle(batch))
+    # The windows of the packets read again are the same windows, with the same ids.
+    replayed = [WindowMessage.from_bytes(e[3]) for e in log if e[0] == "send"]
+    expected = {
+        w.window_id: w
+        for w in (WindowMessage.from_bytes(e[3]) for e in reference_log if e[0] == "send")
+    }
+    assert replayed and all(np.array_equal(expected[w.window_id].data, w.data) for w in replayed)
+
+
+def test_a_clean_stop_checkpoint_writes_what_is_unwritten_and_idle_devices_are_dropped() -> None:
+    batches = _live_batches(["a", "b"], 3)
+    log = _Log()
+    clock = _Clock()
+    handler, table = _checkpointing_handler(log, clock)
+    clock.now = 5.0
+    asyncio.run(handler.handle(batches[0]))  # a checkpoint at 5 s
+    clock.now = 6.0
+    asyncio.run(handler.handle(batches[1]))
+    assert DeviceStream.from_bytes(table[b"a"], PreprocessingConfig()).last_seq == 0
+    asyncio.run(handler.checkpoint())  # what the stop and the rebalance call
+    assert DeviceStream.from_bytes(table[b"a"], PreprocessingConfig()).last_seq == 1
+    log.clear()
+    asyncio.run(handler.checkpoint())  # nothing new: no write, no wait
+    assert log == []
+    clock.now = 6.0 + app.IDLE_STATE_S + 1
+    asyncio.run(handler.handle(batches[2][:1]))  # only "a" speaks
+    assert set(handler._streams) == {"a"}  # "b" was idle: its state lives in the table only
+
+
+def test_a_partition_read_for_the_first_time_is_checkpointed_at_once() -> None:
+    """faust commits a batch's offsets when it returns: a partition's first commit must have
+    a position behind it, or a crash before the next checkpoint would skip its packets."""
+    log = _Log()
+    clock = _Clock()
+    handler, table = _checkpointing_handler(log, clock)
+    (first, second) = _live_batches(["a", "b"], 2)
+    asyncio.run(handler.handle(first[:1]))  # partition 0 only: checkpointed
+    raw = "t.raw.v1"
+    assert position_key(raw, 0) in table and position_key(raw, 1) not in table
+    clock.now = 1.0
+    asyncio.run(handler.handle(second[:1]))  # partition 0 again, within the interval
+    assert decode_position(table[position_key(raw, 0)]) == 1
+    asyncio.run(handler.handle(first[1:]))  # partition 1's first batch: checkpointed
+    assert decode_position(table[position_key(raw, 1)]) == 1
+    assert decode_position(table[position_key(raw, 0)]) == 2  # with what was unwritten
