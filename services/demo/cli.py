@@ -241,6 +241,12 @@ def _print_operator(console: Console, pipeline: Pipeline) -> None:
         soft_wrap=True,
         highlight=False,
     )
+    console.print(
+        f"activity history (same key): curl -H 'Authorization: {header}' "
+        f"{pipeline.history_url}/v1/devices",
+        soft_wrap=True,
+        highlight=False,
+    )
     password = pipeline.operator_password
     if password is not None:
         console.print(
