@@ -1,7 +1,7 @@
 """Capacity: how many live devices the local pipeline holds on this machine (issue 10).
 
 ``python -m benchmarks.capacity [--steps 100,250,500,...] [--hold-s 60] [--warmup-s 20]
-[--body json|msgpack] [--gateways G] [--gateway-interval-s 1]``
+[--body json|msgpack] [--gateways G] [--gateway-interval-s 1] [--transport http|mqtt]``
 
 Starts the local pipeline (embedded broker, model server, every service as its own
 process, 4 partitions), registers the devices in one batch, and ramps a fleet of simulated
@@ -10,7 +10,13 @@ packet per device per second, real HAPT signals, phases spread over the second, 
 processes of their own). ``--gateways G`` has G gateways forward the devices' packets
 instead (``POST /v1/packets:batch`` every ``--gateway-interval-s``, one connection and one
 address per gateway); ``--body msgpack`` sends MessagePack (packed float32 samples) instead
-of JSON. Each step adds devices, waits ``--warmup-s``, then holds
+of JSON. ``--transport mqtt`` has every device publish its packets over MQTT instead (an
+MQTT 5 client per device, QoS 1, the next packet after the PUBACK) to a private Mosquitto
+with the devices' credentials and ACLs, from which ``harstream mqtt-bridge`` writes them to
+the raw topic (:class:`services.mqtt_bridge.local.LocalMqtt`); "accepted" is then
+Mosquitto's PUBACK, and each step also prints what the bridge wrote to Kafka per second,
+its and Mosquitto's CPU, and the backlog between them (judged like a consumer lag).
+Each step adds devices, waits ``--warmup-s``, then holds
 ``--hold-s`` and prints: offered and accepted packets/s, client latency, end-to-end p50/p99
 (from the inference histogram's bucket deltas and from the predictions' own timings read
 off the predictions topic), consumer lag per group at the start and end of the hold
@@ -31,6 +37,7 @@ own, not in the one whose figures you quote.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -48,7 +55,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.capacity_stats import (
+    BRIDGE,
     LAG_EDGES,
+    MQTT_EDGE,
     NOT_PIPELINE,
     LagTrend,
     ProcStat,
@@ -58,6 +67,7 @@ from benchmarks.capacity_stats import (
     judge,
     lags,
     largest_passing,
+    mqtt_backlog,
     parse_metrics,
     parse_proc_stat,
     step_result,
@@ -67,11 +77,14 @@ from benchmarks.capacity_stats import (
 from services.demo.fleet import DeviceSpec
 from services.demo.fleetgen import Fleet, FleetConfig, register_fleet
 from services.demo.pipeline import Pipeline, PipelineConfig
+from services.mqtt_bridge.local import LocalMqtt
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_STEPS = (100, 250, 500, 1000, 1500, 2500, 3500, 5000)
 SERVICES = ("broker", "modelserver", "ingest", "preprocess", "inference", "alerting")
+#: ``--transport mqtt``: the door in front of the pipeline (process group names).
+MQTT_SERVICES = (BRIDGE, "mosquitto")
 WINDOW_SIZE, WINDOW_STEP = 128, 64
 
 
@@ -195,20 +208,38 @@ class Harness:
     pipeline: Pipeline
     fleet: Fleet
     offsets: EndOffsets
+    #: ``--transport mqtt``: Mosquitto and the bridge (None over HTTP).
+    mqtt: LocalMqtt | None = None
     ticks_per_s: float = float(os.sysconf("SC_CLK_TCK"))
     page_size: int = os.sysconf("SC_PAGE_SIZE")
 
     def groups(self) -> dict[str, list[int]]:
         pids = self.pipeline.pids()
         groups = {name: [pid] for name, pid in pids.items()}
+        if self.mqtt is not None:
+            groups |= {name: [self.mqtt.services[name].pid] for name in MQTT_SERVICES}
         groups["loadgen"] = self.fleet.pids
         groups["harness"] = [os.getpid()]
         return groups
 
+    def metrics_urls(self) -> dict[str, str]:
+        urls = self.pipeline.metrics_urls()
+        if self.mqtt is not None:
+            urls[BRIDGE] = f"{self.mqtt.health_url}/metrics"
+        return urls
+
+    def lags(self, metrics: dict[str, Any], published: int) -> dict[str, float]:
+        """Every group's lag; over MQTT also Mosquitto's backlog (``published``: the fleet's
+        PUBACKed packets, read just before ``metrics``)."""
+        out = lags(metrics)
+        if self.mqtt is not None:
+            out[MQTT_EDGE] = mqtt_backlog(metrics, published)
+        return out
+
     def snapshot(self) -> Snapshot:
         fleet = self.fleet.snapshot()
         t = time.time()
-        metrics = scrape(self.pipeline.metrics_urls())
+        metrics = scrape(self.metrics_urls())
         # Services with their helper processes; the harness without its children (the
         # services are its children), the load generator's workers one by one.
         usage = usage_of(
@@ -234,17 +265,18 @@ def run_step(
 ) -> StepResult:
     before = harness.snapshot()
     points: dict[str, list[tuple[float, float]]] = {g: [] for g in LAG_EDGES}
-    for group, lag in lags(before.metrics).items():
-        points[group].append((before.t, lag))
+    for group, lag in harness.lags(before.metrics, before.fleet.accepted).items():
+        points.setdefault(group, []).append((before.t, lag))
     end = before.t + hold_s
     while (remaining := end - time.time()) > 0:
         time.sleep(min(lag_every_s, remaining))
         if time.time() < end - 1.0:
             t = time.time()
-            for group, lag in lags(scrape(harness.pipeline.metrics_urls())).items():
+            published = harness.fleet.snapshot().accepted if harness.mqtt else 0
+            for group, lag in harness.lags(scrape(harness.metrics_urls()), published).items():
                 points[group].append((t, lag))
     after = harness.snapshot()
-    for group, lag in lags(after.metrics).items():
+    for group, lag in harness.lags(after.metrics, after.fleet.accepted).items():
         points[group].append((after.t, lag))
     return step_result(
         devices,
@@ -382,16 +414,32 @@ def format_step(step: StepResult, why: list[str]) -> str:
             f"{'-' if step.kib_per_device is None else f'{step.kib_per_device:.1f} KiB'}",
             f"  broker records/s in {step.broker_in_per_s:.0f} (end offsets), "
             f"out {step.broker_out_per_s:.0f} (consumed)",
+            *(
+                [
+                    f"  MQTT: bridged {step.bridged_per_s:.0f}/s onto the raw topic "
+                    f"(Kafka-acknowledged), dead-lettered {step.bridge_rejections:.0f}, "
+                    f"redelivered {step.bridge_redeliveries:.0f}; CPU s/s mqtt-bridge "
+                    f"{step.cpu.get(BRIDGE, 0.0):.2f}, "
+                    f"mosquitto {step.cpu.get('mosquitto', 0.0):.2f}"
+                ]
+                if step.bridged_per_s is not None
+                else []
+            ),
         ]
     )
 
 
 def markdown_table(steps: list[tuple[StepResult, list[str]]]) -> str:
+    """One row per step; over MQTT with three more columns: what the bridge wrote to Kafka
+    per second, the bridge's and Mosquitto's CPU-seconds per second."""
+    mqtt = any(s.bridged_per_s is not None for s, _ in steps)
     rows = [
         "| devices | offered/s | accepted/s | e2e p50 / p99 (hist.) ms | ≤ 1 s | e2e p50 / p99 "
         "(pred.) ms | client p99 ms | lag growing | pipeline CPU s/s | ingest | broker | "
-        "preprocess | inference | modelserver | alerting | loadgen | KiB/device | verdict |",
-        "|---:|---:|---:|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "preprocess | inference | modelserver | alerting | loadgen | KiB/device | verdict |"
+        + (" bridged/s | mqtt-bridge | mosquitto |" if mqtt else ""),
+        "|---:|---:|---:|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        + ("---:|---:|---:|" if mqtt else ""),
     ]
     for s, why in steps:
         growing = ", ".join(g.split()[0] for g, t in s.lag.items() if t.growing) or "no"
@@ -406,6 +454,12 @@ def markdown_table(steps: list[tuple[StepResult, list[str]]]) -> str:
             f"{_ms(s.pred_p50_s)} / {_ms(s.pred_p99_s)} | {_ms(s.client_p99_s)} | {growing} | "
             f"{s.pipeline_cpu:.2f} | {' | '.join(cpu)} | {s.cpu.get('loadgen', 0.0):.2f} | "
             f"{kib} | {verdict} |"
+            + (
+                f" {s.bridged_per_s or 0.0:.0f} | {s.cpu.get(BRIDGE, 0.0):.2f} | "
+                f"{s.cpu.get('mosquitto', 0.0):.2f} |"
+                if mqtt
+                else ""
+            )
         )
     return "\n".join(rows)
 
@@ -432,7 +486,7 @@ def plot(steps: list[tuple[StepResult, list[str]]], path: Path) -> None:
     top.set_ylabel("end-to-end latency (s)")
     top.legend(fontsize=8)
     top.grid(True, which="both", alpha=0.3)
-    names = [n for n in (*SERVICES, "loadgen") if any(n in s.cpu for s, _ in steps)]
+    names = [n for n in (*SERVICES, *MQTT_SERVICES, "loadgen") if any(n in s.cpu for s, _ in steps)]
     bottoms = [0.0] * len(ns)
     for name in names:
         values = [s.cpu.get(name, 0.0) for s, _ in steps]
@@ -496,6 +550,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gateway-interval-s", type=float, default=1.0, help="a gateway's batch period [1]"
     )
+    parser.add_argument(
+        "--transport",
+        choices=("http", "mqtt"),
+        default="http",
+        help="devices post to ingest, or publish to a private Mosquitto in front of "
+        "harstream mqtt-bridge [http]",
+    )
     parser.add_argument("--keep-going", action="store_true", help="go on after a failing step")
     parser.add_argument("--drain-s", type=float, default=120.0)
     parser.add_argument("--workdir", type=Path, default=None)
@@ -552,6 +613,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     steps = sorted({int(s) for s in args.steps.split(",") if s.strip()})
     if not steps or steps[0] < 1:
         raise SystemExit("--steps: give positive device counts")
+    if args.transport == "mqtt" and args.gateways:
+        raise SystemExit("--gateways post batches over HTTP: not with --transport mqtt")
     processes = args.processes or max(1, -(-steps[-1] // 2500))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="harstream-capacity-"))
     # One keep-alive connection per device: lift ingest's connection cap (1,000 by default,
@@ -573,6 +636,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mode = (
         f"{args.gateways} gateways (a batch each every {args.gateway_interval_s:g} s)"
         if args.gateways
+        else "every device publishes its own packets over MQTT (QoS 1)"
+        if args.transport == "mqtt"
         else "every device posts its own packets"
     )
     print(
@@ -581,15 +646,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{workdir / 'logs'}",
         flush=True,
     )
-    with Pipeline(config) as pipeline:
+    with Pipeline(config) as pipeline, contextlib.ExitStack() as door:
         t0 = time.monotonic()
         specs: list[DeviceSpec] = register_fleet(pipeline.registry_url, steps[-1])
         print(f"registered {len(specs)} devices in {time.monotonic() - t0:.2f} s", flush=True)
+        mqtt = None
+        url = pipeline.ingest_url
+        if args.transport == "mqtt":
+            assert pipeline.settings is not None
+            tokens = {s.device_id: s.token for s in specs}
+            # Stopped (bridge first) before the pipeline: the ExitStack closes first.
+            mqtt = door.enter_context(LocalMqtt(workdir, pipeline.settings, tokens))
+            url = f"mqtt://{mqtt.host}:{mqtt.port}"
+            print(f"Mosquitto on {mqtt.host}:{mqtt.port}, bridge ready", flush=True)
         watch = PredictionWatch(pipeline)
         watch.start()
-        config = dataclasses.replace(fleet_config, url=pipeline.ingest_url)
-        with Fleet(config, processes=processes) as fleet:
-            harness = Harness(pipeline, fleet, EndOffsets(pipeline))
+        with Fleet(dataclasses.replace(fleet_config, url=url), processes=processes) as fleet:
+            harness = Harness(pipeline, fleet, EndOffsets(pipeline), mqtt)
             idle = harness.snapshot()
             previous = (0, tracking_rss(idle.usage))
             running = 0
@@ -638,6 +711,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "body": args.body,
         "gateways": args.gateways,
         "gateway_interval_s": args.gateway_interval_s,
+        "transport": args.transport,
     }
     if drained:
         print(

@@ -42,6 +42,17 @@ LAG_EDGES: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
 #: Records consumed from the broker per group (the "out" side of the broker's traffic).
 CONSUMED = [consumer for _, consumer in LAG_EDGES.values()]
 
+#: ``--transport mqtt``: the MQTT bridge writes the raw topic in ingest's place (its records
+#: count as produced for the raw group's lag), and what Mosquitto acknowledged to the devices
+#: but the bridge has not yet acknowledged after Kafka is a backlog of its own, judged like a
+#: group's lag (:func:`mqtt_backlog`). Its messages are stamped at the bridge, so the
+#: end-to-end latency does not see time spent queued in Mosquitto: this backlog does.
+BRIDGE = "mqtt-bridge"
+MQTT_EDGE = "mqtt-bridge (mosquitto)"
+RAW_GROUP = "preprocess (raw)"
+BRIDGE_MESSAGES = "harstream_mqtt_messages_total"
+BRIDGE_ACCEPTED = (("outcome", "accepted"),)
+
 
 # -- /proc ------------------------------------------------------------------------------------
 
@@ -143,6 +154,11 @@ def counter_total(samples: Samples, name: str) -> float:
     return sum(v for (n, _), v in samples.items() if n == name)
 
 
+def counter_value(samples: Samples, name: str, labels: tuple[tuple[str, str], ...]) -> float:
+    """Counter ``name`` with exactly ``labels`` (sorted pairs); 0 when absent."""
+    return samples.get((name, labels), 0.0)
+
+
 def histogram_buckets(samples: Samples, name: str) -> tuple[list[float], list[float]]:
     """``(upper bounds, cumulative counts)`` of histogram ``name``, summed over label sets
     other than ``le``, sorted by bound (the last is +Inf)."""
@@ -219,13 +235,22 @@ def _by_label(
 
 
 def lags(metrics: Mapping[str, Samples]) -> dict[str, float]:
-    """Records produced but not yet consumed, per consumer group (see :data:`LAG_EDGES`)."""
+    """Records produced but not yet consumed, per consumer group (see :data:`LAG_EDGES`;
+    the MQTT bridge's records count into the raw topic with ingest's)."""
     out = {}
     for group, ((up, produced), (down, consumed)) in LAG_EDGES.items():
         out[group] = counter_total(metrics.get(up, {}), produced) - counter_total(
             metrics.get(down, {}), consumed
         )
+    out[RAW_GROUP] += counter_value(metrics.get(BRIDGE, {}), BRIDGE_MESSAGES, BRIDGE_ACCEPTED)
     return out
+
+
+def mqtt_backlog(metrics: Mapping[str, Samples], published: int) -> float:
+    """Messages Mosquitto acknowledged to the devices (``published``: the load generator's
+    count of PUBACKs) that the bridge has not yet acknowledged (after Kafka acknowledged
+    their record or dead letter): queued in Mosquitto or in flight in the bridge."""
+    return published - counter_total(metrics.get(BRIDGE, {}), BRIDGE_MESSAGES)
 
 
 def slope(points: Sequence[tuple[float, float]]) -> float:
@@ -312,6 +337,12 @@ class StepResult:
     #: included, and ingest's rejections by reason.
     statuses: dict[int, int] = field(default_factory=dict)
     rejections_by_reason: dict[str, float] = field(default_factory=dict)
+    #: ``--transport mqtt`` (None over HTTP): messages per second the bridge wrote to the raw
+    #: topic (Kafka-acknowledged), and during the step the messages it dead-lettered (all
+    #: reasons) and those Mosquitto delivered again (DUP: after a bridge reconnect).
+    bridged_per_s: float | None = None
+    bridge_rejections: float = 0.0
+    bridge_redeliveries: float = 0.0
 
     @property
     def pipeline_cpu(self) -> float:
@@ -368,7 +399,9 @@ def step_result(
     within = fraction_within(e2e, 1.0) if e2e[0] and 1.0 in e2e[0] else None
     pred_p50, pred_p99 = percentiles(prediction_latencies)
     windows = delta("preprocess", "harstream_windows_emitted_total")
-    samples = delta("ingest", "harstream_ingest_samples_total")
+    samples = delta("ingest", "harstream_ingest_samples_total") + delta(
+        BRIDGE, "harstream_mqtt_samples_total"
+    )
     consumed = sum(delta(service, name) for service, name in CONSUMED)
     cpu = {
         name: (after.usage[name].cpu_s - before.usage[name].cpu_s) / dt
@@ -376,6 +409,11 @@ def step_result(
         if name in before.usage
     }
     rates = {group: delta(*LAG_EDGES[group][1]) / dt for group in LAG_EDGES}  # consumed per second
+    groups = list(LAG_EDGES)
+    mqtt = BRIDGE in after.metrics
+    if mqtt:
+        rates[MQTT_EDGE] = delta(BRIDGE, BRIDGE_MESSAGES) / dt
+        groups.append(MQTT_EDGE)
     pipeline_rss = tracking_rss(after.usage)
     return StepResult(
         devices=devices,
@@ -397,7 +435,7 @@ def step_result(
         predictions=len(prediction_latencies),
         windows_per_s=windows / dt,
         windows_ratio=windows * WINDOW_STEP / samples if samples > 0 else None,
-        lag={g: lag_trend(lag_points.get(g, []), rates[g]) for g in LAG_EDGES},
+        lag={g: lag_trend(lag_points.get(g, []), rates[g]) for g in groups},
         cpu=cpu,
         rss_mib={k: u.rss_bytes / 2**20 for k, u in after.usage.items()},
         broker_in_per_s=(sum(after.end_offsets.values()) - sum(before.end_offsets.values())) / dt,
@@ -405,6 +443,17 @@ def step_result(
         pipeline_rss_bytes=pipeline_rss,
         statuses=dict(fleet.statuses),
         rejections_by_reason=_by_label(before, after, "ingest", REJECTIONS, "reason"),
+        bridged_per_s=(
+            (
+                counter_value(after.metrics[BRIDGE], BRIDGE_MESSAGES, BRIDGE_ACCEPTED)
+                - counter_value(before.metrics.get(BRIDGE, {}), BRIDGE_MESSAGES, BRIDGE_ACCEPTED)
+            )
+            / dt
+            if mqtt
+            else None
+        ),
+        bridge_rejections=delta(BRIDGE, "harstream_mqtt_rejections_total"),
+        bridge_redeliveries=delta(BRIDGE, "harstream_mqtt_redeliveries_total"),
         kib_per_device=(
             (pipeline_rss - previous[1]) / (devices - previous[0]) / 1024
             if previous is not None and devices > previous[0]
@@ -438,6 +487,8 @@ def judge(step: StepResult, targets: Targets = Targets()) -> list[str]:
         why.append(f"{step.failed} packets rejected or given up")
     if step.ingest_rejections:
         why.append(f"ingest rejected {step.ingest_rejections:.0f} requests")
+    if step.bridge_rejections:
+        why.append(f"the MQTT bridge dead-lettered {step.bridge_rejections:.0f} messages")
     p99s = [p for p in (step.e2e_p99_s, step.pred_p99_s) if p is not None]
     if step.e2e_within_1s is not None and targets.p99_s == 1.0:
         # Exact from the bucket at le=1.0: interpolation inside the coarse 1–2.5 s bucket

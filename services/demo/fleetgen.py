@@ -26,6 +26,11 @@ a batch that got no answer) goes into a later batch, after the backoff, at most
 Bodies are JSON or MessagePack (``body``; MessagePack packets carry their samples as packed
 float32, pre-rendered like the JSON ones).
 
+MQTT (``url`` ``mqtt://host:port``): each device is an MQTT 5 client of its own
+(:class:`services.mqtt_bridge.loadgen.Publisher`, logged in with its id and token) and
+publishes the same packets at QoS 1 to its own topic on the same schedule, awaiting each
+PUBACK before the next packet (counted as the 202 it stands for; a refusal as 403).
+
 The parent talks to each worker over a pipe: ``add`` devices, ``snapshot`` the counters,
 ``accepted`` samples per device (loss accounting), ``stop``.
 """
@@ -74,7 +79,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FleetConfig:
-    #: Ingest base URL (``http://127.0.0.1:8080``).
+    #: Ingest base URL (``http://127.0.0.1:8080``), or an MQTT broker (``mqtt://host:port``).
     url: str
     packet_size: int = 50
     sample_rate_hz: float = 50.0
@@ -98,6 +103,15 @@ class FleetConfig:
     #: go in several batches, as a gateway catching up after an outage must send them.
     max_batch_packets: int = 1000
     max_batch_bytes: int = 1024 * 1024 - 64 * 1024
+
+    def __post_init__(self) -> None:
+        if self.gateways and self.mqtt:
+            raise ValueError("gateways post batches over HTTP: no gateways with an mqtt:// URL")
+
+    @property
+    def mqtt(self) -> bool:
+        """Devices publish to an MQTT broker rather than post to ingest."""
+        return urlsplit(self.url).scheme == "mqtt"
 
     @property
     def period_s(self) -> float:
@@ -214,7 +228,7 @@ class _Worker:
         self.rng = random.Random(seed)
         parts = urlsplit(config.url)
         self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
+        self.port = parts.port or (1883 if config.mqtt else 80)
         self.spread_sources = config.spread_sources and self.host.startswith("127.")
 
     def add(self, specs: Sequence[DeviceSpec], start_at: float) -> None:
@@ -223,7 +237,8 @@ class _Worker:
             state = _DeviceState(spec, start_at, phase_of(spec.index, config.period_s))
             self.devices.append(state)
             if not config.gateways:
-                self.tasks.append(asyncio.create_task(self._run(state)))
+                run = self._run_mqtt if config.mqtt else self._run
+                self.tasks.append(asyncio.create_task(run(state)))
                 continue
             chunks = self.chunks[spec.recording(len(self.chunks))]
             state.next_chunk = spec.first_chunk(len(chunks))
@@ -279,6 +294,48 @@ class _Worker:
                 chunk += 1
         finally:
             connection.close()
+
+    async def _run_mqtt(self, device: _DeviceState) -> None:
+        """:meth:`_run` over MQTT. No timeout or retry of our own: paho keeps a packet
+        until its PUBACK and sends it again after a reconnect (a device does the same)."""
+        from services.mqtt_bridge.loadgen import NOT_AUTHORIZED_STATUS, Publisher  # noqa: PLC0415
+        from services.mqtt_bridge.packets import device_topic  # noqa: PLC0415
+
+        config, spec, counters = self.config, device.spec, self.counters
+        chunks = self.chunks[spec.recording(len(self.chunks))]
+        chunk = spec.first_chunk(len(chunks))
+        period = config.period_s
+        origin = device.start + device.phase - period  # device clock of sample 0
+        topic = device_topic(spec.device_id)
+        loop = asyncio.get_running_loop()
+        publisher = Publisher(loop, self.host, self.port, spec.device_id, spec.token)
+        seq = 0
+        try:
+            await publisher.connected.wait()
+            while True:
+                wait = device.start + device.phase + seq * period - time.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                elif -wait > period:
+                    counters.late += 1
+                body = self._packet(spec.device_id, seq, origin + seq * period, chunks, chunk)
+                counters.requests += 1
+                t0 = time.perf_counter()
+                code = await publisher.publish(topic, body)
+                counters.observe_latency(time.perf_counter() - t0)
+                if code.is_failure:
+                    counters.statuses[NOT_AUTHORIZED_STATUS] += 1
+                    counters.failed[NOT_AUTHORIZED_STATUS] += 1
+                    device.gave_up += 1
+                else:
+                    counters.statuses[202] += 1
+                    counters.accepted += 1
+                    counters.samples_accepted += config.packet_size
+                    device.accepted_samples += config.packet_size
+                seq += 1
+                chunk += 1
+        finally:
+            publisher.close()
 
     async def _send(self, connection: _HttpConnection, request: bytes) -> bool:
         """Send until accepted (True) or given up (False)."""

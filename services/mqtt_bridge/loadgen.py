@@ -32,11 +32,12 @@ logger = logging.getLogger(__name__)
 NOT_AUTHORIZED_STATUS = 403
 
 
-class _Publisher:
-    """One device's MQTT client; PUBACKs resolve futures on the event loop."""
+class Publisher:
+    """One device's MQTT client; PUBACKs resolve futures on the event loop (also used by the
+    live fleet of :mod:`services.demo.fleetgen`)."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, host: str, port: int, creds: DeviceCredentials
+        self, loop: asyncio.AbstractEventLoop, host: str, port: int, device_id: str, token: str
     ) -> None:
         self._loop = loop
         # Both touched on the event loop only: paho calls on_publish holding the lock that
@@ -44,13 +45,13 @@ class _Publisher:
         self._pending: dict[int, asyncio.Future[ReasonCode]] = {}
         self._early: dict[int, ReasonCode] = {}
         self.connected = asyncio.Event()
-        self.device_id = creds.device.device_id
+        self.device_id = device_id
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"{creds.device.device_id}-sim",
+            client_id=f"{device_id}-sim",
             protocol=MQTTProtocolVersion.MQTTv5,
         )
-        self.client.username_pw_set(creds.device.device_id, creds.token)
+        self.client.username_pw_set(device_id, token)
         self.client.on_connect = self._on_connect
         self.client.on_publish = self._on_publish
         # Packets waiting for their PUBACK are kept by paho and sent again on reconnect.
@@ -116,7 +117,9 @@ async def replay_devices_mqtt(
     stats = stats or LoadStats()
     start_time = time.time() if start_time is None else start_time
     loop = asyncio.get_running_loop()
-    publishers = [_Publisher(loop, host, port, creds) for creds in devices]
+    publishers = [
+        Publisher(loop, host, port, creds.device.device_id, creds.token) for creds in devices
+    ]
     try:
         await asyncio.gather(
             *(
@@ -137,7 +140,7 @@ async def replay_devices_mqtt(
 
 
 async def _replay_one(
-    publisher: _Publisher,
+    publisher: Publisher,
     creds: DeviceCredentials,
     speed: float,
     packet_size: int,

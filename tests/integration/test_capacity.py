@@ -1,7 +1,8 @@
 """The capacity benchmark in a short form against the real local pipeline: two steps (20 and
-50 devices, 10 s each). Checks that its figures are consistent with each other, never how
-fast anything was (the machine is shared): accepted never exceeds offered, every accepted
-packet became the windows it makes, every process is accounted for."""
+50 devices, 10 s each) over HTTP, directly and through gateways, and one step of 20 devices
+over MQTT (private Mosquitto and bridge). Checks that its figures are consistent with each
+other, never how fast anything was (the machine is shared): accepted never exceeds offered,
+every accepted packet became the windows it makes, every process is accounted for."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 from pathlib import Path
 
 from benchmarks.capacity import parse_args, run
-from benchmarks.capacity_stats import LAG_EDGES, NOT_PIPELINE
+from benchmarks.capacity_stats import BRIDGE, LAG_EDGES, MQTT_EDGE, NOT_PIPELINE
 
 
 def test_short_capacity_ramp_is_consistent(tmp_path: Path) -> None:
@@ -119,3 +120,56 @@ def test_short_capacity_ramp_through_gateways_loses_nothing(tmp_path: Path) -> N
     assert final["accepted"] <= final["offered"]
     # per-packet answers: every packet sent was answered 202
     assert set(final["statuses"]) <= {202, "202"}
+
+
+def test_short_capacity_step_over_mqtt_loses_nothing(tmp_path: Path) -> None:
+    """One step of 20 devices publishing over MQTT (QoS 1) to a private Mosquitto, from which
+    the bridge writes the raw topic: every packet offered was acknowledged by Mosquitto, the
+    bridge wrote them all to Kafka (nothing dead-lettered, no backlog left behind in
+    Mosquitto), and after the drain every acknowledged sample became its windows."""
+    summary = run(
+        parse_args(
+            [
+                "--transport",
+                "mqtt",
+                "--steps",
+                "20",
+                "--hold-s",
+                "12",
+                "--warmup-s",
+                "5",
+                "--lag-every-s",
+                "2",
+                "--keep-going",
+                "--workdir",
+                str(tmp_path / "work"),
+                "--markdown",
+                str(tmp_path / "capacity.md"),
+            ]
+        )
+    )
+    assert summary["transport"] == "mqtt"
+    [step] = summary["steps"]
+    offered = round(step["offered_per_s"] * step["seconds"])
+    accepted = round(step["accepted_per_s"] * step["seconds"])
+    assert 0 < accepted <= offered + 20
+    assert step["failed"] == 0 and step["bridge_rejections"] == 0
+    # What the bridge wrote to Kafka during the hold: Mosquitto's PUBACKs, up to the
+    # messages between the two at the hold's ends.
+    bridged = round(step["bridged_per_s"] * step["seconds"])
+    assert abs(bridged - accepted) <= 20 + step["lag"][MQTT_EDGE]["end"]
+    assert {BRIDGE, "mosquitto"} <= set(step["cpu"])
+    assert step["cpu"][BRIDGE] > 0
+    assert MQTT_EDGE in step["lag"] and not step["lag"][MQTT_EDGE]["growing"]
+    final = summary["fleet_final"]
+    assert final is not None
+    # Every packet due was acknowledged but at most one per device in flight at the stop.
+    assert sum(final["failed"].values()) == 0 and final["gave_up"] == 0
+    assert 0 <= final["offered"] - final["accepted"] <= 20
+    assert set(final["statuses"]) <= {202, "202"}
+    loss = summary["loss_after_drain"]
+    assert loss["devices"] == 20 and loss["expected"] > 0
+    assert loss["drained"], loss
+    assert loss["lost"] == 0, loss
+    assert summary["undecodable_predictions"] == 0
+    assert "| bridged/s | mqtt-bridge | mosquitto |" in (tmp_path / "capacity.md").read_text()
