@@ -28,9 +28,11 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
 from services.alerting.settings import AlertingSettings
+from services.history.settings import HistorySettings
 from services.inference.settings import InferenceSettings
 from services.ingest.settings import IngestSettings
 from services.modelserver.settings import ModelServerSettings
+from services.mqtt_bridge.settings import MqttBridgeSettings
 from services.preprocess.settings import PreprocessSettings
 
 #: (service, settings class) in pipeline order; the service name is the ``harstream`` command.
@@ -39,6 +41,8 @@ SERVICES: tuple[tuple[str, type[BaseSettings]], ...] = (
     ("preprocess", PreprocessSettings),
     ("inference", InferenceSettings),
     ("alerting", AlertingSettings),
+    ("history", HistorySettings),
+    ("mqtt-bridge", MqttBridgeSettings),
     ("modelserver", ModelServerSettings),
 )
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Protocol
 
@@ -47,7 +47,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from services.alerting.lifecycle import AlertNotFoundError, InvalidTransitionError
 from services.alerting.store import HistoryEntry
-from services.common.authlimit import AuthFailureLimit, OverBudgetError
+from services.common.authlimit import AuthFailureLimit
+from services.common.operator_auth import (
+    AUTH_RATE_LIMITED_TITLE,
+    OPERATOR,
+    operator_middleware,
+    route_permission,
+)
 from services.common.operators import Identity, Permission
 from shared.errors import HarstreamError
 from shared.messages import Alert, AlertState, AlertType
@@ -58,8 +64,6 @@ MAX_LIMIT = 1000
 MAX_NOTE = 500
 #: ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
 _LIMIT = re.compile(r"[0-9]{1,6}")
-#: Both schemes the API takes; clients pick one.
-WWW_AUTHENTICATE = 'Bearer realm="harstream", Basic realm="harstream", charset="UTF-8"'
 #: Open to anyone who reaches the port: orchestrator probes and Prometheus.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 #: The web console (services.console): its own sessions and CSRF checks; ``/`` redirects
@@ -73,8 +77,6 @@ PERMISSIONS: dict[tuple[str, str], Permission] = {
     ("POST", "/v1/alerts/{alert_id}/ack"): Permission.ALERTS_ACT,
     ("POST", "/v1/alerts/{alert_id}/resolve"): Permission.ALERTS_ACT,
 }
-#: The authenticated operator of a request (set by the authentication middleware).
-OPERATOR = web.RequestKey("operator", Identity)
 _PERMISSION_WORDS = {
     Permission.ALERTS_READ: "read alerts",
     Permission.ALERTS_ACT: "acknowledge or resolve alerts",
@@ -111,8 +113,6 @@ class AlertingBackend(Protocol):
     async def readiness(self) -> dict[str, bool]: ...
 
 
-#: Title of the 429 answered to an address over its failed-authentication budget.
-AUTH_RATE_LIMITED_TITLE = "Too many failed authentications"
 #: The reason the listener's screen at accept answers such an address with.
 AUTH_RATE_LIMITED = "auth_rate_limited"
 
@@ -202,27 +202,13 @@ def parse_note(body: bytes) -> str | None:
     return note or None
 
 
-def _unauthenticated() -> web.Response:
-    return problem(
-        401,
-        "Unauthenticated",
-        "an operator credential is required: Authorization: Bearer <API key> or Basic",
-        headers={"WWW-Authenticate": WWW_AUTHENTICATE},
-    )
-
-
 def _required(request: web.Request) -> Permission | None:
     """The permission ``request``'s route needs; None for the open paths and for requests
     no route matches (aiohttp answers those 404/405 itself)."""
-    info = request.match_info
-    if info.http_exception is not None or request.path in OPEN_PATHS:
-        return None
     path = request.path
     if path in ("/", CONSOLE_PREFIX) or path.startswith(f"{CONSOLE_PREFIX}/"):
         return None
-    method = "GET" if request.method == "HEAD" else request.method
-    canonical = info.route.resource.canonical if info.route.resource is not None else ""
-    return PERMISSIONS.get((method, canonical), Permission.OPERATORS_MANAGE)
+    return route_permission(request, PERMISSIONS, OPEN_PATHS)
 
 
 def create_app(
@@ -348,66 +334,10 @@ def create_app(
             return problem(503, "Temporarily unavailable", str(exc))
         return response
 
-    Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-    @web.middleware
-    async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
-        needed = _required(request)
-        if needed is None:
-            return await handler(request)
-        # An address over its failed-authentication budget is refused before its credential
-        # is looked at, and a password check queued for a scrypt slot looks again once it
-        # has one (services.common.authlimit). Valid credentials take nothing.
-        source = auth_limit.source(request.remote, request.headers)
-        try:
-            auth_limit.check(source)
-            identity = await backend.authenticate(
-                request.headers.get("Authorization"), lambda: auth_limit.check(source)
-            )
-        except OverBudgetError as over:
-            logger.debug(
-                "refused %s %s from %s: over its failed-authentication budget",
-                request.method,
-                request.path,
-                request.remote,
-            )
-            response = problem(
-                429,
-                AUTH_RATE_LIMITED_TITLE,
-                str(over),
-                headers={"Retry-After": str(over.retry_after)},
-            )
-            # Its next connection is answered at accept, before any HTTP is parsed.
-            response.force_close()
-            return response
-        if identity is None:
-            auth_limit.failed(source)
-            # The header is attacker-controlled: only whether there was one is logged.
-            logger.info(
-                "refused %s %s from %s: %s",
-                request.method,
-                request.path,
-                request.remote,
-                "bad credential" if "Authorization" in request.headers else "no credential",
-            )
-            return _unauthenticated()
-        if not identity.can(needed):
-            logger.info(
-                "refused %s %s to operator %s (%s): needs %s",
-                request.method,
-                request.path,
-                identity.name,
-                identity.role.value,
-                needed.value,
-            )
-            return problem(
-                403,
-                "Forbidden",
-                f"operator {identity.name!r} ({identity.role.value}) may not "
-                f"{_PERMISSION_WORDS.get(needed, needed.value)}",
-            )
-        request[OPERATOR] = identity
-        return await handler(request)
+    # The middleware every operator API shares (services.common.operator_auth).
+    authenticated = operator_middleware(
+        backend.authenticate, auth_limit, _required, problem, _PERMISSION_WORDS
+    )
 
     # problems outermost; then the size check (cheapest, before any credential); a store
     # that cannot authenticate is a 503 too.

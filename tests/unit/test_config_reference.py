@@ -41,6 +41,8 @@ def test_every_field_of_every_settings_class_is_documented() -> None:
         "PreprocessSettings",
         "InferenceSettings",
         "AlertingSettings",
+        "HistorySettings",
+        "MqttBridgeSettings",
         "ModelServerSettings",
     }
     text = markdown()
