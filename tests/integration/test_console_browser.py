@@ -92,6 +92,13 @@ def _api(pipeline: Pipeline, path: str) -> Any:
         return json.loads(response.read())
 
 
+#: Visible form controls without a label (script for execute_script).
+_UNLABELLED = (
+    "return [...document.querySelectorAll('input, select, textarea')]"
+    ".filter(e => e.offsetParent !== null && e.labels.length === 0).map(e => e.outerHTML)"
+)
+
+
 def _shot(driver: Any, name: str) -> None:
     REPORTS.mkdir(exist_ok=True)
     driver.save_screenshot(str(REPORTS / f"console-{name}.png"))
@@ -99,6 +106,7 @@ def _shot(driver: Any, name: str) -> None:
 
 def test_console_in_a_browser_against_the_demo_pipeline(pipeline, browser, hapt_cache) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -109,11 +117,12 @@ def test_console_in_a_browser_against_the_demo_pipeline(pipeline, browser, hapt_
     browser.get(pipeline.console_url)
     wait.until(ec.visibility_of_element_located((By.ID, "login-name")), "login form")
     _shot(browser, "login")
-    browser.find_element(By.ID, "login-name").send_keys(DEMO_OPERATOR)
-    browser.find_element(By.ID, "login-password").send_keys(
-        pipeline.operator_password.get_secret_value()
+    # By keyboard only: name, Tab to the password, Enter submits.
+    browser.find_element(By.ID, "login-name").send_keys(DEMO_OPERATOR, Keys.TAB)
+    assert browser.switch_to.active_element.get_attribute("id") == "login-password"
+    browser.switch_to.active_element.send_keys(
+        pipeline.operator_password.get_secret_value(), Keys.ENTER
     )
-    browser.find_element(By.ID, "login-submit").click()
     wait.until(ec.visibility_of_element_located((By.ID, "fleet-view")), "fleet page after login")
     wait.until(
         ec.text_to_be_present_in_element((By.ID, "fleet-live"), "connected"), "live connection"
@@ -153,6 +162,7 @@ def test_console_in_a_browser_against_the_demo_pipeline(pipeline, browser, hapt_
 
     change = wait.until(changed_activity, "activity change")
     assert "->" in change
+    assert browser.execute_script(_UNLABELLED) == []
     counts = browser.find_element(By.CSS_SELECTOR, "[data-count=devices] strong").text
     assert int(counts) >= 2
     _shot(browser, "fleet")
@@ -170,7 +180,9 @@ def test_console_in_a_browser_against_the_demo_pipeline(pipeline, browser, hapt_
     alert_id = item.get_attribute("data-alert")
     _shot(browser, "alerts")
     item.find_element(By.TAG_NAME, "textarea").send_keys(NOTE)
-    item.find_element(By.CSS_SELECTOR, "button.ack").click()
+    # Every form control of the inbox has a label; the acknowledgement works by keyboard.
+    assert browser.execute_script(_UNLABELLED) == []
+    item.find_element(By.CSS_SELECTOR, "button.ack").send_keys(Keys.ENTER)
     wait.until(
         ec.text_to_be_present_in_element((By.ID, "announce"), "acknowledged"),
         "acknowledgement announced",
