@@ -26,7 +26,7 @@ $(TOOLS_STAMP): $(STAMP) deploy/tools/install-validators.sh
 
 setup: $(STAMP) ## Create .venv and install harstream with all extras
 
-tools: $(TOOLS_STAMP) ## Install the deployment validators (kubectl, promtool, checkov, docker-compose)
+tools: $(TOOLS_STAMP) ## Install the deployment validators (kubectl, promtool, checkov, docker-compose) and chromium for the console test
 
 demo: $(STAMP) ## The main job: the whole pipeline on embedded Kafka + model server, replaying the test subjects live
 	$(BIN)/harstream demo $(DEMO_ARGS)
