@@ -363,7 +363,7 @@ function renderHistory(history, alerts) {
     }
     bar.append(svg("line", { x1: 30, x2: 90, y1: 80, y2: 80, stroke: "#444" }));
     const extra = summary && summary.lying_minutes !== undefined
-      ? [el("br"), `lying ${Math.round(summary.lying_minutes)} min · ${summary.posture_changes ?? 0} posture changes`] : [];
+      ? [el("br"), `lying ${summary.lying_minutes < 10 ? summary.lying_minutes.toFixed(1) : Math.round(summary.lying_minutes)} min · ${summary.posture_changes ?? 0} posture changes`] : [];
     fig.append(bar, el("figcaption", {}, date, el("br"), summary ? `${Math.round(total)} min with data` : "no data", ...extra));
     return fig;
   }));
