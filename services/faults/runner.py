@@ -164,6 +164,7 @@ async def _observe(
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         await receiver.down()
+        receiver.close()
     contents = await asyncio.to_thread(read_all, pipeline.settings)
     deliveries = list(receiver.deliveries)
     for record in records:

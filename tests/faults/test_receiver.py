@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import aiohttp
 import pytest
@@ -49,5 +50,29 @@ def test_records_goes_down_and_comes_back_on_the_same_port() -> None:
             assert receiver.deliveries[0].alert_id == "a1"
             assert receiver.deliveries[0].type == "FALL_SUSPECTED"
             assert len(receiver.malformed) == 1 and receiver.malformed[0].startswith("x:")
+
+    asyncio.run(scenario())
+
+
+def test_the_port_is_the_receivers_before_it_listens_and_while_it_is_down() -> None:
+    """Alerting gets the URL before the pipeline starts; nothing may take the port
+    meanwhile (it did: "address already in use" when the receiver came up)."""
+
+    def taken(port: int) -> bool:
+        with socket.socket() as other:
+            try:
+                other.bind(("127.0.0.1", port))
+            except OSError:
+                return True
+            return False
+
+    async def scenario() -> None:
+        receiver = WebhookReceiver()
+        assert taken(receiver.port) and not receiver.listening
+        await receiver.up()
+        await receiver.down()
+        assert taken(receiver.port)
+        receiver.close()
+        assert not taken(receiver.port)
 
     asyncio.run(scenario())
