@@ -19,17 +19,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
 from services.alerting.lifecycle import AlertTransition
-from services.common.files import create_private_sqlite
 from services.common.operators import (
     OperatorExistsError,
     OperatorRecord,
@@ -37,10 +33,9 @@ from services.common.operators import (
     Role,
     UnknownOperatorError,
 )
+from services.common.sqlstore import PostgresStore, SqliteStore, SqlStore
 from shared.errors import HarstreamError
 from shared.messages import Alert, AlertState, AlertType, Severity
-
-T = TypeVar("T")
 
 
 class StoreError(HarstreamError):
@@ -327,25 +322,13 @@ def _state_from_text(text: str) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
-class _SqlStore:
-    """The SQL both databases share; subclasses supply connections and placeholders."""
+class _SqlStore(SqlStore):
+    """The SQL both databases share; :mod:`services.common.sqlstore` supplies the
+    connections and placeholders."""
 
-    _placeholder = "?"
+    store_error = StoreError
+    store_name = "alert"
     _claim_sql: str
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def _transaction(self) -> AbstractContextManager[Any]:
-        """A cursor inside one transaction; errors become :class:`StoreError`."""
-        raise NotImplementedError
-
-    def _q(self, sql: str) -> str:
-        return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
-
-    def _run(self, work: Callable[[Any], T]) -> T:
-        with self._lock, self._transaction() as cursor:
-            return work(cursor)
 
     # AlertStore
     def record(
@@ -724,7 +707,7 @@ class _SqlStore:
         )
 
 
-class SqliteAlertStore(_SqlStore):
+class SqliteAlertStore(SqliteStore, _SqlStore):
     """A SQLite file (``:memory:`` works too). WAL mode so API reads do not wait for writes."""
 
     _claim_sql = (
@@ -733,45 +716,18 @@ class SqliteAlertStore(_SqlStore):
         "RETURNING id, url, idempotency_key, body, attempts, created_at"
     )
 
-    def __init__(self, path: str | Path) -> None:
-        super().__init__()
-        if str(path) != ":memory:":
-            # Operator hashes and the alert history: readable by the service's user only.
-            create_private_sqlite(path)
-        try:
-            self._conn = sqlite3.connect(str(path), check_same_thread=False, timeout=10.0)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
-            with self._conn:
-                for table, column, kind in _ADDED_COLUMNS:
-                    present = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
-                    if column not in present:
-                        self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite alert store {path}: {exc}") from exc
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        try:
-            with self._conn:  # commits, or rolls back on an exception
-                cursor = self._conn.cursor()
-                try:
-                    yield cursor
-                finally:
-                    cursor.close()
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite alert store: {exc}") from exc
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+    def _create_sqlite_schema(self, conn: sqlite3.Connection) -> None:
+        conn.executescript(_SCHEMA.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+        with conn:
+            for table, column, kind in _ADDED_COLUMNS:
+                present = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
-class PostgresAlertStore(_SqlStore):
+class PostgresAlertStore(PostgresStore, _SqlStore):
     """PostgreSQL via psycopg 3, tables in ``schema``; reconnects after a lost connection."""
 
-    _placeholder = "%s"
     _claim_sql = (
         "UPDATE webhook_outbox SET next_attempt_at = ? WHERE id IN (SELECT id FROM "
         "webhook_outbox WHERE status = 'pending' AND next_attempt_at <= ? "
@@ -780,56 +736,12 @@ class PostgresAlertStore(_SqlStore):
     )
 
     def __init__(self, url: str, schema: str = "harstream_alerting") -> None:
-        super().__init__()
-        if not schema.replace("_", "").isalnum():
-            raise StoreError(f"bad schema name {schema!r}")
-        self._url = url
-        self.schema = schema
-        self._conn: Any = None
-        with self._lock:
-            self._connect()
+        super().__init__(url, schema)
 
-    def _connect(self) -> Any:
-        import psycopg  # noqa: PLC0415 - only PostgreSQL deployments need it
-
-        try:
-            conn = psycopg.connect(self._url, connect_timeout=10)
-            with conn.transaction(), conn.cursor() as cur:
-                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                cur.execute(f'SET search_path TO "{self.schema}"')
-                cur.execute(_SCHEMA.format(serial="BIGSERIAL PRIMARY KEY"))
-                for table, column, kind in _ADDED_COLUMNS:
-                    cur.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot open PostgreSQL alert store: {exc}") from exc
-        self._conn = conn
-        return conn
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        import psycopg  # noqa: PLC0415
-
-        conn = self._conn
-        try:
-            if conn is None or conn.closed or conn.broken:
-                conn = self._connect()
-            with conn.transaction(), conn.cursor() as cursor:
-                yield cursor
-        except psycopg.Error as exc:
-            if conn is not None and (conn.closed or conn.broken):
-                self._conn = None
-            raise StoreError(f"PostgreSQL alert store: {exc}") from exc
-
-    def drop(self) -> None:
-        """Drop the schema and everything in it (tests)."""
-        with self._lock, self._transaction() as cur:
-            cur.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+    def _create_postgres_schema(self, cur: Any) -> None:
+        cur.execute(_SCHEMA.format(serial="BIGSERIAL PRIMARY KEY"))
+        for table, column, kind in _ADDED_COLUMNS:
+            cur.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
 def open_store(url: str, schema: str = "harstream_alerting") -> AlertStore:

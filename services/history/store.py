@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
 
-from services.common.files import create_private_sqlite
+from services.common.sqlstore import PostgresStore, SqliteStore, SqlStore
 from services.history.segments import Segment
 from shared.errors import HarstreamError
-
-T = TypeVar("T")
 
 
 class StoreError(HarstreamError):
@@ -133,21 +128,11 @@ def _device(row: Sequence[Any]) -> StoredDevice:
     )
 
 
-class _SqlStore:
-    _placeholder = "?"
+class _SqlStore(SqlStore):
+    """The history SQL; :mod:`services.common.sqlstore` supplies the connections."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def _transaction(self) -> AbstractContextManager[Any]:
-        raise NotImplementedError
-
-    def _q(self, sql: str) -> str:
-        return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
-
-    def _run(self, work: Callable[[Any], T]) -> T:
-        with self._lock, self._transaction() as cursor:
-            return work(cursor)
+    store_error = StoreError
+    store_name = "history"
 
     def save(
         self,
@@ -245,93 +230,21 @@ class _SqlStore:
         self._run(work)
 
 
-class SqliteHistoryStore(_SqlStore):
+class SqliteHistoryStore(SqliteStore, _SqlStore):
     """A SQLite file (``:memory:`` works too); WAL so API reads do not wait for writes."""
 
-    def __init__(self, path: str | Path) -> None:
-        super().__init__()
-        if str(path) != ":memory:":
-            # Where people were, minute by minute: readable by the service's user only.
-            create_private_sqlite(path)
-        try:
-            self._conn = sqlite3.connect(str(path), check_same_thread=False, timeout=10.0)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open SQLite history store {path}: {exc}") from exc
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        try:
-            with self._conn:  # commits, or rolls back on an exception
-                cursor = self._conn.cursor()
-                try:
-                    yield cursor
-                finally:
-                    cursor.close()
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite history store: {exc}") from exc
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+    def _create_sqlite_schema(self, conn: sqlite3.Connection) -> None:
+        conn.executescript(_SCHEMA)
 
 
-class PostgresHistoryStore(_SqlStore):
+class PostgresHistoryStore(PostgresStore, _SqlStore):
     """PostgreSQL via psycopg 3, tables in ``schema``; reconnects after a lost connection."""
 
-    _placeholder = "%s"
-
     def __init__(self, url: str, schema: str = "harstream_history") -> None:
-        super().__init__()
-        if not schema.replace("_", "").isalnum():
-            raise StoreError(f"bad schema name {schema!r}")
-        self._url = url
-        self.schema = schema
-        self._conn: Any = None
-        with self._lock:
-            self._connect()
+        super().__init__(url, schema)
 
-    def _connect(self) -> Any:
-        import psycopg  # noqa: PLC0415 - only PostgreSQL deployments need it
-
-        try:
-            conn = psycopg.connect(self._url, connect_timeout=10)
-            with conn.transaction(), conn.cursor() as cur:
-                cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                cur.execute(f'SET search_path TO "{self.schema}"')
-                cur.execute(_SCHEMA)
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot open PostgreSQL history store: {exc}") from exc
-        self._conn = conn
-        return conn
-
-    @contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        import psycopg  # noqa: PLC0415
-
-        conn = self._conn
-        try:
-            if conn is None or conn.closed or conn.broken:
-                conn = self._connect()
-            with conn.transaction(), conn.cursor() as cursor:
-                yield cursor
-        except psycopg.Error as exc:
-            if conn is not None and (conn.closed or conn.broken):
-                self._conn = None
-            raise StoreError(f"PostgreSQL history store: {exc}") from exc
-
-    def drop(self) -> None:
-        """Drop the schema and everything in it (tests)."""
-        with self._lock, self._transaction() as cur:
-            cur.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+    def _create_postgres_schema(self, cur: Any) -> None:
+        cur.execute(_SCHEMA)
 
 
 def open_store(url: str, schema: str = "harstream_history") -> HistoryStore:
