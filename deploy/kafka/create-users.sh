@@ -43,12 +43,14 @@ group_rights() {  # principal, group
 : "${KAFKA_PREPROCESS_PASSWORD:?set it in .env (deploy/compose/make-env.sh)}"
 : "${KAFKA_INFERENCE_PASSWORD:?set it in .env (deploy/compose/make-env.sh)}"
 : "${KAFKA_ALERTING_PASSWORD:?set it in .env (deploy/compose/make-env.sh)}"
+: "${KAFKA_HISTORY_PASSWORD:?set it in .env (deploy/compose/make-env.sh)}"
 : "${KAFKA_LAG_READER_PASSWORD:?set it in .env (deploy/compose/make-env.sh)}"
 
 user harstream-ingest "$KAFKA_INGEST_PASSWORD"
 user harstream-preprocess "$KAFKA_PREPROCESS_PASSWORD"
 user harstream-inference "$KAFKA_INFERENCE_PASSWORD"
 user harstream-alerting "$KAFKA_ALERTING_PASSWORD"
+user harstream-history "$KAFKA_HISTORY_PASSWORD"
 user harstream-lag-reader "$KAFKA_LAG_READER_PASSWORD"
 
 topic_rights harstream-ingest "$PREFIX.raw.v1" Write
@@ -76,6 +78,11 @@ topic_rights harstream-alerting "$PREFIX.heartbeats.v1" Read
 topic_rights harstream-alerting "$PREFIX.alerts.v1" Write
 topic_rights harstream-alerting "$PREFIX.dlq.v1" Write
 group_rights harstream-alerting harstream-alerting
+
+# Predictions become activity history; predictions it cannot use go to the DLQ.
+topic_rights harstream-history "$PREFIX.predictions.v1" Read
+topic_rights harstream-history "$PREFIX.dlq.v1" Write
+group_rights harstream-history harstream-history
 
 allow harstream-lag-reader Describe --topic "$PREFIX" --resource-pattern-type prefixed
 allow harstream-lag-reader Describe --group harstream- --resource-pattern-type prefixed

@@ -47,7 +47,7 @@ CRD_KINDS = {
     "ScaledObject",
     "TriggerAuthentication",
 }
-HARSTREAM_SERVICES = ("ingest", "preprocess", "inference", "alerting")
+HARSTREAM_SERVICES = ("ingest", "preprocess", "inference", "alerting", "history")
 #: MQTT ingest: the broker and the bridge (which writes to Kafka as ingest's user).
 MQTT_COMPONENTS = ("mosquitto", "mqtt-bridge")
 INSTALL_HINT = "run deploy/tools/install-validators.sh"
@@ -202,6 +202,20 @@ def test_probes_use_the_services_real_endpoints(rendered: dict[str, Any]) -> Non
     alerting = main_container("alerting")
     assert alerting["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert port_of(alerting, "http") == 8083
+    history = main_container("history")
+    assert history["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert port_of(history, "http") == 8084  # the API and /metrics
+    annotations = deployments["history"]["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == "8084"
+    # Strimzi creates the topics; harstream-history has no right to.
+    assert history["args"] == ["history", "--no-create-topics"]
+    # The console (in the alerting pods) reaches the history API through its Service.
+    (service,) = [
+        s for s in _of_kind(rendered["docs"], "Service") if s["metadata"]["name"] == "history"
+    ]
+    assert [p["port"] for p in service["spec"]["ports"]] == [8084]
+    alerting_env = _k8s_env(rendered["docs"])["alerting"]
+    assert alerting_env["HARSTREAM_ALERTING_CONSOLE__HISTORY_URL"] == "http://history:8084"
     # preprocess and inference have no HTTP health endpoint: TCP on the metrics port.
     assert port_of(main_container("preprocess"), "metrics") == 9102
     assert main_container("preprocess")["livenessProbe"]["tcpSocket"]["port"] == "metrics"
@@ -335,6 +349,13 @@ def test_each_service_is_a_kafka_user_with_only_its_own_acls(rendered: dict[str,
                 group("harstream-alerting"),
             ]
         ),
+        "harstream-history": dict(
+            [
+                topic(t.predictions, "Read"),
+                topic(t.dlq, "Write"),
+                group("harstream-history"),
+            ]
+        ),
         "harstream-lag-reader": {
             ("topic", "harstream", "prefix"): {"Describe"},
             ("group", "harstream-", "prefix"): {"Describe"},
@@ -429,6 +450,26 @@ def test_network_policies_open_each_listener_only_to_its_consumers(
         for expr in selector["matchExpressions"]
     }
     assert keys == {"harstream.io/console", "harstream.io/operators", "harstream.io/monitoring"}
+    # The history API: the same peers, and the alerting pods (the console's device page is
+    # served by alerting and calls it); nobody else.
+    rules = _rules_for_port(_policies_for(docs, "history"), 8084)
+    assert rules and all(rule.get("from") for rule in rules)
+    selectors = {
+        (expr["key"], tuple(expr["values"]))
+        for rule in rules
+        for peer in rule["from"]
+        for selector in peer.values()
+        for expr in selector["matchExpressions"]
+    }
+    assert selectors == {
+        ("harstream.io/console", ("true",)),
+        ("harstream.io/operators", ("true",)),
+        ("harstream.io/monitoring", ("true",)),
+        ("app.kubernetes.io/name", ("alerting",)),
+    }
+    # Nothing else opens 8084, and the alert API's policy does not cover history.
+    assert not _rules_for_port(_policies_for(docs, "alerting"), 8084)
+    assert not _rules_for_port(_policies_for(docs, "history"), 8083)
     # Metrics: Prometheus only.
     for app, port in (
         ("ingest", 9101),
@@ -571,6 +612,7 @@ REACHED_LISTENERS = {
     "preprocess": ("metrics_host",),
     "inference": ("metrics_host",),
     "alerting": ("host",),
+    "history": ("host",),
 }
 
 
@@ -657,6 +699,13 @@ def test_compose_healthchecks_and_startup_order(docker_compose: str) -> None:
         assert services[name]["cap_drop"] == ["ALL"]
     assert waits_for("ingest")["postgres"] == "service_healthy"
     assert waits_for("alerting")["postgres"] == "service_healthy"
+    assert waits_for("history")["postgres"] == "service_healthy"
+    # kafka-init made the topics; harstream-history may not create any.
+    assert services["history"]["command"] == ["history", "--no-create-topics"]
+    # The console's device page (served by alerting) asks the history service.
+    history_port = services["history"]["environment"]["HARSTREAM_HISTORY_PORT"]
+    console_history = services["alerting"]["environment"]["HARSTREAM_ALERTING_CONSOLE__HISTORY_URL"]
+    assert console_history == f"http://history:{history_port}"
     assert waits_for("inference")["tfserving"] == "service_healthy"
     assert waits_for("kafka-init") == {"kafka": "service_healthy"}
     assert waits_for("grafana") == {"prometheus": "service_healthy"}
@@ -693,7 +742,10 @@ def test_compose_has_no_default_password(docker_compose: str, tmp_path: Path) ->
     assert set(secrets) == {
         "POSTGRES_PASSWORD",
         "GRAFANA_ADMIN_PASSWORD",
-        *(f"KAFKA_{u}_PASSWORD" for u in ("INGEST", "PREPROCESS", "INFERENCE", "ALERTING")),
+        *(
+            f"KAFKA_{u}_PASSWORD"
+            for u in ("INGEST", "PREPROCESS", "INFERENCE", "ALERTING", "HISTORY")
+        ),
         "KAFKA_LAG_READER_PASSWORD",
         "MQTT_BRIDGE_PASSWORD",
     }
@@ -722,6 +774,7 @@ def test_compose_publishes_only_device_doors_and_local_consoles(docker_compose: 
         "ingest": {("", 8080)},
         "mosquitto": {("", 1883)},  # devices publish over MQTT (password + ACL per device)
         "alerting": {("127.0.0.1", 8083)},
+        "history": {("127.0.0.1", 8084)},
         "grafana": {("127.0.0.1", 3000)},
     }
 
@@ -757,8 +810,8 @@ def test_compose_user_script_grants_each_service_only_its_topics(tmp_path: Path)
         stub = tmp_path / tool
         stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\n')
         stub.chmod(0o755)
-    passwords = {f"KAFKA_{u}_PASSWORD": f"pw-{u}" for u in
-                 ("INGEST", "PREPROCESS", "INFERENCE", "ALERTING", "LAG_READER")}  # fmt: skip
+    kafka_users = ("INGEST", "PREPROCESS", "INFERENCE", "ALERTING", "HISTORY", "LAG_READER")
+    passwords = {f"KAFKA_{u}_PASSWORD": f"pw-{u}" for u in kafka_users}
     subprocess.run(
         ["sh", str(REPO / "deploy/kafka/create-users.sh")],
         env={"PATH": os.environ["PATH"], "KAFKA_BIN": str(tmp_path), **passwords},
@@ -788,6 +841,13 @@ def test_compose_user_script_grants_each_service_only_its_topics(tmp_path: Path)
     # Shadow predictions never reach alerting: nobody but inference touches their topic.
     assert {p for p, _, topic in grants if topic == t.shadow_predictions} == {"harstream-inference"}
     assert ("harstream-alerting", "Write", t.alerts) in grants
+    # history reads predictions and dead-letters what it cannot use; nothing else.
+    assert {(op, topic) for p, op, topic in grants if p == "harstream-history"} == {
+        ("Describe", t.predictions),
+        ("Read", t.predictions),
+        ("Describe", t.dlq),
+        ("Write", t.dlq),
+    }
     assert not any(p == "harstream-lag-reader" and op != "Describe" for p, op, _ in grants)
     # Passwords go to kafka-configs only, never to the ACL tool.
     assert not any("pw-" in line for line in lines if line.startswith("kafka-acls.sh"))
