@@ -3,9 +3,9 @@
 * ``promtool check config`` (compose and Kubernetes scrape configs), ``promtool check rules``,
   ``promtool test rules`` (deploy/prometheus/tests/alerts_test.yml has a firing case for
   every alert), ``amtool check-config``.
-* One live test: the local pipeline (:class:`~services.demo.pipeline.Pipeline`) plus a real
-  Prometheus (Debian's binary, own TSDB in tmp, free port) scraping
-  ``pipeline.metrics_urls()`` under the production job names. After a little traffic (two
+* One live test: the local pipeline (:class:`~services.demo.pipeline.Pipeline`, the history
+  service included) plus a real Prometheus (Debian's binary, own TSDB in tmp, free port)
+  scraping ``pipeline.metrics_urls()`` under the production job names. After a little traffic (two
   HAPT recordings at 100x, one undecodable raw record for the DLQ, one unauthenticated
   request, devices going offline so DEVICE_OFFLINE alerts fire and webhooks deliver), every
   target is up, every rule evaluates without error, and every recording rule and every
@@ -92,12 +92,29 @@ def test_promtool_check_config_compose(tmp_path: Path) -> None:
     # Again with the rule files resolvable, so they are checked in the config's context.
     config = yaml.safe_load((PROM / "prometheus.yml").read_text())
     jobs = {job["job_name"] for job in config["scrape_configs"]}
-    assert {"ingest", "preprocess", "inference", "alerting", "tfserving", "kafka-exporter"} <= jobs
-    # ingest's /metrics is on its metrics listener, not on the device port.
-    (ingest,) = [job for job in config["scrape_configs"] if job["job_name"] == "ingest"]
+    assert {
+        "ingest",
+        "preprocess",
+        "inference",
+        "alerting",
+        "history",
+        "mqtt-bridge",
+        "tfserving",
+        "kafka-exporter",
+    } <= jobs
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+    def target(job_name: str) -> list[dict[str, list[str]]]:
+        (job,) = [job for job in config["scrape_configs"] if job["job_name"] == job_name]
+        targets: list[dict[str, list[str]]] = job["static_configs"]
+        return targets
+
+    # ingest's /metrics is on its metrics listener, not on the device port.
     port = compose["services"]["ingest"]["environment"]["HARSTREAM_INGEST_METRICS_PORT"]
-    assert ingest["static_configs"] == [{"targets": [f"ingest:{port}"]}]
+    assert target("ingest") == [{"targets": [f"ingest:{port}"]}]
+    # history's /metrics is beside its API, on the port compose gives it.
+    port = compose["services"]["history"]["environment"]["HARSTREAM_HISTORY_PORT"]
+    assert target("history") == [{"targets": [f"history:{port}"]}]
     result = _run(promtool, "check", "config", str(_with_repo_rules(config, tmp_path)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 2 rule files found" in result.stdout
@@ -370,11 +387,14 @@ def test_rules_and_dashboards_return_data_from_the_running_pipeline(
             results = _wait_for_data(prometheus, records + [q for _, _, q in panels], 90.0)
 
             targets = prometheus.api("targets")["activeTargets"]
+            # Every service of the local pipeline under its production job name (the MQTT
+            # bridge is not part of it).
             assert {t["labels"]["job"] for t in targets} == {
                 "ingest",
                 "preprocess",
                 "inference",
                 "alerting",
+                "history",
                 "tfserving",
             }
             assert all(t["health"] == "up" for t in targets), [
@@ -396,5 +416,9 @@ def test_rules_and_dashboards_return_data_from_the_running_pipeline(
             # The SLO histogram saw real predictions.
             (p99,) = results["job:harstream_end_to_end_latency_seconds:p99_rate5m"]
             assert 0 < float(p99["value"][1]) < 30
+            # The history service read those predictions (its series exist from the start,
+            # so the panels above had data either way).
+            accepted = 'harstream_history_predictions_total{job="history",outcome="accepted"} > 0'
+            assert _wait_for_data(prometheus, [accepted], 60.0)[accepted], "history read nothing"
     finally:
         prometheus.stop()
