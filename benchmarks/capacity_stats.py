@@ -249,7 +249,9 @@ def lags(metrics: Mapping[str, Samples]) -> dict[str, float]:
 def mqtt_backlog(metrics: Mapping[str, Samples], published: int) -> float:
     """Messages Mosquitto acknowledged to the devices (``published``: the load generator's
     count of PUBACKs) that the bridge has not yet acknowledged (after Kafka acknowledged
-    their record or dead letter): queued in Mosquitto or in flight in the bridge."""
+    their record or dead letter): queued in Mosquitto or in flight in the bridge. It can
+    read a few below 0: ``published`` is read first, and the load generator counts a PUBACK
+    only once its event loop runs the callback, by when the bridge may have the message."""
     return published - counter_total(metrics.get(BRIDGE, {}), BRIDGE_MESSAGES)
 
 
