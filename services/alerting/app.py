@@ -49,7 +49,6 @@ from aiohttp import web
 from aiokafka import (  # type: ignore[import-untyped]
     AIOKafkaConsumer,
     AIOKafkaProducer,
-    ConsumerRebalanceListener,
     TopicPartition,
 )
 from aiokafka.coordinator.assignors.range import (  # type: ignore[import-untyped]
@@ -81,6 +80,7 @@ from services.alerting.webhooks import WebhookDispatcher
 from services.common.authlimit import AuthFailureLimit
 from services.common.http_server import ProblemAppRunner, auth_screen
 from services.common.kafka.backoff import BackoffPolicy
+from services.common.kafka.checkpoint import Checkpoints, Rebalance, consume, retry_store
 from services.common.kafka.clients import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from services.common.kafka.dead_letters import dead_letter
 from services.common.kafka.send import Record, send_acked
@@ -128,17 +128,6 @@ def _limited(limit: str) -> None:
     logger.debug("alert API: a connection was closed or refused (%s)", limit)
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, service: AlertingService) -> None:
-        self._service = service
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._service.partitions_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._service.partitions_assigned(assigned)
-
-
 class AlertingService:
     """One worker. ``await start()`` … ``await stop()``, or ``await run()`` until
     :meth:`request_stop`."""
@@ -174,10 +163,9 @@ class AlertingService:
         self._next_offset: dict[TopicPartition, int] = {}
         #: Offsets handled (their dead letters acknowledged) but not committed yet: the next
         #: checkpoint stores the state that covers them, then commits them.
-        self._uncommitted: dict[TopicPartition, int] = {}
+        self._offsets = Checkpoints()
         #: Rule transitions the monitors took but the store does not hold yet (see _persist).
         self._unstored: list[AlertTransition] = []
-        self._last_checkpoint = time.monotonic()
         #: The worker owning partition 0 judges the pipeline-stall rule (one alert, not one
         #: per worker).
         self._pipeline_owner = False
@@ -266,7 +254,7 @@ class AlertingService:
             )
         )
         self._consumer.subscribe(
-            [s.topics.predictions, s.topics.raw, s.topics.heartbeats], listener=_Rebalance(self)
+            [s.topics.predictions, s.topics.raw, s.topics.heartbeats], listener=Rebalance(self)
         )
         await self._consumer.start()
         self._tasks += [
@@ -335,22 +323,14 @@ class AlertingService:
     async def _consume_loop(self) -> None:
         assert self._consumer is not None
         try:
-            while not self._stop.is_set():
-                try:
-                    batches = await self._consumer.getmany(
-                        timeout_ms=500, max_records=self.settings.max_batch_records
-                    )
-                except KafkaError as exc:
-                    logger.warning("consumer: %s", exc)
-                    await asyncio.sleep(1.0)
-                    continue
-                if batches:
-                    await self._handle(batches)
-                if (
-                    self._uncommitted
-                    and time.monotonic() - self._last_checkpoint >= self.settings.commit_interval_s
-                ):
-                    await self._checkpoint()
+            await consume(
+                self._consumer,
+                self._stop,
+                self.settings.max_batch_records,
+                self._handle,
+                lambda: self._offsets.due(self.settings.commit_interval_s),
+                self._checkpoint,
+            )
         except Exception as exc:
             # A worker that no longer consumes must not look alive: stop, exit non-zero and
             # let the supervisor restart it (uncommitted messages are replayed).
@@ -409,9 +389,7 @@ class AlertingService:
             )
         # Committable now that their dead letters are acknowledged (a partition revoked
         # meanwhile is its new owner's to commit).
-        for tp, offset in offsets.items():
-            if tp.partition in self._partitions:
-                self._uncommitted[tp] = offset
+        self._offsets.handled(offsets, self._partitions)
         self._update_gauges()
 
     async def _checkpoint(self, retry: bool = True) -> None:
@@ -419,28 +397,15 @@ class AlertingService:
         state stored never lags the committed offsets, so a crash replays only what the
         store does not hold yet, or what it already counts: duplicates)."""
         assert self._consumer is not None
-        async with self._lock:
-            offsets, self._uncommitted = self._uncommitted, {}
-            try:
-                await self._persist([], retry=retry)
-            except StoreError:
-                self._uncommitted = {**offsets, **self._uncommitted}
-                raise
-            self._last_checkpoint = time.monotonic()
-        if not offsets:
-            return
-        # Outside the lock: a commit can hang on a broker that is away, and the alert API
-        # (acknowledge, resolve) must not wait for Kafka.
-        try:
-            await self._consumer.commit(offsets)
-        except KafkaError as exc:
-            # Typically a rebalance: the new owner replays these, duplicates are ignored.
-            # Partitions still ours are committed with the next checkpoint.
-            logger.warning("offset commit failed: %s", exc)
-            owned = self._consumer.assignment()
-            for tp, offset in offsets.items():
-                if tp in owned and tp.partition in self._partitions:
-                    self._uncommitted.setdefault(tp, offset)
+        # The commit runs outside the lock: the alert API (acknowledge, resolve) must not
+        # wait for Kafka.
+        await self._offsets.checkpoint(
+            self._consumer,
+            self._lock,
+            lambda: self._persist([], retry=retry),
+            StoreError,
+            lambda: self._partitions,
+        )
 
     async def _checkpoint_quietly(self) -> None:
         """A checkpoint on a clean stop or before partitions are revoked, so the next reader
@@ -736,7 +701,7 @@ class AlertingService:
                 self._clocks_changed.discard(partition)
             for tp in revoked:
                 self._next_offset.pop(tp, None)
-                self._uncommitted.pop(tp, None)
+            self._offsets.revoked(revoked)
         self.metrics.partitions_assigned.set(len(self._partitions))
         if gone:
             logger.info(
@@ -830,15 +795,7 @@ class AlertingService:
         """``call()`` in a thread until the store answers: a partition's devices must never
         be judged from scratch because the store was briefly away (that would forget a fall
         waiting for its confirmation). Raises only when the worker is stopping."""
-        for delay in STORE_BACKOFF.delays(_RNG):
-            try:
-                return await asyncio.to_thread(call)
-            except StoreError as exc:
-                if self._stop.is_set():
-                    raise
-                logger.error("cannot %s yet, retrying in %.1f s: %s", what, delay, exc)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable: the delays never end")
+        return await retry_store(what, call, STORE_BACKOFF, self._stop, StoreError, _RNG)
 
     # -- API backend ----------------------------------------------------------------------
 

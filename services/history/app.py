@@ -34,7 +34,6 @@ from aiohttp import web
 from aiokafka import (  # type: ignore[import-untyped]
     AIOKafkaConsumer,
     AIOKafkaProducer,
-    ConsumerRebalanceListener,
     TopicPartition,
 )
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
@@ -49,6 +48,7 @@ from services.alerting.store import open_store as open_operator_store
 from services.common.authlimit import AuthFailureLimit
 from services.common.http_server import ProblemAppRunner, auth_screen
 from services.common.kafka.backoff import BackoffPolicy
+from services.common.kafka.checkpoint import Checkpoints, Rebalance, consume, retry_store
 from services.common.kafka.clients import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from services.common.kafka.dead_letters import dead_letter
 from services.common.kafka.send import send_acked
@@ -75,17 +75,6 @@ KAFKA_BACKOFF = BackoffPolicy(initial_s=0.5, max_s=30.0)
 _RNG = random.Random()
 T = TypeVar("T")
 UTC_ZONE = ZoneInfo("UTC")
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, service: HistoryService) -> None:
-        self._service = service
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._service.partitions_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._service.partitions_assigned(assigned)
 
 
 class HistoryService:
@@ -117,8 +106,8 @@ class HistoryService:
         self._device_partition: dict[str, int] = {}
         #: Wall-clock time each device's last prediction was read (idle flush).
         self._last_read: dict[str, float] = {}
-        self._uncommitted: dict[TopicPartition, int] = {}
-        self._last_checkpoint = time.monotonic()
+        #: Offsets handled but not committed yet, and when the last checkpoint was.
+        self._offsets = Checkpoints()
         self._last_retention = float("-inf")
         #: Time zones read from the registry: device → (zone, when read, monotonic).
         self._zones: dict[str, tuple[ZoneInfo, float]] = {}
@@ -171,7 +160,7 @@ class HistoryService:
                 max_poll_records=s.max_batch_records,
             )
         )
-        self._consumer.subscribe([s.topics.predictions], listener=_Rebalance(self))
+        self._consumer.subscribe([s.topics.predictions], listener=Rebalance(self))
         await self._consumer.start()
         self._tasks = [
             asyncio.create_task(self._consume_loop(), name="history-consume"),
@@ -231,22 +220,17 @@ class HistoryService:
     async def _consume_loop(self) -> None:
         assert self._consumer is not None
         try:
-            while not self._stop.is_set():
-                try:
-                    batches = await self._consumer.getmany(
-                        timeout_ms=500, max_records=self.settings.max_batch_records
-                    )
-                except KafkaError as exc:
-                    logger.warning("consumer: %s", exc)
-                    await asyncio.sleep(1.0)
-                    continue
-                if batches:
-                    await self._handle(batches)
+            await consume(
+                self._consumer,
+                self._stop,
+                self.settings.max_batch_records,
+                self._handle,
                 # Also without new offsets: an idle device's flushed windows must be stored.
-                if (
-                    self._uncommitted or self.builder.has_changes
-                ) and time.monotonic() - self._last_checkpoint >= self.settings.commit_interval_s:
-                    await self._checkpoint()
+                lambda: self._offsets.due(
+                    self.settings.commit_interval_s, changed=self.builder.has_changes
+                ),
+                self._checkpoint,
+            )
         except Exception as exc:
             # A worker that no longer consumes must not look alive: stop and exit non-zero
             # (the supervisor restarts it; uncommitted predictions are replayed).
@@ -289,9 +273,7 @@ class HistoryService:
                     letter.source_offset,
                     letter.reason,
                 )
-        for tp, offset in offsets.items():
-            if tp.partition in self._partitions:
-                self._uncommitted[tp] = offset
+        self._offsets.handled(offsets, self._partitions)
 
     def _one(
         self,
@@ -333,25 +315,13 @@ class HistoryService:
     async def _checkpoint(self, retry: bool = True) -> None:
         """Store what changed, then commit the offsets it covers."""
         assert self._consumer is not None
-        async with self._lock:
-            offsets, self._uncommitted = self._uncommitted, {}
-            try:
-                await self._persist(retry)
-            except StoreError:
-                self._uncommitted = {**offsets, **self._uncommitted}
-                raise
-            self._last_checkpoint = time.monotonic()
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(offsets)
-        except KafkaError as exc:
-            # Typically a rebalance: the new owner replays them; nothing counts twice.
-            logger.warning("offset commit failed: %s", exc)
-            owned = self._consumer.assignment()
-            for tp, offset in offsets.items():
-                if tp in owned and tp.partition in self._partitions:
-                    self._uncommitted.setdefault(tp, offset)
+        await self._offsets.checkpoint(
+            self._consumer,
+            self._lock,
+            lambda: self._persist(retry),
+            StoreError,
+            lambda: self._partitions,
+        )
 
     async def _persist(self, retry: bool) -> None:
         """Store the changed segments and device states (callers hold the lock)."""
@@ -445,8 +415,7 @@ class HistoryService:
                 del self._device_partition[device]
                 self._last_read.pop(device, None)
             self._partitions -= partitions
-            for tp in revoked:
-                self._uncommitted.pop(tp, None)
+            self._offsets.revoked(revoked)
         self.metrics.partitions_assigned.set(len(self._partitions))
 
     async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -483,15 +452,7 @@ class HistoryService:
         )
 
     async def _retry_store(self, what: str, call: Callable[[], T]) -> T:
-        for delay in STORE_BACKOFF.delays(_RNG):
-            try:
-                return await asyncio.to_thread(call)
-            except StoreError as exc:
-                if self._stop.is_set():
-                    raise
-                logger.error("cannot %s yet, retrying in %.1f s: %s", what, delay, exc)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable: the delays never end")
+        return await retry_store(what, call, STORE_BACKOFF, self._stop, StoreError, _RNG)
 
     # -- API backend ----------------------------------------------------------------------
 
