@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 
 import click
 
 from services.alerting.settings import AlertingSettings
+from services.common.worker_cli import Worker, run_worker, worker_settings
 
 logger = logging.getLogger(__name__)
 
@@ -41,35 +40,11 @@ def alerting(port: int | None, store_url: str | None, create_topics: bool) -> No
     ..._RULES__FALL_CONFIRM_S and the other AlertRules fields). Stops cleanly on SIGTERM/SIGINT;
     exits with status 1 if that takes longer than ..._SHUTDOWN_TIMEOUT_S (default 25 s).
     """
-    overrides: dict[str, object] = {}
-    if port is not None:
-        overrides["port"] = port
-    if store_url is not None:
-        overrides["store_url"] = store_url
-    settings = AlertingSettings(**overrides)  # type: ignore[arg-type]
-    if create_topics:
-        from services.common.kafka.topics import create_topics as create  # noqa: PLC0415
-
-        create(settings)
-    if not asyncio.run(_serve(settings)):
-        raise SystemExit(1)
+    settings = worker_settings(AlertingSettings, create_topics, port=port, store_url=store_url)
+    run_worker(lambda: _service(settings), "alerting worker", settings.shutdown_timeout_s)
 
 
-async def _serve(settings: AlertingSettings) -> bool:
-    """Run until SIGTERM/SIGINT; False if the worker stopped because it failed."""
+def _service(settings: AlertingSettings) -> Worker:
     from services.alerting.app import AlertingService  # noqa: PLC0415 - keeps --help fast
-    from services.common.shutdown import ShutdownWatchdog  # noqa: PLC0415
 
-    service = AlertingService(settings)
-    # Stopping can hang on a broker or store that is gone (client stop, commit): bounded.
-    watchdog = ShutdownWatchdog("alerting worker", settings.shutdown_timeout_s)
-
-    def on_signal() -> None:
-        watchdog.arm()
-        service.request_stop()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    await service.run()
-    return service.failure is None
+    return AlertingService(settings)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-
 import click
 
+from services.common.worker_cli import Worker, run_worker, worker_settings
 from services.history.settings import HistorySettings
 
 
@@ -39,34 +37,11 @@ def history(port: int | None, store_url: str | None, create_topics: bool) -> Non
     ..._KAFKA_BOOTSTRAP_SERVERS, ..._KAFKA_PROFILE, ..._TOPIC_PREFIX; the device registry:
     ..._REGISTRY_URL, the same as ingest's). Stops cleanly on SIGTERM/SIGINT.
     """
-    overrides: dict[str, object] = {}
-    if port is not None:
-        overrides["port"] = port
-    if store_url is not None:
-        overrides["store_url"] = store_url
-    settings = HistorySettings(**overrides)  # type: ignore[arg-type]
-    if create_topics:
-        from services.common.kafka.topics import create_topics as create  # noqa: PLC0415
-
-        create(settings)
-    if not asyncio.run(_serve(settings)):
-        raise SystemExit(1)
+    settings = worker_settings(HistorySettings, create_topics, port=port, store_url=store_url)
+    run_worker(lambda: _service(settings), "history worker", settings.shutdown_timeout_s)
 
 
-async def _serve(settings: HistorySettings) -> bool:
-    """Run until SIGTERM/SIGINT; False if the worker stopped because it failed."""
-    from services.common.shutdown import ShutdownWatchdog  # noqa: PLC0415
+def _service(settings: HistorySettings) -> Worker:
     from services.history.app import HistoryService  # noqa: PLC0415 - keeps --help fast
 
-    service = HistoryService(settings)
-    watchdog = ShutdownWatchdog("history worker", settings.shutdown_timeout_s)
-
-    def on_signal() -> None:
-        watchdog.arm()
-        service.request_stop()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    await service.run()
-    return service.failure is None
+    return HistoryService(settings)
