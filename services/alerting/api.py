@@ -43,7 +43,7 @@ from http import HTTPStatus
 from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from services.alerting.lifecycle import AlertNotFoundError, InvalidTransitionError
 from services.alerting.store import HistoryEntry
@@ -55,6 +55,7 @@ from services.common.operator_auth import (
     route_permission,
 )
 from services.common.operators import Identity, Permission
+from services.common.probes import add_probe_routes
 from shared.errors import HarstreamError
 from shared.messages import Alert, AlertState, AlertType
 
@@ -281,24 +282,7 @@ def create_app(
     async def resolve(request: web.Request) -> web.Response:
         return await _act(request, "resolve")
 
-    @routes.get("/healthz")
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    @routes.get("/readyz")
-    async def readyz(_: web.Request) -> web.Response:
-        checks = await backend.readiness()
-        ready = all(checks.values())
-        return web.json_response(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            status=200 if ready else 503,
-        )
-
-    @routes.get("/metrics")
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(backend.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+    add_probe_routes(routes, backend)
 
     @web.middleware
     async def problems(request: web.Request, handler: Any) -> web.StreamResponse:

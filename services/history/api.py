@@ -41,12 +41,13 @@ from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from services.alerting.api import problem
 from services.common.authlimit import AuthFailureLimit
 from services.common.operator_auth import operator_middleware, route_permission
 from services.common.operators import Identity, Permission
+from services.common.probes import add_probe_routes
 from services.history.segments import Segment
 from services.history.summary import DailySummary
 from shared.errors import HarstreamError
@@ -223,24 +224,7 @@ def create_app(
             return not_found(device_id)
         return web.json_response(result.to_dict())
 
-    @routes.get("/healthz")
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    @routes.get("/readyz")
-    async def readyz(_: web.Request) -> web.Response:
-        checks = await backend.readiness()
-        ready = all(checks.values())
-        return web.json_response(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            status=200 if ready else 503,
-        )
-
-    @routes.get("/metrics")
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(backend.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+    add_probe_routes(routes, backend)
 
     @web.middleware
     async def problems(request: web.Request, handler: Any) -> web.StreamResponse:
