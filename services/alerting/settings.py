@@ -14,7 +14,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.alerting.rules import AlertRules
 from services.common.clientaddr import check_proxy_settings
-from services.common.http_server import ListenerLimits
+from services.common.listener_settings import ListenerSettings
 from services.console.settings import ConsoleSettings
 from shared.settings import StreamSettings
 from shared.xdg import harstream_dir
@@ -25,7 +25,7 @@ def default_store_url() -> str:
     return f"sqlite:///{harstream_dir('data') / 'alerts.db'}"
 
 
-class AlertingSettings(StreamSettings):
+class AlertingSettings(StreamSettings, ListenerSettings):
     """Kafka, HTTP, store, webhook and rule settings of ``harstream alerting``."""
 
     model_config = SettingsConfigDict(
@@ -218,15 +218,6 @@ class AlertingSettings(StreamSettings):
     def _consistent(self) -> AlertingSettings:
         check_proxy_settings(self.client_ip_header, self.trusted_proxies)
         return self
-
-    @property
-    def listener_limits(self) -> ListenerLimits:
-        return ListenerLimits(
-            header_timeout_s=self.header_timeout_s,
-            body_timeout_s=self.body_timeout_s,
-            keepalive_timeout_s=self.keepalive_timeout_s,
-            max_connections=self.max_connections,
-        )
 
     @property
     def webhook_url_list(self) -> list[str]:

@@ -9,7 +9,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.alerting.settings import default_store_url as default_operators_url
 from services.common.clientaddr import check_proxy_settings
-from services.common.http_server import ListenerLimits
+from services.common.listener_settings import ListenerSettings
 from services.history.segments import SegmentConfig
 from services.ingest.settings import default_registry_url
 from shared.settings import StreamSettings
@@ -21,7 +21,7 @@ def default_store_url() -> str:
     return f"sqlite:///{harstream_dir('data') / 'history.db'}"
 
 
-class HistorySettings(StreamSettings):
+class HistorySettings(StreamSettings, ListenerSettings):
     """Kafka, store, registry, operators and HTTP settings of ``harstream history``."""
 
     model_config = SettingsConfigDict(env_prefix="HARSTREAM_HISTORY_", frozen=True, extra="ignore")
@@ -173,12 +173,3 @@ class HistorySettings(StreamSettings):
     @property
     def segment_config(self) -> SegmentConfig:
         return SegmentConfig(max_gap_s=self.max_gap_s, lateness_s=self.lateness_s)
-
-    @property
-    def listener_limits(self) -> ListenerLimits:
-        return ListenerLimits(
-            header_timeout_s=self.header_timeout_s,
-            body_timeout_s=self.body_timeout_s,
-            keepalive_timeout_s=self.keepalive_timeout_s,
-            max_connections=self.max_connections,
-        )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.clientaddr import check_proxy_settings
-from services.common.http_server import ListenerLimits
+from services.common.listener_settings import ListenerSettings
 from services.ingest.validation import PacketLimits
 from shared.settings import StreamSettings
 from shared.xdg import harstream_dir
@@ -17,7 +19,43 @@ def default_registry_url() -> str:
     return f"sqlite:///{harstream_dir('data') / 'devices.db'}"
 
 
-class IngestSettings(StreamSettings):
+class _PacketLimitFields(Protocol):
+    @property
+    def max_samples(self) -> int: ...
+
+    @property
+    def acc_limit_g(self) -> float: ...
+
+    @property
+    def gyro_limit_rad_s(self) -> float: ...
+
+    @property
+    def min_sample_rate_hz(self) -> float: ...
+
+    @property
+    def max_sample_rate_hz(self) -> float: ...
+
+    @property
+    def max_future_skew_s(self) -> float: ...
+
+
+class PacketLimitSettings:
+    """Mixin: the :class:`PacketLimits` of settings with the packet-limit fields (HTTP
+    ingest's and the MQTT bridge's, each with its own descriptions)."""
+
+    @property
+    def limits(self: _PacketLimitFields) -> PacketLimits:
+        return PacketLimits(
+            max_samples=self.max_samples,
+            acc_limit_g=self.acc_limit_g,
+            gyro_limit_rad_s=self.gyro_limit_rad_s,
+            min_sample_rate_hz=self.min_sample_rate_hz,
+            max_sample_rate_hz=self.max_sample_rate_hz,
+            max_future_skew_s=self.max_future_skew_s,
+        )
+
+
+class IngestSettings(StreamSettings, ListenerSettings, PacketLimitSettings):
     """HTTP ingest: authenticated device packets → validation → Kafka raw topic."""
 
     model_config = SettingsConfigDict(env_prefix="HARSTREAM_INGEST_", frozen=True, extra="ignore")
@@ -225,23 +263,3 @@ class IngestSettings(StreamSettings):
                 "packets could never pass the rate limiter"
             )
         return self
-
-    @property
-    def limits(self) -> PacketLimits:
-        return PacketLimits(
-            max_samples=self.max_samples,
-            acc_limit_g=self.acc_limit_g,
-            gyro_limit_rad_s=self.gyro_limit_rad_s,
-            min_sample_rate_hz=self.min_sample_rate_hz,
-            max_sample_rate_hz=self.max_sample_rate_hz,
-            max_future_skew_s=self.max_future_skew_s,
-        )
-
-    @property
-    def listener_limits(self) -> ListenerLimits:
-        return ListenerLimits(
-            header_timeout_s=self.header_timeout_s,
-            body_timeout_s=self.body_timeout_s,
-            keepalive_timeout_s=self.keepalive_timeout_s,
-            max_connections=self.max_connections,
-        )

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.ingest.validation import PacketLimits
+from services.ingest.settings import PacketLimitSettings
 from shared.settings import StreamSettings
 
 
@@ -18,7 +18,7 @@ def default_client_id() -> str:
     return f"harstream-mqtt-bridge-{socket.gethostname()}"[:64]
 
 
-class MqttBridgeSettings(StreamSettings):
+class MqttBridgeSettings(StreamSettings, PacketLimitSettings):
     """MQTT broker → validation (ingest's) → Kafka raw topic, acknowledged after Kafka's."""
 
     model_config = SettingsConfigDict(
@@ -128,14 +128,3 @@ class MqttBridgeSettings(StreamSettings):
         if self.mqtt_password_file is not None:
             return self.mqtt_password_file.read_text().strip()
         return self.mqtt_password.get_secret_value()
-
-    @property
-    def limits(self) -> PacketLimits:
-        return PacketLimits(
-            max_samples=self.max_samples,
-            acc_limit_g=self.acc_limit_g,
-            gyro_limit_rad_s=self.gyro_limit_rad_s,
-            min_sample_rate_hz=self.min_sample_rate_hz,
-            max_sample_rate_hz=self.max_sample_rate_hz,
-            max_future_skew_s=self.max_future_skew_s,
-        )
