@@ -13,8 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -25,20 +23,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # type: ignore[import-untyped]
+from kafka import KafkaProducer  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
 from services.alerting.app import AlertingService
 from services.alerting.auth import create_operator
 from services.alerting.settings import AlertingSettings
 from services.alerting.store import open_store
-from services.common.broker import EmbeddedBroker, free_port
+from services.common.broker import EmbeddedBroker
 from services.common.kafka.errors import BrokerUnavailableError
 from services.common.kafka.topics import create_topics
 from services.common.operators import Role
 from services.ingest.producer import KafkaPacketSink
 from services.ingest.settings import IngestSettings
 from shared.messages import PIPELINE_SCOPE, AlertType, RawPacket
+from tests.integration.workers import WorkerProcess, all_committed, wait_for
 from tests.unit.alerting_helpers import (
     IMPACT,
     LYING_STILL,
@@ -109,35 +108,15 @@ def _produce(settings: AlertingSettings, messages: list[tuple[str, bytes, bytes]
     producer.close()
 
 
-def _wait(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(0.1)
-
-
 def _all_committed(settings: AlertingSettings) -> bool:
-    """Whether the group has committed every record of both topics (the batch was stored)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=settings.group_id,
-        enable_auto_commit=False,
+    """Whether the group has committed every record of its topics (the batch was stored)."""
+    topics = settings.topics
+    return all_committed(
+        settings.bootstrap_servers,
+        settings.group_id,
+        (topics.predictions, topics.raw, topics.heartbeats),
+        settings.topic_partitions,
     )
-    try:
-        topics = settings.topics
-        tps = [
-            TopicPartition(topic, p)
-            for topic in (topics.predictions, topics.raw, topics.heartbeats)
-            for p in range(settings.topic_partitions)
-        ]
-        ends = consumer.end_offsets(tps)
-        return all((consumer.committed(tp) or 0) >= ends[tp] for tp in tps)
-    finally:
-        consumer.close()
 
 
 @cache
@@ -152,19 +131,18 @@ def _viewer_headers(store_url: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key.get_secret_value()}"}
 
 
-class AlertingProcess:
+class AlertingProcess(WorkerProcess):
     """``harstream alerting`` as a child process on a free port."""
 
-    def __init__(self, settings: AlertingSettings, log: Path) -> None:
-        self.settings = settings
-        self.port = free_port()
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
+    command = "alerting"
 
-    def start(self) -> AlertingProcess:
+    def __init__(self, settings: AlertingSettings, log: Path) -> None:
+        super().__init__(log)
+        self.settings = settings
+
+    def env(self) -> dict[str, str]:
         s = self.settings
-        env = {
-            **os.environ,
+        return {
             "HARSTREAM_ALERTING_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
             "HARSTREAM_ALERTING_KAFKA_PROFILE": s.kafka_profile,
             "HARSTREAM_ALERTING_TOPIC_PREFIX": s.topic_prefix,
@@ -178,25 +156,6 @@ class AlertingProcess:
             "HARSTREAM_ALERTING_COMMIT_INTERVAL_S": str(s.commit_interval_s),
             "HARSTREAM_ALERTING_RULES": s.rules.model_dump_json(),
         }
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "alerting"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        _wait(self._ready, 60, f"alerting ready (log {self.log})")
-        return self
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"alerting exited: {self.log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
 
     def alerts(self, **query: str) -> list[dict[str, Any]]:
         url = f"http://127.0.0.1:{self.port}/v1/alerts?" + "&".join(
@@ -205,28 +164,6 @@ class AlertingProcess:
         request = urllib.request.Request(url, headers=_viewer_headers(self.settings.store_url))
         with urllib.request.urlopen(request, timeout=5) as r:
             return list(json.load(r)["alerts"])
-
-    def metric(self, name: str) -> float:
-        """A sample of the worker's /metrics (0 if absent)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith(f"{name} "):
-                    return float(line.split()[1])
-        return 0.0
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture
@@ -248,17 +185,17 @@ def test_a_fall_survives_kill_9_during_its_confirmation(
     processes.append(first)
     _produce(settings, _fall_windows("dev-fall", 0, HALF_WAY))
     # The pending impact's prediction is committed: only the stored snapshot remembers it.
-    _wait(lambda: _all_committed(settings), 30, "half the fall committed")
+    wait_for(lambda: _all_committed(settings), 30, "half the fall committed")
     assert first.alerts(type="FALL_SUSPECTED") == []
     first.kill()
 
     second = AlertingProcess(settings, tmp_path / "alerting-2.log").start()
     processes.append(second)
     _produce(settings, _fall_windows("dev-fall", HALF_WAY, FALL_END))
-    (fall,) = _wait(lambda: second.alerts(type="FALL_SUSPECTED"), 30, "FALL_SUSPECTED")
+    (fall,) = wait_for(lambda: second.alerts(type="FALL_SUSPECTED"), 30, "FALL_SUSPECTED")
     assert fall["device_id"] == "dev-fall"
     assert fall["details"]["impact_g"] == pytest.approx(3.1)
-    _wait(lambda: _all_committed(settings), 30, "the rest committed")
+    wait_for(lambda: _all_committed(settings), 30, "the rest committed")
     assert len(second.alerts(type="FALL_SUSPECTED")) == 1
 
 
@@ -277,25 +214,25 @@ def test_kills_between_checkpoints_replay_without_losing_or_repeating_the_fall(
     first = AlertingProcess(settings, tmp_path / "alerting-1.log").start()
     processes.append(first)
     _produce(settings, _fall_windows("dev-fall", 0, HALF_WAY))
-    _wait(lambda: first.metric(predictions) == HALF_WAY, 30, "half the fall read")
+    wait_for(lambda: first.metric(predictions) == HALF_WAY, 30, "half the fall read")
     first.kill()
     assert not _all_committed(settings)
 
     second = AlertingProcess(settings, tmp_path / "alerting-2.log").start()
     processes.append(second)
     _produce(settings, _fall_windows("dev-fall", HALF_WAY, FALL_END - 5))
-    (fall,) = _wait(lambda: second.alerts(type="FALL_SUSPECTED"), 30, "FALL_SUSPECTED")
+    (fall,) = wait_for(lambda: second.alerts(type="FALL_SUSPECTED"), 30, "FALL_SUSPECTED")
     assert fall["details"]["impact_g"] == pytest.approx(3.1)
     # The window that confirmed it: the snapshot stored with the alert counts it.
     confirmed = round((fall["details"]["event_time"] - T0 - WINDOW_S) / STEP_S)
     assert confirmed < FALL_END - 5
     _produce(settings, _fall_windows("dev-fall", FALL_END - 5, FALL_END))
-    _wait(lambda: second.metric(predictions) == FALL_END, 30, "the whole fall read")
+    wait_for(lambda: second.metric(predictions) == FALL_END, 30, "the whole fall read")
     second.kill()
 
     third = AlertingProcess(settings, tmp_path / "alerting-3.log").start()
     processes.append(third)
-    _wait(lambda: third.metric(predictions) == FALL_END, 30, "everything replayed")
+    wait_for(lambda: third.metric(predictions) == FALL_END, 30, "everything replayed")
     # The windows up to the confirmation (and any read with it in one batch) are duplicates
     # of the snapshot stored with the alert; those produced after it were never stored and
     # are judged again, still lying: nothing new opens.
@@ -321,7 +258,7 @@ def test_devices_silent_before_a_kill_go_offline_after_the_restart(
     devices = [f"dev-silent-{i}" for i in range(5)]
     now = time.time()
     _produce(settings, [_packet(d, seq, now) for d in devices for seq in range(3)])
-    _wait(lambda: _all_committed(settings), 30, "traffic committed")
+    wait_for(lambda: _all_committed(settings), 30, "traffic committed")
     first.kill()
     assert time.time() - now < 15.0, "too slow to kill before the threshold: scenario not run"
 
@@ -332,7 +269,7 @@ def test_devices_silent_before_a_kill_go_offline_after_the_restart(
         found = second.alerts(type="DEVICE_OFFLINE")
         return found if len(found) >= len(devices) else []
 
-    alerts = _wait(offline, 45, "DEVICE_OFFLINE for every silent device")
+    alerts = wait_for(offline, 45, "DEVICE_OFFLINE for every silent device")
     assert sorted(a["device_id"] for a in alerts) == devices
     assert all(a["details"]["last_seen_at"] == pytest.approx(now) for a in alerts)
 

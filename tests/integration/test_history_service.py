@@ -9,11 +9,6 @@ are produced with kafka-python; the API is called with an operator made in the a
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -24,17 +19,18 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # type: ignore[import-untyped]
+from kafka import KafkaProducer  # type: ignore[import-untyped]
 
 from services.alerting.auth import create_operator
 from services.alerting.store import open_store as open_alert_store
-from services.common.broker import free_port
 from services.common.operators import Role
 from services.history.segments import Segment, SegmentBuilder, window_of
 from services.history.settings import HistorySettings
 from services.ingest.registry import open_registry
 from shared.messages import DeadLetter, Prediction
 from tests.integration.kafka_reading import read_topic
+from tests.integration.workers import WorkerProcess, wait_for
+from tests.integration.workers import all_committed as all_committed_in
 from tests.unit.alerting_helpers import STEP_S, WALKING, prediction
 
 pytestmark = pytest.mark.integration
@@ -81,47 +77,28 @@ def records_of(items: list[Prediction]) -> list[tuple[bytes | None, bytes]]:
     return [(p.device_id.encode(), p.to_bytes()) for p in items]
 
 
-def wait_for(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout_s} s")
-        time.sleep(0.1)
-
-
 def all_committed(settings: HistorySettings) -> bool:
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=settings.group_id,
-        enable_auto_commit=False,
+    return all_committed_in(
+        settings.bootstrap_servers,
+        settings.group_id,
+        [settings.topics.predictions],
+        settings.topic_partitions,
     )
-    try:
-        tps = [
-            TopicPartition(settings.topics.predictions, p) for p in range(settings.topic_partitions)
-        ]
-        ends = consumer.end_offsets(tps)
-        return all((consumer.committed(tp) or 0) >= ends[tp] for tp in tps)
-    finally:
-        consumer.close()
 
 
-class HistoryProcess:
+class HistoryProcess(WorkerProcess):
     """``harstream history`` as a child process on a free port."""
 
-    def __init__(self, settings: HistorySettings, log: Path, viewer_key: str) -> None:
-        self.settings = settings
-        self.port = free_port()
-        self.log = log
-        self.headers = {"Authorization": f"Bearer {viewer_key}"}
-        self.process: subprocess.Popen[bytes] | None = None
+    command = "history"
 
-    def start(self) -> HistoryProcess:
+    def __init__(self, settings: HistorySettings, log: Path, viewer_key: str) -> None:
+        super().__init__(log)
+        self.settings = settings
+        self.headers = {"Authorization": f"Bearer {viewer_key}"}
+
+    def env(self) -> dict[str, str]:
         s = self.settings
-        env = {
-            **os.environ,
+        return {
             "HARSTREAM_HISTORY_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
             "HARSTREAM_HISTORY_KAFKA_PROFILE": s.kafka_profile,
             "HARSTREAM_HISTORY_TOPIC_PREFIX": s.topic_prefix,
@@ -138,25 +115,6 @@ class HistoryProcess:
             "HARSTREAM_HISTORY_RETENTION_DAYS": str(s.retention_days),
             "HARSTREAM_HISTORY_RETENTION_INTERVAL_S": str(s.retention_interval_s),
         }
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "history"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_for(self._ready, 60, f"history ready (log {self.log})")
-        return self
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"history exited: {self.log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
 
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any, str]:
         """(status, JSON body, content type) of ``GET path``."""
@@ -175,29 +133,8 @@ class HistoryProcess:
         assert status == 200, body
         return body
 
-    def metric(self, name: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-            for line in r.read().decode().splitlines():
-                if line.startswith(f"{name} "):
-                    return float(line.split()[1])
-        return 0.0
-
     def counted(self, outcome: str = "accepted") -> float:
         return self.metric(f'harstream_history_predictions_total{{outcome="{outcome}"}}')
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 class Setup:
