@@ -313,10 +313,13 @@ def _optimizer(config: TrainConfig, steps_per_epoch: int) -> Any:
 
     learning_rate: Any = config.learning_rate
     if config.schedule == "cosine":
-        warmup = config.warmup_epochs * steps_per_epoch
+        # a run shorter than the warm-up (a test's single epoch) keeps at least one epoch
+        # of decay
+        warmup_epochs = min(config.warmup_epochs, config.epochs - 1)
+        warmup = warmup_epochs * steps_per_epoch
         learning_rate = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=config.learning_rate if warmup == 0 else 0.0,
-            decay_steps=(config.epochs - config.warmup_epochs) * steps_per_epoch,
+            decay_steps=(config.epochs - warmup_epochs) * steps_per_epoch,
             warmup_target=config.learning_rate if warmup else None,
             warmup_steps=warmup,
         )
