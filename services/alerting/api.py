@@ -48,6 +48,7 @@ from prometheus_client import CollectorRegistry
 from services.alerting.lifecycle import AlertNotFoundError, InvalidTransitionError
 from services.alerting.store import HistoryEntry
 from services.common.authlimit import AuthFailureLimit
+from services.common.http_server import LimitHook, ListenerLimits, ProblemAppRunner, auth_screen
 from services.common.operator_auth import (
     AUTH_RATE_LIMITED_TITLE,
     OPERATOR,
@@ -331,3 +332,22 @@ def create_app(
     )
     app.add_routes(routes)
     return app
+
+
+def operator_runner(
+    app: web.Application,
+    limits: ListenerLimits,
+    auth_limit: AuthFailureLimit,
+    on_limit: LimitHook | None = None,
+) -> ProblemAppRunner:
+    """The runner of an operator API (the alert API, the history API): header and body
+    deadlines and a connection cap (``limits``), problem documents for the parser's own
+    refusals, and an address over its failed-authentication budget refused at accept."""
+    return ProblemAppRunner(
+        app,
+        document=listener_problem,
+        limits=limits,
+        screen=auth_screen(auth_limit, listener_problem, AUTH_RATE_LIMITED),
+        on_limit=on_limit,
+        access_log=None,
+    )

@@ -58,7 +58,7 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
-from services.alerting.api import AUTH_RATE_LIMITED, create_app, listener_problem
+from services.alerting.api import create_app, operator_runner
 from services.alerting.auth import Authenticator
 from services.alerting.lifecycle import AlertNotFoundError, AlertTransition
 from services.alerting.lifecycle import acknowledge as acknowledge_step
@@ -78,9 +78,16 @@ from services.alerting.store import (
 )
 from services.alerting.webhooks import WebhookDispatcher
 from services.common.authlimit import AuthFailureLimit
-from services.common.http_server import ProblemAppRunner, auth_screen
+from services.common.http_server import serve_on
 from services.common.kafka.backoff import BackoffPolicy
-from services.common.kafka.checkpoint import Checkpoints, Rebalance, consume, retry_store
+from services.common.kafka.checkpoint import (
+    Checkpoints,
+    Rebalance,
+    checkpoint_quietly,
+    consume,
+    restored_batches,
+    retry_store,
+)
 from services.common.kafka.clients import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from services.common.kafka.dead_letters import dead_letter
 from services.common.kafka.send import Record, send_acked
@@ -225,18 +232,8 @@ class AlertingService:
             raw = RawReader(s, self._device_partition, c.raw_window_s)
             lag = LagReader(s, c.lag_group_map, c.metrics_timeout_s)
             mount(app, Console(self, self.console_view, c, self.auth_limit, raw, lag))
-        self._runner = ProblemAppRunner(
-            app,
-            document=listener_problem,
-            limits=s.listener_limits,
-            screen=auth_screen(self.auth_limit, listener_problem, AUTH_RATE_LIMITED),
-            on_limit=_limited,
-            access_log=None,
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, s.host, s.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self._runner = operator_runner(app, s.listener_limits, self.auth_limit, _limited)
+        self.port = await serve_on(self._runner, s.host, s.port)
         self._consumer = AIOKafkaConsumer(
             **aiokafka_consumer_kwargs(
                 s,
@@ -352,17 +349,7 @@ class AlertingService:
         # on_partitions_assigned: nothing is judged before its devices are restored.
         await self._restored.wait()
         async with self._lock:
-            owned = self._consumer.assignment()
-            for tp, records in batches.items():
-                if tp not in owned:
-                    # Fetched before a rebalance took the partition away: the new owner, which
-                    # restored the stored snapshots, reads them from the committed offset.
-                    continue
-                if tp.partition not in self._partitions:
-                    # Assigned, but its devices are not restored yet (a rebalance under way):
-                    # read it again once they are.
-                    self._consumer.seek(tp, records[0].offset)
-                    continue
+            for tp, records in restored_batches(self._consumer, batches, self._partitions):
                 if tp.topic == raw_topic:
                     transitions.extend(self._traffic(tp, records, now))
                 elif tp.topic == heartbeats_topic:
@@ -413,10 +400,7 @@ class AlertingService:
         replay."""
         if self._consumer is None or self.store is None:
             return
-        try:
-            await self._checkpoint(retry=False)
-        except (StoreError, KafkaError) as exc:
-            logger.warning("last checkpoint not completed (a restart replays more): %s", exc)
+        await checkpoint_quietly(lambda: self._checkpoint(retry=False), StoreError)
 
     def _predictions(
         self,

@@ -434,3 +434,12 @@ async def serve_until_signalled(
     finally:
         for runner in started:
             await runner.cleanup()
+
+
+async def serve_on(runner: web.AppRunner, host: str, port: int) -> int:
+    """Set ``runner`` up and serve it on ``host:port``; returns the bound port (``port`` 0:
+    the one the system chose). The caller cleans ``runner`` up, also when this raised."""
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return int(runner.addresses[0][1])

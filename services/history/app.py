@@ -36,19 +36,25 @@ from aiokafka import (  # type: ignore[import-untyped]
     AIOKafkaProducer,
     TopicPartition,
 )
-from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.structs import ConsumerRecord  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
-from services.alerting.api import AUTH_RATE_LIMITED, listener_problem
+from services.alerting.api import operator_runner
 from services.alerting.auth import Authenticator
 from services.alerting.store import AlertStore
 from services.alerting.store import StoreError as OperatorStoreError
 from services.alerting.store import open_store as open_operator_store
 from services.common.authlimit import AuthFailureLimit
-from services.common.http_server import ProblemAppRunner, auth_screen
+from services.common.http_server import serve_on
 from services.common.kafka.backoff import BackoffPolicy
-from services.common.kafka.checkpoint import Checkpoints, Rebalance, consume, retry_store
+from services.common.kafka.checkpoint import (
+    Checkpoints,
+    Rebalance,
+    checkpoint_quietly,
+    consume,
+    restored_batches,
+    retry_store,
+)
 from services.common.kafka.clients import aiokafka_consumer_kwargs, aiokafka_producer_kwargs
 from services.common.kafka.dead_letters import dead_letter
 from services.common.kafka.send import send_acked
@@ -140,17 +146,8 @@ class HistoryService:
         )
         await self._producer.start()
         app = create_app(self, self.auth_limit, s.max_body_bytes, s.max_range_days, self.clock)
-        self._runner = ProblemAppRunner(
-            app,
-            document=listener_problem,
-            limits=s.listener_limits,
-            screen=auth_screen(self.auth_limit, listener_problem, AUTH_RATE_LIMITED),
-            access_log=None,
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, s.host, s.port)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        self._runner = operator_runner(app, s.listener_limits, self.auth_limit)
+        self.port = await serve_on(self._runner, s.host, s.port)
         self._consumer = AIOKafkaConsumer(
             **aiokafka_consumer_kwargs(
                 s,
@@ -245,13 +242,7 @@ class HistoryService:
         offsets: dict[TopicPartition, int] = {}
         now = time.time()
         async with self._lock:
-            owned = self._consumer.assignment()
-            for tp, records in batches.items():
-                if tp not in owned:
-                    continue
-                if tp.partition not in self._partitions:
-                    self._consumer.seek(tp, records[0].offset)
-                    continue
+            for tp, records in restored_batches(self._consumer, batches, self._partitions):
                 for record in records:
                     self._one(tp, record, now, dead)
                 offsets[tp] = records[-1].offset + 1
@@ -354,10 +345,7 @@ class HistoryService:
     async def _checkpoint_quietly(self) -> None:
         if self._consumer is None or self.store is None:
             return
-        try:
-            await self._checkpoint(retry=False)
-        except (StoreError, KafkaError) as exc:
-            logger.warning("last checkpoint not completed (a restart replays more): %s", exc)
+        await checkpoint_quietly(lambda: self._checkpoint(retry=False), StoreError)
 
     # -- tick: idle devices, retention ----------------------------------------------------
 

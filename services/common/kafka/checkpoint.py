@@ -7,10 +7,11 @@ to it. The stored state so never lags the committed offsets: after a crash the r
 starts at the last commit and every replayed record is one the restored state already
 counts (a duplicate) or has not seen yet.
 
-What is the same in both lives here: the loop (:func:`consume`), the offsets handled but
-not committed yet and the store-then-commit step (:class:`Checkpoints`), the rebalance
-listener that hands assignments to the worker (:class:`Rebalance`), and the store calls
-retried until they answer while partitions are restored (:func:`retry_store`). What is
+What is the same in both lives here: the loop (:func:`consume`), which records of a batch
+may be handled (:func:`restored_batches`), the offsets handled but not committed yet and
+the store-then-commit step (:class:`Checkpoints`, :func:`checkpoint_quietly`), the
+rebalance listener that hands assignments to the worker (:class:`Rebalance`), and the
+store calls retried until they answer while partitions are restored (:func:`retry_store`). What is
 stored, and how a partition's devices are restored, stays with each worker.
 """
 
@@ -20,7 +21,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from typing import Any, Protocol, TypeVar
 
 from aiokafka import (  # type: ignore[import-untyped]
@@ -85,6 +86,24 @@ async def consume(
             await checkpoint()
 
 
+def restored_batches(
+    consumer: AIOKafkaConsumer, batches: Batches, restored: Collection[int]
+) -> Iterator[tuple[TopicPartition, list[ConsumerRecord[Any, Any]]]]:
+    """The records of ``batches`` the worker may handle now. Those of a partition no longer
+    assigned are skipped: fetched before a rebalance took it away, its new owner (which
+    restored the stored state) reads them from the committed offset. A partition assigned
+    but whose devices are not restored yet (not in ``restored``: a rebalance under way) is
+    rewound to its first record, to be read again once they are."""
+    owned = consumer.assignment()
+    for tp, records in batches.items():
+        if tp not in owned:
+            continue
+        if tp.partition not in restored:
+            consumer.seek(tp, records[0].offset)
+            continue
+        yield tp, records
+
+
 class Checkpoints:
     """Offsets handled (their dead letters acknowledged) but not committed yet, and when the
     last checkpoint stored the state that covers them."""
@@ -143,6 +162,18 @@ class Checkpoints:
             for tp, offset in offsets.items():
                 if tp in owned and tp.partition in partitions():
                     self.uncommitted.setdefault(tp, offset)
+
+
+async def checkpoint_quietly(
+    checkpoint: Callable[[], Awaitable[None]], store_error: type[Exception]
+) -> None:
+    """A last ``checkpoint()`` (a clean stop, partitions about to be revoked), so the next
+    reader replays nothing. Best effort: a store or broker that is gone (``store_error``,
+    :class:`KafkaError`) only means a longer replay, and is logged."""
+    try:
+        await checkpoint()
+    except (store_error, KafkaError) as exc:
+        logger.warning("last checkpoint not completed (a restart replays more): %s", exc)
 
 
 async def retry_store(
