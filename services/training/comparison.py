@@ -131,9 +131,11 @@ def run_comparison(
         missing += [f"{name} seed {seed}" for seed, row in found.items() if row is None]
     table = render_table(rows, sets, seeds, time.perf_counter() - started)
     if saved_only:
-        table += (
-            "\nRendered with `--saved-only`: neural rows from saved runs of today's recipes; "
-            "not run: " + (", ".join(missing) or "none") + ".\n"
+        table = table.replace("` in ", " --saved-only` in ") + (
+            "\nRendered with `--saved-only`: neural rows from the saved runs of today's "
+            "recipes (fit times as those runs measured them); no saved run, so no row: "
+            + (", ".join(missing) or "none")
+            + ".\n"
         )
     return table
 
