@@ -93,6 +93,7 @@ from services.common.kafka.dead_letters import dead_letter
 from services.common.kafka.send import Record, send_acked
 from services.common.operators import Identity, OperatorRecord
 from services.common.shutdown import stop_quietly
+from services.common.worker_cli import RunUntilStopped
 from services.console.fleet import FleetView
 from services.console.lag import LagReader
 from services.console.raw import RawReader
@@ -135,7 +136,7 @@ def _limited(limit: str) -> None:
     logger.debug("alert API: a connection was closed or refused (%s)", limit)
 
 
-class AlertingService:
+class AlertingService(RunUntilStopped):
     """One worker. ``await start()`` … ``await stop()``, or ``await run()`` until
     :meth:`request_stop`."""
 
@@ -273,16 +274,6 @@ class AlertingService:
             s.store_url.split("@")[-1],  # no credentials in logs
             len(s.webhook_url_list),
         )
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    async def run(self) -> None:
-        try:
-            await self.start()
-            await self._stop.wait()
-        finally:
-            await self.stop()
 
     async def stop(self) -> None:
         self._stop.set()

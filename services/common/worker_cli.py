@@ -1,6 +1,7 @@
 """What the CLI commands of the long-running Kafka workers (alerting, history) share: build
 the settings from the environment and the command's options, create the topics, run the
-worker until SIGTERM/SIGINT with a bounded stop, exit 1 if it failed."""
+worker until SIGTERM/SIGINT with a bounded stop, exit 1 if it failed; and the workers' own
+``run``/``request_stop`` (:class:`RunUntilStopped`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,29 @@ class Worker(Protocol):
     def request_stop(self) -> None: ...
 
     async def run(self) -> None: ...
+
+
+class RunUntilStopped:
+    """Mixin: ``await run()`` = ``start()``, wait for :meth:`request_stop` (or the worker's
+    own ``_stop`` event, set when it fails), then ``stop()``, also after an error."""
+
+    _stop: asyncio.Event
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            await self.stop()
 
 
 def worker_settings(settings_class: type[S], create_topics: bool, **overrides: object | None) -> S:

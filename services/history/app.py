@@ -60,6 +60,7 @@ from services.common.kafka.dead_letters import dead_letter
 from services.common.kafka.send import send_acked
 from services.common.operators import Identity
 from services.common.shutdown import stop_quietly
+from services.common.worker_cli import RunUntilStopped
 from services.history.api import create_app, iso
 from services.history.metrics import HistoryMetrics, create
 from services.history.segments import DeviceState, Segment, SegmentBuilder, window_of
@@ -83,7 +84,7 @@ T = TypeVar("T")
 UTC_ZONE = ZoneInfo("UTC")
 
 
-class HistoryService:
+class HistoryService(RunUntilStopped):
     """One worker. ``await start()`` … ``await stop()``, or ``await run()`` until
     :meth:`request_stop`."""
 
@@ -173,16 +174,6 @@ class HistoryService:
             self.port,
             s.store_url.split("@")[-1],  # no credentials in logs
         )
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    async def run(self) -> None:
-        try:
-            await self.start()
-            await self._stop.wait()
-        finally:
-            await self.stop()
 
     async def stop(self) -> None:
         self._stop.set()
