@@ -7,7 +7,9 @@ orchestrator sends no traffic to a worker that has no partitions or no store yet
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -42,3 +44,23 @@ def add_probe_routes(routes: web.RouteTableDef, backend: Probed) -> None:
         return web.Response(
             body=generate_latest(backend.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
+
+
+async def worker_readiness(
+    consumer: Any,
+    ping: Callable[[], None] | None,
+    store_error: type[Exception],
+    stop: asyncio.Event,
+) -> dict[str, bool]:
+    """The readiness checks of a checkpointing Kafka worker: its consumer (an aiokafka
+    consumer, or None before it started) has partitions, its store answers ``ping()`` (in
+    a thread; ``store_error`` or no store yet: not ready), and it is not stopping."""
+    assigned = bool(consumer is not None and consumer.assignment())
+    store_ok = False
+    if ping is not None:
+        try:
+            await asyncio.to_thread(ping)
+            store_ok = True
+        except store_error:
+            store_ok = False
+    return {"consumer_assigned": assigned, "store": store_ok, "running": not stop.is_set()}

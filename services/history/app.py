@@ -59,6 +59,7 @@ from services.common.kafka.clients import aiokafka_consumer_kwargs, aiokafka_pro
 from services.common.kafka.dead_letters import dead_letter
 from services.common.kafka.send import send_acked
 from services.common.operators import Identity
+from services.common.probes import worker_readiness
 from services.common.shutdown import stop_quietly
 from services.common.worker_cli import RunUntilStopped
 from services.history.api import create_app, iso
@@ -535,19 +536,8 @@ class HistoryService(RunUntilStopped):
         return summarize(device_id, segments, day, zone, now, self.settings.max_gap_s)
 
     async def readiness(self) -> dict[str, bool]:
-        assigned = bool(self._consumer is not None and self._consumer.assignment())
-        store_ok = False
-        if self.store is not None:
-            try:
-                await asyncio.to_thread(self.store.ping)
-                store_ok = True
-            except StoreError:
-                store_ok = False
-        return {
-            "consumer_assigned": assigned,
-            "store": store_ok,
-            "running": not self._stop.is_set(),
-        }
+        ping = self.store.ping if self.store is not None else None
+        return await worker_readiness(self._consumer, ping, StoreError, self._stop)
 
 
 def _zone(record: DeviceRecord | None) -> ZoneInfo:
