@@ -11,6 +11,7 @@ import pytest
 
 from services.alerting.monitor import DeviceMonitor
 from services.alerting.rules import AlertRules
+from services.demo.run import versions_on_disk
 from services.demo.scenarios import Segment, fall_scenario
 from shared.activities import ACTIVITIES
 from shared.dsp.preprocessor import StreamingPreprocessor
@@ -19,7 +20,10 @@ from shared.messages import AlertType, Prediction
 
 pytestmark = pytest.mark.integration
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "har" / "1"
+#: The pipeline's model server serves the newest version on disk (TF Serving's default
+#: policy): the offline reference is that version.
+MODEL_BASE = Path(__file__).resolve().parents[2] / "models" / "har"
+MODEL_DIR = MODEL_BASE / str(max(versions_on_disk(MODEL_BASE)))
 T0 = 1_705_312_800.0  # 2024-01-15 10:00 UTC
 
 
