@@ -53,9 +53,6 @@ from tests.integration.kafka_reading import read_topic
 pytestmark = pytest.mark.integration
 
 DEVICES = ("mq-a", "mq-b")
-#: The records' acceptance time, the same for HTTP ingest and the bridge, so the records
-#: can be compared byte for byte.
-FIXED_NOW = float(int(time.time()))
 
 
 class Mosquitto:
@@ -213,6 +210,10 @@ def test_packets_reach_the_raw_topic_as_http_ingest_writes_them(
     ingest_settings: IngestSettings = stream_settings(
         IngestSettings, registry_url=f"sqlite:///{registry.path}", heartbeat_interval_s=0
     )
+    # The records' acceptance time, the same for HTTP ingest and the bridge, so the records
+    # can be compared byte for byte; taken now, not when the module is collected: 20 min
+    # into a suite the packets' times (now - 60 s) lay "in the future" of that clock.
+    fixed_now = float(int(time.time()))
     json_packet = packet("mq-a", seq=0, seed=1)
     msgpack_packet = packet("mq-a", seq=1, seed=2)
     samples = np.asarray(msgpack_packet["samples"], dtype="<f4")
@@ -221,7 +222,7 @@ def test_packets_reach_the_raw_topic_as_http_ingest_writes_them(
 
     async def through_http() -> None:
         async with serve_ingest(ingest_settings, registry) as client:
-            client.server.app[SERVICE_KEY]._clock = lambda: FIXED_NOW  # type: ignore[union-attr]
+            client.server.app[SERVICE_KEY]._clock = lambda: fixed_now  # type: ignore[union-attr]
             for body in (json_packet, msgpack_packet):
                 response = await client.post("/v1/packets", json=body, headers=auth(tokens["mq-a"]))
                 assert response.status == 202, await response.text()
@@ -234,7 +235,7 @@ def test_packets_reach_the_raw_topic_as_http_ingest_writes_them(
     mqtt_kafka: IngestSettings = stream_settings(
         IngestSettings, topic_prefix=f"{ingest_settings.topic_prefix}-mqtt"
     )
-    bridge = RunningBridge(bridge_settings(mqtt_kafka, broker), clock=lambda: FIXED_NOW)
+    bridge = RunningBridge(bridge_settings(mqtt_kafka, broker), clock=lambda: fixed_now)
     device = Device(broker.port, "mq-a", tokens["mq-a"])
     try:
         bridge.wait_connected()
