@@ -12,11 +12,13 @@ over its failed-authentication budget (:mod:`services.common.operator_auth`).
     {"device_id", "label", "timezone", "registered", "revoked",
      "last_seen": unix s | null, "last_seen_at": ISO 8601 | null,
      "current": {"activity", "confidence", "model_version", "since", "since_at"} | null,
-     "open_alerts": null}
+     "open_alerts": [{"alert_id", "type", "severity", "state", "opened_at",
+                      "opened_at_iso", "reason"}, ...] | null}
 
   ``last_seen`` is the end of the newest predicted window (device clock); ``current`` is
-  that window's activity, ``since`` when its segment started. ``open_alerts`` is null:
-  the alert API (``GET /v1/alerts?device_id=...&state=open``) answers it for now.
+  that window's activity, ``since`` when its segment started. ``open_alerts``: the
+  device's unresolved alerts (open or acknowledged), newest first, from the alert store;
+  null if the store cannot answer (and in the list of all devices).
 * ``GET /v1/devices/{id}/activity?from=&to=``: segments overlapping ``[from, to)``, oldest
   first; ISO 8601 instants with an offset or ``Z`` (default: the last 24 h; at most
   ``max_range_days``)::

@@ -22,12 +22,13 @@ import pytest
 from kafka import KafkaProducer  # type: ignore[import-untyped]
 
 from services.alerting.auth import create_operator
+from services.alerting.lifecycle import acknowledge, open_alert, resolve
 from services.alerting.store import open_store as open_alert_store
 from services.common.operators import Role
 from services.history.segments import Segment, SegmentBuilder, window_of
 from services.history.settings import HistorySettings
 from services.ingest.registry import open_registry
-from shared.messages import DeadLetter, Prediction
+from shared.messages import AlertType, DeadLetter, Prediction
 from tests.integration.kafka_reading import read_topic
 from tests.integration.workers import WorkerProcess, wait_for
 from tests.integration.workers import all_committed as all_committed_in
@@ -256,7 +257,24 @@ def test_predictions_become_segments_and_a_daily_summary(setup: Setup) -> None:
     assert device["current"]["model_version"] == 1
     assert device["current"]["since"] == pytest.approx(expected[-1].start)
     assert device["last_seen"] == pytest.approx(expected[-1].end)
-    assert device["open_alerts"] is None
+    assert device["open_alerts"] == []
+    # An alert of the device in the alert store (as alerting writes it) is listed until
+    # resolved; acknowledged ones too.
+    alert_store = open_alert_store(setup.settings.operators_store_url)
+    try:
+        fall = open_alert("dev-paris", AlertType.FALL_SUSPECTED, "impact 3.1 g", 100.0, {})
+        offline = open_alert("dev-quiet", AlertType.DEVICE_OFFLINE, "no data", 150.0, {})
+        alert_store.record([fall, offline], [])
+        acked = acknowledge(fall.alert, "carer-1", 120.0)
+        assert acked is not None
+        alert_store.record([acked], [])
+        (listed_alert,) = api.ok("/v1/devices/dev-paris")["open_alerts"]
+        assert listed_alert["alert_id"] == fall.alert.alert_id
+        assert (listed_alert["type"], listed_alert["state"]) == ("FALL_SUSPECTED", "acknowledged")
+        alert_store.record([resolve(acked.alert, "carer-1", 130.0, "got up")], [])
+        assert api.ok("/v1/devices/dev-paris")["open_alerts"] == []
+    finally:
+        alert_store.close()
     listed = api.ok("/v1/devices")["devices"]
     assert [d["device_id"] for d in listed] == ["dev-paris", "dev-quiet"]
     assert listed[1]["current"] is None and listed[1]["registered"] is True
