@@ -7,10 +7,8 @@ SecurityGateway`, since this Tansu build cannot serve TLS or keep SCRAM users it
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
-import signal
+import shutil
 import socket
 import ssl
 import subprocess
@@ -23,8 +21,6 @@ from services.common.kafka_gateway import SecurityGateway, scram_credentials
 from shared.errors import HarstreamError
 
 logger = logging.getLogger(__name__)
-
-PR_SET_PDEATHSIG = 1
 
 
 class BrokerStartError(HarstreamError):
@@ -49,15 +45,20 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
     return False
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` for child processes: the kernel sends them SIGTERM if the process that
-    started them dies (even by SIGKILL), so no broker or service outlives a killed demo.
-    Linux only; elsewhere a no-op."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+def die_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` run so that the kernel sends it SIGTERM if the process that started it dies
+    (even by SIGKILL): no broker or service outlives a killed demo or test run.
+
+    util-linux's ``setpriv --pdeathsig`` sets the signal and then execs ``argv`` (same pid).
+    It is not done in a ``preexec_fn``: Python then forks with ``fork()`` instead of
+    ``vfork()``, which runs every ``pthread_atfork`` handler, and gRPC's pre-fork handler
+    waits for gRPC's own threads. A test process that had called the model server hung
+    for good inside ``fork()`` that way (grpcio 1.85, py-spy: ``fork`` → cygrpc → futex)
+    when it started the next model server. Without ``setpriv`` (not Linux), no signal."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return argv
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv]
 
 
 def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:
@@ -136,11 +137,7 @@ class EmbeddedBroker:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         # Its own session: Ctrl-C in a terminal reaches the demo, which stops the broker last.
         self._process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent,  # noqa: PLW1509 - only calls prctl
+            die_with_parent(command), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         if not wait_for_port("127.0.0.1", listen_port, timeout_s):
             self.stop()

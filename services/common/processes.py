@@ -53,12 +53,11 @@ class ServiceProcess:
             # A new session: Ctrl-C in the terminal reaches the demo only, which then stops
             # the services in order instead of all of them dying at once.
             self._process = subprocess.Popen(
-                self.argv,
+                die_with_parent(self.argv),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - only calls prctl
             )
         logger.info("started %s (pid %d), log %s", self.name, self._process.pid, self.log_path)
         return self
