@@ -67,7 +67,13 @@ from faust.types import EventT
 from prometheus_client import CollectorRegistry
 
 from services.common.kafka.backoff import BackoffPolicy
-from services.common.kafka.clients import faust_broker_urls, faust_credentials, profile
+from services.common.kafka.clients import (
+    faust_broker_urls,
+    faust_credentials,
+    producer_batch_bytes,
+    producer_linger_ms,
+    profile,
+)
 from services.common.kafka.clients import faust_options as broker_faust_options
 from services.common.kafka.dead_letters import (
     dead_letter,
@@ -162,8 +168,8 @@ def faust_options(settings: PreprocessSettings) -> dict[str, Any]:
         # used to produce one record per batch instead, every window, state and position
         # its own round trip: from ~150 live devices the raw topic's lag grew while the
         # worker used 0.1 CPU.
-        "producer_max_batch_size": 256 * 1024,
-        "producer_linger": 0.005,
+        "producer_max_batch_size": producer_batch_bytes(settings, 256 * 1024),
+        "producer_linger": producer_linger_ms(settings, 5) / 1000,
         **broker_faust_options(settings),
     }
 

@@ -102,12 +102,27 @@ def test_group_consumers_get_the_profiles_timeouts_and_commit_by_hand() -> None:
 
 
 def test_producers_wait_for_all_replicas_and_only_kafka_python_is_idempotent() -> None:
-    settings = StreamSettings(kafka_profile="tansu")
+    settings = StreamSettings()
     aio = aiokafka_producer_kwargs(settings, linger_ms=5)
     assert (aio["acks"], aio["enable_idempotence"], aio["linger_ms"]) == ("all", False, 5)
     kp = kafka_python_producer_kwargs(settings, produce_timeout_s=5.0, client_id="x")
     assert (kp["acks"], kp["enable_idempotence"], kp["client_id"]) == ("all", True, "x")
     assert kp["max_block_ms"] == 5000 and kp["delivery_timeout_ms"] == 30_000
+
+
+def test_producers_on_the_local_broker_linger_longer_in_bigger_batches() -> None:
+    """Tansu lists every stored batch of a partition on each fetch: fewer batches there,
+    each service's own linger and the libraries' batch sizes on Apache Kafka."""
+    apache, tansu = StreamSettings(), StreamSettings(kafka_profile="tansu")
+    assert aiokafka_producer_kwargs(apache, linger_ms=0)["linger_ms"] == 0
+    assert aiokafka_producer_kwargs(apache)["max_batch_size"] == 16384
+    assert kafka_python_producer_kwargs(apache, produce_timeout_s=1, linger_ms=5)["linger_ms"] == 5
+    local = aiokafka_producer_kwargs(tansu, linger_ms=0)
+    assert (local["linger_ms"], local["max_batch_size"]) == (25, 256 * 1024)
+    kp = kafka_python_producer_kwargs(tansu, produce_timeout_s=1, linger_ms=5)
+    assert (kp["linger_ms"], kp["batch_size"]) == (25, 256 * 1024)
+    # A service asking for more than the floor keeps it.
+    assert aiokafka_producer_kwargs(tansu, linger_ms=100)["linger_ms"] == 100
 
 
 def test_faust_gets_short_groups_and_its_patches_only_on_the_local_broker() -> None:
