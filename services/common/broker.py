@@ -54,7 +54,9 @@ def die_with_parent(argv: list[str]) -> list[str]:
     ``vfork()``, which runs every ``pthread_atfork`` handler, and gRPC's pre-fork handler
     waits for gRPC's own threads. A test process that had called the model server hung
     for good inside ``fork()`` that way (grpcio 1.85, py-spy: ``fork`` → cygrpc → futex)
-    when it started the next model server. Without ``setpriv`` (not Linux), no signal."""
+    when it started the next model server. Without ``setpriv`` (not Linux), no signal. A
+    parent killed in the moment between the spawn and setpriv's prctl leaves its child
+    running (the preexec_fn had no such gap); orchestrated restarts stop children first."""
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         return argv

@@ -27,6 +27,17 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _program(pid: int) -> str:
+    """The command line of process ``pid`` ('' once it is gone)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        return ""
+    return " ".join(
+        Path(argv[0].decode()).name if i == 0 else a.decode() for i, a in enumerate(argv)
+    )
+
+
 def test_starting_a_child_runs_no_fork_handlers(tmp_path: Path) -> None:
     calls: list[str] = []
     os.register_at_fork(before=lambda: calls.append("before"))
@@ -60,7 +71,12 @@ def test_a_child_gets_sigterm_when_its_parent_is_killed(tmp_path: Path) -> None:
     parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE)
     assert parent.stdout is not None
     child_pid = int(parent.stdout.readline())
-    assert _alive(child_pid)
+    # setpriv sets the death signal, then execs the program: kill the parent only once the
+    # child runs its program (a parent killed in between leaves an orphan: see die_with_parent).
+    deadline = time.monotonic() + 20
+    while _program(child_pid).startswith("setpriv") and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling /proc: there is no event for another process's exec
+    assert _alive(child_pid) and "time.sleep(60)" in _program(child_pid)
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=10)
     deadline = time.monotonic() + 10
