@@ -54,7 +54,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from benchmarks.capacity_profile import PLUMBING, top_frames
-from benchmarks.capacity_stats import parse_proc_stat
+from benchmarks.capacity_stats import process_cpu_seconds
 from services.common.broker import EmbeddedBroker, free_port, terminate
 from shared.activities import ACTIVITIES
 from shared.features import MotionFeatures
@@ -62,7 +62,6 @@ from shared.messages import Heartbeat, Prediction, RawPacket
 from shared.topics import Topics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_TICKS = os.sysconf("SC_CLK_TCK")
 PARTITIONS = 4
 WINDOW_S = 2.56
 STEP_S = 1.28
@@ -208,12 +207,6 @@ class RunResult:
     alerts_opened: int
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        return parse_proc_stat(f.read()).cpu_seconds(_TICKS)
-
-
 def _metrics(url: str) -> dict[str, float]:
     """Sample values of alerting's /metrics, by name with labels."""
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
@@ -340,15 +333,15 @@ def measure(
                 m0, fed0 = _metrics(url), json.loads(counts.read_text())
                 t0 = time.monotonic()
                 cpu0, broker0, feeder0 = (
-                    cpu_seconds(pid),
-                    cpu_seconds(broker_pid),
-                    cpu_seconds(feeder.pid),
+                    process_cpu_seconds(pid),
+                    process_cpu_seconds(broker_pid),
+                    process_cpu_seconds(feeder.pid),
                 )
                 time.sleep(args.seconds)
                 cpu1, broker1, feeder1 = (
-                    cpu_seconds(pid),
-                    cpu_seconds(broker_pid),
-                    cpu_seconds(feeder.pid),
+                    process_cpu_seconds(pid),
+                    process_cpu_seconds(broker_pid),
+                    process_cpu_seconds(feeder.pid),
                 )
                 dt = time.monotonic() - t0
                 m1, fed1 = _metrics(url), json.loads(counts.read_text())

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.capacity_profile import top_frames
-from benchmarks.capacity_stats import parse_proc_stat
+from benchmarks.capacity_stats import process_cpu_seconds
 from services.common.broker import EmbeddedBroker, free_port, terminate
 from services.common.kafka.topics import create_topics
 from services.demo.fleet import DeviceSpec
@@ -61,7 +61,6 @@ from services.ingest.settings import IngestSettings
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 #: The ways the fleet can reach ingest (see the module docstring).
@@ -84,12 +83,6 @@ class RunResult:
     generator_cpu_s_per_s: float
     client_p50_ms: float
     client_p99_ms: float
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (all its threads), seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        return parse_proc_stat(f.read()).cpu_seconds(_TICKS)
 
 
 def _ready(url: str) -> bool:
@@ -223,11 +216,11 @@ def measure(
         gen = fleet.pids
         base = fleet.snapshot()
         t0 = time.monotonic()
-        cpu0, broker0 = cpu_seconds(pid), cpu_seconds(broker_pid)
-        gen0 = sum(cpu_seconds(p) for p in gen)
+        cpu0, broker0 = process_cpu_seconds(pid), process_cpu_seconds(broker_pid)
+        gen0 = sum(process_cpu_seconds(p) for p in gen)
         time.sleep(args.seconds)
-        cpu1, broker1 = cpu_seconds(pid), cpu_seconds(broker_pid)
-        gen1 = sum(cpu_seconds(p) for p in gen)
+        cpu1, broker1 = process_cpu_seconds(pid), process_cpu_seconds(broker_pid)
+        gen1 = sum(process_cpu_seconds(p) for p in gen)
         dt = time.monotonic() - t0
         counters = fleet.snapshot().minus(base)
         if profiler is not None:

@@ -22,18 +22,12 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from kafka.admin import KafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
+from benchmarks.capacity_stats import process_cpu_seconds
 from services.common.broker import EmbeddedBroker
 
 TOPIC = "load"
 TICK_S = 0.01
 REPORT_EVERY_S = 10.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (from /proc)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def consume(servers: str, group: str, fetch_min_bytes: int, counts: list[int]) -> None:
@@ -71,7 +65,7 @@ async def load(broker: EmbeddedBroker, args: argparse.Namespace, linger_ms: int)
     per_tick = max(1, round(args.rate * TICK_S))
     sent, pending = 0, []
     start = last = time.monotonic()
-    last_cpu, last_sent = cpu_seconds(broker.pid), 0
+    last_cpu, last_sent = process_cpu_seconds(broker.pid), 0
     while time.monotonic() - start < args.seconds:
         tick = time.monotonic()
         for i in range(per_tick):
@@ -83,7 +77,7 @@ async def load(broker: EmbeddedBroker, args: argparse.Namespace, linger_ms: int)
         await asyncio.sleep(max(0.0, TICK_S - (time.monotonic() - tick)))
         now = time.monotonic()
         if now - last >= REPORT_EVERY_S:
-            cpu = cpu_seconds(broker.pid)
+            cpu = process_cpu_seconds(broker.pid)
             print(
                 f"  linger {linger_ms:3d} ms  t={now - start:4.0f} s  "
                 f"{(sent - last_sent) / (now - last):5.0f} records/s  "

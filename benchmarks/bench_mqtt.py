@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from benchmarks.capacity_stats import process_cpu_seconds
 from services.common.broker import EmbeddedBroker, free_port, wait_for_port
 from services.common.kafka.topics import create_topics
 from services.ingest.registry import SqliteRegistry
@@ -45,12 +46,6 @@ from services.mqtt_bridge.mosquitto import (
 from shared.settings import StreamSettings
 
 HARSTREAM = [sys.executable, "-m", "services.cli"]
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid`` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def scrape(port: int, name: str) -> float:
@@ -120,10 +115,10 @@ def run_http(args: argparse.Namespace, n: int, root: Path, kafka: StreamSettings
     }
     with spawn([*HARSTREAM, "ingest"], env, root / "ingest.log") as ingest:
         wait_ready(f"http://127.0.0.1:{port}/readyz", ingest)
-        cpu0 = cpu_seconds(ingest.pid)
+        cpu0 = process_cpu_seconds(ingest.pid)
         url = f"http://127.0.0.1:{port}"
         figures = simulate(args, n, root / "tokens.json", ["--url", url])
-        cpu = cpu_seconds(ingest.pid) - cpu0
+        cpu = process_cpu_seconds(ingest.pid) - cpu0
     packets = figures["packets_accepted"]
     return {
         "packets": packets,
@@ -166,7 +161,7 @@ def run_mqtt(
     ):
         assert wait_for_port("127.0.0.1", port, 10.0), "mosquitto did not start"
         wait_ready(f"http://127.0.0.1:{health}/readyz", bridge)
-        cpu0, broker0 = cpu_seconds(bridge.pid), cpu_seconds(broker.pid)
+        cpu0, broker0 = process_cpu_seconds(bridge.pid), process_cpu_seconds(broker.pid)
         accepted = 'harstream_mqtt_messages_total{outcome="accepted"}'
         argv = [*HARSTREAM, "simulate", "--transport", "mqtt", "--mqtt-port", str(port)]
         argv += ["--devices", str(n), "--speed", str(args.speed), "--subjects", args.subjects]
@@ -193,8 +188,8 @@ def run_mqtt(
             if count > last[1]:
                 last = (now, count)
             time.sleep(0.1)
-        cpu = cpu_seconds(bridge.pid) - cpu0
-        broker_cpu = cpu_seconds(broker.pid) - broker0
+        cpu = process_cpu_seconds(bridge.pid) - cpu0
+        broker_cpu = process_cpu_seconds(broker.pid) - broker0
     assert first is not None
     packets = int(last[1])
     seconds = max(last[0] - first, 1e-9)

@@ -27,7 +27,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import orjson
 
-from benchmarks.capacity_stats import parse_proc_stat
+from benchmarks.capacity_stats import process_cpu_seconds
 from services.demo.fleet import DeviceSpec, FleetCounters, packets_due, phase_of
 from services.demo.fleetgen import Fleet, FleetConfig
 
@@ -81,11 +81,6 @@ def _sink_main(sock: socket.socket) -> None:
         await server.serve_forever()
 
     asyncio.run(serve())
-
-
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        return parse_proc_stat(f.read()).cpu_seconds(os.sysconf("SC_CLK_TCK"))
 
 
 async def _aiohttp_fleet(url: str, devices: int, seconds: float) -> FleetCounters:
@@ -154,10 +149,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     assert sink.pid is not None
     if args.client == "aiohttp":
         me = os.getpid()
-        cpu0, sink0, t0 = _cpu_s(me), _cpu_s(sink.pid), time.time()
+        cpu0, sink0, t0 = process_cpu_seconds(me), process_cpu_seconds(sink.pid), time.time()
         counters = asyncio.run(_aiohttp_fleet(url, args.devices, args.seconds))
         dt = time.time() - t0
-        gen_cpu = _cpu_s(me) - cpu0
+        gen_cpu = process_cpu_seconds(me) - cpu0
     else:
         specs = [DeviceSpec(i, f"d-{i:05d}", "x" * 43) for i in range(args.devices)]
         config = FleetConfig(
@@ -170,14 +165,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             pids = fleet.pids
             fleet.add(specs)
             time.sleep(args.warmup_s)
-            cpu0 = sum(_cpu_s(p) for p in pids)
-            sink0, t0 = _cpu_s(sink.pid), time.time()
+            cpu0 = sum(process_cpu_seconds(p) for p in pids)
+            sink0, t0 = process_cpu_seconds(sink.pid), time.time()
             base = fleet.snapshot()
             time.sleep(args.seconds)
             counters = fleet.snapshot().minus(base)
             dt = time.time() - t0
-            gen_cpu = sum(_cpu_s(p) for p in pids) - cpu0
-    sink_cpu = _cpu_s(sink.pid) - sink0
+            gen_cpu = sum(process_cpu_seconds(p) for p in pids) - cpu0
+    sink_cpu = process_cpu_seconds(sink.pid) - sink0
     sink.kill()
     sink.join(5)
     figures = {

@@ -9,6 +9,7 @@ world arrives here as text (``/proc/<pid>/stat``, Prometheus exposition) or plai
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,12 @@ def parse_proc_stat(text: str) -> ProcStat:
         stime=int(rest[15 - 3]),
         rss_pages=int(rest[24 - 3]),
     )
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads), seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        return parse_proc_stat(f.read()).cpu_seconds(os.sysconf("SC_CLK_TCK"))
 
 
 def tree_of(root: int, stats: Mapping[int, ProcStat]) -> set[int]:
