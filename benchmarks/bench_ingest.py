@@ -10,7 +10,9 @@ device per second, each on its own keep-alive connection from its own loopback a
 machine load: ``device-json`` (every device posts its own JSON packets, the default),
 ``device-msgpack`` (its own MessagePack packets, samples packed float32), ``gateway-json``
 and ``gateway-msgpack`` (``--gateways`` gateways forward the devices' packets as
-``POST /v1/packets:batch`` every ``--gateway-interval-s``).
+``POST /v1/packets:batch`` every ``--gateway-interval-s``, with each device's token in the
+body), ``hub-json`` and ``hub-msgpack`` (the same, each gateway authenticated by a credential
+of its own bound to its devices: ``harstream gateways``).
 
 Per run it prints offered and accepted packets/s, ingest's CPU-seconds per second (utime +
 stime of the ingest process from ``/proc/<pid>/stat``, all its threads), µs of ingest CPU
@@ -55,7 +57,7 @@ from benchmarks.capacity_stats import process_cpu_seconds
 from services.common.broker import EmbeddedBroker, free_port, terminate
 from services.common.kafka.topics import create_topics
 from services.demo.fleet import DeviceSpec
-from services.demo.fleetgen import Fleet, FleetConfig, register_fleet
+from services.demo.fleetgen import Fleet, FleetConfig, register_fleet, register_gateways
 from services.ingest.settings import IngestSettings
 
 logger = logging.getLogger(__name__)
@@ -64,7 +66,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 #: The ways the fleet can reach ingest (see the module docstring).
-MODES = ("device-json", "device-msgpack", "gateway-json", "gateway-msgpack")
+MODES = (
+    "device-json",
+    "device-msgpack",
+    "gateway-json",
+    "gateway-msgpack",
+    "hub-json",
+    "hub-msgpack",
+)
 
 
 @dataclass(frozen=True)
@@ -154,14 +163,18 @@ def ingest_process(
         terminate(process, 20.0)
 
 
-def fleet_config(url: str, mode: str, args: argparse.Namespace) -> FleetConfig:
-    """The load generator's configuration for ``mode`` (one of :data:`MODES`)."""
+def fleet_config(
+    url: str, mode: str, args: argparse.Namespace, gateway_tokens: tuple[str, ...] = ()
+) -> FleetConfig:
+    """The load generator's configuration for ``mode`` (one of :data:`MODES`);
+    ``gateway_tokens``: the gateways' own tokens, for the hub-* modes."""
     how, _, body = mode.partition("-")
     return FleetConfig(
         url,
         body="msgpack" if body == "msgpack" else "json",
-        gateways=args.gateways if how == "gateway" else 0,
+        gateways=args.gateways if how in ("gateway", "hub") else 0,
         gateway_interval_s=args.gateway_interval_s,
+        gateway_tokens=gateway_tokens if how == "hub" else (),
     )
 
 
@@ -176,6 +189,7 @@ def measure(
     args: argparse.Namespace,
     profile_to: Path | None = None,
     mode: str = "device-json",
+    gateway_tokens: tuple[str, ...] = (),
 ) -> RunResult:
     broker_pid = broker.pid
     assert broker_pid is not None
@@ -189,7 +203,7 @@ def measure(
             workdir / "hidden" if label == "base" and args.compare_hide else None,
             max_connections=len(devices) + 100,
         ) as (pid, url),
-        Fleet(fleet_config(url, mode, args), processes=args.processes) as fleet,
+        Fleet(fleet_config(url, mode, args, gateway_tokens), processes=args.processes) as fleet,
     ):
         fleet.add(devices)
         time.sleep(args.warmup_s)
@@ -302,7 +316,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         default="device-json",
         help=f"comma-separated, of {', '.join(MODES)} [device-json]",
     )
-    parser.add_argument("--gateways", type=int, default=25, help="gateways in gateway-* modes")
+    parser.add_argument(
+        "--gateways", type=int, default=25, help="gateways in gateway-* and hub-* modes"
+    )
     parser.add_argument("--gateway-interval-s", type=float, default=1.0)
     parser.add_argument("--compare", type=Path, help="another source tree to run side by side")
     parser.add_argument(
@@ -340,6 +356,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             )
             registry_url = f"sqlite:///{workdir / 'devices.db'}"
             specs = register_fleet(registry_url, max(sizes))
+            gateway_tokens = (
+                register_gateways(registry_url, specs, args.gateways)
+                if any(mode.startswith("hub-") for mode in modes)
+                else ()
+            )
             print(_header(), flush=True)
             for repeat in range(args.repeats):
                 for n in sizes:
@@ -358,6 +379,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                 workdir,
                                 args,
                                 mode=mode,
+                                gateway_tokens=gateway_tokens,
                             )
                             results.append(result)
                             print(_row(asdict(result)), flush=True)
@@ -383,6 +405,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                                 args,
                                 profile_to=out,
                                 mode=mode,
+                                gateway_tokens=gateway_tokens,
                             )
                             _print_profile(out, f"{label}, {mode}, {n} devices")
     finally:

@@ -36,6 +36,7 @@ _SERVICE_COMMANDS = {
     "fuzz": "services.fuzz.cli:fuzz",
     "ingest": "services.ingest.cli:ingest",
     "devices": "services.ingest.cli:devices",
+    "gateways": "services.ingest.gateways_cli:gateways",
     "preprocess": "services.preprocess.cli:preprocess",
     "inference": "services.inference.cli:inference",
     "modelserver": "services.modelserver.cli:modelserver",

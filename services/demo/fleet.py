@@ -144,11 +144,23 @@ _MSGPACK_PACKETS_KEY = msgpack.packb("packets")
 
 
 def batch_body(
-    kind: BodyKind, tokens: Sequence[tuple[str, str]], packets: Sequence[bytes]
+    kind: BodyKind, tokens: Sequence[tuple[str, str]] | None, packets: Sequence[bytes]
 ) -> bytes:
-    """The body of ``POST /v1/packets:batch`` with ``tokens`` (device id, token) and the
+    """The body of ``POST /v1/packets:batch`` with ``tokens`` (device id, token; None for a
+    gateway authenticating with its own token, so the body has no ``tokens``) and the
     ``packets`` already rendered in format ``kind`` (:func:`packet_body`,
     :func:`packet_msgpack`): concatenated, not encoded again."""
+    if tokens is None:
+        if kind == "json":
+            return b"".join((b'{"packets":[', b",".join(packets), b"]}"))
+        return b"".join(
+            (
+                _msgpack_header(1, 0x80, 0xDE),
+                _MSGPACK_PACKETS_KEY,
+                _msgpack_header(len(packets), 0x90, 0xDC),
+                *packets,
+            )
+        )
     if kind == "json":
         credentials = orjson.dumps(dict(tokens))
         return b"".join((b'{"tokens":', credentials, b',"packets":[', b",".join(packets), b"]}"))

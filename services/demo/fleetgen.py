@@ -19,9 +19,11 @@ Gateway mode (``gateways`` > 0): device ``i`` is forwarded by gateway ``i % gate
 and each gateway, on one keep-alive connection from one address of its own (a hub behind
 a care home's NAT), posts every ``gateway_interval_s`` one ``POST /v1/packets:batch`` with
 each of its devices' packets that is due (devices still make one packet per period each,
-on the same schedule). It reads each packet's result: a packet answered 429 or 5xx (or in
-a batch that got no answer) goes into a later batch, after the backoff, at most
-``max_retries`` times; a device's packets are sent in order.
+on the same schedule). With ``gateway_tokens`` each gateway authenticates with a credential
+of its own (:func:`register_gateways`) and its batches carry no device tokens. It reads
+each packet's result: a packet answered 429 or 5xx (or in a batch that got no answer) goes
+into a later batch, after the backoff, at most ``max_retries`` times; a device's packets
+are sent in order.
 
 Bodies are JSON or MessagePack (``body``; MessagePack packets carry their samples as packed
 float32, pre-rendered like the JSON ones).
@@ -98,6 +100,9 @@ class FleetConfig:
     gateways: int = 0
     #: How often a gateway posts the packets that are due (seconds).
     gateway_interval_s: float = 1.0
+    #: Gateway ``i``'s own token (:func:`register_gateways`), one per gateway; empty: each
+    #: batch carries its devices' tokens instead.
+    gateway_tokens: tuple[str, ...] = ()
     #: Most packets per batch (ingest's max_batch_packets) and most bytes of a batch's
     #: packets (under ingest's max_body_bytes, 1 MiB, with room for the tokens): more due
     #: go in several batches, as a gateway catching up after an outage must send them.
@@ -107,6 +112,10 @@ class FleetConfig:
     def __post_init__(self) -> None:
         if self.gateways and self.mqtt:
             raise ValueError("gateways post batches over HTTP: no gateways with an mqtt:// URL")
+        if self.gateway_tokens and len(self.gateway_tokens) != self.gateways:
+            raise ValueError(
+                f"{len(self.gateway_tokens)} gateway tokens for {self.gateways} gateways"
+            )
 
     @property
     def mqtt(self) -> bool:
@@ -140,6 +149,26 @@ def register_fleet(registry_url: str, count: int, prefix: str = "fleet") -> list
     finally:
         registry.close()
     return [DeviceSpec(i, record.device_id, token) for i, (record, token) in enumerate(added)]
+
+
+def register_gateways(
+    registry_url: str, devices: Sequence[DeviceSpec], gateways: int, prefix: str = "hub"
+) -> tuple[str, ...]:
+    """Register ``gateways`` gateways ``<prefix>-001``..., gateway ``i`` bound to the
+    ``devices`` it forwards (:func:`~services.demo.fleet.gateway_of`); their tokens, in
+    order."""
+    from services.ingest.registry import open_registry  # noqa: PLC0415
+
+    registry = open_registry(registry_url)
+    try:
+        tokens = []
+        for number in range(gateways):
+            bound = [d.device_id for d in devices if gateway_of(d.index, gateways) == number]
+            _, token = registry.add_gateway(f"{prefix}-{number + 1:03d}", bound, "fleet")
+            tokens.append(token)
+    finally:
+        registry.close()
+    return tuple(tokens)
 
 
 # -- one device -----------------------------------------------------------------------------
@@ -406,8 +435,13 @@ class _Worker:
         interval = config.gateway_interval_s
         source = source_address(gateway.index) if self.spread_sources else None
         connection = _HttpConnection(self.host, self.port, source)
+        credential = (
+            f"Authorization: Bearer {config.gateway_tokens[gateway.index]}\r\n"
+            if config.gateway_tokens
+            else ""
+        )
         prefix = (
-            f"POST /v1/packets:batch HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"POST /v1/packets:batch HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{credential}"
             f"Content-Type: {CONTENT_TYPES[config.body]}\r\nContent-Length: "
         ).encode()
         next_at = start_at + phase_of(gateway.index, interval)
@@ -440,8 +474,12 @@ class _Worker:
     ) -> None:
         config, counters = self.config, self.counters
         now = time.time()
-        tokens = {device.spec.device_id: device.spec.token for device, _ in batch}
-        body = batch_body(config.body, list(tokens.items()), [item.body for _, item in batch])
+        tokens = (
+            None
+            if config.gateway_tokens
+            else list({device.spec.device_id: device.spec.token for device, _ in batch}.items())
+        )
+        body = batch_body(config.body, tokens, [item.body for _, item in batch])
         request = b"".join((prefix, str(len(body)).encode(), b"\r\n\r\n", body))
         counters.requests += 1
         for _, item in batch:

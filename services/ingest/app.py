@@ -8,7 +8,9 @@ read. A 503 (not acknowledged in time) is at-least-once: the record may still re
 topic, and the device's retry of the same seq is dropped downstream as a duplicate.
 
 ``POST /v1/packets:batch`` takes the packets of several devices from a gateway, each
-authenticated by its own device's token (:mod:`services.ingest.batch`), and answers every
+authenticated by its own device's token, or all by the gateway's own token (in the
+Authorization header) and its binding to their devices (:mod:`services.ingest.batch`,
+:mod:`services.ingest.registry`), and answers every
 packet on its own once Kafka acknowledged all the accepted ones: 202 when all were
 accepted, else 207 with a problem document per refused packet (a packet Kafka did not
 acknowledge in time is a 503 there, never left out). Refusals of the whole request (body
@@ -22,8 +24,9 @@ valid tokens (``python -m benchmarks.auth_flood`` measures it). Only failures co
 address may have as many uncached token lookups in flight as it has failures left, and one
 more waits for a slot (:mod:`services.ingest.authgate`) rather than being refused, so any
 number of valid devices joining at once from one address (a NAT, a gateway) get in. Every
-credential failure (unknown token, a token naming another device) gets the same 401 body,
-so the answers do not tell which device ids are registered.
+device credential failure (unknown token, a token naming another device) gets the same 401
+body, and a gateway's packet of an unregistered device the same 403 as one of a device not
+bound to it, so the answers do not tell which device ids are registered.
 
 ``/metrics`` is not on the device port: a second listener (``metrics_host``:``metrics_port``,
 loopback unless configured) serves it, with the same connection limits.
@@ -74,7 +77,13 @@ from services.ingest.errors import RegistryUnavailableError
 from services.ingest.problems import problem_response
 from services.ingest.producer import KafkaPacketSink, PacketSink
 from services.ingest.progress import DeviceProgress
-from services.ingest.registry import DeviceRecord, DeviceRegistry, open_registry, redact_url
+from services.ingest.registry import (
+    DeviceRecord,
+    DeviceRegistry,
+    GatewayRecord,
+    open_registry,
+    redact_url,
+)
 from services.ingest.schemas import docs_html, openapi_document
 from services.ingest.server import problem_document
 from services.ingest.settings import IngestSettings
@@ -98,6 +107,7 @@ from shared.messages.raw import RawPacket
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R", DeviceRecord, GatewayRecord)
 
 #: Devices count as active this long after their last accepted packet (seconds).
 ACTIVE_WINDOW_S = 60.0
@@ -228,10 +238,19 @@ class IngestService:
         self.gate = LookupGate(self.auth_limit)
         self._weak_tokens_warned: set[str] = set()
         self._tokens_checked: set[str] = set()
-        self._lookups: dict[str, asyncio.Future[DeviceRecord | None]] = {}
+        #: Registry lookups in flight by key (a token's hash; a gateway's is prefixed).
+        self._lookups: dict[str, asyncio.Future[Any]] = {}
         # Token hash → record (None: unknown token, cached too so a client repeating a
         # wrong token cannot make every request hit the store).
         self._tokens: TtlCache[str, DeviceRecord | None] = TtlCache(
+            settings.token_cache_ttl_s, settings.token_cache_size, monotonic
+        )
+        # Gateway credentials the same way, and the devices of gateway batches by id (their
+        # revocation is honoured within the same TTL as a token's).
+        self._gateway_tokens: TtlCache[str, GatewayRecord | None] = TtlCache(
+            settings.token_cache_ttl_s, settings.token_cache_size, monotonic
+        )
+        self._devices_by_id: TtlCache[str, DeviceRecord | None] = TtlCache(
             settings.token_cache_ttl_s, settings.token_cache_size, monotonic
         )
         self._broker_warned_at = -math.inf
@@ -259,18 +278,18 @@ class IngestService:
                 f"registry did not answer within {self.settings.registry_timeout_s:g} s"
             ) from exc
 
-    async def _lookup(self, key: str, token: str) -> DeviceRecord | None:
-        """The registry's answer for ``token`` (hash ``key``): concurrent requests with the
-        same token share one registry call."""
+    async def _lookup(self, key: str, find: Callable[[str], R | None], token: str) -> R | None:
+        """The registry's answer ``find(token)`` (lookup key ``key``): concurrent requests
+        with the same token share one registry call."""
         pending = self._lookups.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(self._registry_call(self.registry.find_by_token, token))
+            pending = asyncio.ensure_future(self._registry_call(find, token))
             self._lookups[key] = pending
             pending.add_done_callback(lambda done: self._looked_up(key, done))
-        record = await asyncio.shield(pending)
+        record: R | None = await asyncio.shield(pending)
         return record
 
-    def _looked_up(self, key: str, done: asyncio.Future[DeviceRecord | None]) -> None:
+    def _looked_up(self, key: str, done: asyncio.Future[Any]) -> None:
         self._lookups.pop(key, None)
         if not done.cancelled():
             done.exception()  # retrieved here, so an error nobody awaited is not logged
@@ -322,39 +341,71 @@ class IngestService:
 
     async def _device_for_token(self, token: str, source: str) -> DeviceRecord | None:
         """The device ``token`` belongs to (revoked or not), or None (counted as a failure
-        of ``source``). A token cached as a device's passes without touching the address's
-        budget: a device with a valid token is never throttled by a flood from its own
-        address (a shared NAT or proxy). :class:`Rejection` 429 once ``source`` has no
-        failure left; :class:`RegistryUnavailableError` if the store does not answer."""
+        of ``source``); see :meth:`_credential_for_token`."""
         key = hash_token(token)
-        hit, device = self._tokens.get(key)
+        device, looked_up = await self._credential_for_token(
+            key, key, token, source, self._tokens, self.registry.find_by_token
+        )
+        if looked_up and device is not None:
+            self._flag_weak_token(device.device_id, key, token)
+        return device
+
+    async def _gateway_for_token(self, token: str, source: str) -> GatewayRecord | None:
+        """The gateway ``token`` belongs to (revoked or not), or None (counted as a failure
+        of ``source``); see :meth:`_credential_for_token`."""
+        key = hash_token(token)
+        gateway, _ = await self._credential_for_token(
+            key,
+            f"gateway:{key}",
+            token,
+            source,
+            self._gateway_tokens,
+            self.registry.find_gateway_by_token,
+        )
+        return gateway
+
+    async def _credential_for_token(
+        self,
+        key: str,
+        lookup_key: str,
+        token: str,
+        source: str,
+        cache: TtlCache[str, R | None],
+        find: Callable[[str], R | None],
+    ) -> tuple[R | None, bool]:
+        """``(record, looked_up)``: the registry record ``token`` (hash ``key``) belongs to
+        (revoked or not), or None (counted as a failure of ``source``), and whether this
+        call asked the registry. A token cached as valid passes without touching the
+        address's budget: a device or gateway with a valid token is never throttled by a
+        flood from its own address (a shared NAT or proxy). :class:`Rejection` 429 once
+        ``source`` has no failure left; :class:`RegistryUnavailableError` if the store
+        does not answer."""
+        hit, record = cache.get(key)
         if hit:
-            if device is None:
+            if record is None:
                 self._count_failure(source)
-            return device
-        if key in self._lookups:
+            return record, False
+        if lookup_key in self._lookups:
             # Joining a lookup already in flight for the same token costs nothing more, so
             # it holds no slot (many requests of a device whose cache entry just expired).
-            device = await self._lookup(key, token)
-            if device is None:
+            record = await self._lookup(lookup_key, find, token)
+            if record is None:
                 self.auth_limit.failed(source)  # still a failure of this address
-            return device
+            return record, False
         try:
             await self.gate.enter(source)
         except AddressBlocked as blocked:
             raise self._blocked(blocked.retry_after) from None
         failed = False
         try:
-            device = await self._lookup(key, token)
-            failed = device is None
+            record = await self._lookup(lookup_key, find, token)
+            failed = record is None
         finally:
             # A store that did not answer is our failure, not the client's.
             self.gate.leave(source, failed)
         # None is cached too, so repeating an unknown token does not reach the store.
-        self._tokens.put(key, device)
-        if device is not None:
-            self._flag_weak_token(device.device_id, key, token)
-        return device
+        cache.put(key, record)
+        return record, True
 
     async def _authenticate(self, request: web.Request, source: str) -> DeviceRecord:
         """The device the request's token belongs to, or a 401 (429 once ``source`` has
@@ -584,11 +635,17 @@ class IngestService:
 
     async def _accept_batch(self, request: web.Request) -> web.Response:
         fmt, encoding = self._body_headers(request)
+        source = self.source_key(request)
+        # A gateway's own credential is checked before its body is read, as a device's is.
+        gateway = (
+            await self._authenticate_gateway(request, source)
+            if "Authorization" in request.headers
+            else None
+        )
         raw = await self._read_body(request)
         if encoding == "gzip":
             raw = self._gunzip(raw)
-        source = self.source_key(request)
-        results, records, authenticated = await self._prepare_batch(raw, fmt, source)
+        results, records, authenticated = await self._prepare_batch(raw, fmt, source, gateway)
         del raw
         if records:
             await self._produce_batch(records, results)
@@ -612,29 +669,33 @@ class IngestService:
         return response
 
     async def _prepare_batch(
-        self, raw: bytes, fmt: BodyFormat, source: str
+        self, raw: bytes, fmt: BodyFormat, source: str, gateway: GatewayRecord | None = None
     ) -> tuple[list[Result | None], list[tuple[int, ValidPacket, bytes]], bool]:
         """Every packet of the batch in body ``raw`` answered or made ready to send:
         ``(results, records, authenticated)``, ``results`` holding the answer of each
         packet refused so far (None for the ones in ``records``: index, packet, raw
-        record), ``authenticated`` whether any device authenticated. The parsed document
-        is freed when this returns, before the request waits for Kafka (see
-        :meth:`_validated`)."""
+        record), ``authenticated`` whether the gateway or any device authenticated. The
+        packets' devices are authenticated by ``gateway``'s binding when the request came
+        with a gateway token, else by the batch's ``tokens``. The parsed document is freed
+        when this returns, before the request waits for Kafka (see :meth:`_validated`)."""
         settings = self.settings
         try:
             document, exact = parse_body(raw, fmt)
         except BodyError as exc:
             raise Rejection(400, Reason.MALFORMED, str(exc)) from None
-        batch = batches.parse_batch(document, settings.max_batch_packets)
+        batch = batches.parse_batch(
+            document, settings.max_batch_packets, gateway=gateway is not None
+        )
         if isinstance(batch, Invalid):
             raise Rejection(batch.status, batch.reason, batch.detail, batch.errors)
         packets = batch.packets
         self.metrics.batch_packets.observe(len(packets))
         identities = [batches.identity(packet) for packet in packets]
-        devices = await self._authenticate_devices(
-            {device_id for device_id, _ in identities if device_id is not None},
-            batch.tokens,
-            source,
+        device_ids = {device_id for device_id, _ in identities if device_id is not None}
+        devices = (
+            await self._authenticate_devices(device_ids, batch.tokens, source)
+            if gateway is None
+            else await self._gateway_devices(device_ids, gateway)
         )
         now = self._clock()
         results: list[Result | None] = [None] * len(packets)
@@ -688,8 +749,72 @@ class IngestService:
             if result_ is not None:
                 assert isinstance(result_.outcome, Refused)
                 self._rejections[result_.outcome.reason].inc()
-        authenticated = any(not isinstance(d, Refused) for d in devices.values())
+        authenticated = gateway is not None or any(
+            not isinstance(d, Refused) for d in devices.values()
+        )
         return results, records, authenticated
+
+    async def _authenticate_gateway(self, request: web.Request, source: str) -> GatewayRecord:
+        """The gateway the request's token belongs to, or a 401 (429 once ``source`` has
+        failed too often), or a 403 if it is revoked."""
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is None:
+            self._count_failure(source)
+            raise Rejection(
+                401,
+                Reason.UNAUTHENTICATED,
+                "malformed Authorization header: expected 'Bearer <gateway token>', the token "
+                "in printable ASCII (or no header, and each device's token in tokens)",
+                headers={"WWW-Authenticate": 'Bearer realm="harstream"'},
+            )
+        gateway = await self._gateway_for_token(token, source)
+        if gateway is None:
+            raise Rejection(
+                401,
+                Reason.UNAUTHENTICATED,
+                "invalid gateway credentials: the token is unknown (a batch carrying each "
+                "device's token in tokens needs no Authorization header)",
+                headers=INVALID_TOKEN_CHALLENGE,
+            )
+        if gateway.revoked:
+            raise Rejection(403, Reason.FORBIDDEN, f"gateway {gateway.gateway_id!r} is revoked")
+        return gateway
+
+    async def _gateway_devices(
+        self, device_ids: set[str], gateway: GatewayRecord
+    ) -> dict[str, DeviceRecord | Refused]:
+        """Each device's record, or the answer for its packets: 403 (not bound to
+        ``gateway``, or revoked), 503 (the registry did not answer). Records found in the
+        cache are answered at once; the others are looked up together."""
+        devices: dict[str, DeviceRecord | Refused] = {}
+        lookups: list[str] = []
+        for device_id in device_ids:
+            if device_id not in gateway.device_ids:
+                devices[device_id] = batches.not_bound(device_id, gateway.gateway_id)
+                continue
+            hit, device = self._devices_by_id.get(device_id)
+            if hit:
+                devices[device_id] = _bound_device(device, device_id)
+            else:
+                lookups.append(device_id)
+        if lookups:
+            found = await asyncio.gather(*(self._bound_device_by_id(d) for d in lookups))
+            devices.update(zip(lookups, found, strict=True))
+        return devices
+
+    async def _bound_device_by_id(self, device_id: str) -> DeviceRecord | Refused:
+        try:
+            device = await self._lookup(f"device:{device_id}", self.registry.get, device_id)
+        except RegistryUnavailableError as exc:
+            logger.warning("device registry unavailable: %s", exc)
+            return Refused(
+                503,
+                Reason.REGISTRY_UNAVAILABLE,
+                "the device registry is unavailable; retry later",
+                retry_after=self.settings.broker_retry_after_s,
+            )
+        self._devices_by_id.put(device_id, device)
+        return _bound_device(device, device_id)
 
     async def _authenticate_devices(
         self, device_ids: set[str], tokens: dict[Any, Any], source: str
@@ -956,6 +1081,16 @@ SERVICE_KEY = web.AppKey("ingest", IngestService)
 #: Runner options the app needs: it inflates gzip bodies itself, under the size limit and
 #: with problem+json answers (aiohttp's own decoding refuses unknown encodings in plain text).
 SERVER_OPTIONS: dict[str, Any] = {"auto_decompress": False}
+
+
+def _bound_device(device: DeviceRecord | None, device_id: str) -> DeviceRecord | Refused:
+    """A device bound to the gateway, or the answer for its packets (revoked, or gone
+    from the registry since it was bound)."""
+    if device is None:
+        return Refused(403, Reason.FORBIDDEN, f"device {device_id!r} is not registered")
+    if device.revoked:
+        return Refused(403, Reason.FORBIDDEN, f"device {device_id!r} is revoked")
+    return device
 
 
 @web.middleware

@@ -16,6 +16,11 @@ refused with a problem document (the single endpoint's statuses and reasons, plu
 ``duplicate`` for a second packet with the same device id and seq within one batch, which
 is not written twice). The answer is 202 when every packet was accepted, otherwise 207 with
 one result per packet, in the order of the request.
+
+A gateway registered with a credential of its own (``harstream gateways add``) sends that
+token in the ``Authorization: Bearer`` header instead, and no ``tokens``: it then holds no
+device's secret, and each packet is authenticated by the gateway's binding to its device
+(403 ``forbidden`` for a device not bound to it, or revoked).
 """
 
 from __future__ import annotations
@@ -50,9 +55,10 @@ class Batch:
     packets: list[Any]
 
 
-def parse_batch(document: Any, max_packets: int) -> Batch | Invalid:
+def parse_batch(document: Any, max_packets: int, gateway: bool = False) -> Batch | Invalid:
     """The batch in a parsed body, or why the whole request is refused (400 for wrong
-    types, 422 for no packets or more than ``max_packets``)."""
+    types, 422 for no packets or more than ``max_packets``). ``gateway``: the request
+    carries a gateway's token, so the document must not carry device ``tokens``."""
     errors: list[FieldError] = []
     if not isinstance(document, dict):
         errors.append(
@@ -65,10 +71,24 @@ def parse_batch(document: Any, max_packets: int) -> Batch | Invalid:
         return Invalid(tuple(errors), 1)
     tokens = document.get("tokens")
     packets = document.get("packets")
-    if "tokens" not in document:
+    if gateway:
+        if "tokens" in document:
+            errors.append(
+                FieldError(
+                    "tokens",
+                    "must not be sent with a gateway token in the Authorization header (the "
+                    "gateway's binding authenticates its devices' packets)",
+                    Reason.MALFORMED,
+                )
+            )
+        tokens = {}
+    elif "tokens" not in document:
         errors.append(
             FieldError(
-                "tokens", "is required (an object: device id → device token)", Reason.MALFORMED
+                "tokens",
+                "is required (an object: device id → device token), unless a gateway's "
+                "token is sent in the Authorization header",
+                Reason.MALFORMED,
             )
         )
     elif not isinstance(tokens, dict):
@@ -186,6 +206,17 @@ def missing_token(device_id: str) -> Refused:
         f"holds no token for device {device_id!r} (tokens maps each device id of the batch "
         "to that device's token)",
         Reason.UNAUTHENTICATED,
+    )
+
+
+def not_bound(device_id: str, gateway_id: str) -> Refused:
+    """The answer for a packet of a device the authenticating gateway is not bound to."""
+    return _refused(
+        403,
+        "device_id",
+        f"device {device_id!r} is not bound to gateway {gateway_id!r} (`harstream gateways "
+        "bind` adds it)",
+        Reason.FORBIDDEN,
     )
 
 

@@ -49,19 +49,19 @@ def ingest(host: str | None, port: int | None, metrics_port: int | None) -> None
     run(settings)
 
 
-def _when(timestamp: float | None) -> str:
+def when(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-def _open(ctx: click.Context) -> DeviceRegistry:
+def registry_of(ctx: click.Context) -> DeviceRegistry:
     registry: DeviceRegistry = ctx.obj["registry"]
     return registry
 
 
-@click.group()
-@click.option(
+#: The ``--registry`` option of ``harstream devices`` and ``harstream gateways``.
+registry_option = click.option(
     "--registry",
     "registry_url",
     default=None,
@@ -71,9 +71,11 @@ def _open(ctx: click.Context) -> DeviceRegistry:
         "HARSTREAM_INGEST_REGISTRY_URL, default sqlite:///$XDG_DATA_HOME/harstream/devices.db]."
     ),
 )
-@click.pass_context
-def devices(ctx: click.Context, registry_url: str | None) -> None:
-    """Register, list and revoke devices (tokens are shown once, stored only as hashes)."""
+
+
+def open_for_commands(ctx: click.Context, registry_url: str | None) -> None:
+    """Open the registry for a command group's subcommands (:func:`registry_of`); it is
+    closed after them."""
     settings = IngestSettings()
     try:
         registry = open_registry(registry_url or settings.registry_url, settings.registry_table)
@@ -81,6 +83,14 @@ def devices(ctx: click.Context, registry_url: str | None) -> None:
         raise click.ClickException(str(exc)) from exc
     ctx.obj = {"registry": registry}
     ctx.call_on_close(registry.close)
+
+
+@click.group()
+@registry_option
+@click.pass_context
+def devices(ctx: click.Context, registry_url: str | None) -> None:
+    """Register, list and revoke devices (tokens are shown once, stored only as hashes)."""
+    open_for_commands(ctx, registry_url)
 
 
 @devices.command("add")
@@ -110,7 +120,7 @@ def add(
 ) -> None:
     """Register DEVICE_ID and print its token (the only time it is shown)."""
     try:
-        record, token = _open(ctx).add(device_id, label, token, timezone)
+        record, token = registry_of(ctx).add(device_id, label, token, timezone)
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
@@ -123,9 +133,9 @@ def add(
 
 
 def _row(record: DeviceRecord) -> str:
-    state = f"revoked {_when(record.revoked_at)}" if record.revoked else "active"
+    state = f"revoked {when(record.revoked_at)}" if record.revoked else "active"
     return (
-        f"{record.device_id:<24} {state:<34} {_when(record.created_at):<26} "
+        f"{record.device_id:<24} {state:<34} {when(record.created_at):<26} "
         f"{record.timezone:<20} {record.label}"
     )
 
@@ -136,7 +146,7 @@ def _row(record: DeviceRecord) -> str:
 def list_devices(ctx: click.Context, as_json: bool) -> None:
     """List registered devices (never their tokens)."""
     try:
-        records = _open(ctx).list()
+        records = registry_of(ctx).list()
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
@@ -153,10 +163,10 @@ def list_devices(ctx: click.Context, as_json: bool) -> None:
 def revoke(ctx: click.Context, device_id: str) -> None:
     """Revoke DEVICE_ID: the service refuses it (403) within token_cache_ttl_s."""
     try:
-        record = _open(ctx).revoke(device_id)
+        record = registry_of(ctx).revoke(device_id)
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"device {record.device_id} revoked at {_when(record.revoked_at)}")
+    click.echo(f"device {record.device_id} revoked at {when(record.revoked_at)}")
 
 
 @devices.command("timezone")
@@ -167,7 +177,7 @@ def set_timezone(ctx: click.Context, device_id: str, timezone: str) -> None:
     """Set DEVICE_ID's time zone (an IANA name such as Europe/Paris or UTC): the history
     service's daily summaries (``harstream history``) cover the wearer's local days."""
     try:
-        record = _open(ctx).set_timezone(device_id, timezone)
+        record = registry_of(ctx).set_timezone(device_id, timezone)
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"device {record.device_id} time zone {record.timezone}")

@@ -33,3 +33,11 @@ class UnknownDeviceError(RegistryError):
 
 class InvalidDeviceError(RegistryError):
     """A device id or token that cannot be registered."""
+
+
+class GatewayExistsError(RegistryError):
+    """The gateway id (or the given token) is already registered."""
+
+
+class UnknownGatewayError(RegistryError):
+    """No such gateway in the registry."""

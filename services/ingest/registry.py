@@ -1,5 +1,12 @@
 """The device registry: which devices may post, with which token, and the wearer's time
-zone (an IANA name: the history service's daily summaries follow the wearer's day).
+zone (an IANA name: the history service's daily summaries follow the wearer's day); and
+which gateways may forward the packets of which devices.
+
+A gateway (a care-home hub, a phone paired with several wearables) holds one credential of
+its own, bound to a set of registered devices: ``POST /v1/packets:batch`` with that token
+authenticates the packets of exactly those devices, so the hub needs none of their tokens.
+A device revoked on its own stays refused through every gateway; a revoked gateway
+authenticates nothing.
 
 One interface (:class:`DeviceRegistry`) and two stores: SQLite (embedded default, stdlib,
 WAL so the CLI and the running service can use the same file at once) and PostgreSQL
@@ -11,30 +18,35 @@ blocking: the service runs them in a thread executor and caches the answers for
 
 from __future__ import annotations
 
+import builtins
 import logging
 import sqlite3
 import threading
 import time
 import zoneinfo
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from services.common.files import create_private_sqlite
 from services.ingest.errors import (
     DeviceExistsError,
+    GatewayExistsError,
     InvalidDeviceError,
     RegistryConfigError,
     RegistryUnavailableError,
     UnknownDeviceError,
+    UnknownGatewayError,
 )
 from services.ingest.tokens import check_token_format, generate_token, hash_token, verify_token
 from services.ingest.validation import DEVICE_ID_RE
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,34 @@ class DeviceRecord:
         data = asdict(self)
         del data["token_hash"]
         return data
+
+
+@dataclass(frozen=True)
+class GatewayRecord:
+    gateway_id: str
+    #: SHA-256 hex of the gateway's token.
+    token_hash: str
+    label: str
+    #: Unix seconds.
+    created_at: float
+    #: Unix seconds, or None while the gateway may forward.
+    revoked_at: float | None
+    #: The devices whose packets this gateway's token authenticates.
+    device_ids: frozenset[str]
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def public(self) -> dict[str, Any]:
+        """The record without its token hash (for listings), device ids sorted."""
+        return {
+            "gateway_id": self.gateway_id,
+            "label": self.label,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+            "device_ids": sorted(self.device_ids),
+        }
 
 
 class NewDevice(NamedTuple):
@@ -103,6 +143,35 @@ class DeviceRegistry(Protocol):
     def set_timezone(self, device_id: str, timezone: str) -> DeviceRecord:
         """Set the device's IANA time zone (:class:`InvalidDeviceError` if unknown);
         :class:`UnknownDeviceError` if the device is absent."""
+        ...
+
+    def add_gateway(
+        self, gateway_id: str, device_ids: Sequence[str], label: str = "", token: str | None = None
+    ) -> tuple[GatewayRecord, str]:
+        """Register a gateway bound to ``device_ids`` (each a registered device, else
+        :class:`UnknownDeviceError`); returns its record and its token (generated unless
+        given). :class:`GatewayExistsError` if the id or the token is already registered
+        (for a gateway or a device)."""
+        ...
+
+    def get_gateway(self, gateway_id: str) -> GatewayRecord | None: ...
+
+    def find_gateway_by_token(self, token: str) -> GatewayRecord | None:
+        """The gateway this token belongs to (revoked or not), or None."""
+        ...
+
+    # builtins.list: in a class body, "list" is the class's own list method.
+    def list_gateways(self) -> builtins.list[GatewayRecord]: ...
+
+    def bind_gateway(
+        self, gateway_id: str, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> GatewayRecord:
+        """Bind the devices ``add`` (registered ones, else :class:`UnknownDeviceError`) to
+        the gateway and unbind ``remove``; :class:`UnknownGatewayError` if it is absent."""
+        ...
+
+    def revoke_gateway(self, gateway_id: str) -> GatewayRecord:
+        """Mark a gateway revoked (idempotent); :class:`UnknownGatewayError` if absent."""
         ...
 
     def ping(self) -> None:
@@ -209,6 +278,108 @@ def _record(row: Any) -> DeviceRecord:
     )
 
 
+# -- gateways -------------------------------------------------------------------------------
+
+_GATEWAY_COLUMNS = "gateway_id, token_hash, label, created_at, revoked_at, device_ids"
+
+
+def _check_new_gateway(gateway_id: str, device_ids: Sequence[str], token: str | None) -> str:
+    if not DEVICE_ID_RE.fullmatch(gateway_id):
+        raise InvalidDeviceError(
+            f"gateway id {gateway_id!r} must be 1–64 characters of [A-Za-z0-9._:-]"
+        )
+    _check_device_ids(device_ids)
+    if token is None:
+        return generate_token()
+    problem = check_token_format(token)
+    if problem:
+        raise InvalidDeviceError(problem)
+    return token
+
+
+def _check_device_ids(device_ids: Sequence[str]) -> None:
+    for device_id in device_ids:
+        if not DEVICE_ID_RE.fullmatch(device_id):
+            raise InvalidDeviceError(
+                f"device id {device_id!r} must be 1–64 characters of [A-Za-z0-9._:-]"
+            )
+
+
+def _unknown_devices(wanted: Sequence[str], registered: set[str]) -> UnknownDeviceError | None:
+    missing = sorted(set(wanted) - registered)
+    if not missing:
+        return None
+    shown = ", ".join(repr(m) for m in missing[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return UnknownDeviceError(
+        f"no device {shown}{more} in the registry: register devices before binding them "
+        "to a gateway"
+    )
+
+
+def _encode_ids(device_ids: frozenset[str]) -> str:
+    # Device ids hold no spaces (DEVICE_ID_RE), so one sorted, space-separated column keeps
+    # a gateway in one row: its token lookup is one indexed read.
+    return " ".join(sorted(device_ids))
+
+
+def _gateway_row(record: GatewayRecord) -> tuple[Any, ...]:
+    return (
+        record.gateway_id,
+        record.token_hash,
+        record.label,
+        record.created_at,
+        record.revoked_at,
+        _encode_ids(record.device_ids),
+    )
+
+
+def _gateway_record(row: Any) -> GatewayRecord:
+    gateway_id, token_hash, label, created_at, revoked_at, device_ids = row
+    return GatewayRecord(
+        gateway_id=gateway_id,
+        token_hash=token_hash,
+        label=label,
+        created_at=float(created_at),
+        revoked_at=None if revoked_at is None else float(revoked_at),
+        device_ids=frozenset(device_ids.split()),
+    )
+
+
+def _matching_gateway(record: GatewayRecord | None, token: str) -> GatewayRecord | None:
+    # As _matching: a constant-time re-check, the same cost found or not.
+    if verify_token(token, None if record is None else record.token_hash):
+        return record
+    return None
+
+
+def _gateway_exists(gateway_id: str, message: str) -> GatewayExistsError:
+    if "token_hash" in message:
+        return GatewayExistsError("that token is already registered")
+    return GatewayExistsError(f"gateway {gateway_id!r} is already registered")
+
+
+def _no_gateway_token(added: Sequence[tuple[DeviceRecord, str]], gateway_hashes: set[str]) -> None:
+    """:class:`DeviceExistsError` if a new device's token is a gateway's: one secret must
+    not authenticate both (the gateways are few, so their hashes are read whole)."""
+    for record, _ in added:
+        if record.token_hash in gateway_hashes:
+            raise DeviceExistsError(
+                f"device {record.device_id!r}: that token is already registered for a gateway"
+            )
+
+
+def _rebound(record: GatewayRecord, add: Sequence[str], remove: Sequence[str]) -> GatewayRecord:
+    return GatewayRecord(
+        record.gateway_id,
+        record.token_hash,
+        record.label,
+        record.created_at,
+        record.revoked_at,
+        (record.device_ids | frozenset(add)) - frozenset(remove),
+    )
+
+
 class SqliteRegistry:
     """Registry in one SQLite file (WAL journal).
 
@@ -285,6 +456,15 @@ class SqliteRegistry:
             present = {row[1] for row in conn.execute("PRAGMA table_info(devices)")}
             if "timezone" not in present:
                 conn.execute(f"ALTER TABLE devices ADD COLUMN {_TIMEZONE_COLUMN}")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS gateways ("
+                " gateway_id TEXT PRIMARY KEY,"
+                " token_hash TEXT NOT NULL UNIQUE,"
+                " label TEXT NOT NULL DEFAULT '',"
+                " created_at REAL NOT NULL,"
+                " revoked_at REAL,"
+                " device_ids TEXT NOT NULL DEFAULT '')"
+            )
         finally:
             conn.close()
         self._schema_ready = True
@@ -301,22 +481,8 @@ class SqliteRegistry:
     def add(
         self, device_id: str, label: str = "", token: str | None = None, timezone: str = "UTC"
     ) -> tuple[DeviceRecord, str]:
-        token = _check_new_device(device_id, token)
-        record = DeviceRecord(
-            device_id, hash_token(token), label, time.time(), None, check_timezone(timezone)
-        )
-        conn = self._connect()
-        try:
-            conn.execute(
-                f"INSERT INTO devices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", _row(record)
-            )
-        except sqlite3.IntegrityError as exc:
-            raise _exists_error(device_id, str(exc)) from exc
-        except sqlite3.Error as exc:
-            raise RegistryUnavailableError(f"device registry {self.path}: {exc}") from exc
-        finally:
-            conn.close()
-        return record, token
+        # One code path with add_many: it also keeps gateways' tokens out.
+        return self.add_many([NewDevice(device_id, label, token, timezone)])[0]
 
     def add_many(self, devices: Sequence[NewDevice]) -> list[tuple[DeviceRecord, str]]:
         # One transaction: 5,000 devices in well under a second, where add() commits (an
@@ -326,11 +492,13 @@ class SqliteRegistry:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                gateway_hashes = {row[0] for row in conn.execute("SELECT token_hash FROM gateways")}
+                _no_gateway_token(added, gateway_hashes)
                 conn.executemany(
                     f"INSERT INTO devices ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                     [_row(record) for record, _ in added],
                 )
-            except sqlite3.Error:
+            except (sqlite3.Error, DeviceExistsError):
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
@@ -396,6 +564,112 @@ class SqliteRegistry:
             raise UnknownDeviceError(f"no device {device_id!r} in the registry")
         return record
 
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` in one write transaction (BEGIN IMMEDIATE: no other writer in between)."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+        except sqlite3.Error as exc:
+            raise RegistryUnavailableError(f"device registry {self.path}: {exc}") from exc
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _registered(conn: sqlite3.Connection, device_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        unique = sorted(set(device_ids))
+        for start in range(0, len(unique), 500):  # SQLite's bound-parameter limit
+            chunk = unique[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            rows = conn.execute(
+                f"SELECT device_id FROM devices WHERE device_id IN ({marks})", chunk
+            ).fetchall()
+            found.update(row[0] for row in rows)
+        return found
+
+    def add_gateway(
+        self, gateway_id: str, device_ids: Sequence[str], label: str = "", token: str | None = None
+    ) -> tuple[GatewayRecord, str]:
+        token = _check_new_gateway(gateway_id, device_ids, token)
+        record = GatewayRecord(
+            gateway_id, hash_token(token), label, time.time(), None, frozenset(device_ids)
+        )
+
+        def insert(conn: sqlite3.Connection) -> None:
+            unknown = _unknown_devices(device_ids, self._registered(conn, device_ids))
+            if unknown is not None:
+                raise unknown
+            if conn.execute(
+                "SELECT 1 FROM devices WHERE token_hash = ?", (record.token_hash,)
+            ).fetchone():
+                raise _gateway_exists(gateway_id, "token_hash")
+            try:
+                conn.execute(
+                    f"INSERT INTO gateways ({_GATEWAY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    _gateway_row(record),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise _gateway_exists(gateway_id, str(exc)) from exc
+
+        self._write(insert)
+        return record, token
+
+    def get_gateway(self, gateway_id: str) -> GatewayRecord | None:
+        rows = self._read(
+            f"SELECT {_GATEWAY_COLUMNS} FROM gateways WHERE gateway_id = ?", (gateway_id,)
+        )
+        return _gateway_record(rows[0]) if rows else None
+
+    def find_gateway_by_token(self, token: str) -> GatewayRecord | None:
+        rows = self._read(
+            f"SELECT {_GATEWAY_COLUMNS} FROM gateways WHERE token_hash = ?", (hash_token(token),)
+        )
+        return _matching_gateway(_gateway_record(rows[0]) if rows else None, token)
+
+    def list_gateways(self) -> builtins.list[GatewayRecord]:
+        rows = self._read(f"SELECT {_GATEWAY_COLUMNS} FROM gateways ORDER BY gateway_id")
+        return [_gateway_record(r) for r in rows]
+
+    def bind_gateway(
+        self, gateway_id: str, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> GatewayRecord:
+        _check_device_ids([*add, *remove])
+
+        def rebind(conn: sqlite3.Connection) -> GatewayRecord:
+            row = conn.execute(
+                f"SELECT {_GATEWAY_COLUMNS} FROM gateways WHERE gateway_id = ?", (gateway_id,)
+            ).fetchone()
+            if row is None:
+                raise UnknownGatewayError(f"no gateway {gateway_id!r} in the registry")
+            unknown = _unknown_devices(add, self._registered(conn, add))
+            if unknown is not None:
+                raise unknown
+            record = _rebound(_gateway_record(row), add, remove)
+            conn.execute(
+                "UPDATE gateways SET device_ids = ? WHERE gateway_id = ?",
+                (_encode_ids(record.device_ids), gateway_id),
+            )
+            return record
+
+        return self._write(rebind)
+
+    def revoke_gateway(self, gateway_id: str) -> GatewayRecord:
+        self._query(
+            "UPDATE gateways SET revoked_at = ? WHERE gateway_id = ? AND revoked_at IS NULL",
+            (time.time(), gateway_id),
+        )
+        record = self.get_gateway(gateway_id)
+        if record is None:
+            raise UnknownGatewayError(f"no gateway {gateway_id!r} in the registry")
+        return record
+
     def ping(self) -> None:
         self._read("SELECT 1 FROM devices LIMIT 1")
 
@@ -413,8 +687,9 @@ def _exists_error(device_id: str, message: str) -> DeviceExistsError:
 
 
 class PostgresRegistry:
-    """Registry in a PostgreSQL table (psycopg 3): one autocommit connection behind a lock,
-    reopened after a failure."""
+    """Registry in PostgreSQL tables (psycopg 3): devices in ``table``, gateways in
+    ``<table>_gateways``; one autocommit connection behind a lock, reopened after a
+    failure."""
 
     def __init__(
         self, url: str, table: str = "harstream_devices", connect_timeout_s: float = 5.0
@@ -430,6 +705,8 @@ class PostgresRegistry:
         self._conn: Any = None
         name = sql.Identifier(table)
         columns = sql.SQL(_COLUMNS)
+        gateways = sql.Identifier(f"{table}_gateways")
+        gateway_columns = sql.SQL(_GATEWAY_COLUMNS)
         self._sql = {
             "schema": sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} ("
@@ -453,6 +730,42 @@ class PostgresRegistry:
                 "UPDATE {} SET revoked_at = %s WHERE device_id = %s AND revoked_at IS NULL"
             ).format(name),
             "ping": sql.SQL("SELECT 1 FROM {} LIMIT 1").format(name),
+            "gateway_schema": sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                " gateway_id TEXT PRIMARY KEY,"
+                " token_hash TEXT NOT NULL UNIQUE,"
+                " label TEXT NOT NULL DEFAULT '',"
+                " created_at DOUBLE PRECISION NOT NULL,"
+                " revoked_at DOUBLE PRECISION,"
+                " device_ids TEXT NOT NULL DEFAULT '')"
+            ).format(gateways),
+            "registered": sql.SQL("SELECT device_id FROM {} WHERE device_id = ANY(%s)").format(
+                name
+            ),
+            "device_token": sql.SQL("SELECT 1 FROM {} WHERE token_hash = %s").format(name),
+            "gateway_insert": sql.SQL("INSERT INTO {} ({}) VALUES (%s, %s, %s, %s, %s, %s)").format(
+                gateways, gateway_columns
+            ),
+            "gateway_get": sql.SQL("SELECT {} FROM {} WHERE gateway_id = %s").format(
+                gateway_columns, gateways
+            ),
+            "gateway_lock": sql.SQL("SELECT {} FROM {} WHERE gateway_id = %s FOR UPDATE").format(
+                gateway_columns, gateways
+            ),
+            "gateway_by_token": sql.SQL("SELECT {} FROM {} WHERE token_hash = %s").format(
+                gateway_columns, gateways
+            ),
+            "gateway_list": sql.SQL("SELECT {} FROM {} ORDER BY gateway_id").format(
+                gateway_columns, gateways
+            ),
+            "gateway_bind": sql.SQL("UPDATE {} SET device_ids = %s WHERE gateway_id = %s").format(
+                gateways
+            ),
+            "gateway_revoke": sql.SQL(
+                "UPDATE {} SET revoked_at = %s WHERE gateway_id = %s AND revoked_at IS NULL"
+            ).format(gateways),
+            "gateway_drop": sql.SQL("DROP TABLE IF EXISTS {}").format(gateways),
+            "gateway_hashes": sql.SQL("SELECT token_hash FROM {}").format(gateways),
         }
 
     def _connection(self) -> Any:
@@ -462,6 +775,7 @@ class PostgresRegistry:
             )
             conn.execute(self._sql["schema"])
             conn.execute(self._sql["migrate"])
+            conn.execute(self._sql["gateway_schema"])
             self._conn = conn
         return self._conn
 
@@ -480,15 +794,8 @@ class PostgresRegistry:
     def add(
         self, device_id: str, label: str = "", token: str | None = None, timezone: str = "UTC"
     ) -> tuple[DeviceRecord, str]:
-        token = _check_new_device(device_id, token)
-        record = DeviceRecord(
-            device_id, hash_token(token), label, time.time(), None, check_timezone(timezone)
-        )
-        try:
-            self._run("insert", _row(record), fetch=False)
-        except self._psycopg.errors.UniqueViolation as exc:
-            raise _exists_error(device_id, str(exc)) from exc
-        return record, token
+        # One code path with add_many: it also keeps gateways' tokens out.
+        return self.add_many([NewDevice(device_id, label, token, timezone)])[0]
 
     def add_many(self, devices: Sequence[NewDevice]) -> list[tuple[DeviceRecord, str]]:
         added = _new_records(devices)
@@ -496,6 +803,8 @@ class PostgresRegistry:
             try:
                 conn = self._connection()
                 with conn.transaction(), conn.cursor() as cursor:
+                    cursor.execute(self._sql["gateway_hashes"])
+                    _no_gateway_token(added, {row[0] for row in cursor.fetchall()})
                     cursor.executemany(self._sql["insert"], [_row(r) for r, _ in added])
             except self._psycopg.errors.UniqueViolation as exc:
                 # The server names the conflicting key: "Key (device_id)=(x) already exists".
@@ -533,14 +842,96 @@ class PostgresRegistry:
             raise UnknownDeviceError(f"no device {device_id!r} in the registry")
         return record
 
+    def _transaction(self, work: Callable[[Any], T]) -> T:
+        """``work(cursor)`` in one transaction."""
+        with self._lock:
+            try:
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cursor:
+                    return work(cursor)
+            except self._psycopg.errors.UniqueViolation:
+                raise
+            except self._psycopg.Error as exc:
+                if self._conn is not None and self._conn.broken:
+                    self._conn = None
+                raise RegistryUnavailableError(f"device registry (PostgreSQL): {exc}") from exc
+
+    def _registered(self, cursor: Any, device_ids: Sequence[str]) -> set[str]:
+        if not device_ids:
+            return set()
+        cursor.execute(self._sql["registered"], (sorted(set(device_ids)),))
+        return {row[0] for row in cursor.fetchall()}
+
+    def add_gateway(
+        self, gateway_id: str, device_ids: Sequence[str], label: str = "", token: str | None = None
+    ) -> tuple[GatewayRecord, str]:
+        token = _check_new_gateway(gateway_id, device_ids, token)
+        record = GatewayRecord(
+            gateway_id, hash_token(token), label, time.time(), None, frozenset(device_ids)
+        )
+
+        def insert(cursor: Any) -> None:
+            unknown = _unknown_devices(device_ids, self._registered(cursor, device_ids))
+            if unknown is not None:
+                raise unknown
+            cursor.execute(self._sql["device_token"], (record.token_hash,))
+            if cursor.fetchone() is not None:
+                raise _gateway_exists(gateway_id, "token_hash")
+            cursor.execute(self._sql["gateway_insert"], _gateway_row(record))
+
+        try:
+            self._transaction(insert)
+        except self._psycopg.errors.UniqueViolation as exc:
+            detail = getattr(exc.diag, "message_detail", None) or str(exc)
+            raise _gateway_exists(gateway_id, detail) from exc
+        return record, token
+
+    def get_gateway(self, gateway_id: str) -> GatewayRecord | None:
+        rows = self._run("gateway_get", (gateway_id,))
+        return _gateway_record(rows[0]) if rows else None
+
+    def find_gateway_by_token(self, token: str) -> GatewayRecord | None:
+        rows = self._run("gateway_by_token", (hash_token(token),))
+        return _matching_gateway(_gateway_record(rows[0]) if rows else None, token)
+
+    def list_gateways(self) -> builtins.list[GatewayRecord]:
+        return [_gateway_record(r) for r in self._run("gateway_list")]
+
+    def bind_gateway(
+        self, gateway_id: str, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> GatewayRecord:
+        _check_device_ids([*add, *remove])
+
+        def rebind(cursor: Any) -> GatewayRecord:
+            cursor.execute(self._sql["gateway_lock"], (gateway_id,))
+            row = cursor.fetchone()
+            if row is None:
+                raise UnknownGatewayError(f"no gateway {gateway_id!r} in the registry")
+            unknown = _unknown_devices(add, self._registered(cursor, add))
+            if unknown is not None:
+                raise unknown
+            record = _rebound(_gateway_record(row), add, remove)
+            cursor.execute(self._sql["gateway_bind"], (_encode_ids(record.device_ids), gateway_id))
+            return record
+
+        return self._transaction(rebind)
+
+    def revoke_gateway(self, gateway_id: str) -> GatewayRecord:
+        self._run("gateway_revoke", (time.time(), gateway_id), fetch=False)
+        record = self.get_gateway(gateway_id)
+        if record is None:
+            raise UnknownGatewayError(f"no gateway {gateway_id!r} in the registry")
+        return record
+
     def ping(self) -> None:
         self._run("ping")
 
     def drop(self) -> None:
-        """Drop the table (tests)."""
+        """Drop the tables (tests)."""
         from psycopg import sql  # noqa: PLC0415
 
         with self._lock:
+            self._connection().execute(self._sql["gateway_drop"])
             self._connection().execute(
                 sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(self.table))
             )

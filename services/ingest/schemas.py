@@ -131,7 +131,8 @@ DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 
 class PacketBatch(BaseModel):
     """The packets of several devices, forwarded by a gateway; each packet is authenticated
-    by the token that tokens gives for its device_id."""
+    by the token that tokens gives for its device_id, or, when the request carries a
+    gateway's token (Authorization: Bearer), by the gateway's binding to its device."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -152,12 +153,15 @@ class PacketBatch(BaseModel):
         },
     )
 
-    tokens: dict[DeviceId, str] = Field(
+    tokens: dict[DeviceId, str] | None = Field(
+        None,
         description=(
             "Device id → that device's token (from `harstream devices add`), once per device "
             "whatever the number of its packets. A packet whose device has no token here, or "
-            "one that does not authenticate it, is refused (401) on its own."
-        )
+            "one that does not authenticate it, is refused (401) on its own. Required unless "
+            "the request carries a gateway's token (`harstream gateways add`) in its "
+            "Authorization header; must be absent when it does."
+        ),
     )
     packets: list[Packet] = Field(
         min_length=1,
@@ -179,8 +183,9 @@ class BatchResult(BaseModel):
     status: int = Field(
         description=(
             "202 accepted (Kafka acknowledged it); otherwise the status the packet alone "
-            "would have got: 400, 401, 403, 409 (duplicate in this batch), 422, 429, 500, "
-            "503 (not acknowledged in time: send it again, same seq)."
+            "would have got: 400, 401, 403 (also: its device is not bound to the "
+            "authenticating gateway), 409 (duplicate in this batch), 422, 429, 500, 503 (not "
+            "acknowledged in time: send it again, same seq)."
         )
     )
     samples: int | None = Field(None, description="Samples accepted (202 only).")
@@ -282,19 +287,27 @@ PACKET_PROBLEMS: dict[int, str] = {
 BATCH_PROBLEMS: dict[int, str] = {
     400: (
         "The body is not JSON or MessagePack of its Content-Type, not an object, or its "
-        "tokens or packets are missing or of the wrong type; bad gzip; an HTTP request the "
-        "server cannot parse (reason malformed)."
+        "tokens or packets are missing or of the wrong type, or tokens came with a gateway "
+        "token; bad gzip; an HTTP request the server cannot parse (reason malformed)."
     ),
+    401: (
+        "An Authorization header that is malformed or holds no gateway's token (reason "
+        "unauthenticated). Without the header, each packet is authenticated on its own."
+    ),
+    403: "The gateway whose token authenticated the request is revoked (reason forbidden).",
     413: "Body (compressed or decompressed) larger than max_body_bytes (reason too_large).",
     415: PACKET_PROBLEMS[415],
     422: "No packets, or more than max_batch_packets (reason invalid_shape).",
     429: (
         "The request's address failed authentication too often (reason auth_rate_limited; "
-        "answered when a new connection arrives, before the request is read); retry after "
-        "Retry-After seconds."
+        "answered when a new connection arrives, before the request is read, or to a "
+        "gateway token that fails); retry after Retry-After seconds."
     ),
     500: "Unexpected server error (logged); retry later.",
-    503: "Too many connections (reason over_capacity); retry after Retry-After seconds.",
+    503: (
+        "Too many connections (reason over_capacity), or the registry did not answer a "
+        "gateway token's lookup (reason registry_unavailable); retry after Retry-After seconds."
+    ),
 }
 
 _RETRY_AFTER = {
@@ -417,7 +430,8 @@ def openapi_document(
                 "Wearables post IMU packets (acc xyz in g, gyro xyz in rad/s); each accepted "
                 "packet is one record on the raw Kafka topic, keyed by device id. Gateways "
                 "forward the packets of many devices at once (POST /v1/packets:batch), each "
-                "authenticated by its own device's token. Bodies are JSON or MessagePack "
+                "authenticated by its own device's token or by the gateway's own credential, "
+                "bound to a set of devices in the registry. Bodies are JSON or MessagePack "
                 "(a packet's samples then optionally packed float32), up to "
                 f"{max_body_bytes} bytes, optionally gzip-compressed (Content-Encoding: gzip)."
             ),
@@ -445,12 +459,14 @@ def openapi_document(
                     "summary": "Submit packets of several devices (a gateway)",
                     "description": (
                         "Each packet is authenticated by the token `tokens` gives for its "
-                        "device_id and answered on its own, after Kafka acknowledged every "
+                        "device_id, or, with a gateway's token in the Authorization header "
+                        "(and no `tokens`), by the gateway's binding to its device; each is "
+                        "answered on its own, after Kafka acknowledged every "
                         "accepted packet: 202 when all were accepted, else 207 with a result "
                         "per packet (a problem document's members for each refused one; "
                         "resend the ones answered 429 or 503, same seq)."
                     ),
-                    "security": [],
+                    "security": [{}, {"gatewayToken": []}],
                     "parameters": [encoding_header],
                     "requestBody": {
                         "required": True,
@@ -519,7 +535,15 @@ def openapi_document(
                     "type": "http",
                     "scheme": "bearer",
                     "description": "The device's token from `harstream devices add`.",
-                }
+                },
+                "gatewayToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": (
+                        "A gateway's token from `harstream gateways add`: it authenticates "
+                        "the packets of the devices bound to the gateway."
+                    ),
+                },
             },
         },
     }
@@ -564,7 +588,8 @@ def docs_html(document: dict[str, Any]) -> str:
         f"<p>{escape(document['info']['description'])}</p>"
         "<p>Machine-readable spec: <a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1). "
         "A device authenticates with <code>Authorization: Bearer &lt;device token&gt;</code>; "
-        "a gateway's batch carries each device's token in <code>tokens</code>.</p>"
+        "a gateway's batch carries each device's token in <code>tokens</code>, or the "
+        "gateway's own token in the Authorization header.</p>"
         f"<h2>Packet fields</h2><ul>{fields('Packet')}</ul>"
         "<h2>Batch fields (gateways)</h2>"
         f"<ul>{fields('PacketBatch')}</ul>"

@@ -209,6 +209,29 @@ def test_msgpack_packets_and_batches_are_what_ingest_accepts() -> None:
     assert [gateway_of(i, 3) for i in range(7)] == [0, 1, 2, 0, 1, 2, 0]
 
 
+def test_a_gateway_with_its_own_credential_sends_batches_without_tokens() -> None:
+    from services.demo.fleet import batch_body, packet_msgpack, render_packed_chunks
+    from services.demo.fleetgen import FleetConfig
+    from services.ingest import batch as batches
+    from services.ingest.body import BodyFormat, parse_body
+
+    now = 1767225700.0
+    samples = np.random.default_rng(7).normal(0, 1, (100, 6))
+    for kind, fmt, chunk in (
+        ("json", BodyFormat.JSON, render_chunks(samples, 50)),
+        ("msgpack", BodyFormat.MSGPACK, render_packed_chunks(samples, 50)),
+    ):
+        render = packet_body if kind == "json" else packet_msgpack
+        packets = [render(f"d-{i}", i, now - 5 + i * 0.01, 50.0, chunk[i % 2]) for i in range(20)]
+        document, _ = parse_body(batch_body(kind, None, packets), fmt)  # type: ignore[arg-type]
+        assert list(document) == ["packets"]
+        parsed = batches.parse_batch(document, 1000, gateway=True)
+        assert isinstance(parsed, batches.Batch) and len(parsed.packets) == 20
+        assert [batches.identity(p) for p in parsed.packets] == [(f"d-{i}", i) for i in range(20)]
+    with pytest.raises(ValueError, match="2 gateway tokens for 3 gateways"):
+        FleetConfig("http://127.0.0.1:1", gateways=3, gateway_tokens=("a", "b"))
+
+
 def test_batch_answers_are_read_per_packet_and_checked() -> None:
     from services.demo.fleet import parse_batch_answer
     from services.ingest import batch as batches

@@ -296,7 +296,9 @@ def test_openapi_documents_the_batch_endpoint_and_both_body_formats() -> None:
         }
     batch = doc["paths"]["/v1/packets:batch"]["post"]
     assert set(batch["responses"]) == {"202", "207", *(str(s) for s in BATCH_PROBLEMS)}
-    assert batch["security"] == []  # each packet is authenticated by its own token
+    # Each packet by its own device's token (no scheme), or all by a gateway's token.
+    assert batch["security"] == [{}, {"gatewayToken": []}]
+    assert "gatewayToken" in doc["components"]["securitySchemes"]
     schemas = doc["components"]["schemas"]
     assert schemas["PacketBatch"]["properties"]["packets"]["maxItems"] == 7
     assert schemas["PacketBatch"]["properties"]["packets"]["items"]["$ref"].endswith("/Packet")
@@ -315,3 +317,34 @@ def test_batch_schema_example_passes_the_validators() -> None:
     first = parsed.packets[0]
     assert isinstance(validate_packet(first, LIMITS, first["first_sample_time"]), ValidPacket)
     assert batches.identity(first)[0] in parsed.tokens
+
+
+# -- a gateway's own credential ------------------------------------------------------------------
+
+
+def test_a_gateway_batch_needs_no_tokens() -> None:
+    parsed = batches.parse_batch({"packets": [{"device_id": "w1"}]}, 10, gateway=True)
+    assert isinstance(parsed, batches.Batch)
+    assert parsed.tokens == {} and parsed.packets == [{"device_id": "w1"}]
+
+
+def test_a_gateway_batch_carrying_device_tokens_too_is_refused() -> None:
+    parsed = batches.parse_batch(
+        {"tokens": {"w1": "t"}, "packets": [{"device_id": "w1"}]}, 10, gateway=True
+    )
+    assert isinstance(parsed, Invalid)
+    assert parsed.status == 400 and parsed.errors[0].field == "tokens"
+    assert "gateway token" in parsed.errors[0].message
+
+
+def test_without_a_gateway_token_tokens_stay_required_and_say_how_else() -> None:
+    parsed = batches.parse_batch({"packets": [{"device_id": "w1"}]}, 10)
+    assert isinstance(parsed, Invalid)
+    assert parsed.status == 400 and parsed.errors[0].field == "tokens"
+    assert "Authorization header" in parsed.errors[0].message
+
+
+def test_a_device_not_bound_to_the_gateway_is_forbidden_by_name() -> None:
+    refusal = batches.not_bound("w9", "hub-3")
+    assert refusal.status == 403 and refusal.reason is Reason.FORBIDDEN
+    assert "'w9'" in refusal.detail and "'hub-3'" in refusal.detail
