@@ -1,7 +1,8 @@
 """Capacity: how many live devices the local pipeline holds on this machine (issue 10).
 
 ``python -m benchmarks.capacity [--steps 100,250,500,...] [--hold-s 60] [--warmup-s 20]
-[--body json|msgpack] [--gateways G] [--gateway-interval-s 1] [--transport http|mqtt]``
+[--body json|msgpack] [--gateways G [--gateway-credentials]] [--gateway-interval-s 1]
+[--transport http|mqtt]``
 
 Starts the local pipeline (embedded broker, model server, every service as its own
 process, 4 partitions), registers the devices in one batch, and ramps a fleet of simulated
@@ -9,7 +10,9 @@ live devices (:mod:`services.demo.fleetgen`: one keep-alive connection and one 5
 packet per device per second, real HAPT signals, phases spread over the second, in worker
 processes of their own). ``--gateways G`` has G gateways forward the devices' packets
 instead (``POST /v1/packets:batch`` every ``--gateway-interval-s``, one connection and one
-address per gateway); ``--body msgpack`` sends MessagePack (packed float32 samples) instead
+address per gateway; each batch carries its devices' tokens, or with
+``--gateway-credentials`` each gateway authenticates with its own registered credential,
+bound to its devices); ``--body msgpack`` sends MessagePack (packed float32 samples) instead
 of JSON. ``--transport mqtt`` has every device publish its packets over MQTT instead (an
 MQTT 5 client per device, QoS 1, the next packet after the PUBACK) to a private Mosquitto
 with the devices' credentials and ACLs, from which ``harstream mqtt-bridge`` writes them to
@@ -75,7 +78,7 @@ from benchmarks.capacity_stats import (
     usage_of,
 )
 from services.demo.fleet import DeviceSpec
-from services.demo.fleetgen import Fleet, FleetConfig, register_fleet
+from services.demo.fleetgen import Fleet, FleetConfig, register_fleet, register_gateways
 from services.demo.pipeline import Pipeline, PipelineConfig
 from services.mqtt_bridge.local import LocalMqtt
 
@@ -551,6 +554,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--gateway-interval-s", type=float, default=1.0, help="a gateway's batch period [1]"
     )
     parser.add_argument(
+        "--gateway-credentials",
+        action="store_true",
+        help="each gateway authenticates with a credential of its own bound to its devices "
+        "(harstream gateways), not with its devices' tokens",
+    )
+    parser.add_argument(
         "--transport",
         choices=("http", "mqtt"),
         default="http",
@@ -615,6 +624,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--steps: give positive device counts")
     if args.transport == "mqtt" and args.gateways:
         raise SystemExit("--gateways post batches over HTTP: not with --transport mqtt")
+    if args.gateway_credentials and not args.gateways:
+        raise SystemExit("--gateway-credentials: give --gateways G too")
     processes = args.processes or max(1, -(-steps[-1] // 2500))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="harstream-capacity-"))
     # One keep-alive connection per device: lift ingest's connection cap (1,000 by default,
@@ -634,7 +645,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gateway_interval_s=args.gateway_interval_s,
     )
     mode = (
-        f"{args.gateways} gateways (a batch each every {args.gateway_interval_s:g} s)"
+        f"{args.gateways} gateways (a batch each every {args.gateway_interval_s:g} s, "
+        + ("gateway credentials)" if args.gateway_credentials else "device tokens)")
         if args.gateways
         else "every device publishes its own packets over MQTT (QoS 1)"
         if args.transport == "mqtt"
@@ -650,6 +662,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.monotonic()
         specs: list[DeviceSpec] = register_fleet(pipeline.registry_url, steps[-1])
         print(f"registered {len(specs)} devices in {time.monotonic() - t0:.2f} s", flush=True)
+        if args.gateway_credentials:
+            fleet_config = dataclasses.replace(
+                fleet_config,
+                gateway_tokens=register_gateways(pipeline.registry_url, specs, args.gateways),
+            )
         mqtt = None
         url = pipeline.ingest_url
         if args.transport == "mqtt":
@@ -711,6 +728,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "body": args.body,
         "gateways": args.gateways,
         "gateway_interval_s": args.gateway_interval_s,
+        "gateway_credentials": args.gateway_credentials,
         "transport": args.transport,
     }
     if drained:

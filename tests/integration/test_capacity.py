@@ -78,8 +78,9 @@ def test_short_capacity_ramp_is_consistent(tmp_path: Path) -> None:
 
 def test_short_capacity_ramp_through_gateways_loses_nothing(tmp_path: Path) -> None:
     """The same ramp with 5 gateways forwarding the devices' packets as MessagePack batches
-    (packed float32 samples): everything offered is accepted, nothing is refused, and after
-    the drain every accepted sample became its windows."""
+    (packed float32 samples), each gateway authenticated by its own credential bound to its
+    devices: everything offered is accepted, nothing is refused, and after the drain every
+    accepted sample became its windows."""
     summary = run(
         parse_args(
             [
@@ -94,6 +95,7 @@ def test_short_capacity_ramp_through_gateways_loses_nothing(tmp_path: Path) -> N
                 "--keep-going",
                 "--gateways",
                 "5",
+                "--gateway-credentials",
                 "--body",
                 "msgpack",
                 "--workdir",
@@ -102,6 +104,7 @@ def test_short_capacity_ramp_through_gateways_loses_nothing(tmp_path: Path) -> N
         )
     )
     assert summary["gateways"] == 5 and summary["body"] == "msgpack"
+    assert summary["gateway_credentials"]
     for step in summary["steps"]:
         seconds = step["seconds"]
         offered = round(step["offered_per_s"] * seconds)
