@@ -806,13 +806,7 @@ class IngestService:
         try:
             device = await self._lookup(f"device:{device_id}", self.registry.get, device_id)
         except RegistryUnavailableError as exc:
-            logger.warning("device registry unavailable: %s", exc)
-            return Refused(
-                503,
-                Reason.REGISTRY_UNAVAILABLE,
-                "the device registry is unavailable; retry later",
-                retry_after=self.settings.broker_retry_after_s,
-            )
+            return self._registry_down(exc)
         self._devices_by_id.put(device_id, device)
         return _bound_device(device, device_id)
 
@@ -857,16 +851,20 @@ class IngestService:
             retry_after = int(rejection.headers.get("Retry-After", "1"))
             return Refused(429, rejection.reason, rejection.detail, retry_after=retry_after)
         except RegistryUnavailableError as exc:
-            logger.warning("device registry unavailable: %s", exc)
-            return Refused(
-                503,
-                Reason.REGISTRY_UNAVAILABLE,
-                "the device registry is unavailable; retry later",
-                retry_after=self.settings.broker_retry_after_s,
-            )
+            return self._registry_down(exc)
         if device is None:
             return _INVALID
         return self._device_matches(device, device_id, source)
+
+    def _registry_down(self, exc: RegistryUnavailableError) -> Refused:
+        """The answer for a batch packet whose device the registry could not look up."""
+        logger.warning("device registry unavailable: %s", exc)
+        return Refused(
+            503,
+            Reason.REGISTRY_UNAVAILABLE,
+            "the device registry is unavailable; retry later",
+            retry_after=self.settings.broker_retry_after_s,
+        )
 
     def _device_matches(
         self, device: DeviceRecord, device_id: str, source: str

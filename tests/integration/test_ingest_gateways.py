@@ -18,6 +18,7 @@ from services.ingest.errors import (
     DeviceExistsError,
     GatewayExistsError,
     InvalidDeviceError,
+    RegistryUnavailableError,
     UnknownDeviceError,
     UnknownGatewayError,
 )
@@ -264,3 +265,44 @@ def test_device_and_gateway_tokens_do_not_stand_in_for_each_other(
             assert metric(client, "harstream_ingest_packets_total") == 2
 
     run(scenario())
+
+
+class GatewayLookupDown(SqliteRegistry):
+    """A registry whose gateway lookups fail (the store locked or gone)."""
+
+    def find_gateway_by_token(self, token: str) -> Any:
+        raise RegistryUnavailableError("database is locked")
+
+
+class DeviceLookupDown(SqliteRegistry):
+    """A registry that finds gateways but not their devices."""
+
+    def get(self, device_id: str) -> Any:
+        raise RegistryUnavailableError("database is locked")
+
+
+def test_a_registry_outage_is_a_503_to_retry_never_a_refusal_or_a_500(
+    make_settings: Callable[..., IngestSettings], tmp_path: Path
+) -> None:
+    settings = make_settings(token_cache_ttl_s=0.0)
+    sent = json.dumps({"packets": [packet("w1")]})
+
+    async def post(registry: SqliteRegistry, token: str) -> tuple[int, str, dict[str, Any]]:
+        async with serve(settings, registry) as client:
+            response = await client.post(BATCH, data=sent, headers={**JSON, **auth(token)})
+            return response.status, response.headers.get("Retry-After", ""), await response.json()
+
+    gateway_down = GatewayLookupDown(tmp_path / "a.db")
+    gateway_down.add("w1")
+    _, token = gateway_down.add_gateway("hub-1", ["w1"])
+    status, retry_after, body = run(post(gateway_down, token))
+    assert (status, body["reason"]) == (503, "registry_unavailable") and retry_after
+
+    device_down = DeviceLookupDown(tmp_path / "b.db")
+    device_down.add("w1")
+    _, token = device_down.add_gateway("hub-1", ["w1"])
+    status, retry_after, body = run(post(device_down, token))
+    assert status == 207 and retry_after
+    (result,) = body["results"]
+    assert (result["status"], result["reason"]) == (503, "registry_unavailable")
+    assert result["retry_after_s"] > 0
