@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.history.segments import Segment
-from services.history.summary import day_bounds, local_day, summarize
+from services.history.summary import STILL, day_bounds, local_day, summarize
 from shared.activities import ACTIVITIES
 
 UTC = ZoneInfo("UTC")
@@ -128,6 +128,19 @@ def days_of_segments(draw: st.DrawFn) -> list[Segment]:
     return out
 
 
+def test_a_still_stretch_bridges_short_gaps_so_it_can_outlast_its_data() -> None:
+    # Found by test_minutes_add_up: standing across midnight, a 1.5 s gap, then sitting.
+    midnight = at(0)
+    segments = [
+        seg(midnight - 2, midnight + 0.5, "STANDING"),
+        seg(midnight + 2, midnight + 4, "SITTING"),
+    ]
+    summary = summarize("dev-1", segments, DAY, UTC, now=midnight + 86_400)
+    assert summary.minutes_with_data * 60 == pytest.approx(2.5)
+    still = summary.longest_still
+    assert still is not None and (still.start, still.end) == (midnight, midnight + 4)
+
+
 @settings(max_examples=200, deadline=None)
 @given(days_of_segments(), st.sampled_from([UTC, PARIS, ZoneInfo("America/New_York")]))
 def test_minutes_add_up(segments: list[Segment], tz: ZoneInfo) -> None:
@@ -138,7 +151,14 @@ def test_minutes_add_up(segments: list[Segment], tz: ZoneInfo) -> None:
     assert summary.active_minutes + summary.sedentary_minutes + summary.minutes[
         "STANDING"
     ] == pytest.approx(total)
-    if summary.longest_still is not None:
-        assert summary.longest_still.minutes <= total + 1e-6
+    still = summary.longest_still
+    if still is not None:
+        assert summary.day_start <= still.start < still.end <= summary.day_end
+        inside = [s for s in segments if s.start < still.end and s.end > still.start]
+        assert inside and all(s.activity in STILL for s in inside)
+        covered = sum(min(s.end, still.end) - max(s.start, still.start) for s in inside)
+        # A still stretch bridges gaps of up to max_gap_s (5 s) between its segments, so
+        # it may outlast the data in it by that much per gap, and no more.
+        assert still.end - still.start <= covered + 5.0 * (len(inside) - 1) + 1e-6
     # Order of the input does not matter.
     assert summarize("dev-1", segments[::-1], DAY, tz, now=at(0) + 3 * 86_400) == summary
