@@ -58,7 +58,7 @@ from services.preprocess.resample import (
 from shared.dsp import DeviceState, PreprocessingConfig, StreamingPreprocessor, Windows
 from shared.dsp.config import NUM_INPUT_CHANNELS
 from shared.errors import PreprocessingError, SchemaError, StateDecodeError
-from shared.features import motion_features
+from shared.features import MotionFeatures, motion_features_many
 from shared.messages import RawPacket, WindowMessage
 
 #: Accepted device sample rates (Hz); outside, a packet is rejected (dead letter).
@@ -577,11 +577,16 @@ class StreamProcessor:
                 for seg in segments
             ]
             results = self.preprocessor.process_many(states, chunks)
+            # The motion features of the whole round's windows at once (a live batch holds
+            # about one window per device), handed out in order below.
+            found_data = [found.data for _, found in results if len(found)]
+            features = iter(motion_features_many(np.concatenate(found_data)) if found_data else ())
             for d, seg, before, (after, found) in zip(
                 members, segments, states, results, strict=True
             ):
                 dsp[d] = after
-                windows[d].extend(self._messages(d, seg, before, found, now))
+                own = [next(features) for _ in range(len(found))]
+                windows[d].extend(self._messages(d, seg, before, found, own, now))
         new_streams: dict[str, DeviceStream] = {}
         events: list[StreamEvent] = []
         for d, planner in planners.items():
@@ -609,6 +614,7 @@ class StreamProcessor:
         segment: _Segment,
         before: DeviceState,
         found: Windows,
+        features: Sequence[MotionFeatures],
         now: float,
     ) -> list[WindowMessage]:
         if not len(found):
@@ -633,7 +639,7 @@ class StreamProcessor:
                     fingerprint=cfg.fingerprint,
                     ingested_at=segment.received[int(packet_of[k])],
                     emitted_at=now,
-                    features=motion_features(data),
+                    features=features[k],
                     data=data,
                 )
             )
