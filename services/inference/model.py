@@ -25,6 +25,8 @@ NUM_CHANNELS = 9
 
 #: TF Serving's ``ModelVersionStatus.State`` value of a version that serves requests.
 AVAILABLE = "AVAILABLE"
+#: States of a version on its way to AVAILABLE.
+LOADING_STATES = frozenset({"START", "LOADING"})
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,11 @@ def available_version(statuses: Sequence[VersionStatus]) -> int | None:
     """The newest AVAILABLE version, or None while none is."""
     versions = [s.version for s in statuses if s.state == AVAILABLE]
     return max(versions) if versions else None
+
+
+def loading_versions(statuses: Sequence[VersionStatus]) -> list[int]:
+    """The versions still being loaded (they may yet become AVAILABLE)."""
+    return sorted(s.version for s in statuses if s.state in LOADING_STATES)
 
 
 def describe_statuses(statuses: Sequence[VersionStatus]) -> str:

@@ -185,8 +185,13 @@ class ModelManager(Generic[S]):
                 loaded = self._load(version, found[version], snapshots[version])
                 if loaded is None:
                     candidates.discard(version)
-                else:
-                    serving[version] = loaded
+                    continue
+                # Served before it is reported AVAILABLE, as in TF Serving: a client that
+                # saw AVAILABLE (the inference worker's start-up) must be able to use it.
+                serving[version] = loaded
+                self._publish(serving)
+                self._set(version, State.AVAILABLE)
+                logger.info("serving %s version %d", self.model_name, version)
             target = self._desired(candidates)
         if serving != self._serving:
             self._publish(serving)  # switch before unloading: no request sees a gap
@@ -211,8 +216,6 @@ class ModelManager(Generic[S]):
             self._failed[version] = files
             self._set(version, State.END, code, str(exc))
             return None
-        self._set(version, State.AVAILABLE)
-        logger.info("serving %s version %d", self.model_name, version)
         return servable
 
     def _set(self, version: int, state: State, code: str = "OK", message: str = "") -> None:

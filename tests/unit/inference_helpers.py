@@ -57,6 +57,7 @@ GOOD_SIGNATURE = Signature(
 class FakeModel:
     """A scripted ModelIO. ``predict_failures`` are raised by the first Predict calls;
     ``status_script`` gives successive GetModelStatus answers (the last one repeats);
+    ``signature_failures`` are raised by the first GetModelMetadata calls;
     Predict fails with INVALID_ARGUMENT for any batch holding a window ``reject`` accepts."""
 
     def __init__(
@@ -67,6 +68,7 @@ class FakeModel:
         status_script: list[list[VersionStatus] | ModelServerError] | None = None,
         signature: Signature = GOOD_SIGNATURE,
         reject: Callable[[npt.NDArray[np.float32]], bool] | None = None,
+        signature_failures: list[ModelServerError] | None = None,
     ) -> None:
         self.fingerprint = fingerprint
         self.version = version
@@ -74,6 +76,7 @@ class FakeModel:
         self.status_script = list(status_script or [[VersionStatus(version, "AVAILABLE")]])
         self._signature = signature
         self.reject = reject
+        self.signature_failures = list(signature_failures or [])
         self.predict_batches: list[int] = []
         self.status_calls = 0
 
@@ -89,6 +92,8 @@ class FakeModel:
         return step
 
     async def signature(self) -> Signature:
+        if self.signature_failures:
+            raise self.signature_failures.pop(0)
         return self._signature
 
     async def predict(self, windows: npt.NDArray[np.float32]) -> ModelOutput:

@@ -54,6 +54,49 @@ def test_gives_up_after_the_timeout() -> None:
     assert model.status_calls >= 2
 
 
+def stable_not_served() -> ModelServerError:
+    return ModelServerError("NOT_FOUND", "Servable not found for request: Specific(har, 1)", False)
+
+
+def test_waits_while_the_labelled_version_loads_after_a_newer_one() -> None:
+    """TF Serving loads versions in any order and GetModelStatus cannot resolve a label:
+    the worker labelled ``stable`` (v1) sees v2 AVAILABLE first, and waits for v1."""
+    model = FakeModel(
+        version=1,
+        status_script=[
+            [VersionStatus(1, "LOADING"), VersionStatus(2, "AVAILABLE")],
+            [VersionStatus(1, "LOADING"), VersionStatus(2, "AVAILABLE")],
+            [VersionStatus(1, "AVAILABLE"), VersionStatus(2, "AVAILABLE")],
+        ],
+        signature_failures=[stable_not_served(), unavailable()],
+    )
+    assert _check(model) == 1
+    assert model.status_calls == 2  # the start-up wait, then one look after the NOT_FOUND
+    assert model.signature_failures == []
+
+
+def test_a_version_that_will_not_come_fails_at_once() -> None:
+    """NOT_FOUND with nothing left loading: the label names a version that failed to load
+    or is not on disk; waiting would only hide it for the whole start-up timeout."""
+    model = FakeModel(
+        status_script=[[VersionStatus(1, "END", "cannot load"), VersionStatus(2, "AVAILABLE")]],
+        signature_failures=[stable_not_served()],
+    )
+    with pytest.raises(StartupError, match=r"cannot read the signature .*Specific\(har, 1\)"):
+        _check(model, timeout_s=60)
+    assert model.status_calls == 2
+
+
+def test_gives_up_on_the_labelled_version_after_the_timeout() -> None:
+    model = FakeModel(
+        status_script=[[VersionStatus(1, "LOADING"), VersionStatus(2, "AVAILABLE")]],
+        signature_failures=[stable_not_served()] * 1000,
+    )
+    with pytest.raises(StartupError, match=r"cannot read the signature"):
+        _check(model, timeout_s=0.05)
+    assert model.status_calls >= 3
+
+
 def test_refuses_a_model_trained_on_other_preprocessing() -> None:
     with pytest.raises(StartupError) as info:
         _check(FakeModel(fingerprint="0123456789abcdef"))

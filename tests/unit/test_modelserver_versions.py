@@ -145,6 +145,25 @@ def test_labelled_versions_are_served_besides_the_newest(tmp_path: Path) -> None
     assert m.get("har").version == 3
 
 
+def test_a_version_reported_available_is_served_while_the_next_one_loads(
+    tmp_path: Path,
+) -> None:
+    """The inference worker starts once GetModelStatus says AVAILABLE and then asks for its
+    label's version: that version must answer then, not only once every load finished."""
+    for name in ("1", "2", "3"):
+        make_version(tmp_path, name)
+    seen_while_loading: dict[int, dict[int, int]] = {}
+
+    def load(version: int, path: Path) -> FakeServable:
+        seen_while_loading[version] = {v: m.get("har", version=v).version for v in m.available()}
+        return FakeServable(version, path)
+
+    m = ModelManager("har", tmp_path, load, labels={"stable": 1})
+    m.poll()
+    assert seen_while_loading == {1: {}, 3: {1: 1}}
+    assert m.get("har", label="stable").version == 1
+
+
 def test_removed_version_is_unloaded_and_unknown_models_are_not_found(tmp_path: Path) -> None:
     make_version(tmp_path, "1")
     m = manager(tmp_path)
