@@ -38,9 +38,10 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from kafka import KafkaAdminClient, KafkaProducer  # type: ignore[import-untyped]
+from kafka import KafkaProducer  # type: ignore[import-untyped]
 from kafka.errors import KafkaError  # type: ignore[import-untyped]
 
+from services.common.kafka.admin import AdminClient
 from services.common.kafka.backoff import BackoffPolicy
 from services.common.kafka.clients import kafka_python_kwargs, kafka_python_producer_kwargs
 from services.common.kafka.errors import BrokerUnavailableError
@@ -222,7 +223,7 @@ class KafkaPacketSink:
         self,
         settings: IngestSettings,
         producer_factory: Callable[..., Any] = KafkaProducer,
-        admin_factory: Callable[..., Any] = KafkaAdminClient,
+        admin_factory: Callable[..., Any] = AdminClient,
         rng: random.Random | None = None,
     ) -> None:
         self.settings = settings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -42,6 +43,13 @@ HARSTREAM = str(Path(sys.executable).with_name("harstream"))
 PAUSE_S = 32.0
 #: The kafka-python I/O thread of an ingest producer (client_id + "-network-thread").
 SENDER_THREAD = "harstream-ingest-network-thread"
+#: The I/O thread of the readiness probe's admin client ("kafka-io-" + client_id).
+PROBE_THREAD = "kafka-io-harstream-ingest-probe"
+#: A refusal waits for the produce timeout (1 s here); this bound only has to tell that
+#: apart from a request held for the producer's 10 s request timeout or 30 s delivery
+#: timeout. The rest is allowance for a shared machine: in one CI run a single refusal took
+#: 3.5 s while its neighbours took 1.0 s. The median must stay near the produce timeout.
+REFUSED_WITHIN_S = 8.0
 
 
 @pytest.fixture
@@ -96,8 +104,12 @@ def pause(pid: int) -> None:
         time.sleep(0.01)
 
 
+def threads_named(name: str) -> int:
+    return sum(1 for t in threading.enumerate() if t.name == name and t.is_alive())
+
+
 def sender_threads() -> int:
-    return sum(1 for t in threading.enumerate() if t.name == SENDER_THREAD and t.is_alive())
+    return threads_named(SENDER_THREAD)
 
 
 def test_ingest_recovers_by_itself_after_a_30s_broker_pause(
@@ -110,7 +122,9 @@ def test_ingest_recovers_by_itself_after_a_30s_broker_pause(
     assert pid is not None
     accepted: list[int] = []
     refused: list[int] = []
+    refusal_s: list[float] = []
     facts: dict[str, Any] = {}
+    probe_threads_before = threads_named(PROBE_THREAD)
 
     async def post(client: TestClient[web.Request, web.Application], seq: int) -> int:
         response = await client.post("/v1/packets", json=packet("dev", seq), headers=auth(token))
@@ -130,7 +144,8 @@ def test_ingest_recovers_by_itself_after_a_30s_broker_pause(
                 while time.monotonic() - paused_at < PAUSE_S:
                     t0 = time.monotonic()
                     assert await post(client, seq) == 503
-                    assert time.monotonic() - t0 < 3.0
+                    refusal_s.append(time.monotonic() - t0)
+                    assert refusal_s[-1] < REFUSED_WITHIN_S
                     seq += 1
                     await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - t0)))
                 ready = await client.get("/readyz")
@@ -162,7 +177,14 @@ def test_ingest_recovers_by_itself_after_a_30s_broker_pause(
 
     asyncio.run(scenario())
     assert facts["replacements"] >= 1
-    print(f"recovered {facts['recovered_s']:.1f} s after SIGCONT")
+    assert statistics.median(refusal_s) < 2 * settings.produce_timeout_s, refusal_s
+    # Every probe failed while the broker was paused, and each used to leave its admin
+    # client's I/O thread behind (see services/common/kafka/admin.py).
+    assert threads_named(PROBE_THREAD) <= probe_threads_before
+    print(
+        f"recovered {facts['recovered_s']:.1f} s after SIGCONT; refusals took "
+        f"{statistics.median(refusal_s):.2f} s (median), {max(refusal_s):.2f} s at most"
+    )
     on_topic = {RawPacket.from_bytes(r.value).seq for r in read_raw(settings, expected=100)}
     # Every acknowledged packet is there; a refused one may be there too (at-least-once:
     # the device's retry then duplicates it, and preprocess drops the duplicate by seq).

@@ -8,6 +8,8 @@
 * :mod:`.dead_letters`: building a dead letter and fitting it under the size limits.
 * :mod:`.backoff`: the one backoff policy (exponential with jitter), pure.
 * :mod:`.topics`: creating harstream's topics.
+* :mod:`.admin`: kafka-python's admin client, without the thread it leaks when it cannot
+  bootstrap.
 * :mod:`.errors`: the edge's errors and which Kafka errors are worth retrying.
 
 Nothing is re-exported here: importing :mod:`.backoff` (the load generator does, many

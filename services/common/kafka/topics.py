@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
-from kafka import KafkaAdminClient  # type: ignore[import-untyped]
 from kafka.admin import NewTopic  # type: ignore[import-untyped]
 from kafka.errors import KafkaError, TopicAlreadyExistsError  # type: ignore[import-untyped]
 
+from services.common.kafka.admin import AdminClient
 from services.common.kafka.clients import describe, kafka_python_kwargs
 from services.common.kafka.errors import BrokerUnavailableError
 from shared.settings import StreamSettings
@@ -25,7 +25,7 @@ def create_topics(settings: StreamSettings, timeout_s: float = 30.0) -> list[str
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin = KafkaAdminClient(**kafka_python_kwargs(settings, client_id="harstream-admin"))
+            admin = AdminClient(**kafka_python_kwargs(settings, client_id="harstream-admin"))
             break
         except KafkaError as exc:
             if time.monotonic() > deadline:
