@@ -401,8 +401,9 @@ def format_step(step: StepResult, why: list[str]) -> str:
             f"N={step.devices}: {'PASS' if not why else 'FAIL (' + '; '.join(why) + ')'}",
             f"  packets/s offered {step.offered_per_s:.0f}, accepted {step.accepted_per_s:.0f}; "
             f"failed {step.failed}, retries {step.retries}, timeouts {step.timeouts}, "
-            f"late {step.late}; client p50/p99 {_ms(step.client_p50_s)}/"
-            f"{_ms(step.client_p99_s)} ms; answers {step.statuses}"
+            f"late {step.late}, behind at start {step.behind_at_start}; "
+            f"client p50/p99 {_ms(step.client_p50_s)}/{_ms(step.client_p99_s)} ms; "
+            f"answers {step.statuses}"
             + (
                 f"; ingest rejections {step.rejections_by_reason}" if step.ingest_rejections else ""
             ),

@@ -352,6 +352,10 @@ class StepResult:
     bridged_per_s: float | None = None
     bridge_rejections: float = 0.0
     bridge_redeliveries: float = 0.0
+    #: Packets due but not yet acknowledged when the step began (the generator behind its
+    #: schedule, e.g. after a slow warm-up). They are answered within the step, so up to
+    #: this many more packets than offered (plus those in flight) can be accepted in it.
+    behind_at_start: int = 0
 
     @property
     def pipeline_cpu(self) -> float:
@@ -463,6 +467,7 @@ def step_result(
         ),
         bridge_rejections=delta(BRIDGE, "harstream_mqtt_rejections_total"),
         bridge_redeliveries=delta(BRIDGE, "harstream_mqtt_redeliveries_total"),
+        behind_at_start=max(0, before.fleet.offered - before.fleet.accepted),
         kib_per_device=(
             (pipeline_rss - previous[1]) / (devices - previous[0]) / 1024
             if previous is not None and devices > previous[0]

@@ -46,7 +46,7 @@ def test_short_capacity_ramp_is_consistent(tmp_path: Path) -> None:
         accepted = round(step["accepted_per_s"] * seconds)
         # Offered counts by schedule, accepted by answer: at most one packet per device
         # was in flight across the hold's start.
-        assert 0 < accepted <= offered + step["devices"]
+        assert 0 < accepted <= offered + step["behind_at_start"] + step["devices"]
         # (How many predictions fell within a 10 s hold depends on the machine's load: the
         # drain below checks that they all came.)
         assert step["predictions"] >= 0
@@ -111,7 +111,7 @@ def test_short_capacity_ramp_through_gateways_loses_nothing(tmp_path: Path) -> N
         accepted = round(step["accepted_per_s"] * seconds)
         # A gateway forwards a second's packets at a time: up to one per device may be
         # accepted after the hold's end, or before its start.
-        assert 0 < accepted <= offered + step["devices"]
+        assert 0 < accepted <= offered + step["behind_at_start"] + step["devices"]
         assert step["failed"] == 0 and step["ingest_rejections"] == 0
     loss = summary["loss_after_drain"]
     assert loss["devices"] == 50 and loss["expected"] > 0
@@ -155,7 +155,8 @@ def test_short_capacity_step_over_mqtt_loses_nothing(tmp_path: Path) -> None:
     [step] = summary["steps"]
     offered = round(step["offered_per_s"] * step["seconds"])
     accepted = round(step["accepted_per_s"] * step["seconds"])
-    assert 0 < accepted <= offered + 20
+    # A device behind its schedule at the hold's start catches up within it.
+    assert 0 < accepted <= offered + step["behind_at_start"] + 20
     assert step["failed"] == 0 and step["bridge_rejections"] == 0
     # What the bridge wrote to Kafka during the hold: Mosquitto's PUBACKs, up to the
     # messages between the two at the hold's ends.

@@ -228,6 +228,35 @@ def test_step_figures_are_differences_over_the_hold() -> None:
         step_result(100, after, before, {}, [], None)
 
 
+def test_a_step_records_how_far_behind_its_schedule_the_generator_began() -> None:
+    """Packets due before the hold but answered in it are accepted beyond the hold's offer."""
+    metrics = METRICS_BEFORE + "harstream_ingest_samples_total 0\n"
+    behind = FleetCounters(offered=240, accepted=72)
+    caught_up = FleetCounters(offered=480, accepted=480)
+    step = step_result(
+        20,
+        _snapshot(0.0, behind, metrics, {}),
+        _snapshot(12.0, caught_up, metrics, {}),
+        {},
+        [],
+        None,
+    )
+    assert step.behind_at_start == 168
+    assert step.accepted_per_s * step.seconds == step.offered_per_s * step.seconds + 168
+    on_time = FleetCounters(offered=240, accepted=240)
+    assert (
+        step_result(
+            20,
+            _snapshot(0.0, on_time, metrics, {}),
+            _snapshot(12.0, caught_up, metrics, {}),
+            {},
+            [],
+            None,
+        ).behind_at_start
+        == 0
+    )
+
+
 def _step(**changes: object) -> StepResult:
     base: dict[str, object] = {
         "devices": 1000,
