@@ -17,6 +17,7 @@ KafkaProfile = Literal["apache", "tansu"]
 #: for a private network only, such as docker-compose's.
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"]
 KafkaSaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256"]
+EventLoopKind = Literal["uvloop", "asyncio"]
 
 
 class StreamSettings(BaseSettings):
@@ -35,6 +36,13 @@ class StreamSettings(BaseSettings):
             "Client settings profile: 'apache' for Apache Kafka (production, docker-compose, k8s); "
             "'tansu' for the embedded development broker (short group session timeouts and "
             "fetch waits, faust's end offsets corrected; services.common.kafka.clients)."
+        ),
+    )
+    event_loop: EventLoopKind = Field(
+        "uvloop",
+        description=(
+            "The service's asyncio event loop: 'uvloop' (libuv's, less CPU per message; "
+            "asyncio's own with a warning where uvloop is not installed) or 'asyncio'."
         ),
     )
     topic_prefix: str = Field("harstream", description="Prefix of every topic name.")

@@ -41,7 +41,12 @@ def alerting(port: int | None, store_url: str | None, create_topics: bool) -> No
     exits with status 1 if that takes longer than ..._SHUTDOWN_TIMEOUT_S (default 25 s).
     """
     settings = worker_settings(AlertingSettings, create_topics, port=port, store_url=store_url)
-    run_worker(lambda: _service(settings), "alerting worker", settings.shutdown_timeout_s)
+    run_worker(
+        lambda: _service(settings),
+        "alerting worker",
+        settings.shutdown_timeout_s,
+        settings.event_loop,
+    )
 
 
 def _service(settings: AlertingSettings) -> Worker:

@@ -10,7 +10,8 @@ import signal
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-from shared.settings import StreamSettings
+from services.common import eventloop
+from shared.settings import EventLoopKind, StreamSettings
 
 S = TypeVar("S", bound=StreamSettings)
 
@@ -59,13 +60,18 @@ def worker_settings(settings_class: type[S], create_topics: bool, **overrides: o
     return settings
 
 
-def run_worker(build: Callable[[], Worker], name: str, shutdown_timeout_s: float) -> None:
+def run_worker(
+    build: Callable[[], Worker],
+    name: str,
+    shutdown_timeout_s: float,
+    event_loop: EventLoopKind = "uvloop",
+) -> None:
     """Run ``build()`` until SIGTERM/SIGINT; ``SystemExit(1)`` if the worker failed.
 
     ``build`` imports the worker's module, so that ``--help`` stays fast. Stopping can hang
     on a broker or store that is gone (client stop, commit): a watchdog armed by the signal
     ends the process after ``shutdown_timeout_s``."""
-    if not asyncio.run(_serve(build, name, shutdown_timeout_s)):
+    if not eventloop.run(_serve(build, name, shutdown_timeout_s), event_loop):
         raise SystemExit(1)
 
 

@@ -38,7 +38,12 @@ def history(port: int | None, store_url: str | None, create_topics: bool) -> Non
     ..._REGISTRY_URL, the same as ingest's). Stops cleanly on SIGTERM/SIGINT.
     """
     settings = worker_settings(HistorySettings, create_topics, port=port, store_url=store_url)
-    run_worker(lambda: _service(settings), "history worker", settings.shutdown_timeout_s)
+    run_worker(
+        lambda: _service(settings),
+        "history worker",
+        settings.shutdown_timeout_s,
+        settings.event_loop,
+    )
 
 
 def _service(settings: HistorySettings) -> Worker:

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from services.common import eventloop
+
 logger = logging.getLogger(__name__)
 
 
@@ -125,7 +127,7 @@ def inference(**options: Any) -> None:
         await run(settings, registry, stop, on_ready=serve_metrics)
 
     try:
-        asyncio.run(main())
+        eventloop.run(main(), settings.event_loop)
     except StartupError as exc:
         logger.error("inference worker refused to start: %s", exc)
         raise SystemExit(2) from exc

@@ -49,6 +49,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from services.common import eventloop
 from services.common.authlimit import AuthFailureLimit, blocked_detail
 from services.common.http_server import (
     Listener,
@@ -1274,5 +1275,7 @@ def run(settings: IngestSettings) -> None:
                 settings.metrics_port,
             )
         )
-    asyncio.run(serve_until_signalled(listeners, app[SERVICE_KEY].begin_shutdown))
+    eventloop.run(
+        serve_until_signalled(listeners, app[SERVICE_KEY].begin_shutdown), settings.event_loop
+    )
     logger.info("ingest stopped")

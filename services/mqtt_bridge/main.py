@@ -14,6 +14,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from services.common import eventloop
 from services.common.http_server import problem_response
 from services.common.kafka.clients import aiokafka_producer_kwargs, describe
 from services.ingest.server import problem_document
@@ -108,4 +109,4 @@ def run(settings: MqttBridgeSettings) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    asyncio.run(main())
+    eventloop.run(main(), settings.event_loop)

@@ -27,6 +27,7 @@ def preprocess() -> None:
     from faust import Worker  # noqa: PLC0415
     from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
 
+    from services.common import eventloop  # noqa: PLC0415
     from services.common.kafka.topics import create_topics  # noqa: PLC0415
     from services.common.shutdown import ShutdownWatchdog  # noqa: PLC0415
     from services.preprocess.app import TABLE_NAME, create_app  # noqa: PLC0415
@@ -37,6 +38,8 @@ def preprocess() -> None:
     logging.getLogger().setLevel(settings.log_level.upper())
     create_topics(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Before the app exists: faust's worker creates its loop from the policy.
+    eventloop.install_policy(settings.event_loop)
     registry = CollectorRegistry()
     app = create_app(settings, registry)
     # Until faust's worker installs its own handlers, a SIGTERM (a pod stopped while it is
