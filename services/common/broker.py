@@ -7,13 +7,15 @@ SecurityGateway`, since this Tansu build cannot serve TLS or keep SCRAM users it
 
 from __future__ import annotations
 
+import collections
 import logging
+import random
 import shutil
 import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -27,11 +29,65 @@ class BrokerStartError(HarstreamError):
     """The embedded broker did not start or did not open its port."""
 
 
+#: Ports below the kernel's ephemeral range are chosen from here up (see :func:`free_port`).
+LOWEST_CHOSEN_PORT = 10000
+#: Fewer ports than this between LOWEST_CHOSEN_PORT and the ephemeral range: the kernel chooses.
+MIN_CHOSEN_PORTS = 2000
+#: Ports handed out lately are not handed out again (their service may not have bound yet).
+_RECENT_PORTS: collections.deque[int] = collections.deque(maxlen=1000)
+_rng = random.Random()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (bind to port 0 and let the kernel choose)."""
+    """A TCP port nobody listens on right now, for a service this process is about to start.
+
+    Not port 0's choice: the kernel takes that from its ephemeral range
+    (``net.ipv4.ip_local_port_range``), the range it also takes the source ports of outgoing
+    connections from. Between this call and the service's bind, any client connection on the
+    machine could take the port (a CI run saw inference's metrics port fail with EADDRINUSE).
+    Ports below that range are never taken that way, so the port is drawn at random from
+    them, checked by a bind, and not repeated within this process while recent.
+    """
+    low = _ephemeral_range()[0]
+    for _ in range(100):
+        port = choose_port(_rng, low, _RECENT_PORTS)
+        if port is None:
+            break
+        if _bindable(port):
+            _RECENT_PORTS.append(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def choose_port(rng: random.Random, ephemeral_low: int, recent: Collection[int]) -> int | None:
+    """A port from LOWEST_CHOSEN_PORT up to (not including) ``ephemeral_low`` and not in
+    ``recent``; None when that range is too small to choose from (the kernel's range starts
+    low on this machine)."""
+    if ephemeral_low - LOWEST_CHOSEN_PORT < MIN_CHOSEN_PORTS:
+        return None
+    while True:
+        port = rng.randrange(LOWEST_CHOSEN_PORT, ephemeral_low)
+        if port not in recent:
+            return port
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
