@@ -48,7 +48,7 @@ def free_port() -> int:
     Ports below that range are never taken that way, so the port is drawn at random from
     them, checked by a bind, and not repeated within this process while recent.
     """
-    low = _ephemeral_range()[0]
+    low = _ephemeral_low()
     for _ in range(100):
         port = choose_port(_rng, low, _RECENT_PORTS)
         if port is None:
@@ -73,12 +73,12 @@ def choose_port(rng: random.Random, ephemeral_low: int, recent: Collection[int])
             return port
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def _bindable(port: int) -> bool:

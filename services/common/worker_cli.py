@@ -64,7 +64,7 @@ def run_worker(
     build: Callable[[], Worker],
     name: str,
     shutdown_timeout_s: float,
-    event_loop: EventLoopKind = "uvloop",
+    event_loop: EventLoopKind,
 ) -> None:
     """Run ``build()`` until SIGTERM/SIGINT; ``SystemExit(1)`` if the worker failed.
 
