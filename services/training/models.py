@@ -321,6 +321,7 @@ def build_hybrid_model(
     gravity_features: bool = True,
     spectral_features: bool = False,
     gravity_frame: bool = False,
+    recurrent_steps: int = 16,
 ) -> keras.Model:
     """harstream's hybrid: a convolutional front end, a recurrent temporal block and
     attention, joined with window statistics and the gravity trajectory.
@@ -328,9 +329,13 @@ def build_hybrid_model(
     The front end reads the normalised window beside each window scaled by its own spread
     (:class:`InstanceStandardise`); with ``multiscale`` its first layer has kernels of 3, 7
     and 15 samples (60 ms to 0.3 s: a footstep's impact to a sway) side by side. Three poolings
-    leave 16 steps of 160 ms for the recurrent block, so it costs little per window.
+    leave ``recurrent_steps`` steps for the recurrent block (16 of 160 ms; 8 of 320 ms when
+    the third pools 4), so it costs little per window.
     ``channel_mean``/``channel_std`` (9,) are the training set's, baked into the model.
     """
+    if recurrent_steps < 1 or 32 % recurrent_steps:
+        # two poolings of 2 leave 32 steps; the third block pools them to this many
+        raise ValueError(f"recurrent_steps must divide 32, not {recurrent_steps}")
     window = keras.Input(shape=WINDOW_SHAPE, name=INPUT_NAME)
     raw = RandomOrientation(max_degrees=max_degrees, name="augment")(window) if augment else window
     parts = [WindowStatistics(gravity=gravity_features, name="window_statistics")(raw)]
@@ -360,7 +365,7 @@ def build_hybrid_model(
     else:
         x = _conv_block(x, width, 7, 2)
     x = _conv_block(x, width, 5, 2)
-    x = _conv_block(x, 2 * width, 3, 2)
+    x = _conv_block(x, 2 * width, 3, 32 // recurrent_steps)
     cell = layers.GRU if recurrent == "gru" else layers.LSTM
     rnn = cell(recurrent_units, return_sequences=True)
     seq = layers.Bidirectional(rnn)(x) if bidirectional else rnn(x)

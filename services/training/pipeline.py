@@ -58,10 +58,13 @@ def describe_architecture(config: dict[str, Any]) -> str:
             " ⊕ motion in the gravity frame (vertical/horizontal body acceleration, yaw/tilt rate)"
         )
     pooled = "attention ⊕ mean ⊕ last step" if config.get("attention", True) else "mean ⊕ last"
+    steps = config.get("recurrent_steps", 16)
+    window = PreprocessingConfig()
+    step_ms = round(1000 * window.window_size / window.sample_rate_hz / steps)
     return (
         f"harstream hybrid: normalised window ⊕ per-window standardised window{frame} → "
         f"{front} → Conv1D({width},5) → Conv1D({2 * width},3) (BatchNorm, ReLU, MaxPool each; "
-        f"16 steps of 160 ms) → {recurrent} over the steps → {pooled}, joined with window "
+        f"{steps} steps of {step_ms} ms) → {recurrent} over the steps → {pooled}, joined with window "
         f"statistics ({', '.join(stats)}) → Dense(128) → Dense(6, softmax)"
     )
 

@@ -83,6 +83,9 @@ class TrainConfig:
     gravity_features: bool = True
     spectral_features: bool = False
     gravity_frame: bool = False
+    #: harstream only: steps the recurrent block reads (16 of 160 ms, or 8 of 320 ms: the
+    #: third convolution block pools 2 or 4).
+    recurrent_steps: int = 16
     #: Distillation: train this many teachers (same recipe, seeds ``1000 * seed + 1..n``) and
     #: fit the model to their averaged probabilities instead of the labels (0: no teachers).
     teachers: int = 0
@@ -121,10 +124,13 @@ class TrainConfig:
                 schedule="plateau",
             )
         # the hybrid: the paper family's recipe (cosine, clipping, label smoothing, selection
-        # on validation accuracy) with the motion in the gravity frame as extra inputs
+        # on validation accuracy) with the motion in the gravity frame as extra inputs. Width
+        # 32 (v4) rather than 64 (v3): 1.46x the windows/s, and over seeds 0-2 a validation
+        # mean of 95.47 % against 95.34 % (reports/model-card-v4.md)
         return cls(
             kind="harstream",
             seed=seed,
+            width=32,
             epochs=25,
             patience=0,
             train_step=32,
@@ -225,6 +231,7 @@ def build_model(config: TrainConfig, train: WindowSet) -> object:
             gravity_features=config.gravity_features,
             spectral_features=config.spectral_features,
             gravity_frame=config.gravity_frame,
+            recurrent_steps=config.recurrent_steps,
         )
     # scales of the window statistics (and motion in the gravity frame) on the training set;
     # augmentation is off outside training

@@ -111,6 +111,16 @@ def test_hybrid_has_a_recurrent_block_and_the_serving_input() -> None:
     assert "LSTM" in {layer.__class__.__name__ for layer in lstm.layers}
 
 
+@pytest.mark.parametrize("steps", [16, 8])
+def test_recurrent_block_reads_the_configured_steps(steps: int) -> None:
+    from services.training.models import build_hybrid_model
+
+    model = build_hybrid_model(np.zeros(9), np.ones(9), width=16, recurrent_steps=steps)
+    (gru,) = [layer for layer in model.layers if layer.__class__.__name__ == "GRU"]
+    assert gru.input.shape[1:] == (steps, 32)  # the third block's 2 × width channels
+    assert np.asarray(model(np.zeros((2, 128, 9), np.float32))).shape == (2, 6)
+
+
 @pytest.fixture(scope="module")
 def small_sets(window_sets):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(0)
