@@ -64,8 +64,8 @@ def describe_architecture(config: dict[str, Any]) -> str:
     return (
         f"harstream hybrid: normalised window ⊕ per-window standardised window{frame} → "
         f"{front} → Conv1D({width},5) → Conv1D({2 * width},3) (BatchNorm, ReLU, MaxPool each; "
-        f"{steps} steps of {step_ms} ms) → {recurrent} over the steps → {pooled}, joined with window "
-        f"statistics ({', '.join(stats)}) → Dense(128) → Dense(6, softmax)"
+        f"{steps} steps of {step_ms} ms) → {recurrent} over the steps → {pooled}, joined with "
+        f"window statistics ({', '.join(stats)}) → Dense(128) → Dense(6, softmax)"
     )
 
 
