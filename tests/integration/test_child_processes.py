@@ -27,15 +27,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _program(pid: int) -> str:
-    """The command line of process ``pid`` ('' once it is gone)."""
+def _executable(pid: int) -> str:
+    """The file process ``pid`` runs ('' once it is gone)."""
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except FileNotFoundError:
+        return os.readlink(f"/proc/{pid}/exe")
+    except (FileNotFoundError, ProcessLookupError):
         return ""
-    return " ".join(
-        Path(argv[0].decode()).name if i == 0 else a.decode() for i, a in enumerate(argv)
-    )
 
 
 def test_starting_a_child_runs_no_fork_handlers(tmp_path: Path) -> None:
@@ -73,16 +70,14 @@ def test_a_child_gets_sigterm_when_its_parent_is_killed(tmp_path: Path) -> None:
     child_pid = int(parent.stdout.readline())
     # setpriv sets the death signal, then execs the program: kill the parent only once the
     # child runs its program (a parent killed in between leaves an orphan: see die_with_parent).
-    # Wait for the program itself: while the kernel replaces setpriv's image, /proc shows an
-    # empty command line (one CI run read '' there and gave up waiting).
+    # Wait for the executable to be Python's, not for the command line: setpriv's own command
+    # line holds the program's arguments (a CI run saw it there, killed the parent before
+    # setpriv's prctl, and the child outlived it).
+    python = os.path.realpath(sys.executable)
     deadline = time.monotonic() + 20
-    while (
-        "time.sleep(60)" not in _program(child_pid)
-        and _alive(child_pid)
-        and time.monotonic() < deadline
-    ):
+    while _executable(child_pid) != python and _alive(child_pid) and time.monotonic() < deadline:
         time.sleep(0.01)  # polling /proc: there is no event for another process's exec
-    assert _alive(child_pid) and "time.sleep(60)" in _program(child_pid)
+    assert _alive(child_pid) and _executable(child_pid) == python
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=10)
     deadline = time.monotonic() + 10
