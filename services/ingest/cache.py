@@ -42,5 +42,28 @@ class TtlCache(Generic[K, V]):
         while len(self._data) > self._max_size:
             self._data.popitem(last=False)
 
+    def entries(self) -> list[tuple[K, V]]:
+        """The fresh entries, least recently used first (expired ones are dropped)."""
+        now = self._clock()
+        expired = [key for key, (expires, _) in self._data.items() if now >= expires]
+        for key in expired:
+            del self._data[key]
+        return [(key, value) for key, (_, value) in self._data.items()]
+
+    def refresh(self, key: K, value: V, read_at: float) -> bool:
+        """Store ``value``, read from the source at ``read_at`` (this cache's clock), to
+        expire ``ttl_s`` after that read; unless the entry was stored after ``read_at``
+        (it holds a newer answer). Its place in the LRU order is kept. Whether it was
+        stored."""
+        if self._ttl_s <= 0:
+            return False
+        current = self._data.get(key)
+        if current is not None and current[0] - self._ttl_s > read_at:
+            return False
+        self._data[key] = (read_at + self._ttl_s, value)
+        while len(self._data) > self._max_size:
+            self._data.popitem(last=False)
+        return True
+
     def clear(self) -> None:
         self._data.clear()

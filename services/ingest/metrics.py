@@ -38,6 +38,7 @@ class IngestMetrics(NamedTuple):
     clock_corrections: Counter
     http_refusals: Counter
     connection_limits: Counter
+    registry_refreshes: Counter
 
 
 class _ReplacementsCollector(Collector):
@@ -133,6 +134,14 @@ def create(
             ["limit"],
             registry=registry,
         ),
+        registry_refreshes=Counter(
+            "harstream_ingest_registry_refreshes_total",
+            "Rounds re-reading the cached devices from the registry in one call per cache "
+            "(every half token_cache_ttl_s), by outcome (ok, failed: the cached answers "
+            "then expire and are looked up one request at a time).",
+            ["outcome"],
+            registry=registry,
+        ),
     )
     metrics.devices_active.set_function(active_devices)
     for reason in Reason:  # every series exists from the start, so rate() sees the first one
@@ -145,4 +154,6 @@ def create(
         metrics.http_refusals.labels(reason=refusal)
     for limit in LIMIT_REASONS:
         metrics.connection_limits.labels(limit=limit)
+    for outcome in ("ok", "failed"):
+        metrics.registry_refreshes.labels(outcome=outcome)
     return metrics

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from services.cli import cli
+from services.ingest.app import SERVICE_KEY
 from services.ingest.errors import (
     DeviceExistsError,
     GatewayExistsError,
@@ -263,6 +264,37 @@ def test_device_and_gateway_tokens_do_not_stand_in_for_each_other(
             )
             assert cached.status == 202
             assert metric(client, "harstream_ingest_packets_total") == 2
+
+    run(scenario())
+
+
+def test_a_gateways_cached_devices_are_reread_so_a_revoked_device_is_refused(
+    make_settings: Callable[..., IngestSettings], registry: SqliteRegistry
+) -> None:
+    settings = make_settings(token_cache_ttl_s=600.0)
+    registry.add("w1")
+    registry.add("w2")
+    _, token = registry.add_gateway("hub-1", ["w1", "w2"])
+
+    async def scenario() -> None:
+        async with serve(settings, registry) as client:
+            service = client.server.app[SERVICE_KEY]  # type: ignore[union-attr]
+
+            async def post(seq: int) -> dict[str, Any]:
+                body = {"packets": [packet("w1", seq=seq), packet("w2", seq=seq)]}
+                response = await client.post(
+                    BATCH, data=json.dumps(body), headers={**JSON, **auth(token)}
+                )
+                assert response.status in (202, 207), await response.text()
+                answer: dict[str, Any] = await response.json()
+                return answer
+
+            assert (await post(0))["accepted"] == 2
+            registry.revoke("w2")
+            assert (await post(1))["accepted"] == 2  # cached: not seen yet
+            assert await service.refresh_cached_lookups() == 2
+            answer = await post(2)
+            assert (answer["accepted"], answer["refused"]) == (1, 1), answer
 
     run(scenario())
 

@@ -54,6 +54,18 @@ def test_postgres_add_lookup_revoke(pg_registry: PostgresRegistry) -> None:
         pg_registry.revoke("ghost")
 
 
+def test_postgres_bulk_reads_by_token_hash_and_by_id(pg_registry: PostgresRegistry) -> None:
+    added = pg_registry.add_many([NewDevice(f"pg-b-{i}") for i in range(5)])
+    pg_registry.revoke("pg-b-3")
+    by_hash = pg_registry.find_by_token_hashes(
+        [record.token_hash for record, _ in added] + [hash_token("unknown")]
+    )
+    assert by_hash == {r.token_hash: pg_registry.get(r.device_id) for r, _ in added}
+    assert by_hash[added[3][0].token_hash].revoked
+    assert sorted(pg_registry.get_many(["pg-b-1", "pg-b-4", "nope"])) == ["pg-b-1", "pg-b-4"]
+    assert pg_registry.find_by_token_hashes([]) == {} == pg_registry.get_many([])
+
+
 def test_postgres_add_many_is_one_transaction(pg_registry: PostgresRegistry) -> None:
     added = pg_registry.add_many([NewDevice(f"pg-m-{i}", "bulk") for i in range(300)])
     assert len(added) == 300

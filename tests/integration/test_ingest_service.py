@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from services.common.broker import EmbeddedBroker, free_port
 from services.common.kafka.topics import create_topics
-from services.ingest.app import create_app
+from services.ingest.app import SERVICE_KEY, create_app
 from services.ingest.errors import RegistryUnavailableError
 from services.ingest.registry import SqliteRegistry
 from services.ingest.settings import IngestSettings
@@ -336,6 +336,74 @@ def test_revocation_takes_effect_within_the_cache_ttl(
             await asyncio.sleep(0.6)
             later = await client.post("/v1/packets", json=packet("dev", 1), headers=auth(token))
             assert later.status == 403
+
+    run(scenario())
+
+
+class CountingRegistry(SqliteRegistry):
+    """Counts the token lookups made one request at a time."""
+
+    token_lookups = 0
+
+    def find_by_token(self, token: str) -> Any:
+        self.token_lookups += 1
+        return super().find_by_token(token)
+
+
+def test_cached_tokens_are_reread_in_bulk_so_a_revocation_needs_no_expiry(
+    make_settings: Callable[..., IngestSettings], tmp_path: Path
+) -> None:
+    # A TTL longer than the test: only the refresh can show the revocation.
+    settings = make_settings(token_cache_ttl_s=600.0)
+    registry = CountingRegistry(tmp_path / "devices.db")
+    _, token = registry.add("dev")
+    registry.add("idle")  # never posts: not cached, not re-read
+
+    async def scenario() -> None:
+        async with serve(settings, registry) as client:
+            service = client.server.app[SERVICE_KEY]  # type: ignore[union-attr]
+            post = lambda seq: client.post(  # noqa: E731
+                "/v1/packets", json=packet("dev", seq), headers=auth(token)
+            )
+            assert (await post(0)).status == 202
+            registry.revoke("dev")
+            assert (await post(1)).status == 202  # cached: not seen yet
+            assert await service.refresh_cached_lookups() == 1
+            later = await post(2)
+            assert later.status == 403, await later.text()
+            assert registry.token_lookups == 1
+            ok = metric(client, "harstream_ingest_registry_refreshes_total", outcome="ok")
+            assert ok == 1
+
+    run(scenario())
+
+
+def _locked(*_: Any) -> Any:
+    raise RegistryUnavailableError("database is locked")
+
+
+def test_the_refresh_runs_every_half_ttl_and_a_registry_outage_only_counts(
+    make_settings: Callable[..., IngestSettings], tmp_path: Path
+) -> None:
+    settings = make_settings(token_cache_ttl_s=0.2)
+    registry = SqliteRegistry(tmp_path / "devices.db")
+    _, token = registry.add("dev")
+
+    async def refreshes(client: Any, outcome: str, at_least: int) -> None:
+        deadline = time.monotonic() + 15
+        while metric(client, "harstream_ingest_registry_refreshes_total", outcome=outcome) < (
+            at_least
+        ):
+            assert time.monotonic() < deadline, f"fewer than {at_least} {outcome} refreshes"
+            await asyncio.sleep(0.02)
+
+    async def scenario() -> None:
+        async with serve(settings, registry) as client:
+            post = await client.post("/v1/packets", json=packet("dev", 0), headers=auth(token))
+            assert post.status == 202
+            await refreshes(client, "ok", 2)
+            registry.find_by_token_hashes = _locked  # type: ignore[method-assign]
+            await refreshes(client, "failed", 1)
 
     run(scenario())
 

@@ -179,6 +179,22 @@ def test_ttl_cache_evicts_least_recently_used() -> None:
     assert cache.get("a") == (True, 1)
 
 
+def test_ttl_cache_refresh_keeps_newer_answers_and_times_from_the_read() -> None:
+    clock = Clock()
+    cache: TtlCache[str, int | None] = TtlCache(ttl_s=4.0, max_size=10, clock=clock)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    read_at = clock.now + 1.0  # the registry was read here...
+    clock.now += 2.0
+    cache.put("b", 20)  # ...and a request stored a newer answer after it
+    assert cache.refresh("a", 10, read_at) and not cache.refresh("b", 200, read_at)
+    assert cache.refresh("gone", None, read_at)
+    assert cache.entries() == [("a", 10), ("b", 20), ("gone", None)]
+    clock.now = read_at + 4.0  # expiry counts from the read, not from the refresh
+    assert cache.get("a") == (False, None)
+    assert cache.entries() == [("b", 20)]
+
+
 def test_ttl_zero_disables_the_cache() -> None:
     cache: TtlCache[str, int] = TtlCache(ttl_s=0.0, max_size=2, clock=Clock())
     cache.put("a", 1)

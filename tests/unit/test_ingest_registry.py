@@ -154,6 +154,21 @@ def test_add_many_registers_all_in_one_transaction(registry: SqliteRegistry) -> 
     assert len(registry.list()) == 2001
 
 
+def test_bulk_reads_by_token_hash_and_by_id(registry: SqliteRegistry) -> None:
+    # More than one IN (...) chunk, a revoked device, and keys of nothing.
+    added = registry.add_many([NewDevice(f"b-{i:04d}") for i in range(1200)])
+    registry.revoke("b-0007")
+    hashes = [record.token_hash for record, _ in added] + [hash_token("unknown")]
+    by_hash = registry.find_by_token_hashes(hashes)
+    assert len(by_hash) == 1200
+    assert by_hash[added[7][0].token_hash].revoked
+    assert by_hash[added[1100][0].token_hash] == registry.get("b-1100")
+    by_id = registry.get_many([f"b-{i:04d}" for i in range(0, 1200, 3)] + ["nope"])
+    assert sorted(by_id) == [f"b-{i:04d}" for i in range(0, 1200, 3)]
+    assert by_id["b-0999"] == registry.get("b-0999")
+    assert registry.find_by_token_hashes([]) == {} == registry.get_many([])
+
+
 @pytest.mark.parametrize(
     ("batch", "words"),
     [

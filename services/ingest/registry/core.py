@@ -109,6 +109,16 @@ class DeviceRegistry(Protocol):
         """The device this token belongs to (revoked or not), or None."""
         ...
 
+    def find_by_token_hashes(self, token_hashes: Sequence[str]) -> dict[str, DeviceRecord]:
+        """The devices (revoked or not) whose token hashes are among ``token_hashes``, by
+        hash; a hash of no device is absent. For re-reading cached lookups in one call: a
+        cached hash was checked against its token when the token was first looked up."""
+        ...
+
+    def get_many(self, device_ids: Sequence[str]) -> dict[str, DeviceRecord]:
+        """The registered devices among ``device_ids``, by id (revoked or not)."""
+        ...
+
     def list(self) -> list[DeviceRecord]: ...
 
     def revoke(self, device_id: str) -> DeviceRecord:

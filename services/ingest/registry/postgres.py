@@ -81,6 +81,12 @@ class PostgresRegistry:
             "timezone": sql.SQL("UPDATE {} SET timezone = %s WHERE device_id = %s").format(name),
             "get": sql.SQL("SELECT {} FROM {} WHERE device_id = %s").format(columns, name),
             "by_token": sql.SQL("SELECT {} FROM {} WHERE token_hash = %s").format(columns, name),
+            "by_token_hashes": sql.SQL("SELECT {} FROM {} WHERE token_hash = ANY(%s)").format(
+                columns, name
+            ),
+            "get_many": sql.SQL("SELECT {} FROM {} WHERE device_id = ANY(%s)").format(
+                columns, name
+            ),
             "list": sql.SQL("SELECT {} FROM {} ORDER BY device_id").format(columns, name),
             "revoke": sql.SQL(
                 "UPDATE {} SET revoked_at = %s WHERE device_id = %s AND revoked_at IS NULL"
@@ -191,6 +197,14 @@ class PostgresRegistry:
     def find_by_token(self, token: str) -> DeviceRecord | None:
         rows = self._run("by_token", (hash_token(token),))
         return _matching(_record(rows[0]) if rows else None, token)
+
+    def find_by_token_hashes(self, token_hashes: Sequence[str]) -> dict[str, DeviceRecord]:
+        records = (_record(r) for r in self._run("by_token_hashes", (list(token_hashes),)))
+        return {record.token_hash: record for record in records}
+
+    def get_many(self, device_ids: Sequence[str]) -> dict[str, DeviceRecord]:
+        records = (_record(r) for r in self._run("get_many", (list(device_ids),)))
+        return {record.device_id: record for record in records}
 
     def list(self) -> list[DeviceRecord]:
         return [_record(r) for r in self._run("list")]

@@ -45,6 +45,9 @@ from services.ingest.tokens import hash_token
 
 T = TypeVar("T")
 
+#: Values per ``IN (...)`` query (SQLite allowed at most 999 bound parameters before 3.32).
+_IN_CHUNK = 500
+
 
 class SqliteRegistry:
     """Registry in one SQLite file (WAL journal).
@@ -205,6 +208,24 @@ class SqliteRegistry:
             (hash_token(token),),
         )
         return _matching(_record(rows[0]) if rows else None, token)
+
+    def find_by_token_hashes(self, token_hashes: Sequence[str]) -> dict[str, DeviceRecord]:
+        records = (_record(r) for r in self._read_in("token_hash", token_hashes))
+        return {record.token_hash: record for record in records}
+
+    def get_many(self, device_ids: Sequence[str]) -> dict[str, DeviceRecord]:
+        records = (_record(r) for r in self._read_in("device_id", device_ids))
+        return {record.device_id: record for record in records}
+
+    def _read_in(self, column: str, values: Sequence[str]) -> list[Any]:
+        """The device rows whose ``column`` is one of ``values`` (:data:`_IN_CHUNK` at a
+        time)."""
+        rows: list[Any] = []
+        for start in range(0, len(values), _IN_CHUNK):
+            chunk = tuple(values[start : start + _IN_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            rows += self._read(f"SELECT {_COLUMNS} FROM devices WHERE {column} IN ({marks})", chunk)
+        return rows
 
     def list(self) -> list[DeviceRecord]:
         rows = self._read(f"SELECT {_COLUMNS} FROM devices ORDER BY device_id")
