@@ -17,9 +17,12 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from services.training.train import DEFAULT_RECURRENT_STEPS
 from shared.activities import NUM_CLASSES
 
 WINDOW_SHAPE = (128, 9)
+#: Steps the hybrid's first two convolution blocks leave (each pools 2).
+FRONT_STEPS = WINDOW_SHAPE[0] // 4
 INPUT_NAME = "window"
 
 
@@ -321,7 +324,7 @@ def build_hybrid_model(
     gravity_features: bool = True,
     spectral_features: bool = False,
     gravity_frame: bool = False,
-    recurrent_steps: int = 16,
+    recurrent_steps: int = DEFAULT_RECURRENT_STEPS,
 ) -> keras.Model:
     """harstream's hybrid: a convolutional front end, a recurrent temporal block and
     attention, joined with window statistics and the gravity trajectory.
@@ -333,9 +336,9 @@ def build_hybrid_model(
     the third pools 4), so it costs little per window.
     ``channel_mean``/``channel_std`` (9,) are the training set's, baked into the model.
     """
-    if recurrent_steps < 1 or 32 % recurrent_steps:
-        # two poolings of 2 leave 32 steps; the third block pools them to this many
-        raise ValueError(f"recurrent_steps must divide 32, not {recurrent_steps}")
+    if recurrent_steps < 1 or FRONT_STEPS % recurrent_steps:
+        # the third block pools the front's steps to this many
+        raise ValueError(f"recurrent_steps must divide {FRONT_STEPS}, not {recurrent_steps}")
     window = keras.Input(shape=WINDOW_SHAPE, name=INPUT_NAME)
     raw = RandomOrientation(max_degrees=max_degrees, name="augment")(window) if augment else window
     parts = [WindowStatistics(gravity=gravity_features, name="window_statistics")(raw)]
@@ -365,7 +368,7 @@ def build_hybrid_model(
     else:
         x = _conv_block(x, width, 7, 2)
     x = _conv_block(x, width, 5, 2)
-    x = _conv_block(x, 2 * width, 3, 32 // recurrent_steps)
+    x = _conv_block(x, 2 * width, 3, FRONT_STEPS // recurrent_steps)
     cell = layers.GRU if recurrent == "gru" else layers.LSTM
     rnn = cell(recurrent_units, return_sequences=True)
     seq = layers.Bidirectional(rnn)(x) if bidirectional else rnn(x)

@@ -10,7 +10,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from services.training.train import TrainConfig, TrainResult, train_distilled
+from services.training.train import (
+    DEFAULT_RECURRENT_STEPS,
+    TrainConfig,
+    TrainResult,
+    train_distilled,
+)
 from shared.data.cache import HaptCache
 from shared.data.splits import TEST_SUBJECTS, TRAIN_SUBJECTS, VALIDATION_SUBJECTS
 from shared.dataset import WindowSet, build_window_sets
@@ -58,7 +63,7 @@ def describe_architecture(config: dict[str, Any]) -> str:
             " ⊕ motion in the gravity frame (vertical/horizontal body acceleration, yaw/tilt rate)"
         )
     pooled = "attention ⊕ mean ⊕ last step" if config.get("attention", True) else "mean ⊕ last"
-    steps = config.get("recurrent_steps", 16)
+    steps = config.get("recurrent_steps", DEFAULT_RECURRENT_STEPS)
     window = PreprocessingConfig()
     step_ms = round(1000 * window.window_size / window.sample_rate_hz / steps)
     return (

@@ -33,6 +33,11 @@ Schedule = Literal["constant", "plateau", "cosine"]
 Selection = Literal["val_loss", "val_accuracy", "last"]
 
 
+#: Steps the hybrid's recurrent block reads unless configured (runs saved before the
+#: setting existed have no ``recurrent_steps`` and used this).
+DEFAULT_RECURRENT_STEPS = 16
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters; :meth:`default_for` gives the recipe each committed model used."""
@@ -85,7 +90,7 @@ class TrainConfig:
     gravity_frame: bool = False
     #: harstream only: steps the recurrent block reads (16 of 160 ms, or 8 of 320 ms: the
     #: third convolution block pools 2 or 4).
-    recurrent_steps: int = 16
+    recurrent_steps: int = DEFAULT_RECURRENT_STEPS
     #: Distillation: train this many teachers (same recipe, seeds ``1000 * seed + 1..n``) and
     #: fit the model to their averaged probabilities instead of the labels (0: no teachers).
     teachers: int = 0

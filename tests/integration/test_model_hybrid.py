@@ -121,6 +121,14 @@ def test_recurrent_block_reads_the_configured_steps(steps: int) -> None:
     assert np.asarray(model(np.zeros((2, 128, 9), np.float32))).shape == (2, 6)
 
 
+@pytest.mark.parametrize("steps", [0, 3, 64])
+def test_recurrent_steps_that_do_not_divide_the_fronts_steps_are_refused(steps: int) -> None:
+    from services.training.models import build_hybrid_model
+
+    with pytest.raises(ValueError, match=f"must divide 32, not {steps}"):
+        build_hybrid_model(np.zeros(9), np.ones(9), width=16, recurrent_steps=steps)
+
+
 @pytest.fixture(scope="module")
 def small_sets(window_sets):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(0)
