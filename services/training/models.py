@@ -61,8 +61,9 @@ def build_paper_model(
 
 @keras.saving.register_keras_serializable(package="harstream")
 class RandomOrientation(layers.Layer):
-    """Training-only augmentation: rotate every 3-axis sensor of a window by one small random
-    rotation (a phone worn a little differently) and scale its amplitude slightly.
+    """Training-only augmentation: rotate every 3-axis sensor of a window by one random
+    rotation (up to ``max_degrees`` about a random axis: a phone worn differently) and scale
+    its amplitude slightly.
 
     Acts only when ``training=True``; at inference it is the identity, so the exported model
     is unaffected.
