@@ -39,8 +39,7 @@ class TtlCache(Generic[K, V]):
             return
         self._data[key] = (self._clock() + self._ttl_s, value)
         self._data.move_to_end(key)
-        while len(self._data) > self._max_size:
-            self._data.popitem(last=False)
+        self._evict()
 
     def entries(self) -> list[tuple[K, V]]:
         """The fresh entries, least recently used first (expired ones are dropped)."""
@@ -61,9 +60,13 @@ class TtlCache(Generic[K, V]):
         if current is not None and current[0] - self._ttl_s > read_at:
             return False
         self._data[key] = (read_at + self._ttl_s, value)
+        self._evict()
+        return True
+
+    def _evict(self) -> None:
+        """Drop the least recently used entries beyond ``max_size``."""
         while len(self._data) > self._max_size:
             self._data.popitem(last=False)
-        return True
 
     def clear(self) -> None:
         self._data.clear()

@@ -133,7 +133,7 @@ class TrainConfig:
         # 32 (v4) rather than 64 (v3): 1.46x the windows/s, and over seeds 0-2 a validation
         # mean of 95.47 % against 95.34 % (reports/model-card-v4.md). Training windows turned
         # by up to ±45° rather than ±10° (v5): validation mean 98.63 % against 95.47 %, the
-        # highest of six recipes (reports/model-card-v5.md)
+        # highest of seven recipes (reports/model-card-v5.md)
         return cls(
             kind="harstream",
             seed=seed,

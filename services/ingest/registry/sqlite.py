@@ -7,7 +7,7 @@ import builtins
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,6 +47,14 @@ T = TypeVar("T")
 
 #: Values per ``IN (...)`` query (SQLite allowed at most 999 bound parameters before 3.32).
 _IN_CHUNK = 500
+
+
+def _in_chunks(values: Sequence[str]) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """``(placeholders, values)`` of each ``IN (...)`` query, :data:`_IN_CHUNK` values at a
+    time."""
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = tuple(values[start : start + _IN_CHUNK])
+        yield ", ".join("?" * len(chunk)), chunk
 
 
 class SqliteRegistry:
@@ -218,12 +226,9 @@ class SqliteRegistry:
         return {record.device_id: record for record in records}
 
     def _read_in(self, column: str, values: Sequence[str]) -> list[Any]:
-        """The device rows whose ``column`` is one of ``values`` (:data:`_IN_CHUNK` at a
-        time)."""
+        """The device rows whose ``column`` is one of ``values``."""
         rows: list[Any] = []
-        for start in range(0, len(values), _IN_CHUNK):
-            chunk = tuple(values[start : start + _IN_CHUNK])
-            marks = ",".join("?" * len(chunk))
+        for marks, chunk in _in_chunks(values):
             rows += self._read(f"SELECT {_COLUMNS} FROM devices WHERE {column} IN ({marks})", chunk)
         return rows
 
@@ -271,10 +276,7 @@ class SqliteRegistry:
     @staticmethod
     def _registered(conn: sqlite3.Connection, device_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
-        unique = sorted(set(device_ids))
-        for start in range(0, len(unique), 500):  # SQLite's bound-parameter limit
-            chunk = unique[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
+        for marks, chunk in _in_chunks(sorted(set(device_ids))):
             rows = conn.execute(
                 f"SELECT device_id FROM devices WHERE device_id IN ({marks})", chunk
             ).fetchall()
