@@ -103,6 +103,28 @@ logger = logging.getLogger(__name__)
     default=None,
     help="gRPC handler threads [env HARSTREAM_MODELSERVER_GRPC_WORKERS, default 4].",
 )
+@click.option(
+    "--tensorflow-intra-op-parallelism",
+    "--tensorflow_intra_op_parallelism",
+    "tensorflow_intra_op_parallelism",
+    type=int,
+    default=None,
+    help=(
+        "Threads one TensorFlow op may use, 0: TensorFlow's choice "
+        "[env HARSTREAM_MODELSERVER_TENSORFLOW_INTRA_OP_PARALLELISM, default 0]."
+    ),
+)
+@click.option(
+    "--tensorflow-inter-op-parallelism",
+    "--tensorflow_inter_op_parallelism",
+    "tensorflow_inter_op_parallelism",
+    type=int,
+    default=None,
+    help=(
+        "Ops of one call run at once, 0: TensorFlow's choice "
+        "[env HARSTREAM_MODELSERVER_TENSORFLOW_INTER_OP_PARALLELISM, default 0]."
+    ),
+)
 def modelserver(**options: Any) -> None:
     """Serve a SavedModel base path over TF Serving's gRPC and REST APIs.
 

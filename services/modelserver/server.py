@@ -52,6 +52,37 @@ logger = logging.getLogger(__name__)
 SIGNATURE_DEF_FIELD = "signature_def"
 
 
+def configure_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """Set TensorFlow's thread pools (0 leaves TensorFlow's choice), as TF Serving's
+    ``--tensorflow_intra_op_parallelism`` and ``--tensorflow_inter_op_parallelism`` do.
+
+    TensorFlow fixes its pools when it runs its first op: call this before any model loads.
+    Asking again for the values in force is harmless; asking for others afterwards raises
+    :class:`ValueError` (TensorFlow would ignore them silently otherwise: it raises only
+    RuntimeError, which says nothing of the setting)."""
+    threading_config = tf.config.threading
+    wanted = {"intra-op": intra_op, "inter-op": inter_op}
+    setters = {
+        "intra-op": threading_config.set_intra_op_parallelism_threads,
+        "inter-op": threading_config.set_inter_op_parallelism_threads,
+    }
+    for pool, threads in wanted.items():
+        if not threads:
+            continue
+        try:
+            setters[pool](threads)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"TensorFlow's {pool} threads are fixed once it has run an op; {threads} "
+                "asked for too late"
+            ) from exc
+    logger.info(
+        "TensorFlow threads: intra-op %s, inter-op %s",
+        threading_config.get_intra_op_parallelism_threads() or "TensorFlow's choice",
+        threading_config.get_inter_op_parallelism_threads() or "TensorFlow's choice",
+    )
+
+
 def load_servable(version: int, path: Any) -> Servable:
     servable = Servable(version, path)
     servable.warm_up()
@@ -306,6 +337,9 @@ class ModelServer:
 
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
+        configure_tensorflow_threads(
+            settings.tensorflow_intra_op_parallelism, settings.tensorflow_inter_op_parallelism
+        )
         configs = (
             read_config_file(settings.model_config_file)
             if settings.model_config_file is not None

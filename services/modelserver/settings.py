@@ -84,6 +84,26 @@ class ModelServerSettings(BaseSettings):
             "start-up. Moving an existing label to such a version is refused regardless."
         ),
     )
+    tensorflow_intra_op_parallelism: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description=(
+            "Threads one TensorFlow op may use (TF Serving: --tensorflow_intra_op_parallelism; "
+            "0: TensorFlow's choice, one per core). The hybrid's recurrent layers run many small "
+            "ops in sequence, which a second thread mostly waits for: on 2 shared cores 1 "
+            "costs less CPU per window at every batch size (reports/performance.md)."
+        ),
+    )
+    tensorflow_inter_op_parallelism: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description=(
+            "Ops of one call TensorFlow runs at once (TF Serving: "
+            "--tensorflow_inter_op_parallelism; 0: TensorFlow's choice)."
+        ),
+    )
     grpc_workers: int = Field(
         4, ge=1, le=64, description="Threads handling gRPC requests concurrently."
     )

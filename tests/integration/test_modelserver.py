@@ -85,6 +85,30 @@ def test_predict_matches_the_saved_model_in_process(
     assert response.model_spec.signature_name == "serving_default"
 
 
+def test_tensorflow_thread_settings_serve_the_same_predictions(
+    tmp_path: Path, windows: np.ndarray
+) -> None:
+    # The local pipeline runs the server with one thread per op (LOCAL_MODELSERVER_ENV); as
+    # TF Serving's --tensorflow_intra_op_parallelism, it changes the threads, not the answers.
+    from services.training.evaluate import SavedModelPredictor
+
+    base = tmp_path / "har"
+    shutil.copytree(MODEL_V1, base / "1")
+    env = {
+        "HARSTREAM_MODELSERVER_TENSORFLOW_INTRA_OP_PARALLELISM": "1",
+        "HARSTREAM_MODELSERVER_TENSORFLOW_INTER_OP_PARALLELISM": "2",
+    }
+    with (
+        ModelServerProcess(base, log_path=tmp_path / "log", extra_env=env) as server,
+        grpc.insecure_channel(server.grpc_target) as ch,
+    ):
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(ch)
+        response = stub.Predict(predict_request(windows[:64]), timeout=30)
+    expected = SavedModelPredictor(MODEL_V1).predict_proba(windows[:64])
+    np.testing.assert_allclose(to_ndarray(response.outputs["probabilities"]), expected, atol=1e-5)
+    assert "TensorFlow threads: intra-op 1, inter-op 2" in (tmp_path / "log").read_text()
+
+
 def test_output_filter_returns_only_the_named_output(
     channel: grpc.Channel, windows: np.ndarray
 ) -> None:

@@ -124,3 +124,20 @@ def test_tally_scores_each_version_and_the_shadows_agreement() -> None:
     assert re.search(r"shadow accuracy v3 \(canary\)[ │]+75\.00% over 4", text)
     assert re.search(r"agreement shadow v3 / live v2[ │]+50\.00% of 4 windows", text)
     assert replace(stable, correct=0).accuracy == 0.0
+
+
+def test_local_model_server_env_is_one_thread_per_op() -> None:
+    from services.demo.pipeline import LOCAL_MODELSERVER_ENV
+
+    server = ModelServerSettings(
+        **{
+            k.removeprefix("HARSTREAM_MODELSERVER_").lower(): v
+            for k, v in LOCAL_MODELSERVER_ENV.items()
+        }
+    )
+    assert server.tensorflow_intra_op_parallelism == 1
+    assert (
+        server.tensorflow_inter_op_parallelism == 0
+    )  # TensorFlow's choice: calls run side by side
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        ModelServerSettings(tensorflow_intra_op_parallelism=-1)
