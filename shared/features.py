@@ -44,15 +44,33 @@ class MotionFeatures:
     #: |cos| of the angle between mean total acceleration and the device x axis, which is
     #: vertical on an upright HAPT waist phone (~1 upright, ~0 lying). Tells lying from still.
     upright_cosine: float
+    #: Largest per-axis standard deviation of angular velocity (rad/s): a working gyroscope
+    #: always shows noise (HAPT's stillest windows have 0.002 rad/s), a silent or stuck one
+    #: does not. Added after the others: ``None`` in messages written before it existed.
+    gyro_std_rad_s: float | None = None
 
     def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+        values = asdict(self)
+        if self.gyro_std_rad_s is None:
+            del values["gyro_std_rad_s"]  # as written before the field existed
+        return values
 
     @classmethod
     def from_dict(cls, values: Any) -> MotionFeatures:
         if not isinstance(values, dict):
             raise SchemaError("features must be a JSON object")
-        return cls(**{name: _finite(values, name) for name in cls.__dataclass_fields__})
+        return cls(
+            **{name: _finite(values, name) for name in REQUIRED_FEATURES},
+            gyro_std_rad_s=(
+                _finite(values, "gyro_std_rad_s") if "gyro_std_rad_s" in values else None
+            ),
+        )
+
+
+#: The features every message carries (older ones lack ``gyro_std_rad_s``).
+REQUIRED_FEATURES = tuple(
+    name for name in MotionFeatures.__dataclass_fields__ if name != "gyro_std_rad_s"
+)
 
 
 def _finite(values: dict[str, Any], name: str) -> float:
@@ -103,6 +121,7 @@ def motion_features_many(windows: npt.NDArray[np.floating[Any]]) -> list[MotionF
         np.abs(w[:, :, _BODY_GYRO]).max(axis=(1, 2)).tolist(),
         np.abs(mean_total[:, 0]).tolist(),
         norm.tolist(),
+        w[:, :, _BODY_GYRO].std(axis=1).max(axis=1).tolist(),
         strict=True,
     )
     return [
@@ -115,6 +134,18 @@ def motion_features_many(windows: npt.NDArray[np.floating[Any]]) -> list[MotionF
             max_abs_acc_g=max_acc,
             max_abs_gyro=max_gyro,
             upright_cosine=vertical / length if length > 1e-9 else 0.0,
+            gyro_std_rad_s=gyro_spread,
         )
-        for peak, low, movement, rotation, spread, max_acc, max_gyro, vertical, length in columns
+        for (
+            peak,
+            low,
+            movement,
+            rotation,
+            spread,
+            max_acc,
+            max_gyro,
+            vertical,
+            length,
+            gyro_spread,
+        ) in columns
     ]

@@ -352,6 +352,9 @@ class DeviceMonitor:
                         "max_abs_gyro": f.max_abs_gyro,
                         "min_acc_g": f.min_acc_g,
                         "peak_acc_g": f.peak_acc_g,
+                        **(
+                            {} if f.gyro_std_rad_s is None else {"gyro_std_rad_s": f.gyro_std_rad_s}
+                        ),
                     },
                 )
                 if opened:

@@ -17,14 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.activities import ACTIVITIES, NUM_CLASSES
 from shared.errors import HarstreamError
-from shared.features import MotionFeatures
+from shared.features import REQUIRED_FEATURES
 from shared.messages import Prediction
 
 #: Smoothed activities that mean the person is up (cancel a suspected fall).
 UPRIGHT_ACTIVITIES = frozenset({"WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "STANDING"})
 LAYING = "LAYING"
 #: The motion features' field names, in declaration order.
-_FEATURE_NAMES = tuple(MotionFeatures.__dataclass_fields__)
+_FEATURE_NAMES = REQUIRED_FEATURES
 
 
 class PredictionRejectedError(HarstreamError):
@@ -137,6 +137,16 @@ class AlertRules(BaseModel):
             "always shows noise (HAPT's stillest windows have 0.003 g)."
         ),
     )
+    gyro_flatline_std_rad_s: float = Field(
+        1e-5,
+        ge=0,
+        description=(
+            "gyro_std_rad_s (rad/s) below this is a silent or stuck gyroscope: a working one "
+            "always shows noise (HAPT's stillest windows have 0.002 rad/s). The model needs "
+            "the gyroscope (without it nearly every window reads as sitting), so the activity "
+            "is not to be trusted meanwhile. 0 disables the check (accelerometer-only devices)."
+        ),
+    )
     acc_saturation_g: float = Field(
         7.9, gt=0, description="max_abs_acc_g (g) at or above this is a saturated accelerometer."
     )
@@ -187,12 +197,14 @@ class AlertRules(BaseModel):
         return movement_energy_g2 < self.still_energy_g2
 
     def sensor_faults(self, prediction: Prediction) -> list[str]:
-        """Which faults this window shows: ``flatline``, ``acc_saturation``, ``gyro_saturation``,
-        ``implausible_gravity``."""
+        """Which faults this window shows: ``flatline`` (accelerometer), ``gyro_flatline``,
+        ``acc_saturation``, ``gyro_saturation``, ``implausible_gravity``."""
         f = prediction.features
         faults = []
         if f.acc_std_g < self.flatline_std_g:
             faults.append("flatline")
+        if f.gyro_std_rad_s is not None and f.gyro_std_rad_s < self.gyro_flatline_std_rad_s:
+            faults.append("gyro_flatline")
         if f.max_abs_acc_g >= self.acc_saturation_g:
             faults.append("acc_saturation")
         if f.max_abs_gyro >= self.gyro_saturation_rad_s:
@@ -229,6 +241,7 @@ def check_prediction(prediction: Prediction) -> None:
         and math.isfinite(prediction.start_time)
         and math.isfinite(prediction.end_time)
         and all(math.isfinite(getattr(features, name)) for name in _FEATURE_NAMES)
+        and (features.gyro_std_rad_s is None or math.isfinite(features.gyro_std_rad_s))
     ):
         return
     numbers = {

@@ -91,3 +91,18 @@ def test_without_settle_time_the_gravity_filter_transient_would_cancel_real_fall
     resulting body acceleration looks like getting up."""
     fall = fall_scenario(hapt_cache.load(subjects=[2, 4]), walk_s=20.0, lie_s=60.0)
     assert AlertType.FALL_SUSPECTED not in _alerts_of(fall, predictor, AlertRules(fall_settle_s=0))
+
+
+def test_a_gyroscope_gone_silent_is_a_sensor_fault(hapt_cache, predictor) -> None:  # type: ignore[no-untyped-def]
+    """Without its gyroscope the model reads nearly every window as sitting (model card v5):
+    the carers must learn that the activity is not to be trusted. A healthy recording of the
+    same person raises no sensor fault."""
+    fall = fall_scenario(hapt_cache.load(subjects=[2, 4]), walk_s=20.0, lie_s=60.0)
+    assert AlertType.SENSOR_FAULT not in _alerts_of(fall, predictor, AlertRules())
+    silent = fall.samples.copy()
+    silent[len(silent) // 2 :, 3:] = 0.0  # the gyroscope stops half-way (reads 0 rad/s)
+    opened = _alerts_of(Segment(silent, fall.labels), predictor, AlertRules())
+    assert opened.count(AlertType.SENSOR_FAULT) == 1
+    # Accelerometer-only fleets switch the check off.
+    off = AlertRules(gyro_flatline_std_rad_s=0)
+    assert AlertType.SENSOR_FAULT not in _alerts_of(Segment(silent, fall.labels), predictor, off)

@@ -23,6 +23,7 @@ WALKING = MotionFeatures(
     max_abs_acc_g=1.7,
     max_abs_gyro=2.0,
     upright_cosine=0.95,
+    gyro_std_rad_s=0.6,
 )
 LYING_STILL = MotionFeatures(
     peak_acc_g=1.02,
@@ -33,6 +34,7 @@ LYING_STILL = MotionFeatures(
     max_abs_acc_g=1.0,
     max_abs_gyro=0.05,
     upright_cosine=0.1,
+    gyro_std_rad_s=0.004,
 )
 STANDING_STILL = replace(LYING_STILL, upright_cosine=0.98, movement_energy=0.0002)
 IMPACT = replace(WALKING, peak_acc_g=3.1, movement_energy=0.3, max_abs_acc_g=3.0)

@@ -287,6 +287,18 @@ def test_flatline_windows_never_count_as_stillness() -> None:
     assert [s.alert.type for _, s in steps] == [AlertType.SENSOR_FAULT]
 
 
+def test_a_silent_gyroscope_opens_a_fault_and_the_accelerometer_rules_go_on() -> None:
+    # Unlike an accelerometer flatline, the acceleration still tells stillness and impacts.
+    m = monitor(fault_windows=3, inactivity_s=30.0, lying_max_s=1e9)
+    no_gyro = replace(STANDING_STILL, gyro_std_rad_s=0.0, max_abs_gyro=0.0)
+    steps = feed(m, 0, 40, "SITTING", no_gyro)
+    fault = of_type(steps, AlertType.SENSOR_FAULT)[0].alert
+    assert fault.details["faults"] == ["gyro_flatline"]
+    assert fault.details["gyro_std_rad_s"] == 0.0
+    assert "gyro_flatline" in fault.reason
+    assert of_type(steps, AlertType.INACTIVITY)
+
+
 @pytest.mark.parametrize(
     ("features", "kind"),
     [

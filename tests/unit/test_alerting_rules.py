@@ -50,6 +50,16 @@ def test_sensor_fault_kinds() -> None:
     assert off.sensor_faults(prediction(0, "LAYING", low)) == []
 
 
+def test_a_silent_gyroscope_is_a_fault_unless_the_check_is_off() -> None:
+    rules = AlertRules()
+    silent = prediction(0, "SITTING", replace(WALKING, gyro_std_rad_s=0.0, max_abs_gyro=0.0))
+    assert rules.sensor_faults(silent) == ["gyro_flatline"]
+    # Messages written before the feature existed carry none: nothing to judge.
+    older = prediction(0, "SITTING", replace(WALKING, gyro_std_rad_s=None))
+    assert rules.sensor_faults(older) == []
+    assert AlertRules(gyro_flatline_std_rad_s=0).sensor_faults(silent) == []
+
+
 def test_day_hours_may_span_midnight() -> None:
     night_shift = AlertRules(day_start=time(22, 0), day_end=time(6, 0))
     assert night_shift.in_day_hours(1_705_356_000.0 + 3600)  # 23:00 UTC

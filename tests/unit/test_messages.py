@@ -276,6 +276,17 @@ def test_motion_features_accept_only_finite_numbers(value: Any) -> None:
     assert MotionFeatures.from_dict({**FEATURES.to_dict(), "min_acc_g": 0}).min_acc_g == 0.0
 
 
+def test_motion_features_written_before_gyro_spread_existed_still_decode() -> None:
+    older = {k: v for k, v in FEATURES.to_dict().items() if k != "gyro_std_rad_s"}
+    decoded = MotionFeatures.from_dict(older)
+    assert decoded.gyro_std_rad_s is None
+    assert decoded.to_dict() == older  # and re-encode as they were written
+    assert FEATURES.gyro_std_rad_s is not None
+    assert MotionFeatures.from_dict(FEATURES.to_dict()) == FEATURES
+    with pytest.raises(SchemaError, match="gyro_std_rad_s"):
+        MotionFeatures.from_dict({**older, "gyro_std_rad_s": "0.1"})
+
+
 @pytest.mark.parametrize("probability", [*_HOSTILE_NUMBERS, '"a"'])
 def test_hostile_probabilities_raise_schema_error(probability: str) -> None:
     data = _with_field(Prediction, "probabilities", f"[{probability},0,0,0,0,1]")

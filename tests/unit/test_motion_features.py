@@ -25,6 +25,15 @@ def test_known_values_of_a_still_upright_window_and_a_flat_one() -> None:
     assert (upright.peak_acc_g, upright.min_acc_g, upright.upright_cosine) == (1.0, 1.0, 1.0)
     assert upright.acc_std_g == 0.0 and upright.movement_energy == 0.0
     assert dead.upright_cosine == 0.0 and dead.max_abs_acc_g == 0.0
+    assert upright.gyro_std_rad_s == 0.0 and dead.gyro_std_rad_s == 0.0
+
+
+def test_gyro_spread_is_the_largest_axis_standard_deviation() -> None:
+    window = np.zeros((128, 9), dtype=np.float32)
+    window[:, 6] = 1.0
+    window[::2, 4] = 0.1  # y alternates 0 / 0.1 rad/s: std 0.05
+    window[:, 5] = 0.3  # z stuck at 0.3 rad/s: std 0
+    assert motion_features(window).gyro_std_rad_s == pytest.approx(0.05)
     assert motion_features_many(np.zeros((0, 128, 9))) == []
 
 
