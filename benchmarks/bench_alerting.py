@@ -67,9 +67,9 @@ WINDOW_S = 2.56
 STEP_S = 1.28
 PACKET_SAMPLES = 50
 
-_WALKING = MotionFeatures(1.8, 0.4, 0.08, 1.0, 0.2, 1.7, 2.0, 0.95)
-_STANDING = MotionFeatures(1.03, 0.97, 0.0002, 0.002, 0.004, 1.0, 0.05, 0.98)
-_LYING = MotionFeatures(1.02, 0.98, 0.0001, 0.001, 0.003, 1.0, 0.05, 0.1)
+_WALKING = MotionFeatures(1.8, 0.4, 0.08, 1.0, 0.2, 1.7, 2.0, 0.95, gyro_std_rad_s=0.6)
+_STANDING = MotionFeatures(1.03, 0.97, 0.0002, 0.002, 0.004, 1.0, 0.05, 0.98, gyro_std_rad_s=0.005)
+_LYING = MotionFeatures(1.02, 0.98, 0.0001, 0.001, 0.003, 1.0, 0.05, 0.1, gyro_std_rad_s=0.004)
 _IMPACT = replace(_WALKING, peak_acc_g=3.1, movement_energy=0.3, max_abs_acc_g=3.0)
 #: Windows per activity of the daily cycle: lying 20 windows (26 s) stays below every
 #: lying/inactivity threshold, so only the falling devices open alerts.

@@ -46,7 +46,8 @@ class MotionFeatures:
     upright_cosine: float
     #: Largest per-axis standard deviation of angular velocity (rad/s): a working gyroscope
     #: always shows noise (HAPT's stillest windows have 0.002 rad/s), a silent or stuck one
-    #: does not. Added after the others: ``None`` in messages written before it existed.
+    #: does not. Added after the others: ``None`` in messages written before it existed
+    #: (absent, or null from another writer).
     gyro_std_rad_s: float | None = None
 
     def to_dict(self) -> dict[str, float]:
@@ -62,7 +63,7 @@ class MotionFeatures:
         return cls(
             **{name: _finite(values, name) for name in REQUIRED_FEATURES},
             gyro_std_rad_s=(
-                _finite(values, "gyro_std_rad_s") if "gyro_std_rad_s" in values else None
+                None if values.get("gyro_std_rad_s") is None else _finite(values, "gyro_std_rad_s")
             ),
         )
 

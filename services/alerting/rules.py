@@ -144,7 +144,9 @@ class AlertRules(BaseModel):
             "gyro_std_rad_s (rad/s) below this is a silent or stuck gyroscope: a working one "
             "always shows noise (HAPT's stillest windows have 0.002 rad/s). The model needs "
             "the gyroscope (without it nearly every window reads as sitting), so the activity "
-            "is not to be trusted meanwhile. 0 disables the check (accelerometer-only devices)."
+            "is not to be trusted meanwhile. 0 disables the check: for accelerometer-only "
+            "devices, and for devices whose gyroscope reads exactly constant while at rest "
+            "(coarse full-scale steps, or a sensor hub that zeroes it when still)."
         ),
     )
     acc_saturation_g: float = Field(

@@ -40,10 +40,11 @@ DEFERRABLE = ("preprocess", "inference")
 #: The operator the pipeline creates in its alert store (a carer: it may acknowledge).
 DEMO_OPERATOR = "demo-carer"
 #: The model server shares the machine's few cores with every other service here: one thread
-#: per TensorFlow op (TF Serving's --tensorflow_intra_op_parallelism=1) costs 20-40 % less CPU
-#: per window and is faster too, since the hybrid's recurrent ops are too small to split;
-#: calls still run side by side (the inter-op pool is left to TensorFlow). Measured in
-#: reports/performance.md ("The model server's threads"). ``service_env`` may override it.
+#: per TensorFlow op (TF Serving's --tensorflow_intra_op_parallelism=1) costs less CPU per
+#: window for the small batches of live traffic (batch 8: -22 %, batch 32: -10 %, batch 64:
+#: -4 %), since the hybrid's recurrent ops are too small to split; calls still run side by
+#: side (the inter-op pool is left to TensorFlow). Measured in reports/performance.md ("The
+#: model server's threads"). The environment or ``service_env`` may set it otherwise.
 LOCAL_MODELSERVER_ENV = {"HARSTREAM_MODELSERVER_TENSORFLOW_INTRA_OP_PARALLELISM": "1"}
 #: Stop order: upstream first, so downstream can drain what is in flight before it stops.
 _STOP_ORDER = ("ingest", "preprocess", "inference", "alerting", "history", "modelserver")
@@ -187,7 +188,10 @@ class Pipeline:
             log_path=self.logs / "modelserver.log",
         )
         self._model_server.service.env.update(
-            {**LOCAL_MODELSERVER_ENV, **self.config.service_env.get("modelserver", {})}
+            {
+                **{k: v for k, v in LOCAL_MODELSERVER_ENV.items() if k not in os.environ},
+                **self.config.service_env.get("modelserver", {}),
+            }
         )
         self.services["modelserver"] = self._model_server.launch().service
         self._spawn("ingest")

@@ -283,6 +283,7 @@ def test_motion_features_written_before_gyro_spread_existed_still_decode() -> No
     assert decoded.to_dict() == older  # and re-encode as they were written
     assert FEATURES.gyro_std_rad_s is not None
     assert MotionFeatures.from_dict(FEATURES.to_dict()) == FEATURES
+    assert MotionFeatures.from_dict({**older, "gyro_std_rad_s": None}) == decoded
     with pytest.raises(SchemaError, match="gyro_std_rad_s"):
         MotionFeatures.from_dict({**older, "gyro_std_rad_s": "0.1"})
 
