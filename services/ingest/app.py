@@ -302,7 +302,14 @@ class IngestService:
         interval = self.settings.token_cache_ttl_s / 2
         while True:
             await asyncio.sleep(interval)
-            await self.refresh_cached_lookups()
+            try:
+                await self.refresh_cached_lookups()
+            except Exception:
+                # Anything but a registry outage is a bug; it must not end the refreshes
+                # for the life of the process (the entries would then expire and be looked
+                # up one request at a time: slower, never wrong).
+                self.metrics.registry_refreshes.labels(outcome="failed").inc()
+                logger.exception("re-reading the cached devices failed; again in %g s", interval)
 
     async def refresh_cached_lookups(self) -> int:
         """Re-read every device the caches hold (by token hash, and by id for gateway

@@ -20,7 +20,7 @@ import os
 import shutil
 import threading
 import urllib.request
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,19 @@ _UNLABELLED = (
 )
 
 
+def _through_rerenders(browser: Any, what: str, action: Callable[[Any], Any]) -> Any:
+    """``action(browser)``'s first truthy result, run again whenever an element it found was
+    replaced before it was used (StaleElementReferenceException): the live inbox re-renders
+    its items whenever an alert changes, twice after an acknowledgement (the API's answer,
+    then the pushed event). An open <details> and a typed note survive a re-render
+    (console.js keeps them by alert id), so doing the step again is safe."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(action, what)
+
+
 def _shot(driver: Any, name: str) -> None:
     REPORTS.mkdir(exist_ok=True)
     driver.save_screenshot(str(REPORTS / f"console-{name}.png"))
@@ -220,13 +233,34 @@ def test_console_in_a_browser_against_the_demo_pipeline(  # type: ignore[no-unty
     # Acknowledge it in the inbox, with a note.
     browser.find_element(By.CSS_SELECTOR, "#fall-banner a").click()
     fall_item = (By.CSS_SELECTOR, "#alert-list li[data-type=FALL_SUSPECTED][data-state=open]")
-    item = wait.until(ec.visibility_of_element_located(fall_item), "open fall in the inbox")
-    alert_id = item.get_attribute("data-alert")
+    wait.until(ec.visibility_of_element_located(fall_item), "open fall in the inbox")
+    alert_id = _through_rerenders(
+        browser, "the fall's id", lambda d: d.find_element(*fall_item).get_attribute("data-alert")
+    )
+    in_inbox = (By.CSS_SELECTOR, f"#alert-list li[data-alert='{alert_id}']")
     _shot(browser, "alerts")
-    item.find_element(By.TAG_NAME, "textarea").send_keys(NOTE)
+
+    def note_typed(driver: Any) -> bool:
+        area = driver.find_element(*in_inbox).find_element(By.TAG_NAME, "textarea")
+        if area.get_attribute("value") != NOTE:
+            area.clear()
+            area.send_keys(NOTE)
+        typed = driver.find_element(*in_inbox).find_element(By.TAG_NAME, "textarea")
+        return bool(typed.get_attribute("value") == NOTE)
+
+    _through_rerenders(browser, "note typed", note_typed)
     # Every form control of the inbox has a label; the acknowledgement works by keyboard.
     assert browser.execute_script(_UNLABELLED) == []
-    item.find_element(By.CSS_SELECTOR, "button.ack").send_keys(Keys.ENTER)
+    _through_rerenders(
+        browser,
+        "acknowledged by keyboard",
+        lambda d: (
+            d.find_element(*in_inbox)
+            .find_element(By.CSS_SELECTOR, "button.ack")
+            .send_keys(Keys.ENTER)
+            or True
+        ),
+    )
     wait.until(
         ec.text_to_be_present_in_element((By.ID, "announce"), "acknowledged"),
         "acknowledgement announced",
@@ -234,7 +268,11 @@ def test_console_in_a_browser_against_the_demo_pipeline(  # type: ignore[no-unty
     browser.find_element(By.CSS_SELECTOR, ".tabs button[data-state=acknowledged]").click()
     acked = (By.CSS_SELECTOR, f"#alert-list li[data-alert='{alert_id}'][data-state=acknowledged]")
     wait.until(ec.visibility_of_element_located(acked), "acknowledged fall")
-    browser.find_element(*acked).find_element(By.TAG_NAME, "summary").click()
+    _through_rerenders(
+        browser,
+        "history opened",
+        lambda d: d.find_element(*acked).find_element(By.TAG_NAME, "summary").click() or True,
+    )
     wait.until(ec.text_to_be_present_in_element(acked, NOTE), "note in the history")
     _shot(browser, "alert-acknowledged")
 

@@ -408,6 +408,52 @@ def test_the_refresh_runs_every_half_ttl_and_a_registry_outage_only_counts(
     run(scenario())
 
 
+def _broken(*_: Any) -> Any:
+    raise RuntimeError("a bug in the registry code")
+
+
+def test_an_unexpected_refresh_error_is_counted_and_the_refreshes_go_on(
+    make_settings: Callable[..., IngestSettings], tmp_path: Path
+) -> None:
+    settings = make_settings(token_cache_ttl_s=0.4)
+    registry = SqliteRegistry(tmp_path / "devices.db")
+    _, token = registry.add("dev")
+
+    def count(client: Any, outcome: str) -> float:
+        return metric(client, "harstream_ingest_registry_refreshes_total", outcome=outcome)
+
+    async def scenario() -> None:
+        async with serve(settings, registry) as client:
+            seq = 0
+
+            async def post() -> None:
+                nonlocal seq
+                answer = await client.post(
+                    "/v1/packets", json=packet("dev", seq), headers=auth(token)
+                )
+                assert answer.status == 202, await answer.text()
+                seq += 1
+
+            async def posting_until(outcome: str, at_least: float) -> None:
+                # The device keeps sending, so its token stays cached (or is cached again
+                # once an unrefreshed entry expired) and every refresh has it to re-read.
+                deadline = time.monotonic() + 15
+                while count(client, outcome) < at_least:
+                    assert time.monotonic() < deadline, f"fewer than {at_least} {outcome}"
+                    await post()
+                    await asyncio.sleep(0.1)
+
+            await post()
+            working = registry.find_by_token_hashes
+            registry.find_by_token_hashes = _broken  # type: ignore[method-assign]
+            # Counted at all only by the catch-all; twice only if the task outlived the first.
+            await posting_until("failed", 2)
+            registry.find_by_token_hashes = working  # type: ignore[method-assign]
+            await posting_until("ok", count(client, "ok") + 1)
+
+    run(scenario())
+
+
 def test_operational_endpoints(
     make_settings: Callable[..., IngestSettings], registry: SqliteRegistry
 ) -> None:
