@@ -23,8 +23,6 @@ from shared.messages import Prediction
 #: Smoothed activities that mean the person is up (cancel a suspected fall).
 UPRIGHT_ACTIVITIES = frozenset({"WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "STANDING"})
 LAYING = "LAYING"
-#: The motion features' field names, in declaration order.
-_FEATURE_NAMES = REQUIRED_FEATURES
 
 
 class PredictionRejectedError(HarstreamError):
@@ -242,7 +240,7 @@ def check_prediction(prediction: Prediction) -> None:
         all(map(math.isfinite, prediction.probabilities))
         and math.isfinite(prediction.start_time)
         and math.isfinite(prediction.end_time)
-        and all(math.isfinite(getattr(features, name)) for name in _FEATURE_NAMES)
+        and all(math.isfinite(getattr(features, name)) for name in REQUIRED_FEATURES)
         and (features.gyro_std_rad_s is None or math.isfinite(features.gyro_std_rad_s))
     ):
         return

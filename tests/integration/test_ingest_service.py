@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -372,10 +372,30 @@ def test_cached_tokens_are_reread_in_bulk_so_a_revocation_needs_no_expiry(
             later = await post(2)
             assert later.status == 403, await later.text()
             assert registry.token_lookups == 1
-            ok = metric(client, "harstream_ingest_registry_refreshes_total", outcome="ok")
-            assert ok == 1
+            assert _refreshes(client, "ok") == 1
 
     run(scenario())
+
+
+def _refreshes(client: Any, outcome: str) -> float:
+    return metric(client, "harstream_ingest_registry_refreshes_total", outcome=outcome)
+
+
+async def _until_refreshes(
+    client: Any,
+    outcome: str,
+    at_least: float,
+    each_round: Callable[[], Awaitable[None]] | None = None,
+    pause_s: float = 0.02,
+) -> None:
+    """Wait until the refresher counted ``at_least`` refreshes of ``outcome`` (15 s at most),
+    running ``each_round`` between looks."""
+    deadline = time.monotonic() + 15
+    while _refreshes(client, outcome) < at_least:
+        assert time.monotonic() < deadline, f"fewer than {at_least} {outcome} refreshes"
+        if each_round is not None:
+            await each_round()
+        await asyncio.sleep(pause_s)
 
 
 def _locked(*_: Any) -> Any:
@@ -389,21 +409,13 @@ def test_the_refresh_runs_every_half_ttl_and_a_registry_outage_only_counts(
     registry = SqliteRegistry(tmp_path / "devices.db")
     _, token = registry.add("dev")
 
-    async def refreshes(client: Any, outcome: str, at_least: int) -> None:
-        deadline = time.monotonic() + 15
-        while metric(client, "harstream_ingest_registry_refreshes_total", outcome=outcome) < (
-            at_least
-        ):
-            assert time.monotonic() < deadline, f"fewer than {at_least} {outcome} refreshes"
-            await asyncio.sleep(0.02)
-
     async def scenario() -> None:
         async with serve(settings, registry) as client:
             post = await client.post("/v1/packets", json=packet("dev", 0), headers=auth(token))
             assert post.status == 202
-            await refreshes(client, "ok", 2)
+            await _until_refreshes(client, "ok", 2)
             registry.find_by_token_hashes = _locked  # type: ignore[method-assign]
-            await refreshes(client, "failed", 1)
+            await _until_refreshes(client, "failed", 1)
 
     run(scenario())
 
@@ -419,9 +431,6 @@ def test_an_unexpected_refresh_error_is_counted_and_the_refreshes_go_on(
     registry = SqliteRegistry(tmp_path / "devices.db")
     _, token = registry.add("dev")
 
-    def count(client: Any, outcome: str) -> float:
-        return metric(client, "harstream_ingest_registry_refreshes_total", outcome=outcome)
-
     async def scenario() -> None:
         async with serve(settings, registry) as client:
             seq = 0
@@ -434,22 +443,16 @@ def test_an_unexpected_refresh_error_is_counted_and_the_refreshes_go_on(
                 assert answer.status == 202, await answer.text()
                 seq += 1
 
-            async def posting_until(outcome: str, at_least: float) -> None:
-                # The device keeps sending, so its token stays cached (or is cached again
-                # once an unrefreshed entry expired) and every refresh has it to re-read.
-                deadline = time.monotonic() + 15
-                while count(client, outcome) < at_least:
-                    assert time.monotonic() < deadline, f"fewer than {at_least} {outcome}"
-                    await post()
-                    await asyncio.sleep(0.1)
-
+            # The device keeps sending, so its token stays cached (or is cached again once an
+            # unrefreshed entry expired) and every refresh has it to re-read.
             await post()
             working = registry.find_by_token_hashes
             registry.find_by_token_hashes = _broken  # type: ignore[method-assign]
             # Counted at all only by the catch-all; twice only if the task outlived the first.
-            await posting_until("failed", 2)
+            await _until_refreshes(client, "failed", 2, each_round=post, pause_s=0.1)
             registry.find_by_token_hashes = working  # type: ignore[method-assign]
-            await posting_until("ok", count(client, "ok") + 1)
+            ok_so_far = _refreshes(client, "ok")
+            await _until_refreshes(client, "ok", ok_so_far + 1, each_round=post, pause_s=0.1)
 
     run(scenario())
 
