@@ -4,21 +4,21 @@
 [--body json|msgpack] [--gateways G [--gateway-credentials]] [--gateway-interval-s 1]
 [--transport http|mqtt]``
 
-Starts the local pipeline (embedded broker, model server, every service as its own
-process, 4 partitions), registers the devices in one batch, and ramps a fleet of simulated
-live devices (:mod:`services.demo.fleetgen`: one keep-alive connection and one 50-sample
-packet per device per second, real HAPT signals, phases spread over the second, in worker
-processes of their own). ``--gateways G`` has G gateways forward the devices' packets
+Starts the local pipeline (embedded broker, model server, every service as its own process, 2
+partitions unless ``--partitions``), registers the devices in one batch, and ramps a fleet of
+simulated live devices (:mod:`services.demo.fleetgen`: one keep-alive connection and one
+50-sample packet per device per second, real HAPT signals, phases spread over the second, in
+worker processes of their own). ``--gateways G`` has G gateways forward the devices' packets
 instead (``POST /v1/packets:batch`` every ``--gateway-interval-s``, one connection and one
 address per gateway; each batch carries its devices' tokens, or with
 ``--gateway-credentials`` each gateway authenticates with its own registered credential,
 bound to its devices); ``--body msgpack`` sends MessagePack (packed float32 samples) instead
-of JSON. ``--transport mqtt`` has every device publish its packets over MQTT instead (an
-MQTT 5 client per device, QoS 1, the next packet after the PUBACK) to a private Mosquitto
-with the devices' credentials and ACLs, from which ``harstream mqtt-bridge`` writes them to
-the raw topic (:class:`services.mqtt_bridge.local.LocalMqtt`); "accepted" is then
-Mosquitto's PUBACK, and each step also prints what the bridge wrote to Kafka per second,
-its and Mosquitto's CPU, and the backlog between them (judged like a consumer lag).
+of JSON. ``--transport mqtt`` has every device publish its packets over MQTT instead (an MQTT
+5 client per device, QoS 1, the next packet after the PUBACK) to a private Mosquitto with the
+devices' credentials and ACLs, from which ``harstream mqtt-bridge`` writes them to the raw
+topic (:class:`services.mqtt_bridge.local.LocalMqtt`); "accepted" is then Mosquitto's PUBACK,
+and each step also prints what the bridge wrote to Kafka per second, its and Mosquitto's CPU,
+and the backlog between them (judged like a consumer lag).
 Each step adds devices, waits ``--warmup-s``, then holds
 ``--hold-s`` and prints: offered and accepted packets/s, client latency, end-to-end p50/p99
 (from the inference histogram's bucket deltas and from the predictions' own timings read
@@ -79,7 +79,7 @@ from benchmarks.capacity_stats import (
 )
 from services.demo.fleet import DeviceSpec
 from services.demo.fleetgen import Fleet, FleetConfig, register_fleet, register_gateways
-from services.demo.pipeline import Pipeline, PipelineConfig
+from services.demo.pipeline import LOCAL_PARTITIONS, Pipeline, PipelineConfig
 from services.mqtt_bridge.local import LocalMqtt
 
 logger = logging.getLogger(__name__)
@@ -468,7 +468,7 @@ def markdown_table(steps: list[tuple[StepResult, list[str]]]) -> str:
     return "\n".join(rows)
 
 
-def plot(steps: list[tuple[StepResult, list[str]]], path: Path) -> None:
+def plot(steps: list[tuple[StepResult, list[str]]], path: Path, partitions: int | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -507,7 +507,8 @@ def plot(steps: list[tuple[StepResult, list[str]]], path: Path) -> None:
     bottom.set_xlabel("live devices (one 50-sample packet per second each)")
     bottom.legend(fontsize=8, ncol=4)
     bottom.set_xticks(xs, [str(n) for n in ns])
-    fig.suptitle("harstream capacity on this machine (local pipeline, 4 partitions)")
+    on = "" if partitions is None else f", {partitions} partitions"
+    fig.suptitle(f"harstream capacity on this machine (local pipeline{on})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -541,7 +542,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="load generator processes [0: one per 2,500 devices of the last step, at least 1]",
     )
-    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--partitions", type=int, default=LOCAL_PARTITIONS)
     parser.add_argument(
         "--body", choices=("json", "msgpack"), default="json", help="request body format [json]"
     )
@@ -616,7 +617,8 @@ def replay(args: argparse.Namespace) -> None:
     if args.markdown:
         args.markdown.write_text(markdown_table(results) + "\n")
     if args.plot and results:
-        plot(results, args.plot)
+        # Runs saved before the partitions were recorded used 4.
+        plot(results, args.plot, json.loads(args.from_json.read_text()).get("partitions", 4))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -731,6 +733,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gateway_interval_s": args.gateway_interval_s,
         "gateway_credentials": args.gateway_credentials,
         "transport": args.transport,
+        "partitions": args.partitions,
     }
     if drained:
         print(
@@ -758,7 +761,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.markdown:
         args.markdown.write_text(markdown_table(results) + "\n")
     if args.plot and results:
-        plot(results, args.plot)
+        plot(results, args.plot, args.partitions)
     return summary
 
 

@@ -16,7 +16,13 @@ import numpy as np
 from rich.console import Console
 
 from services.demo.loadgen import DeviceCredentials, LoadStats, replay_devices
-from services.demo.pipeline import DEFAULT_MODEL_BASE, DEMO_OPERATOR, Pipeline, PipelineConfig
+from services.demo.pipeline import (
+    DEFAULT_MODEL_BASE,
+    DEMO_OPERATOR,
+    LOCAL_PARTITIONS,
+    Pipeline,
+    PipelineConfig,
+)
 from services.demo.replay import SimulatedDevice
 from services.demo.run import (
     DemoResult,
@@ -69,7 +75,9 @@ def register_devices(registry_url: str, device_ids: list[str]) -> dict[str, str]
 @click.option(
     "--packet-size", default=50, show_default=True, help="Samples per packet (50 = 1 s at 50 Hz)."
 )
-@click.option("--partitions", default=4, show_default=True, help="Partitions per topic.")
+@click.option(
+    "--partitions", default=LOCAL_PARTITIONS, show_default=True, help="Partitions per topic."
+)
 @click.option(
     "--scripted/--no-scripted",
     default=True,

@@ -16,7 +16,7 @@ from pathlib import Path
 from services.alerting.rules import AlertRules
 from services.demo.cli import register_devices
 from services.demo.loadgen import DeviceCredentials, LoadStats, PacketJournal, replay_devices
-from services.demo.pipeline import Pipeline, PipelineConfig
+from services.demo.pipeline import LOCAL_PARTITIONS, Pipeline, PipelineConfig
 from services.faults.collect import Watch, read_all, watch
 from services.faults.control import FaultController
 from services.faults.counting import ScenarioResult, count
@@ -43,7 +43,7 @@ class SuiteSettings:
     #: PIPELINE_STALLED threshold, set only when the alerting service has that rule; below
     #: the 60 s model-server pause so the pause must raise it.
     pipeline_stall_s: float = 30.0
-    partitions: int = 4
+    partitions: int = LOCAL_PARTITIONS
     #: Devices still retrying this long after the scenario's end (an ingest that refuses
     #: everything) are stopped, and their unsent packets never counted as accepted.
     replay_grace_s: float = 60.0
