@@ -53,6 +53,7 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -586,10 +587,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_steps(path: Path) -> list[tuple[StepResult, list[str]]]:
-    """The steps of a ``--json`` file, judged again (by this version's rules)."""
+def load_steps(summary: Mapping[str, Any]) -> list[tuple[StepResult, list[str]]]:
+    """The steps of a ``--json`` file's summary, judged again (by this version's rules)."""
     steps = []
-    for data in json.loads(path.read_text())["steps"]:
+    for data in summary["steps"]:
         fields = {k: v for k, v in data.items() if k not in ("why", "pipeline_cpu")}
         fields["lag"] = {
             group: LagTrend(t["start"], t["end"], t["growth"], t["rate_per_s"])
@@ -602,7 +603,8 @@ def load_steps(path: Path) -> list[tuple[StepResult, list[str]]]:
 
 
 def replay(args: argparse.Namespace) -> None:
-    results = load_steps(args.from_json)
+    summary = json.loads(args.from_json.read_text())
+    results = load_steps(summary)
     for step, why in results:
         print(format_step(step, why))
     best = largest_passing(results)
@@ -617,8 +619,8 @@ def replay(args: argparse.Namespace) -> None:
     if args.markdown:
         args.markdown.write_text(markdown_table(results) + "\n")
     if args.plot and results:
-        # Runs saved before the partitions were recorded used 4.
-        plot(results, args.plot, json.loads(args.from_json.read_text()).get("partitions", 4))
+        # None for runs saved before the partitions were recorded (most used 4, some 2).
+        plot(results, args.plot, summary.get("partitions"))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from services.ingest.settings import IngestSettings
 from shared.messages.raw import RawPacket
 from tests.integration.ingest_helpers import IngestTestServer, auth, packet, read_raw
 from tests.integration.test_ingest_process import http
+from tests.integration.workers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -182,10 +183,11 @@ def test_ingest_recovers_by_itself_after_a_30s_broker_pause(
     # client's I/O thread behind (see services/common/kafka/admin.py). The last, healthy
     # probe client is closed on the probe worker after the app stopped (close() does not
     # wait for it; a CI run saw its thread still alive here): wait for that close.
-    deadline = time.monotonic() + 10
-    while (probe_threads := threads_named(PROBE_THREAD)) > probe_threads_before:
-        assert time.monotonic() < deadline, f"{probe_threads} probe I/O threads left behind"
-        time.sleep(0.1)
+    wait_for(
+        lambda: threads_named(PROBE_THREAD) <= probe_threads_before,
+        10,
+        "the probe clients' I/O threads stopped",
+    )
     print(
         f"recovered {facts['recovered_s']:.1f} s after SIGCONT; refusals took "
         f"{statistics.median(refusal_s):.2f} s (median), {max(refusal_s):.2f} s at most"
