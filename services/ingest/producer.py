@@ -456,10 +456,14 @@ class KafkaPacketSink:
                 lost,
             )
         await self._close_producers(producers, deadline)
-        admin, self._admin = self._admin, None
-        if admin is not None:
-            self._probe_worker.submit(admin.close)
+        # The probe client closes on its own worker, after any probe in flight, and gets what
+        # is left of the deadline: a probe stuck on a paused broker cannot hold shutdown, and
+        # a stopped sink leaves no probe I/O thread behind when it had the time.
+        closing = asyncio.get_running_loop().run_in_executor(self._probe_worker, self._drop_admin)
         self._probe_worker.shutdown(wait=False)
+        _, pending = await asyncio.wait([closing], timeout=max(0.0, deadline - time.monotonic()))
+        if pending:
+            logger.warning("the probe client is still closing at the deadline; leaving it")
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -599,7 +603,8 @@ class KafkaPacketSink:
         return set(self._admin.list_topics())
 
     def _drop_admin(self) -> None:
-        # After a failed probe the admin client may hold a dead connection: start afresh.
+        # After a failed probe the admin client may hold a dead connection, so the next probe
+        # starts afresh; at shutdown the client goes for good.
         admin, self._admin = self._admin, None
         if admin is not None:
             try:

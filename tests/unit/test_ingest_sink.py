@@ -86,18 +86,23 @@ class FakeAdmin:
     topics: ClassVar[list[str]] = []
     calls = 0
     down = False
+    #: How long list_topics hangs first (a probe stuck on a paused broker).
+    answer_after_s = 0.0
+    instances: ClassVar[list[FakeAdmin]] = []
 
     def __init__(self, **config: Any) -> None:
-        pass
+        self.closed = False
+        FakeAdmin.instances.append(self)
 
     def list_topics(self) -> list[str]:
         FakeAdmin.calls += 1
+        time.sleep(FakeAdmin.answer_after_s)
         if FakeAdmin.down:
             raise KafkaTimeoutError("no answer")
         return FakeAdmin.topics
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 @pytest.fixture(autouse=True)
@@ -111,6 +116,8 @@ def reset() -> None:
     FakeAdmin.topics = []
     FakeAdmin.calls = 0
     FakeAdmin.down = False
+    FakeAdmin.answer_after_s = 0.0
+    FakeAdmin.instances = []
 
 
 def sink(**overrides: Any) -> KafkaPacketSink:
@@ -304,6 +311,36 @@ def test_close_is_bounded_by_the_deadline() -> None:
         # the stuck close runs on a daemon thread: it cannot hold the interpreter at exit
         workers = [t for t in threading.enumerate() if t.name.startswith("ingest-producer")]
         assert workers and all(t.daemon for t in workers)
+
+    asyncio.run(scenario())
+
+
+def test_close_waits_for_the_probe_client_to_close() -> None:
+    async def scenario() -> None:
+        s = sink()
+        await connected(s)
+        await s.check()  # the probe client now exists
+        await s.close()
+        # closed before close() returned: no probe I/O thread outlives a stopped sink
+        assert [a.closed for a in FakeAdmin.instances] == [True]
+
+    asyncio.run(scenario())
+
+
+def test_a_probe_stuck_on_the_broker_does_not_hold_close_past_the_deadline() -> None:
+    FakeAdmin.answer_after_s = 3.0
+
+    async def scenario() -> None:
+        s = sink()
+        await connected(s)
+        probe = asyncio.create_task(s.check())
+        await until(lambda: FakeAdmin.calls == 1)  # the probe is hanging on the worker
+        t0 = time.monotonic()
+        await s.close(t0 + 0.5)
+        assert time.monotonic() - t0 < 1.0
+        assert not FakeAdmin.instances[0].closed  # still queued behind the stuck probe
+        probe.cancel()
+        await asyncio.gather(probe, return_exceptions=True)
 
     asyncio.run(scenario())
 
