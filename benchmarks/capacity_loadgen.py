@@ -1,10 +1,12 @@
 """Can the load generator offer the load? The fleet against a sink that answers 202 at once.
 
 ``python -m benchmarks.capacity_loadgen [--devices 5000] [--seconds 30] [--processes 2]
-[--client fleet|aiohttp] [--body json|msgpack] [--gateways G] [--gateway-interval-s 1]``
+[--client fleet|aiohttp] [--body json|msgpack] [--gateways G] [--gateway-interval-s 1]
+[--sink protocol|aiohttp]``
 
 Starts a sink on 127.0.0.1 (its own process, a bare asyncio protocol: reads each request
-and answers ``202`` with no work) and runs N devices against it at real time for
+and answers ``202`` with no work; ``--sink aiohttp``: an aiohttp app doing the same, for
+aiohttp's own share of ingest's CPU per request) and runs N devices against it at real time for
 ``--seconds``; prints offered vs accepted packets/s, client latency, and the CPU of the
 generator (per packet) and of the sink. ``--client aiohttp`` runs the same schedule through
 one aiohttp session in one process instead (one connection per device, as the fleet), to
@@ -28,6 +30,7 @@ import msgpack  # type: ignore[import-untyped]
 import orjson
 
 from benchmarks.capacity_stats import process_cpu_seconds
+from services.common.eventloop import run
 from services.demo.fleet import DeviceSpec, FleetCounters, packets_due, phase_of
 from services.demo.fleetgen import Fleet, FleetConfig
 
@@ -74,13 +77,32 @@ class _Sink(asyncio.Protocol):
             self.transport.write(_batch_answer(head, body) if batch else _ANSWER)
 
 
-def _sink_main(sock: socket.socket) -> None:
-    async def serve() -> None:
+def _sink_main(sock: socket.socket, kind: str) -> None:
+    async def serve_protocol() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(_Sink, sock=sock, backlog=4096)
         await server.serve_forever()
 
-    asyncio.run(serve())
+    async def serve_aiohttp() -> None:
+        # ingest's HTTP stack with no work in the handler: what aiohttp alone costs a request.
+        from aiohttp import web
+
+        async def accept(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(status=202, body=b"{}", content_type="application/json")
+
+        app = web.Application()
+        app.router.add_post("/v1/packets", accept)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.SockSite(runner, sock, backlog=4096).start()
+        await asyncio.Event().wait()
+
+    # aiohttp on ingest's event loop (uvloop where installed); the protocol as it always ran.
+    if kind == "aiohttp":
+        run(serve_aiohttp(), "uvloop")
+    else:
+        asyncio.run(serve_protocol())
 
 
 async def _aiohttp_fleet(url: str, devices: int, seconds: float) -> FleetCounters:
@@ -130,6 +152,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--gateways", type=int, default=0, help="0: every device posts")
     parser.add_argument("--gateway-interval-s", type=float, default=1.0)
     parser.add_argument(
+        "--sink",
+        choices=("protocol", "aiohttp"),
+        default="protocol",
+        help="protocol: a bare asyncio protocol; aiohttp: an aiohttp app whose handler reads "
+        "the body and answers 202 (aiohttp's own cost per request; devices posting only)",
+    )
+    parser.add_argument(
         "--warmup-s",
         type=float,
         default=10.0,
@@ -137,12 +166,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "transient of its own)",
     )
     args = parser.parse_args(argv)
+    if args.sink == "aiohttp" and args.gateways:
+        parser.error("--sink aiohttp answers devices' own packets only (no --gateways)")
 
     sock = socket.create_server(("127.0.0.1", 0), backlog=4096)
     port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     sink = multiprocessing.get_context("spawn").Process(
-        target=_sink_main, args=(sock,), daemon=True
+        target=_sink_main, args=(sock, args.sink), daemon=True
     )
     sink.start()
     sock.close()
@@ -177,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sink.join(5)
     figures = {
         "client": args.client,
+        "sink": args.sink,
         "body": args.body,
         "gateways": args.gateways,
         "devices": args.devices,
@@ -192,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "generator_cpu_us_per_packet": round(gen_cpu / max(counters.accepted, 1) * 1e6, 1),
         "requests_per_s": round(counters.requests / dt, 1),
         "sink_cpu_s_per_s": round(sink_cpu / dt, 3),
+        "sink_cpu_us_per_request": round(sink_cpu / max(counters.requests, 1) * 1e6, 1),
     }
     for key, value in figures.items():
         print(f"{key:>28}: {value}")
