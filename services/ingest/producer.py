@@ -245,6 +245,7 @@ class KafkaPacketSink:
         self.heartbeats_sent = 0
         self.heartbeat_failures = 0
         self._admin: Any = None
+        self._closed = False
         # Probes have a worker of their own, so a slow probe never delays a send.
         self._probe_worker = _DaemonWorker("ingest-probe")
         #: The last probe: when, whether the broker answered, and the problem (None: ok).
@@ -431,6 +432,9 @@ class KafkaPacketSink:
             )
 
     async def close(self, deadline: float | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if deadline is None:
             deadline = time.monotonic() + self.settings.shutdown_timeout_s
         for task in (self._heartbeats, self._supervisor):
@@ -447,6 +451,13 @@ class KafkaPacketSink:
             producers.append(self._current)
             self._current = None
         self._last_error = "is closed"
+        # The probe client closes on its own worker while the records drain: no probe starts
+        # once there is no current producer, one in flight finishes first, and a broker that
+        # does not answer cannot leave the close no time (the drain may take the deadline).
+        probe_closed = asyncio.get_running_loop().run_in_executor(
+            self._probe_worker, self._drop_admin
+        )
+        self._probe_worker.shutdown(wait=False)
         await self._drain(producers, deadline)
         lost = sum(p.health.outstanding for p in producers)
         if lost:
@@ -456,14 +467,14 @@ class KafkaPacketSink:
                 lost,
             )
         await self._close_producers(producers, deadline)
-        # The probe client closes on its own worker, after any probe in flight, and gets what
-        # is left of the deadline: a probe stuck on a paused broker cannot hold shutdown, and
-        # a stopped sink leaves no probe I/O thread behind when it had the time.
-        closing = asyncio.get_running_loop().run_in_executor(self._probe_worker, self._drop_admin)
-        self._probe_worker.shutdown(wait=False)
-        _, pending = await asyncio.wait([closing], timeout=max(0.0, deadline - time.monotonic()))
+        # What is left of the deadline: a probe stuck on a paused broker cannot hold shutdown.
+        _, pending = await asyncio.wait(
+            [probe_closed], timeout=max(0.0, deadline - time.monotonic())
+        )
         if pending:
-            logger.warning("the probe client is still closing at the deadline; leaving it")
+            logger.warning("the probe client was still closing at the deadline; leaving it")
+        elif (error := probe_closed.exception()) is not None:
+            logger.warning("closing the probe client failed: %r", error)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -616,6 +627,8 @@ class KafkaPacketSink:
         """Ask the broker for its topics (cached for PROBE_CACHE_S); None if it answered and
         the raw topic exists. Every probe feeds the current producer's health."""
         async with self._probe_lock:
+            if self._closed:  # the probe worker is gone (a check queued behind a probe)
+                return "the sink is closed"
             now = time.monotonic()
             if self._probe is not None and now - self._probe[0] < PROBE_CACHE_S:
                 probed_at, answered, problem = self._probe

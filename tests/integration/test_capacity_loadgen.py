@@ -26,9 +26,10 @@ def test_a_small_fleet_is_answered_by_each_sink(sink: str) -> None:
         ]
     )
     assert figures["sink"] == sink
-    assert figures["failed"] == 0
-    assert figures["accepted_per_s"] > 0
-    assert figures["accepted_per_s"] <= figures["requests_per_s"]
+    assert figures["failed"] == 0 and figures["retries"] == 0
+    # 20 packets/s is nothing for either sink: all of the schedule is answered (the margin
+    # is the edges of the measured interval, not the sink)
+    assert figures["accepted_per_s"] >= 0.8 * figures["offered_per_s"] > 0
     assert figures["sink_cpu_us_per_request"] > 0
 
 

@@ -327,6 +327,28 @@ def test_close_waits_for_the_probe_client_to_close() -> None:
     asyncio.run(scenario())
 
 
+def test_the_probe_client_closes_while_unacknowledged_records_take_the_deadline() -> None:
+    FakeProducer.ack_delay_s = None  # the broker never acknowledges
+
+    async def scenario() -> None:
+        s = sink()
+        await connected(s)
+        await s.check()
+        sending = asyncio.create_task(s.send(b"k", b"v"))
+        await until(lambda: bool(FakeProducer.instances[0].sent))
+        t0 = time.monotonic()
+        await s.close(t0 + 0.5)  # the drain waits for the record until the deadline
+        assert [a.closed for a in FakeAdmin.instances] == [True]
+        assert time.monotonic() - t0 < 1.0
+        await asyncio.gather(sending, return_exceptions=True)
+        # closing again is a no-op, not another wait for the deadline
+        t1 = time.monotonic()
+        await s.close(t1 + 5.0)
+        assert time.monotonic() - t1 < 0.5
+
+    asyncio.run(scenario())
+
+
 def test_a_probe_stuck_on_the_broker_does_not_hold_close_past_the_deadline() -> None:
     FakeAdmin.answer_after_s = 3.0
 
