@@ -19,9 +19,14 @@ from pathlib import Path
 #: Leaf frames of a thread that waits rather than runs. With ``--nonblocking`` py-spy cannot
 #: always tell an idle thread, so these are dropped here: the event loop's epoll, and the
 #: queue waits of executor and producer-bridge threads (lines of Python 3.11.7; any line of
-#: the bridge's ``_run``, whose only blocking call is its queue wait).
+#: the bridge's ``_run``, whose only blocking call is its queue wait). On uvloop the loop
+#: is compiled code under ``Runner.run``: a sample whose leaf is ``Runner.run`` waits in
+#: epoll or runs libuv's own code (its socket reads, its callback dispatch), which ``perf``
+#: put at 3 % of ingest's CPU plus the kernel's share of those reads; the rest of the
+#: 49-62 % of "busy" samples such leaves took in earlier tables was the idle wait.
 IDLE_LEAVES = re.compile(
     r"^(EpollSelector\.select|PollSelector\.select|select) \(.*selectors\.py"
+    r"|^Runner\.run \(.*asyncio/runners\.py"
     r"|^_worker \(.*concurrent/futures/thread\.py:81\)"
     r"|^_DaemonWorker\._run \(.*services/ingest/producer\.py:\d+\)"  # its one loop: the queue wait
     r"|^(Condition|Event|Semaphore)\.wait \("

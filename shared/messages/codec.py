@@ -17,18 +17,56 @@ from typing import Any
 from shared.errors import SchemaError
 
 _orjson_loads: Callable[[bytes], Any] | None
-try:  # in the streaming services' extra; the core install decodes with json alone
+_orjson_dumps: Callable[[Any], bytes] | None
+try:  # in the streaming services' extra; the core install codes with json alone
+    from orjson import dumps as _orjson_dumps
     from orjson import loads as _orjson_loads
 except ImportError:  # pragma: no cover - the dev environment has it
-    _orjson_loads = None
+    _orjson_loads = _orjson_dumps = None
 
 _PREFIX = struct.Struct(">2sBI")
 
 
 def encode_frame(magic: bytes, version: int, header: dict[str, Any], payload: bytes = b"") -> bytes:
     """One frame from its parts."""
-    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    head = _dump_header(header)
     return _PREFIX.pack(magic, version, len(head)) + head + payload
+
+
+def _dump_header(header: dict[str, Any]) -> bytes:
+    """``header`` as compact JSON: orjson's bytes where it gives the document ``json.dumps``
+    would (~0.5 µs against ~6 µs for a raw packet's header, written for every packet and
+    window), else ``json.dumps``'s, which also refuses NaN and infinities as it always did.
+
+    orjson writes NaN as ``null`` instead of refusing it, so a header holding a float that
+    is not finite goes to ``json.dumps``; so does one holding a type orjson refuses (a
+    numpy scalar, an int beyond 64 bits). The two differ only in spelling a reader does not
+    see: orjson leaves non-ASCII characters unescaped and writes ``1e16`` for ``1e+16``
+    (``tests/unit/test_messages.py`` decodes both alike; the raw frame of a packet is pinned
+    byte for byte in ``tests/unit/test_ingest_fastpath.py``).
+    """
+    if _orjson_dumps is not None and _finite(header):
+        try:
+            return _orjson_dumps(header)
+        except TypeError:
+            pass
+    return json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _finite(header: dict[str, Any]) -> bool:
+    """Whether no float in ``header`` (a JSON-like document) is NaN or infinite."""
+    pending: list[Any] = [header]
+    while pending:
+        value = pending.pop()
+        values = value.values() if type(value) is dict else value
+        for item in values:
+            kind = type(item)
+            if kind is float:
+                if not math.isfinite(item):
+                    return False
+            elif kind is dict or kind is list or kind is tuple:
+                pending.append(item)
+    return True
 
 
 def decode_frame(

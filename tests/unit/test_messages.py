@@ -27,7 +27,7 @@ from shared.messages import (
     Severity,
     WindowMessage,
 )
-from shared.messages.codec import number
+from shared.messages.codec import decode_frame, encode_frame, number
 from shared.topics import Topics
 
 RNG = np.random.default_rng(0)
@@ -393,3 +393,44 @@ def test_heartbeat_round_trip_and_hostile_bytes() -> None:
     ):
         with pytest.raises(SchemaError):
             Heartbeat.from_bytes(bad)
+
+
+_JSON_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=8)
+)
+_HEADERS = st.dictionaries(
+    st.text(max_size=6),
+    st.recursive(
+        _JSON_LEAVES,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+        max_leaves=8,
+    ),
+    max_size=6,
+)
+
+
+@given(_HEADERS)
+def test_frame_headers_read_back_as_json_dumps_wrote_them(header: dict[str, Any]) -> None:
+    """Frame headers are written by orjson where it gives json.dumps's document: the same
+    document read back, and NaN or infinity anywhere refused as json.dumps refused it."""
+    try:
+        reference = json.dumps(header, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        with pytest.raises(ValueError, match="not JSON compliant"):
+            encode_frame(b"HR", 1, header)
+        return
+    _, decoded, _ = decode_frame(encode_frame(b"HR", 1, header), b"HR", (1,))
+    assert decoded == json.loads(reference)
+
+
+def test_frame_headers_of_numpy_scalars_are_written_as_before() -> None:
+    # orjson refuses numpy scalars; json.dumps writes a float64 as the float it is.
+    header = {"x": np.float64(0.1), "n": 3}
+    _, decoded, _ = decode_frame(encode_frame(b"HR", 1, header), b"HR", (1,))
+    assert decoded == {"x": 0.1, "n": 3}
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        encode_frame(b"HR", 1, {"x": np.float64("nan")})
