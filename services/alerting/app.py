@@ -111,6 +111,7 @@ from shared.messages import (
     RawPacket,
 )
 from shared.messages.codec import check_key
+from shared.messages.raw import check_placement, split_raw
 
 logger = logging.getLogger(__name__)
 
@@ -437,21 +438,23 @@ class AlertingService(RunUntilStopped):
         transitions: list[AlertTransition] = []
         for record in records:
             try:
-                header = RawPacket.peek(record.value)
+                raw = split_raw(record.value)
             except SchemaError:
                 self.metrics.raw_skipped.inc()
                 continue
-            try:
-                check_key(record.key, header.device_id)
-            except SchemaError:
-                self.metrics.raw_skipped.inc()
-                continue
-            # A clock ahead of ours must not keep a device "online" into the future.
-            at = min(header.received_at, now)
-            transitions.extend(self.fleet.traffic(header.device_id, at, now))
-            self.pipeline.traffic(tp.partition, at)
-            self.console_view.traffic(header.device_id, at)
-            self._device_partition[header.device_id] = tp.partition
+            for frame in raw.frames:
+                try:
+                    header = RawPacket.peek(frame)
+                    check_placement(raw, record.key, tp.partition, header.device_id)
+                except SchemaError:
+                    self.metrics.raw_skipped.inc()
+                    continue
+                # A clock ahead of ours must not keep a device "online" into the future.
+                at = min(header.received_at, now)
+                transitions.extend(self.fleet.traffic(header.device_id, at, now))
+                self.pipeline.traffic(tp.partition, at)
+                self.console_view.traffic(header.device_id, at)
+                self._device_partition[header.device_id] = tp.partition
         return transitions
 
     def _heartbeats(

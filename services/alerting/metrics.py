@@ -99,8 +99,9 @@ def create(registry: CollectorRegistry) -> AlertingMetrics:
         ),
         raw_skipped=Counter(
             "harstream_alerting_raw_records_skipped_total",
-            "Raw-topic records not counted as device traffic (not a raw frame, or keyed "
-            "other than by their device id; preprocess dead-letters them).",
+            "Raw-topic records, or packets of a bundle, not counted as device traffic (not "
+            "a raw frame, keyed other than by their device id, or a bundle read from another "
+            "partition than it was built for; preprocess dead-letters them).",
             registry=registry,
         ),
         heartbeats_skipped=Counter(

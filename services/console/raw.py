@@ -25,6 +25,7 @@ from services.common.kafka.clients import aiokafka_consumer_kwargs
 from shared.dsp.config import PreprocessingConfig
 from shared.errors import SchemaError
 from shared.messages import Alert, RawPacket
+from shared.messages.raw import split_raw
 from shared.settings import StreamSettings
 
 logger = logging.getLogger(__name__)
@@ -119,12 +120,9 @@ async def read_window(
                 read += 1
                 if record.timestamp > stop_ms or record.offset >= end - 1:
                     done = True
-                if record.key != device:
-                    continue
-                try:
-                    packets.append(RawPacket.from_bytes(record.value))
-                except SchemaError:
-                    continue
+                if record.key is not None and record.key != device:
+                    continue  # another device's packet (a bundle has no key: opened below)
+                packets.extend(_packets_of(record.value, alert.device_id))
     except (KafkaError, TimeoutError) as exc:
         logger.warning("console: raw window of %s not read: %s", alert.device_id, exc)
         return None
@@ -149,3 +147,21 @@ class RawReader:
         if partition is None:
             return None
         return await read_window(self._settings, partition, alert, self._seconds)
+
+
+def _packets_of(value: bytes, device_id: str) -> list[RawPacket]:
+    """``device_id``'s packets in a raw record (one packet or a bundle); what does not
+    decode is left out, as the preprocess worker dead-letters it."""
+    try:
+        frames = split_raw(value).frames
+    except SchemaError:
+        return []
+    packets = []
+    for frame in frames:
+        try:
+            packet = RawPacket.from_bytes(frame)
+        except SchemaError:
+            continue
+        if packet.device_id == device_id:
+            packets.append(packet)
+    return packets

@@ -23,7 +23,7 @@ from services.faults.records import (
     WindowRecord,
     alert_record,
     prediction_record,
-    raw_record,
+    raw_records,
     window_record,
 )
 from shared.errors import SchemaError
@@ -64,7 +64,7 @@ def read_all(
         return out
 
     return TopicContents(
-        raw=decoded(topics.raw, raw_record),
+        raw=[packet for record in decoded(topics.raw, raw_records) for packet in record],
         windows=decoded(topics.windows, window_record),
         predictions=decoded(topics.predictions, prediction_record),
         alerts=decoded(topics.alerts, alert_record),

@@ -18,6 +18,7 @@ from shared.messages import Prediction, RawPacket, WindowMessage
 from shared.messages.alerts import SCHEMA as ALERT_SCHEMA
 from shared.messages.alerts import VERSION as ALERT_VERSION
 from shared.messages.codec import decode_json, field, number
+from shared.messages.raw import split_raw
 
 
 class RawRecord(NamedTuple):
@@ -131,9 +132,10 @@ class Observations:
 # -- decoding (bytes off the topics and the webhook -> records) ------------------------------
 
 
-def raw_record(data: bytes) -> RawRecord:
-    packet = RawPacket.from_bytes(data)
-    return RawRecord(packet.device_id, packet.seq, packet.received_at)
+def raw_records(data: bytes) -> list[RawRecord]:
+    """The packets of one raw-topic record (one, or a bundle's)."""
+    packets = [RawPacket.from_bytes(frame) for frame in split_raw(data).frames]
+    return [RawRecord(p.device_id, p.seq, p.received_at) for p in packets]
 
 
 def window_record(data: bytes) -> WindowRecord:

@@ -50,7 +50,7 @@ from services.fuzz.rawhttp import NoResponse, RawResponse, fetch, send_and_aband
 from services.fuzz.tally import Outcome, Tally, judge, kafka_mismatch
 from services.ingest.registry import SqliteRegistry
 from shared.messages import DeadLetter
-from shared.messages.raw import RawPacket
+from shared.messages.raw import RawPacket, split_raw
 from shared.messages.windows import WindowMessage
 from shared.settings import StreamSettings
 from shared.topics import Topics
@@ -293,10 +293,12 @@ def read_topic(
     quiet_s: float = 2.0,
     timeout_s: float = 60.0,
     keep: Callable[[Any], bool] = lambda record: True,
+    holds: Callable[[Any], int] = lambda record: 1,
 ) -> list[Any]:
-    """Every record of ``topic`` from the beginning: read until at least ``expected`` were
-    kept and nothing new came for ``quiet_s`` (end offsets are not trusted: the local
-    broker reports them wrong for multi-record batches)."""
+    """Every record of ``topic`` from the beginning: read until the kept ones hold at least
+    ``expected`` items (``holds``: how many a record carries, e.g. a raw bundle's packets)
+    and nothing new came for ``quiet_s`` (end offsets are not trusted: the local broker
+    reports them wrong for multi-record batches)."""
     consumer = KafkaConsumer(
         **kafka_python_kwargs(kafka, enable_auto_commit=False, consumer_timeout_ms=500)
     )
@@ -306,25 +308,33 @@ def read_topic(
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         records: list[Any] = []
+        held = 0
         deadline = time.monotonic() + timeout_s
         last_new = time.monotonic()
         while time.monotonic() < deadline:
             got = [r for batch in consumer.poll(timeout_ms=300).values() for r in batch]
             if got:
                 last_new = time.monotonic()
-                records.extend(r for r in got if keep(r))
-            elif len(records) >= expected and time.monotonic() - last_new >= quiet_s:
+                kept = [r for r in got if keep(r)]
+                records.extend(kept)
+                held += sum(holds(r) for r in kept)
+            elif held >= expected and time.monotonic() - last_new >= quiet_s:
                 break
         return records
     finally:
         consumer.close()
 
 
+def _raw_packets(record: Any) -> int:
+    return len(split_raw(record.value).frames)
+
+
 def _raw_seqs(records: list[Any]) -> Counter[tuple[str, int]]:
     counts: Counter[tuple[str, int]] = Counter()
     for record in records:
-        packet = RawPacket.from_bytes(record.value)
-        counts[(packet.device_id, packet.seq)] += 1
+        for frame in split_raw(record.value).frames:
+            packet = RawPacket.from_bytes(frame)
+            counts[(packet.device_id, packet.seq)] += 1
     return counts
 
 
@@ -406,7 +416,10 @@ def fuzz_http(
         tally.add(outcome)
     result.health = health
     records = read_topic(
-        target.kafka_settings, target.topics.raw, expected=sum(tally.accepted.values())
+        target.kafka_settings,
+        target.topics.raw,
+        expected=sum(tally.accepted.values()),
+        holds=_raw_packets,
     )
     result.on_topic = _raw_seqs(records)
     result.refused_records, result.missing_records = kafka_mismatch(tally.accepted, result.on_topic)
@@ -482,16 +495,43 @@ def wait_for_records(kafka: StreamSettings, topic: str, key: bytes, timeout_s: f
             return records
 
 
+def wait_for_raw_packet(kafka: StreamSettings, topic: str, key: bytes, timeout_s: float) -> bytes:
+    """The frame of a packet of device ``key`` on the raw topic, single or in a bundle (a
+    RuntimeError if none came in time)."""
+    device_id = key.decode()
+
+    def frames(record: Any) -> list[bytes]:
+        raw = split_raw(record.value)
+        if raw.bundled:
+            return [f for f in raw.frames if RawPacket.peek(f).device_id == device_id]
+        return list(raw.frames) if record.key == key else []
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_topic(
+            kafka, topic, quiet_s=0.5, timeout_s=5.0, keep=lambda r: bool(frames(r))
+        )
+        if records:
+            return frames(records[0])[0]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no packet of {device_id!r} on {topic}: the pipeline does not flow")
+
+
 def templates_from_stream(target: Target, key: bytes, timeout_s: float) -> dict[str, Template]:
     """A real record of raw, windows and predictions (the valid traffic's), each with a
     copy made non-finite."""
     found: dict[str, Template] = {}
     topics = target.topics
     for topic in (topics.raw, topics.windows, topics.predictions):
-        records = wait_for_records(target.kafka_settings, topic, key, timeout_s)
-        if not records:
-            raise RuntimeError(f"no record keyed {key!r} on {topic}: the pipeline does not flow")
-        value = records[0].value
+        if topic == topics.raw:  # a packet's own frame, also when ingest bundles packets
+            value = wait_for_raw_packet(target.kafka_settings, topic, key, timeout_s)
+        else:
+            records = wait_for_records(target.kafka_settings, topic, key, timeout_s)
+            if not records:
+                raise RuntimeError(
+                    f"no record keyed {key!r} on {topic}: the pipeline does not flow"
+                )
+            value = records[0].value
         if topic == topics.raw:
             packet = RawPacket.from_bytes(value)
             nan = replace(packet, samples=np.full_like(packet.samples, np.nan)).to_bytes()

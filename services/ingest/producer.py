@@ -13,6 +13,13 @@ the service starts and answers 503 meanwhile), probes the broker while records w
 acknowledgements, and replaces a producer that gets none while the broker answers (see
 :mod:`services.ingest.health` for the kafka-python state that makes this necessary).
 
+With ``raw_bundle_linger_ms`` set, the packets bound for one raw partition during that
+linger go as one record (a bundle, :func:`shared.messages.raw.encode_bundle`), written to
+the partition Kafka's default partitioner gives each packet's key: kafka-python's, the
+broker's and preprocess's work per record is then paid once per bundle. Every request of a
+bundle is answered when the bundle is acknowledged (its acknowledgement time includes the
+linger), or refused with it.
+
 Delivery is at-least-once: a record whose request was answered 503 (not acknowledged within
 ``produce_timeout_s``) may still be written by the producer that holds it, and the device
 retries it; the preprocess worker drops duplicates by seq. Shutdown is bounded: outstanding
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -40,6 +48,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 from kafka import KafkaProducer  # type: ignore[import-untyped]
 from kafka.errors import KafkaError  # type: ignore[import-untyped]
+from kafka.partitioner.default import murmur2  # type: ignore[import-untyped]
 
 from services.common.kafka.admin import AdminClient
 from services.common.kafka.backoff import BackoffPolicy
@@ -48,6 +57,7 @@ from services.common.kafka.errors import BrokerUnavailableError
 from services.ingest.health import ProducerHealth, Verdict
 from services.ingest.settings import IngestSettings
 from shared.messages import Heartbeat
+from shared.messages.raw import encode_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +68,9 @@ PROBE_CACHE_S = 1.0
 #: One policy for connecting and for replacing a wedged producer: the n-th consecutive
 #: failure (or replacement without an acknowledgement in between) waits ``BACKOFF.delay(n)``.
 BACKOFF = BackoffPolicy(initial_s=0.5, max_s=10.0, multiplier=2.0, jitter=0.5)
+#: A raw bundle goes at once when its packets reach this size, well below the record size
+#: Kafka takes by default (1 MiB): ~100 packets of 50 samples.
+BUNDLE_MAX_BYTES = 256 * 1024
 #: How often the supervisor looks at the producer's health (seconds); probes are cached for
 #: PROBE_CACHE_S, so this costs nothing while records are being acknowledged.
 SUPERVISE_INTERVAL_S = 0.25
@@ -166,6 +179,9 @@ class _Producer:
     outbox: collections.deque[_Outgoing] = field(default_factory=collections.deque)
     #: Whether a call that empties :attr:`outbox` is queued on the worker.
     flush_queued: bool = False
+    #: The raw topic's partitions when the producer was created (sorted; empty if the topic
+    #: was not there yet: packets then go as single records).
+    raw_partitions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         self.drained.set()
@@ -218,6 +234,45 @@ def _close_client(client: Any, timeout_s: float) -> None:
         logger.warning("producer did not close: %s", exc)
 
 
+@dataclass(eq=False)
+class _Bundle:
+    """Packets of one raw partition waiting to go as one record."""
+
+    #: The producer current when the bundle was started: if it is not at the flush (it
+    #: was replaced), the packets are refused rather than handed to a retiring producer.
+    producer: _Producer
+    frames: list[bytes] = field(default_factory=list)
+    #: Each packet's request future and when it was added (``time.perf_counter()``).
+    waiters: list[tuple[asyncio.Future[float], float]] = field(default_factory=list)
+    size: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+@functools.lru_cache(maxsize=65536)
+def _key_hash(key: bytes) -> int:
+    """Kafka's default partitioner's hash of a record key (~5 µs in pure Python, so a
+    device's is remembered)."""
+    return int(murmur2(key)) & 0x7FFFFFFF
+
+
+def _settle_bundle(
+    record: asyncio.Future[float], waiters: list[tuple[asyncio.Future[float], float]]
+) -> None:
+    """Answer every packet of an acknowledged (or failed) bundle."""
+    error = (
+        BrokerUnavailableError("the bundle was cancelled")
+        if record.cancelled()
+        else record.exception()
+    )
+    if error is not None:
+        for waiter, _ in waiters:
+            _reject(waiter, error)
+        return
+    now = time.perf_counter()
+    for waiter, added in waiters:
+        _resolve(waiter, now - added)
+
+
 class KafkaPacketSink:
     def __init__(
         self,
@@ -256,6 +311,9 @@ class KafkaPacketSink:
         self._events: collections.deque[_Event] = collections.deque()
         self._events_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Raw bundles being filled, per partition (empty when bundling is off).
+        self._bundle_linger_s = settings.raw_bundle_linger_ms / 1000.0
+        self._bundles: dict[int, _Bundle] = {}
 
     @property
     def connected(self) -> bool:
@@ -274,13 +332,15 @@ class KafkaPacketSink:
             linger_ms=self.settings.producer_linger_ms,
         )
 
-    def _create_client(self) -> Any:
+    def _create_client(self) -> tuple[Any, tuple[int, ...]]:
+        """A new client and the raw topic's partitions (its metadata warmed, so the first
+        send does not wait for it; none if the topic is not there yet)."""
         client = self._producer_factory(**self._config())
-        try:  # warm the topic metadata so the first send does not wait for it
-            client.partitions_for(self.topic)
+        try:
+            return client, tuple(sorted(client.partitions_for(self.topic) or ()))
         except KafkaError as exc:
             logger.warning("raw topic %s not available yet: %s", self.topic, exc)
-        return client
+        return client, ()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -321,9 +381,7 @@ class KafkaPacketSink:
                         raise BrokerUnavailableError(f"topic {topic} has no partitions (yet)")
                     partitions = (producer, sorted(found))
                 value = Heartbeat(source, time.time()).to_bytes()
-                round_ = [
-                    await self._submit(producer, topic, None, value, p) for p in partitions[1]
-                ]
+                round_ = [self._submit(producer, topic, None, value, p) for p in partitions[1]]
             except (BrokerUnavailableError, KafkaError) as exc:
                 self.heartbeat_failures += 1
                 logger.debug("heartbeat not written: %s", exc)
@@ -367,13 +425,17 @@ class KafkaPacketSink:
         worker = _DaemonWorker(f"ingest-producer-{number}")
         loop = asyncio.get_running_loop()
         try:
-            client = await loop.run_in_executor(worker, self._create_client)
+            client, raw_partitions = await loop.run_in_executor(worker, self._create_client)
         except (KafkaError, OSError, ValueError) as exc:
             worker.shutdown(wait=False)
             self._last_error = f"cannot connect to {self.settings.kafka_bootstrap_servers}: {exc}"
             return False
         self._current = _Producer(
-            number, client, worker, ProducerHealth(self.settings.produce_timeout_s)
+            number,
+            client,
+            worker,
+            ProducerHealth(self.settings.produce_timeout_s),
+            raw_partitions=raw_partitions,
         )
         logger.info(
             "Kafka producer #%d connected to %s (idempotent, acks=all)",
@@ -437,6 +499,8 @@ class KafkaPacketSink:
         self._closed = True
         if deadline is None:
             deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        for partition in list(self._bundles):  # their requests wait: they go with the rest
+            self._flush_bundle(partition)
         for task in (self._heartbeats, self._supervisor):
             if task is not None:
                 task.cancel()
@@ -482,16 +546,15 @@ class KafkaPacketSink:
         producer = self._current
         if producer is None:
             raise BrokerUnavailableError(f"Kafka producer {self._last_error}")
-        return await self._send(producer, self.topic, key, value)
+        if self._bundle_linger_s > 0 and producer.raw_partitions:
+            done = self._bundled(producer, key, value)
+        else:
+            done = self._submit(producer, self.topic, key, value)
+        return await self._acknowledged(done)
 
-    async def _send(
-        self,
-        producer: _Producer,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-    ) -> float:
-        done = await self._submit(producer, topic, key, value)
+    async def _acknowledged(self, done: asyncio.Future[float]) -> float:
+        """What ``done`` resolves with, or BrokerUnavailableError: not acknowledged within
+        ``produce_timeout_s``, or refused."""
         # A timer on the record's own future rather than asyncio.timeout, which costs ~7 µs
         # a request (three running-loop look-ups and a task-cancelling timer) against ~2.
         timer = asyncio.get_running_loop().call_later(
@@ -514,7 +577,7 @@ class KafkaPacketSink:
             ),
         )
 
-    async def _submit(
+    def _submit(
         self,
         producer: _Producer,
         topic: str,
@@ -542,6 +605,48 @@ class KafkaPacketSink:
             producer.flush_queued = True
             producer.worker.call(lambda: self._flush_outbox(producer))
         return done
+
+    def _bundled(self, producer: _Producer, key: bytes, value: bytes) -> asyncio.Future[float]:
+        """Add one packet to the bundle of its partition (see :mod:`shared.messages.raw`);
+        the future resolves once the bundle is acknowledged. A bundle goes after
+        ``raw_bundle_linger_ms``, or at once when it reaches :data:`BUNDLE_MAX_BYTES`."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        partitions = producer.raw_partitions
+        # Kafka's default partitioner for the key (murmur2): each device's packets go where
+        # its single records would, so its state and checkpoints stay in one partition.
+        partition = partitions[_key_hash(key) % len(partitions)]
+        bundle = self._bundles.get(partition)
+        if bundle is None:
+            bundle = self._bundles[partition] = _Bundle(producer)
+            bundle.timer = loop.call_later(self._bundle_linger_s, self._flush_bundle, partition)
+        done: asyncio.Future[float] = loop.create_future()
+        bundle.frames.append(value)
+        bundle.waiters.append((done, time.perf_counter()))
+        bundle.size += len(value) + 4
+        if bundle.size >= BUNDLE_MAX_BYTES:
+            self._flush_bundle(partition)
+        return done
+
+    def _flush_bundle(self, partition: int) -> None:
+        """Hand partition's bundle to its producer as one record (event loop)."""
+        bundle = self._bundles.pop(partition, None)
+        if bundle is None:
+            return
+        if bundle.timer is not None:
+            bundle.timer.cancel()
+        # A request that timed out was answered 503 already: its packet is not written.
+        kept = [i for i, (waiter, _) in enumerate(bundle.waiters) if not waiter.done()]
+        if not kept:
+            return
+        waiters = [bundle.waiters[i] for i in kept]
+        if bundle.producer is not self._current:  # replaced, or the sink is closing
+            for waiter, _ in waiters:
+                _reject(waiter, BrokerUnavailableError(f"Kafka producer {self._last_error}"))
+            return
+        value = encode_bundle([bundle.frames[i] for i in kept], partition)
+        record = self._submit(bundle.producer, self.topic, None, value, partition)
+        record.add_done_callback(lambda done: _settle_bundle(done, waiters))
 
     def _flush_outbox(self, producer: _Producer) -> None:
         """Worker thread: hand every waiting record to the client."""

@@ -159,6 +159,18 @@ class IngestSettings(StreamSettings, ListenerSettings, PacketLimitSettings):
             "stored batch on each fetch, so fewer batches cost it less."
         ),
     )
+    raw_bundle_linger_ms: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description=(
+            "How long the packets bound for one raw partition wait to go as one Kafka record "
+            "(a bundle, see shared.messages.raw), for up to this much more latency per "
+            "packet (ms; 0: one record per packet; the Kafka acknowledgement time ingest "
+            "reports includes this wait). Every reader of the raw topic takes both forms, so "
+            "it can be turned on once they all run this version."
+        ),
+    )
     heartbeat_interval_s: float = Field(
         1.0,
         ge=0,

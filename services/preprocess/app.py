@@ -108,8 +108,9 @@ from services.preprocess.stream import (
     StreamProcessor,
 )
 from shared.dsp import PreprocessingConfig
-from shared.errors import PreprocessingError, StateDecodeError
+from shared.errors import PreprocessingError, SchemaError, StateDecodeError
 from shared.messages import DeadLetter, RawPacket
+from shared.messages.raw import RawRecord, check_placement, split_raw
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +149,8 @@ def exit_unfinished_batch(error: BaseException) -> NoReturn:
 
 
 class KeyMismatchError(PreprocessingError):
-    """A raw message's Kafka key is not its packet's device id (state would land in the wrong
-    partition)."""
+    """A raw message's Kafka key is not its packet's device id, or a bundle was read from
+    another partition than it was built for (state would land in the wrong partition)."""
 
 
 def faust_options(settings: PreprocessSettings) -> dict[str, Any]:
@@ -385,23 +386,33 @@ class BatchHandler:
         self.metrics.batch_size.observe(len(events))
         packets: list[RawPacket] = []
         sources: list[Event] = []
-        failed: list[tuple[Event, BaseException]] = []
+        #: A bundled packet's own frame, for its dead letter (None: the record is the packet).
+        frames: list[bytes | None] = []
+        failed: list[tuple[Event, BaseException, bytes | None]] = []
         for event in events:
             try:
-                packet = _decode(event)
-            except Exception as exc:  # any decoder failure is this packet's, not the batch's
-                failed.append((event, exc))
+                raw = split_raw(event.value)
+            except Exception as exc:  # any decoder failure is this record's, not the batch's
+                failed.append((event, exc, None))
                 continue
-            packets.append(packet)
-            sources.append(event)
+            for frame in raw.frames:
+                own = frame if raw.bundled else None
+                try:
+                    packet = _decode(event, raw, frame)
+                except Exception as exc:  # and a packet's failure is its own, not its bundle's
+                    failed.append((event, exc, own))
+                    continue
+                packets.append(packet)
+                sources.append(event)
+                frames.append(own)
         last_event = {p.device_id: e for p, e in zip(packets, sources, strict=True)}
         streams = {d: s for d, e in last_event.items() if (s := self._stream(d, e)) is not None}
         result, crashed = self._process(streams, packets)
-        failed.extend((sources[i], exc) for i, exc in [*result.rejected, *crashed])
+        failed.extend((sources[i], exc, frames[i]) for i, exc in [*result.rejected, *crashed])
         # Windows first, delivery awaited; the states only after (see module docstring).
         await self._deliver(
             [(w.device_id.encode(), w.to_bytes()) for w in result.windows],
-            [(event, self._dead_letter(event, exc)) for event, exc in failed],
+            [(event, self._dead_letter(event, exc, frame)) for event, exc, frame in failed],
         )
         now = self.clock()
         for device_id, stream in result.streams.items():
@@ -559,7 +570,11 @@ class BatchHandler:
         logger.warning("device %s: filters reset, stored state unusable: %s", device_id, problem)
         return stream
 
-    def _dead_letter(self, event: Event, error: BaseException) -> DeadLetter:
+    def _dead_letter(
+        self, event: Event, error: BaseException, frame: bytes | None = None
+    ) -> DeadLetter:
+        """The dead letter of ``event``, or of one packet ``frame`` of the bundle it is (the
+        other packets of the bundle went on)."""
         message = event.message
         letter = dead_letter(
             SERVICE,
@@ -568,7 +583,7 @@ class BatchHandler:
             message.partition,
             message.offset,
             message.key,
-            message.value,
+            message.value if frame is None else frame,
         )
         logger.warning(
             "dead letter %s[%d]@%d: %s: %s",
@@ -593,9 +608,12 @@ class BatchHandler:
                 m.resets.labels(reason=kind.value).inc(n)
 
 
-def _decode(event: Event) -> RawPacket:
-    packet = RawPacket.from_bytes(event.value)
-    key = event.message.key
-    if key != packet.device_id.encode():
-        raise KeyMismatchError(f"message key {key!r} is not the device id {packet.device_id!r}")
+def _decode(event: Event, raw: RawRecord, frame: bytes) -> RawPacket:
+    """Packet ``frame`` of ``event``'s record ``raw``, where its device's state lives: a
+    single packet keyed by its device id, a bundle in the partition it was built for."""
+    packet = RawPacket.from_bytes(frame)
+    try:
+        check_placement(raw, event.message.key, event.message.partition, packet.device_id)
+    except SchemaError as exc:
+        raise KeyMismatchError(str(exc)) from None
     return packet

@@ -7,7 +7,9 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from services.alerting import app
@@ -15,7 +17,16 @@ from services.alerting.app import AlertingService
 from services.alerting.settings import AlertingSettings
 from services.common.kafka.dead_letters import dead_letter
 from shared.errors import SchemaError
-from shared.messages import Alert, AlertState, AlertType, DeadLetter, Prediction, Severity
+from shared.messages import (
+    Alert,
+    AlertState,
+    AlertType,
+    DeadLetter,
+    Prediction,
+    RawPacket,
+    Severity,
+)
+from shared.messages.raw import encode_bundle
 
 SETTINGS = AlertingSettings(topic_prefix="unit")
 
@@ -106,3 +117,26 @@ def test_dead_letter_reasons_are_bounded() -> None:
     letter = dead_letter("alerting", ValueError("x" * 100_000), "p", 0, 1, None, b"v")
     assert len(letter.reason) < 1100
     assert letter.reason.endswith("[100000 characters]")
+
+
+class _Record:
+    def __init__(self, key: bytes | None, value: bytes) -> None:
+        self.key, self.value = key, value
+
+
+def test_device_traffic_is_read_from_single_packets_and_bundles() -> None:
+    service = _service(FakeStore(0), FakeProducer())
+    frames = {
+        d: RawPacket(d, 1, 100.0, 50.0, np.zeros((50, 6)), received_at=100.0).to_bytes()
+        for d in ("a", "b", "c", "x")
+    }
+    records = [
+        _Record(b"a", frames["a"]),
+        _Record(None, encode_bundle([frames["b"], frames["c"]], partition=3)),
+        _Record(None, encode_bundle([frames["x"]], partition=1)),  # built for another partition
+        _Record(b"y", frames["x"]),  # keyed by another device
+        _Record(None, b"HB\x01" + bytes(4)),  # not a bundle
+    ]
+    service._traffic(TopicPartition("unit.raw.v1", 3), records, now=101.0)  # type: ignore[arg-type]
+    assert service._device_partition == {"a": 3, "b": 3, "c": 3}
+    assert service.registry.get_sample_value("harstream_alerting_raw_records_skipped_total") == 3

@@ -12,11 +12,12 @@ from services.alerting.lifecycle import acknowledge, open_alert, resolve
 from services.common.operators import Identity, Role
 from services.console.fleet import FleetView, alert_order
 from services.console.pipeline import _quantile, parse, summarize
-from services.console.raw import assemble, window_of
+from services.console.raw import _packets_of, assemble, window_of
 from services.console.sessions import SessionStore
 from services.console.settings import ConsoleSettings, parse_metrics_urls
 from shared.activities import ACTIVITIES
 from shared.messages import AlertType, MotionFeatures, Prediction, RawPacket
+from shared.messages.raw import encode_bundle
 
 ANA = Identity("ana", Role.CARER, "session")
 
@@ -224,3 +225,14 @@ def test_settings_metrics_urls() -> None:
     for bad in ("a", "a=ftp://x", "=http://x"):
         with pytest.raises(ValidationError):
             ConsoleSettings(metrics_urls=bad)
+
+
+def test_the_raw_window_takes_a_devices_packets_from_single_records_and_bundles() -> None:
+    def packet(device: str, seq: int) -> RawPacket:
+        return RawPacket(device, seq, 100.0 + seq, 50.0, np.zeros((50, 6)), received_at=101.0)
+
+    single = packet("dev", 0).to_bytes()
+    bundle = encode_bundle([packet("other", 0).to_bytes(), packet("dev", 1).to_bytes()], 1)
+    assert [p.seq for p in _packets_of(single, "dev")] == [0]
+    assert [(p.device_id, p.seq) for p in _packets_of(bundle, "dev")] == [("dev", 1)]
+    assert _packets_of(b"HB\x01garbage", "dev") == []  # left out, as preprocess dead-letters it

@@ -4,18 +4,20 @@ decoders that turn topic records and webhook bodies into counted records."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from services.faults import counting as c
-from services.faults.records import alert_record, delivery_record, raw_record, window_record
+from services.faults.records import alert_record, delivery_record, raw_records, window_record
 from services.faults.report import RunInfo, render
 from services.faults.schedule import short_schedule
 from shared.errors import SchemaError
 from shared.features import motion_features
 from shared.messages import RawPacket, WindowMessage
 from shared.messages.codec import encode_json
+from shared.messages.raw import encode_bundle
 from tests.unit.faults_helpers import clean, fault
 
 INFO = RunInfo(
@@ -61,7 +63,10 @@ def test_recovery_that_never_came_reads_never() -> None:
 
 def test_decoders_read_what_the_services_write() -> None:
     packet = RawPacket("d", 7, 1.7e9, 50.0, np.ones((50, 6)), received_at=1.7e9 + 1)
-    assert raw_record(packet.to_bytes()) == ("d", 7, 1.7e9 + 1)
+    assert raw_records(packet.to_bytes()) == [("d", 7, 1.7e9 + 1)]
+    other = replace(packet, device_id="e", seq=8)
+    bundle = encode_bundle([packet.to_bytes(), other.to_bytes()], partition=1)
+    assert raw_records(bundle) == [("d", 7, 1.7e9 + 1), ("e", 8, 1.7e9 + 1)]
     data = np.linspace(0, 1, 128 * 9, dtype=np.float32).reshape(128, 9)
     window = WindowMessage(
         device_id="d",

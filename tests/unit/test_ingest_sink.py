@@ -4,6 +4,7 @@ clients (no broker; tests/integration/test_ingest_producer_health.py wedges a re
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import threading
@@ -12,11 +13,13 @@ from typing import Any, ClassVar
 
 import pytest
 from kafka.errors import KafkaTimeoutError
+from kafka.partitioner.default import murmur2
 
 from services.common.kafka.errors import BrokerUnavailableError
 from services.ingest.producer import BACKOFF, KafkaPacketSink
 from services.ingest.settings import IngestSettings
 from shared.messages import Heartbeat
+from shared.messages.raw import split_raw
 
 
 class FakeFuture:
@@ -509,5 +512,93 @@ def test_a_record_refused_at_once_is_broker_unavailable_and_never_outstanding() 
         assert (current.health.outstanding, current.health.failed) == (0, 0)
         assert current.drained.is_set()
         await s.close()
+
+    asyncio.run(scenario())
+
+
+class FourPartitions(FakeProducer):
+    def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2} if topic.endswith("heartbeats.v1") else {0, 1, 2, 3}
+
+
+def bundling(linger_ms: int, **overrides: Any) -> KafkaPacketSink:
+    settings = IngestSettings(
+        topic_prefix="t",
+        produce_timeout_s=overrides.pop("produce_timeout_s", 2.0),
+        heartbeat_interval_s=0.0,
+        raw_bundle_linger_ms=linger_ms,
+        **overrides,
+    )
+    return KafkaPacketSink(settings, producer_factory=FourPartitions, admin_factory=FakeAdmin)
+
+
+def test_packets_of_one_linger_go_as_one_record_per_partition_where_their_keys_hash() -> None:
+    async def scenario() -> None:
+        s = bundling(50)
+        await connected(s)
+        keys = [f"dev-{i}".encode() for i in range(40)]
+        acks = await asyncio.gather(*(s.send(k, b"frame-" + k) for k in keys))
+        assert all(a >= 0 for a in acks)
+        producer = FakeProducer.instances[0]
+        assert len(producer.sent) <= 4  # one record per partition that had packets
+        seen = []
+        for (_, key, value), partition in zip(producer.sent, producer.partitions_sent, strict=True):
+            raw = split_raw(value)
+            assert key is None and raw.partition == partition
+            for frame in raw.frames:
+                device = frame.removeprefix(b"frame-")
+                assert partition == (murmur2(device) & 0x7FFFFFFF) % 4  # Kafka's default
+                seen.append(device)
+        assert sorted(seen) == sorted(keys)
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_bundle_refuses_each_of_its_packets() -> None:
+    FakeProducer.error = KafkaTimeoutError("Batch expired")
+
+    async def scenario() -> None:
+        s = bundling(20)
+        await connected(s)
+        results = await asyncio.gather(
+            *(s.send(b"dev", b"v%d" % i) for i in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, BrokerUnavailableError) for r in results)
+        assert len(FakeProducer.instances[0].sent) == 1
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_packet_whose_request_timed_out_before_its_bundle_went_is_not_written() -> None:
+    async def scenario() -> None:
+        s = bundling(400, produce_timeout_s=0.1)
+        await connected(s)
+        with pytest.raises(BrokerUnavailableError, match=r"acknowledge within 0\.1 s"):
+            await s.send(b"dev", b"late")
+        await until(lambda: not s._bundles)  # the linger is over: the bundle was flushed
+        current = s._current
+        assert current is not None  # and it handed nothing to the producer
+        assert (current.outbox, current.flush_queued, FakeProducer.instances[0].sent) == (
+            collections.deque(),
+            False,
+            [],
+        )
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_close_sends_the_bundles_being_filled_and_their_requests_are_answered() -> None:
+    async def scenario() -> None:
+        s = bundling(1000)
+        await connected(s)
+        pending = asyncio.ensure_future(s.send(b"dev", b"v"))
+        await until(lambda: bool(s._bundles))
+        await s.close()
+        assert await pending >= 0
+        [(_, _, value)] = FakeProducer.instances[0].sent
+        assert split_raw(value).frames == (b"v",)
 
     asyncio.run(scenario())

@@ -28,6 +28,7 @@ from shared.messages import (
     WindowMessage,
 )
 from shared.messages.codec import decode_frame, encode_frame, number
+from shared.messages.raw import check_placement, encode_bundle, split_raw
 from shared.topics import Topics
 
 RNG = np.random.default_rng(0)
@@ -434,3 +435,52 @@ def test_frame_headers_of_numpy_scalars_are_written_as_before() -> None:
     assert decoded == {"x": 0.1, "n": 3}
     with pytest.raises(ValueError, match="not JSON compliant"):
         encode_frame(b"HR", 1, {"x": np.float64("nan")})
+
+
+def _frame(device_id: str, seq: int) -> bytes:
+    return RawPacket(
+        device_id, seq, 1.0e9, 50.0, np.full((3, 6), 0.5), received_at=2.0e9
+    ).to_bytes()
+
+
+def test_a_bundle_gives_back_its_frames_and_a_single_packet_is_itself() -> None:
+    frames = [_frame("a", 1), _frame("b", 7), _frame("a", 2)]
+    raw = split_raw(encode_bundle(frames, partition=5))
+    assert raw.frames == tuple(frames) and raw.partition == 5 and raw.bundled
+    single = split_raw(frames[0])
+    assert single.frames == (frames[0],) and single.partition is None and not single.bundled
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (encode_bundle([_frame("a", 1)], 0)[:-3], "runs past the bundle"),
+        (encode_bundle([_frame("a", 1)], 0) + b"\x00\x00", "inside the length"),
+        (encode_bundle([_frame("a", 1)], 0).replace(b'"count":1', b'"count":2'), "header says 2"),
+        (encode_bundle([], 0), "holds 0 frames"),
+        (encode_bundle([_frame("a", 1)], partition=-1), "negative"),
+        (None, "expected bytes"),
+    ],
+)
+def test_a_broken_bundle_is_a_schema_error(value: Any, message: str) -> None:
+    with pytest.raises(SchemaError, match=message):
+        split_raw(value)
+
+
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_after_a_bundle_magic_raise_only_schema_errors(tail: bytes) -> None:
+    with contextlib.suppress(SchemaError):
+        split_raw(b"HB\x01" + tail)
+
+
+def test_a_packet_is_placed_by_its_key_and_a_bundle_by_its_partition() -> None:
+    single = split_raw(_frame("a", 1))
+    check_placement(single, b"a", 3, "a")
+    with pytest.raises(SchemaError, match="is not the device id"):
+        check_placement(single, b"b", 3, "a")
+    bundle = split_raw(encode_bundle([_frame("a", 1)], partition=3))
+    check_placement(bundle, None, 3, "a")
+    with pytest.raises(SchemaError, match="built for partition 3 was read from 4"):
+        check_placement(bundle, None, 4, "a")
+    with pytest.raises(SchemaError, match="carries a key"):
+        check_placement(bundle, b"a", 3, "a")

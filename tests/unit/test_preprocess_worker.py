@@ -25,6 +25,7 @@ from services.preprocess.settings import PreprocessSettings
 from services.preprocess.stream import DeviceStream, StreamConfig, StreamProcessor
 from shared.dsp import PreprocessingConfig
 from shared.messages import DeadLetter, RawPacket, WindowMessage
+from shared.messages.raw import RawRecord, encode_bundle
 
 
 def test_settings_come_from_the_environment(
@@ -430,10 +431,10 @@ def test_any_decoder_failure_dead_letters_only_that_packet(
     handler, _, registry, fatal = _handler_with(log, _Topic("windows", log))
     original = app._decode
 
-    def decode(event: _Event) -> RawPacket:
+    def decode(event: _Event, raw: RawRecord, frame: bytes) -> RawPacket:
         if event.message.offset == 1:
             raise IndexError("a decoder bug")
-        return original(event)  # type: ignore[arg-type]
+        return original(event, raw, frame)  # type: ignore[arg-type]
 
     monkeypatch.setattr(app, "_decode", decode)
     asyncio.run(handler.handle(_events("a", 6)))
@@ -441,6 +442,53 @@ def test_any_decoder_failure_dead_letters_only_that_packet(
     assert [(d.error_type, d.source_offset) for d in letters] == [("IndexError", 1)]
     assert fatal == [] and log[-1][0] == "acked"
     assert registry.get_sample_value("harstream_dead_letters_total", {"error_type": "IndexError"})
+
+
+def _windows_sent(log: _Log) -> list[tuple[str, bytes]]:
+    sent = [WindowMessage.from_bytes(e[3]) for e in log if e[0] == "send" and e[1] == "windows"]
+    return [(w.window_id, w.data.tobytes()) for w in sent]
+
+
+def test_bundled_packets_give_the_windows_their_single_records_give() -> None:
+    a, b = _packets("a", 6), _packets("b", 6, seed=1)
+    singles = _Log()
+    handler, _, _, _ = _handler_with(singles, _Topic("windows", singles))
+    asyncio.run(
+        handler.handle(
+            [_Event(p.device_id.encode(), p.to_bytes(), 0, i) for i, p in enumerate(a + b)]
+        )
+    )
+    bundled = _Log()
+    handler, _, _, fatal = _handler_with(bundled, _Topic("windows", bundled))
+    frames = [p.to_bytes() for pair in zip(a, b, strict=True) for p in pair]
+    events = [_Event(None, encode_bundle(frames[i : i + 4], 0), 0, i // 4) for i in (0, 4, 8)]
+    asyncio.run(handler.handle(events))
+    windows = _windows_sent(bundled)
+    assert len(windows) == 6 and sorted(windows) == sorted(_windows_sent(singles))
+    assert fatal == [] and bundled[-1][0] == "acked"
+
+
+def test_a_bad_packet_of_a_bundle_is_dead_lettered_alone_with_its_own_frame() -> None:
+    log = _Log()
+    handler, _, _, fatal = _handler_with(log, _Topic("windows", log))
+    good = [p.to_bytes() for p in _packets("a", 6)]
+    bad = b"HR\x09" + bytes(20)  # a frame of a schema version nobody wrote
+    events = [
+        _Event(None, encode_bundle([good[0], bad, good[1], good[2]], 0), 0, 0),
+        _Event(None, encode_bundle(good[3:], 0), 0, 1),
+        # Built for partition 1 but read from 0: its devices' state lives elsewhere.
+        _Event(None, encode_bundle(good[:1], 1), 0, 2),
+        _Event(None, b"HB\x01" + bytes(4), 0, 3),  # a bundle that does not decode
+    ]
+    asyncio.run(handler.handle(events))
+    letters = [DeadLetter.from_bytes(e[3]) for e in log if e[0] == "send" and e[1] == "dlq"]
+    assert [(d.error_type, d.source_offset, d.value) for d in letters] == [
+        ("SchemaError", 0, bad),
+        ("KeyMismatchError", 2, good[0]),
+        ("SchemaError", 3, events[3].value),
+    ]
+    assert len(_windows_sent(log)) == 3  # the six good packets went on
+    assert fatal == [] and log[-1][0] == "acked"
 
 
 def test_shutdown_watchdog_exits_when_the_stop_hangs() -> None:
