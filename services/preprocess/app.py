@@ -382,7 +382,6 @@ class BatchHandler:
 
     async def _handle(self, events: Sequence[Event]) -> None:
         started = time.perf_counter()
-        self.metrics.packets.inc(len(events))
         self.metrics.batch_size.observe(len(events))
         packets: list[RawPacket] = []
         sources: list[Event] = []
@@ -405,6 +404,8 @@ class BatchHandler:
                 packets.append(packet)
                 sources.append(event)
                 frames.append(own)
+        # Packets, not records (a bundle holds many): a record that did not decode counts one.
+        self.metrics.packets.inc(len(packets) + len(failed))
         last_event = {p.device_id: e for p, e in zip(packets, sources, strict=True)}
         streams = {d: s for d, e in last_event.items() if (s := self._stream(d, e)) is not None}
         result, crashed = self._process(streams, packets)

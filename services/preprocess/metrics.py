@@ -73,7 +73,7 @@ def create(registry: CollectorRegistry) -> PreprocessMetrics:
         ),
         batch_size=Histogram(
             "harstream_preprocess_batch_size",
-            "Raw packets per processed batch.",
+            "Raw records per processed batch (a bundle of packets is one).",
             # Powers of ~2.5 from single packets (idle stream) to 2000 (batch_max_size
             # raised for backlogs); the default maximum, 500, is a bucket edge.
             buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000),

@@ -459,13 +459,14 @@ def test_bundled_packets_give_the_windows_their_single_records_give() -> None:
         )
     )
     bundled = _Log()
-    handler, _, _, fatal = _handler_with(bundled, _Topic("windows", bundled))
+    handler, _, registry, fatal = _handler_with(bundled, _Topic("windows", bundled))
     frames = [p.to_bytes() for pair in zip(a, b, strict=True) for p in pair]
     events = [_Event(None, encode_bundle(frames[i : i + 4], 0), 0, i // 4) for i in (0, 4, 8)]
     asyncio.run(handler.handle(events))
     windows = _windows_sent(bundled)
     assert len(windows) == 6 and sorted(windows) == sorted(_windows_sent(singles))
     assert fatal == [] and bundled[-1][0] == "acked"
+    assert registry.get_sample_value("harstream_preprocess_packets_total") == 12  # not 3
 
 
 def test_a_bad_packet_of_a_bundle_is_dead_lettered_alone_with_its_own_frame() -> None:
