@@ -14,11 +14,11 @@ from typing import NamedTuple
 from services.faults.devices import Role
 from services.faults.schedule import Fault
 from shared.errors import SchemaError
-from shared.messages import Prediction, RawPacket, WindowMessage
+from shared.messages import Prediction, WindowMessage
 from shared.messages.alerts import SCHEMA as ALERT_SCHEMA
 from shared.messages.alerts import VERSION as ALERT_VERSION
 from shared.messages.codec import decode_json, field, number
-from shared.messages.raw import split_raw
+from shared.messages.raw import raw_packets
 
 
 class RawRecord(NamedTuple):
@@ -134,8 +134,7 @@ class Observations:
 
 def raw_records(data: bytes) -> list[RawRecord]:
     """The packets of one raw-topic record (one, or a bundle's)."""
-    packets = [RawPacket.from_bytes(frame) for frame in split_raw(data).frames]
-    return [RawRecord(p.device_id, p.seq, p.received_at) for p in packets]
+    return [RawRecord(p.device_id, p.seq, p.received_at) for p in raw_packets(data)]
 
 
 def window_record(data: bytes) -> WindowRecord:

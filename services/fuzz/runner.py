@@ -50,7 +50,7 @@ from services.fuzz.rawhttp import NoResponse, RawResponse, fetch, send_and_aband
 from services.fuzz.tally import Outcome, Tally, judge, kafka_mismatch
 from services.ingest.registry import SqliteRegistry
 from shared.messages import DeadLetter
-from shared.messages.raw import RawPacket, split_raw
+from shared.messages.raw import RawPacket, raw_packets, split_raw
 from shared.messages.windows import WindowMessage
 from shared.settings import StreamSettings
 from shared.topics import Topics
@@ -332,8 +332,7 @@ def _raw_packets(record: Any) -> int:
 def _raw_seqs(records: list[Any]) -> Counter[tuple[str, int]]:
     counts: Counter[tuple[str, int]] = Counter()
     for record in records:
-        for frame in split_raw(record.value).frames:
-            packet = RawPacket.from_bytes(frame)
+        for packet in raw_packets(record.value):
             counts[(packet.device_id, packet.seq)] += 1
     return counts
 

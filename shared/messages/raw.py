@@ -173,6 +173,13 @@ def split_raw(data: bytes) -> RawRecord:
     return RawRecord(tuple(frames), partition)
 
 
+def raw_packets(data: bytes) -> list[RawPacket]:
+    """Every packet of one raw-topic record, decoded (a single packet or a bundle's); a
+    :class:`SchemaError` if any of them is malformed. For readers that audit the topic; a
+    worker that must keep a bundle's good packets decodes its frames one by one."""
+    return [RawPacket.from_bytes(frame) for frame in split_raw(data).frames]
+
+
 def check_placement(raw: RawRecord, key: bytes | None, partition: int, device_id: str) -> None:
     """:class:`SchemaError` unless ``device_id``'s packet in ``raw`` (read with ``key`` from
     ``partition``) is where its device's records belong: a single packet keyed by its

@@ -28,7 +28,7 @@ from shared.messages import (
     WindowMessage,
 )
 from shared.messages.codec import decode_frame, encode_frame, number
-from shared.messages.raw import check_placement, encode_bundle, split_raw
+from shared.messages.raw import check_placement, encode_bundle, raw_packets, split_raw
 from shared.topics import Topics
 
 RNG = np.random.default_rng(0)
@@ -449,6 +449,14 @@ def test_a_bundle_gives_back_its_frames_and_a_single_packet_is_itself() -> None:
     assert raw.frames == tuple(frames) and raw.partition == 5 and raw.bundled
     single = split_raw(frames[0])
     assert single.frames == (frames[0],) and single.partition is None and not single.bundled
+
+
+def test_raw_packets_decodes_every_packet_and_refuses_a_bundle_with_a_bad_one() -> None:
+    bundle = encode_bundle([_frame("a", 1), _frame("b", 7)], partition=2)
+    assert [(p.device_id, p.seq) for p in raw_packets(bundle)] == [("a", 1), ("b", 7)]
+    assert [(p.device_id, p.seq) for p in raw_packets(_frame("c", 3))] == [("c", 3)]
+    with pytest.raises(SchemaError):
+        raw_packets(encode_bundle([_frame("a", 1), b"HR\x01junk"], partition=2))
 
 
 @pytest.mark.parametrize(
