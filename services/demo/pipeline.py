@@ -53,6 +53,16 @@ LOCAL_MODELSERVER_ENV = {"HARSTREAM_MODELSERVER_TENSORFLOW_INTRA_OP_PARALLELISM"
 #: CPU-s/s), 4 failed (0.46-0.48), reports/performance.md. Two still lets two workers of a
 #: kind share the work (the fault runs); the scale-out benchmark asks for 8.
 LOCAL_PARTITIONS = 2
+#: Ingest writes raw bundles here (``raw_bundle_linger_ms``, see ``shared.messages.raw``):
+#: the packets bound for one raw partition while its previous bundle awaits acknowledgement
+#: (at most 50 ms) go as one Kafka record. The local broker's CPU grows with the records and
+#: batches it stores and faust spends its overhead per record, so one ingest writing to 2
+#: partitions at 1,000 packets/s sends one record per ~15-25 packets; a quiet fleet's
+#: packets go at once, alone. Measured in reports/performance.md ("Raw bundles").
+#: Deployments on Apache Kafka keep the setting's default (0): with many partitions per
+#: ingest replica a bundle would rarely hold more than one packet. The environment or
+#: ``service_env`` may set it otherwise.
+LOCAL_INGEST_ENV = {"HARSTREAM_INGEST_RAW_BUNDLE_LINGER_MS": "50"}
 #: Stop order: upstream first, so downstream can drain what is in flight before it stops.
 _STOP_ORDER = ("ingest", "preprocess", "inference", "alerting", "history", "modelserver")
 
@@ -387,6 +397,7 @@ class Pipeline:
                 # per-device limit (800 samples/s) would throttle them.
                 "HARSTREAM_INGEST_RATE_LIMIT_SAMPLES_PER_S": "100000",
                 "HARSTREAM_INGEST_RATE_LIMIT_BURST_SAMPLES": "200000",
+                **{k: v for k, v in LOCAL_INGEST_ENV.items() if k not in os.environ},
             }
         if kind == "preprocess":
             # Two faust workers on one machine need two RocksDB directories.

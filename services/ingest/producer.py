@@ -13,12 +13,16 @@ the service starts and answers 503 meanwhile), probes the broker while records w
 acknowledgements, and replaces a producer that gets none while the broker answers (see
 :mod:`services.ingest.health` for the kafka-python state that makes this necessary).
 
-With ``raw_bundle_linger_ms`` set, the packets bound for one raw partition during that
-linger go as one record (a bundle, :func:`shared.messages.raw.encode_bundle`), written to
-the partition Kafka's default partitioner gives each packet's key: kafka-python's, the
-broker's and preprocess's work per record is then paid once per bundle. Every request of a
-bundle is answered when the bundle is acknowledged (its acknowledgement time includes the
-linger), or refused with it.
+With ``raw_bundle_linger_ms`` set, packets bound for one raw partition go together as one
+record (a bundle, :func:`shared.messages.raw.encode_bundle`), written to the partition
+Kafka's default partitioner gives each packet's key: kafka-python's, the broker's and
+preprocess's work per record is then paid once per bundle. Bundling is a group commit: a
+packet for a partition with no bundle awaiting its acknowledgement goes at once (alone, so
+a quiet fleet waits for nothing), and the packets that come while one is in flight go
+together as soon as it is acknowledged, or when the first of them has waited the linger. So
+a bundle holds what arrives during one acknowledgement, and grows with the load. Every
+request of a bundle is answered when the bundle is acknowledged (its acknowledgement time
+includes the wait), or refused with it.
 
 Delivery is at-least-once: a record whose request was answered 503 (not acknowledged within
 ``produce_timeout_s``) may still be written by the producer that holds it, and the device
@@ -182,6 +186,8 @@ class _Producer:
     #: The raw topic's partitions when the producer was created (sorted; empty if the topic
     #: was not there yet: packets then go as single records).
     raw_partitions: tuple[int, ...] = ()
+    #: Raw partition -> bundles handed to this producer and not yet acknowledged or failed.
+    bundles_in_flight: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.drained.set()
@@ -608,8 +614,10 @@ class KafkaPacketSink:
 
     def _bundled(self, producer: _Producer, key: bytes, value: bytes) -> asyncio.Future[float]:
         """Add one packet to the bundle of its partition (see :mod:`shared.messages.raw`);
-        the future resolves once the bundle is acknowledged. A bundle goes after
-        ``raw_bundle_linger_ms``, or at once when it reaches :data:`BUNDLE_MAX_BYTES`."""
+        the future resolves once the bundle is acknowledged. The bundle goes at once if no
+        bundle of its partition awaits an acknowledgement, else when one is acknowledged or
+        failed, after ``raw_bundle_linger_ms`` at the latest, or when it reaches
+        :data:`BUNDLE_MAX_BYTES`."""
         loop = asyncio.get_running_loop()
         self._loop = loop
         partitions = producer.raw_partitions
@@ -619,13 +627,14 @@ class KafkaPacketSink:
         bundle = self._bundles.get(partition)
         if bundle is None:
             bundle = self._bundles[partition] = _Bundle(producer)
-            bundle.timer = loop.call_later(self._bundle_linger_s, self._flush_bundle, partition)
         done: asyncio.Future[float] = loop.create_future()
         bundle.frames.append(value)
         bundle.waiters.append((done, time.perf_counter()))
         bundle.size += len(value) + 4
-        if bundle.size >= BUNDLE_MAX_BYTES:
+        if bundle.size >= BUNDLE_MAX_BYTES or not bundle.producer.bundles_in_flight.get(partition):
             self._flush_bundle(partition)
+        elif bundle.timer is None:
+            bundle.timer = loop.call_later(self._bundle_linger_s, self._flush_bundle, partition)
         return done
 
     def _flush_bundle(self, partition: int) -> None:
@@ -640,13 +649,35 @@ class KafkaPacketSink:
         if not kept:
             return
         waiters = [bundle.waiters[i] for i in kept]
-        if bundle.producer is not self._current:  # replaced, or the sink is closing
+        producer = bundle.producer
+        if producer is not self._current:  # replaced, or the sink is closing
             for waiter, _ in waiters:
                 _reject(waiter, BrokerUnavailableError(f"Kafka producer {self._last_error}"))
             return
         value = encode_bundle([bundle.frames[i] for i in kept], partition)
-        record = self._submit(bundle.producer, self.topic, None, value, partition)
-        record.add_done_callback(lambda done: _settle_bundle(done, waiters))
+        record = self._submit(producer, self.topic, None, value, partition)
+        in_flight = producer.bundles_in_flight
+        in_flight[partition] = in_flight.get(partition, 0) + 1
+        record.add_done_callback(
+            lambda done: self._bundle_settled(done, waiters, producer, partition)
+        )
+
+    def _bundle_settled(
+        self,
+        record: asyncio.Future[float],
+        waiters: list[tuple[asyncio.Future[float], float]],
+        producer: _Producer,
+        partition: int,
+    ) -> None:
+        """Answer a bundle's requests, and send the bundle that waited for it."""
+        _settle_bundle(record, waiters)
+        in_flight = producer.bundles_in_flight
+        in_flight[partition] -= 1
+        if not in_flight[partition]:
+            del in_flight[partition]
+        waiting = self._bundles.get(partition)
+        if waiting is not None and waiting.producer is producer:
+            self._flush_bundle(partition)
 
     def _flush_outbox(self, producer: _Producer) -> None:
         """Worker thread: hand every waiting record to the client."""

@@ -164,11 +164,13 @@ class IngestSettings(StreamSettings, ListenerSettings, PacketLimitSettings):
         ge=0,
         le=1000,
         description=(
-            "How long the packets bound for one raw partition wait to go as one Kafka record "
-            "(a bundle, see shared.messages.raw), for up to this much more latency per "
-            "packet (ms; 0: one record per packet; the Kafka acknowledgement time ingest "
-            "reports includes this wait). Every reader of the raw topic takes both forms, so "
-            "it can be turned on once they all run this version."
+            "Raw bundles (ms; 0: one Kafka record per packet): > 0 sends the packets bound for "
+            "one raw partition as one record (a bundle, see shared.messages.raw). A packet "
+            "for a partition with no bundle awaiting its acknowledgement goes at once; those "
+            "that come meanwhile go together when it is acknowledged, or once the first has "
+            "waited this long (the acknowledgement time ingest reports includes the wait). "
+            "Every reader of the raw topic takes both forms, so it can be turned on once they "
+            "all run this version."
         ),
     )
     heartbeat_interval_s: float = Field(

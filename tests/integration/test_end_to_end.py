@@ -34,6 +34,8 @@ MODEL_BASE = Path(__file__).resolve().parents[2] / "models" / "har"
 MODEL_DIR = MODEL_BASE / str(max(versions_on_disk(MODEL_BASE)))
 SPEED = 50.0
 
+RAW_BUNDLES = "HARSTREAM_INGEST_RAW_BUNDLE_LINGER_MS"
+
 # Short wall-clock offline threshold so a silent device is seen within the test; the fall
 # confirmation keeps its product default (30 s of device time = 0.6 s at 50x).
 ALERTING_ENV = {
@@ -47,7 +49,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     config = PipelineConfig(
         workdir=tmp_path_factory.mktemp("pipeline"),
         partitions=4,
-        service_env={"alerting": ALERTING_ENV},
+        # One raw record per packet, as deployments on Apache Kafka run (ingest's default);
+        # test_raw_bundles runs the local pipeline's bundles through the same checks.
+        service_env={"alerting": ALERTING_ENV, "ingest": {RAW_BUNDLES: "0"}},
     )
     with Pipeline(config) as running:
         yield running

@@ -1,6 +1,7 @@
-"""Ingest bundling the packets of a raw partition into one record (raw_bundle_linger_ms):
-the whole pipeline as separate processes gives the windows it gives from single records,
-bit for bit, as the offline preprocessor does."""
+"""Ingest bundling the packets of a raw partition into one record (raw_bundle_linger_ms, on
+in the local pipeline by default): the whole pipeline as separate processes gives the
+windows it gives from single records (test_end_to_end), bit for bit, as the offline
+preprocessor does."""
 
 from __future__ import annotations
 
@@ -30,13 +31,12 @@ SPEED = 50.0
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    config = PipelineConfig(
-        workdir=tmp_path_factory.mktemp("bundles"),
-        partitions=2,
-        service_env={"ingest": {"HARSTREAM_INGEST_RAW_BUNDLE_LINGER_MS": "40"}},
-    )
-    with Pipeline(config) as running:
-        yield running
+    # The local pipeline's own setting (LOCAL_INGEST_ENV), whatever the environment says.
+    config = PipelineConfig(workdir=tmp_path_factory.mktemp("bundles"), partitions=2)
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("HARSTREAM_INGEST_RAW_BUNDLE_LINGER_MS", raising=False)
+        with Pipeline(config) as running:
+            yield running
 
 
 def test_bundled_packets_give_the_offline_windows_bit_for_bit(pipeline, hapt_cache) -> None:  # type: ignore[no-untyped-def]

@@ -532,15 +532,37 @@ def bundling(linger_ms: int, **overrides: Any) -> KafkaPacketSink:
     return KafkaPacketSink(settings, producer_factory=FourPartitions, admin_factory=FakeAdmin)
 
 
-def test_packets_of_one_linger_go_as_one_record_per_partition_where_their_keys_hash() -> None:
+def test_a_packet_for_an_idle_partition_goes_at_once_and_alone() -> None:
+    FakeProducer.ack_delay_s = 0.2
+
     async def scenario() -> None:
-        s = bundling(50)
+        s = bundling(1000)  # a linger a lone packet must not wait for
+        await connected(s)
+        started = time.monotonic()
+        assert await s.send(b"dev", b"v") >= 0
+        assert time.monotonic() - started < 0.9
+        [(_, key, value)] = FakeProducer.instances[0].sent
+        assert key is None and split_raw(value).frames == (b"v",)
+        await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_packets_that_come_while_a_bundle_is_in_flight_go_together_where_their_keys_hash() -> None:
+    FakeProducer.ack_delay_s = 0.05
+
+    async def scenario() -> None:
+        s = bundling(1000)  # the acknowledgement sends the next bundle, not the linger
         await connected(s)
         keys = [f"dev-{i}".encode() for i in range(40)]
+        started = time.monotonic()
         acks = await asyncio.gather(*(s.send(k, b"frame-" + k) for k in keys))
-        assert all(a >= 0 for a in acks)
+        assert all(a >= 0 for a in acks) and time.monotonic() - started < 0.9
         producer = FakeProducer.instances[0]
-        assert len(producer.sent) <= 4  # one record per partition that had packets
+        # Per partition with packets: the first alone, then the rest, which came during its
+        # acknowledgement, as one.
+        assert len(producer.sent) <= 8
+        assert max(len(split_raw(value).frames) for _, _, value in producer.sent) > 1
         seen = []
         for (_, key, value), partition in zip(producer.sent, producer.partitions_sent, strict=True):
             raw = split_raw(value)
@@ -550,7 +572,28 @@ def test_packets_of_one_linger_go_as_one_record_per_partition_where_their_keys_h
                 assert partition == (murmur2(device) & 0x7FFFFFFF) % 4  # Kafka's default
                 seen.append(device)
         assert sorted(seen) == sorted(keys)
+        assert s._current is not None and s._current.bundles_in_flight == {}
         await s.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_bundle_waiting_for_one_that_is_never_acknowledged_goes_after_the_linger() -> None:
+    FakeProducer.ack_delay_s = None
+
+    async def scenario() -> None:
+        s = bundling(50, produce_timeout_s=5.0)
+        await connected(s)
+        first = asyncio.ensure_future(s.send(b"dev", b"v0"))
+        second = asyncio.ensure_future(s.send(b"dev", b"v1"))
+        producer = FakeProducer.instances[0]
+        await until(lambda: len(producer.sent) == 2)
+        assert [split_raw(v).frames for _, _, v in producer.sent] == [(b"v0",), (b"v1",)]
+        assert s._current is not None and list(s._current.bundles_in_flight.values()) == [2]
+        first.cancel()
+        second.cancel()
+        await asyncio.gather(first, second, return_exceptions=True)
+        await s.close(deadline=time.monotonic())
 
     asyncio.run(scenario())
 
@@ -565,40 +608,52 @@ def test_a_failed_bundle_refuses_each_of_its_packets() -> None:
             *(s.send(b"dev", b"v%d" % i) for i in range(3)), return_exceptions=True
         )
         assert all(isinstance(r, BrokerUnavailableError) for r in results)
-        assert len(FakeProducer.instances[0].sent) == 1
+        # The first alone; the two that waited for it went when it failed.
+        assert [split_raw(v).frames for _, _, v in FakeProducer.instances[0].sent] == [
+            (b"v0",),
+            (b"v1", b"v2"),
+        ]
         await s.close()
 
     asyncio.run(scenario())
 
 
 def test_a_packet_whose_request_timed_out_before_its_bundle_went_is_not_written() -> None:
+    FakeProducer.ack_delay_s = None  # the bundle ahead of it is never acknowledged
+
     async def scenario() -> None:
         s = bundling(400, produce_timeout_s=0.1)
         await connected(s)
+        ahead = asyncio.ensure_future(s.send(b"dev", b"ahead"))
+        await until(lambda: len(FakeProducer.instances[0].sent) == 1)
         with pytest.raises(BrokerUnavailableError, match=r"acknowledge within 0\.1 s"):
             await s.send(b"dev", b"late")
         await until(lambda: not s._bundles)  # the linger is over: the bundle was flushed
+        with pytest.raises(BrokerUnavailableError):
+            await ahead
         current = s._current
-        assert current is not None  # and it handed nothing to the producer
-        assert (current.outbox, current.flush_queued, FakeProducer.instances[0].sent) == (
-            collections.deque(),
-            False,
-            [],
-        )
-        await s.close()
+        assert current is not None  # and it handed only the packet ahead to the producer
+        assert [split_raw(v).frames for _, _, v in FakeProducer.instances[0].sent] == [(b"ahead",)]
+        assert (current.outbox, current.flush_queued) == (collections.deque(), False)
+        await s.close(deadline=time.monotonic())
 
     asyncio.run(scenario())
 
 
 def test_close_sends_the_bundles_being_filled_and_their_requests_are_answered() -> None:
+    FakeProducer.ack_delay_s = 0.3
+
     async def scenario() -> None:
         s = bundling(1000)
         await connected(s)
-        pending = asyncio.ensure_future(s.send(b"dev", b"v"))
-        await until(lambda: bool(s._bundles))
+        ahead = asyncio.ensure_future(s.send(b"dev", b"v0"))
+        pending = asyncio.ensure_future(s.send(b"dev", b"v1"))
+        await until(lambda: bool(s._bundles))  # v1 waits for v0's acknowledgement
         await s.close()
-        assert await pending >= 0
-        [(_, _, value)] = FakeProducer.instances[0].sent
-        assert split_raw(value).frames == (b"v",)
+        assert await ahead >= 0 and await pending >= 0
+        assert [split_raw(v).frames for _, _, v in FakeProducer.instances[0].sent] == [
+            (b"v0",),
+            (b"v1",),
+        ]
 
     asyncio.run(scenario())
