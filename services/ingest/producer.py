@@ -625,6 +625,9 @@ class KafkaPacketSink:
         # its single records would, so its state and checkpoints stay in one partition.
         partition = partitions[_key_hash(key) % len(partitions)]
         bundle = self._bundles.get(partition)
+        if bundle is not None and bundle.producer is not producer:
+            self._flush_bundle(partition)  # refuses it: its producer was replaced
+            bundle = None
         if bundle is None:
             bundle = self._bundles[partition] = _Bundle(producer)
         done: asyncio.Future[float] = loop.create_future()

@@ -40,7 +40,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
 
 
 def test_bundled_packets_give_the_offline_windows_bit_for_bit(pipeline, hapt_cache) -> None:  # type: ignore[no-untyped-def]
-    recordings = hapt_cache.load(subjects=[2, 4])[:3]
+    # Enough devices per partition that packets come while a bundle is in flight.
+    recordings = hapt_cache.load(subjects=[2, 4, 9, 10])[:8]
     devices = [device_of(r) for r in recordings]
     tokens = register_devices(pipeline.registry_url, [d.device_id for d in devices])
     result = asyncio.run(

@@ -598,6 +598,29 @@ def test_a_bundle_waiting_for_one_that_is_never_acknowledged_goes_after_the_ling
     asyncio.run(scenario())
 
 
+def test_a_replacement_producer_sends_bundles_at_once_and_the_wedged_ones_are_refused() -> None:
+    FakeProducer.ack_delays = [None]  # the first producer is wedged; the next one works
+    FakeAdmin.topics = ["t.raw.v1"]
+
+    async def scenario() -> None:
+        s = bundling(1000, produce_timeout_s=0.3)
+        await connected(s)
+        ahead = asyncio.ensure_future(s.send(b"dev", b"ahead"))
+        await until(lambda: len(FakeProducer.instances[0].sent) == 1)
+        behind = asyncio.ensure_future(s.send(b"dev", b"behind"))  # waits for "ahead"
+        for request in (ahead, behind):
+            with pytest.raises(BrokerUnavailableError, match="acknowledge"):
+                await request
+        await until(lambda: s.replacements == 1 and s.connected)
+        # The new producer has nothing in flight: a packet goes at once, not behind the
+        # wedged producer's bundle.
+        assert await s.send(b"dev", b"fresh") >= 0
+        assert [split_raw(v).frames for _, _, v in FakeProducer.instances[1].sent] == [(b"fresh",)]
+        await s.close(time.monotonic() + 0.5)
+
+    asyncio.run(scenario())
+
+
 def test_a_failed_bundle_refuses_each_of_its_packets() -> None:
     FakeProducer.error = KafkaTimeoutError("Batch expired")
 
