@@ -159,9 +159,9 @@ def _packets_of(value: bytes, device_id: str) -> list[RawPacket]:
     packets = []
     for frame in frames:
         try:
-            packet = RawPacket.from_bytes(frame)
+            # Only the device's packets are decoded (a bundle holds other devices' too).
+            if RawPacket.peek(frame).device_id == device_id:
+                packets.append(RawPacket.from_bytes(frame))
         except SchemaError:
             continue
-        if packet.device_id == device_id:
-            packets.append(packet)
     return packets

@@ -57,14 +57,20 @@ LOCAL_PARTITIONS = 2
 #: the packets bound for one raw partition while its previous bundle awaits acknowledgement
 #: (at most 50 ms) go as one Kafka record. The local broker's CPU grows with the records and
 #: batches it stores and faust spends its overhead per record, so one ingest writing to 2
-#: partitions at 1,000 packets/s sends one record per ~15-25 packets; a quiet fleet's
-#: packets go at once, alone. Measured in reports/performance.md ("Raw bundles").
+#: partitions at 1,000 packets/s sends one record per ~15-25 packets; packets of a fleet
+#: quieter than one per partition per acknowledgement go at once, alone. Measured in
+#: reports/performance.md ("Raw bundles").
 #: Deployments on Apache Kafka keep the setting's default (0): with many partitions per
 #: ingest replica a bundle would rarely hold more than one packet. The environment or
 #: ``service_env`` may set it otherwise.
 LOCAL_INGEST_ENV = {"HARSTREAM_INGEST_RAW_BUNDLE_LINGER_MS": "50"}
 #: Stop order: upstream first, so downstream can drain what is in flight before it stops.
 _STOP_ORDER = ("ingest", "preprocess", "inference", "alerting", "history", "modelserver")
+
+
+def _unless_set(env: Mapping[str, str]) -> dict[str, str]:
+    """The local pipeline's own settings ``env``, less those the environment sets."""
+    return {k: v for k, v in env.items() if k not in os.environ}
 
 
 @dataclass
@@ -206,7 +212,7 @@ class Pipeline:
         )
         self._model_server.service.env.update(
             {
-                **{k: v for k, v in LOCAL_MODELSERVER_ENV.items() if k not in os.environ},
+                **_unless_set(LOCAL_MODELSERVER_ENV),
                 **self.config.service_env.get("modelserver", {}),
             }
         )
@@ -397,7 +403,7 @@ class Pipeline:
                 # per-device limit (800 samples/s) would throttle them.
                 "HARSTREAM_INGEST_RATE_LIMIT_SAMPLES_PER_S": "100000",
                 "HARSTREAM_INGEST_RATE_LIMIT_BURST_SAMPLES": "200000",
-                **{k: v for k, v in LOCAL_INGEST_ENV.items() if k not in os.environ},
+                **_unless_set(LOCAL_INGEST_ENV),
             }
         if kind == "preprocess":
             # Two faust workers on one machine need two RocksDB directories.

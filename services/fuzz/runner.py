@@ -485,11 +485,19 @@ def send_valid_traffic(target: Target, device: Device, seconds: float, seq0: int
     return accepted
 
 
-def wait_for_records(kafka: StreamSettings, topic: str, key: bytes, timeout_s: float) -> list[Any]:
-    """Records of ``topic`` keyed ``key``, once at least one is there (or the time is up)."""
+def wait_for_records(
+    kafka: StreamSettings,
+    topic: str,
+    key: bytes,
+    timeout_s: float,
+    keep: Callable[[Any], bool] | None = None,
+) -> list[Any]:
+    """Records of ``topic`` keyed ``key`` (or that ``keep`` keeps), once at least one is
+    there (or the time is up)."""
+    wanted = keep or (lambda r: r.key == key)
     deadline = time.monotonic() + timeout_s
     while True:
-        records = read_topic(kafka, topic, quiet_s=0.5, timeout_s=5.0, keep=lambda r: r.key == key)
+        records = read_topic(kafka, topic, quiet_s=0.5, timeout_s=5.0, keep=wanted)
         if records or time.monotonic() > deadline:
             return records
 
@@ -505,15 +513,10 @@ def wait_for_raw_packet(kafka: StreamSettings, topic: str, key: bytes, timeout_s
             return [f for f in raw.frames if RawPacket.peek(f).device_id == device_id]
         return list(raw.frames) if record.key == key else []
 
-    deadline = time.monotonic() + timeout_s
-    while True:
-        records = read_topic(
-            kafka, topic, quiet_s=0.5, timeout_s=5.0, keep=lambda r: bool(frames(r))
-        )
-        if records:
-            return frames(records[0])[0]
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no packet of {device_id!r} on {topic}: the pipeline does not flow")
+    records = wait_for_records(kafka, topic, key, timeout_s, keep=lambda r: bool(frames(r)))
+    if not records:
+        raise RuntimeError(f"no packet of {device_id!r} on {topic}: the pipeline does not flow")
+    return frames(records[0])[0]
 
 
 def templates_from_stream(target: Target, key: bytes, timeout_s: float) -> dict[str, Template]:

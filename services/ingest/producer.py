@@ -619,7 +619,6 @@ class KafkaPacketSink:
         failed, after ``raw_bundle_linger_ms`` at the latest, or when it reaches
         :data:`BUNDLE_MAX_BYTES`."""
         loop = asyncio.get_running_loop()
-        self._loop = loop
         partitions = producer.raw_partitions
         # Kafka's default partitioner for the key (murmur2): each device's packets go where
         # its single records would, so its state and checkpoints stay in one partition.
